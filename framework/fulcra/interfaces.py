@@ -1,0 +1,277 @@
+"""The plugin kinds of fulcra: one Protocol per kind, plus small ``Base*`` classes doing shared work.
+
+Core code is typed against the Protocols; a plugin may subclass the Base class or just provide the
+methods. :func:`fulcra.registry.check_kind` verifies the required members when a plugin loads, and
+:mod:`fulcra.testing` runs behavioural conformance checks on tiny inputs.
+
+Every kind has an entry-point group ``fulcra.<kind>`` (see :data:`KINDS`). A plugin class declares
+its parameters either as a ``Config`` dataclass (fields with ``metadata={"help": ...}``) or through
+the typed signature of ``__init__``; :mod:`fulcra.config` validates them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from .camera import Camera
+
+__all__ = [
+    "KINDS",
+    "FeatureExtractor",
+    "AugmentationOp",
+    "BaseAugmentationOp",
+    "PolicyOptimizer",
+    "Teacher",
+    "Student",
+    "SceneRepresentation",
+    "Refiner",
+    "Task",
+    "Workflow",
+    "Dataset",
+    "Generator",
+    "RunContext",
+]
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    """Dense 2D features from images.
+
+    ``__call__(images)``: ``images`` is ``[B, 3, H, W]`` float32 in [0, 1]; returns ``[B, D, h, w]``
+    float32 (``h, w`` may be a patch grid smaller than ``H, W``; consumers resize bilinearly).
+    Extractors that need prompts (SAM) accept ``prompts=`` a list of ``[P, 2]`` (x, y) pixel
+    coordinates per image. CLIP-like extractors also implement ``embed_text(list[str]) -> [T, D]``.
+
+    Attributes:
+        dim: the output feature dimension ``D`` (``None`` if it depends on the input).
+    """
+
+    dim: int | None
+
+    def __call__(self, images: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class AugmentationOp(Protocol):
+    """One image transform acting on a batch.
+
+    Images are ``[B, C, H, W]``, uint8 in [0, 255] or float in [0, 1]; every op returns the dtype,
+    device and shape it was given (crops resize back to ``H, W``).
+
+    - ``value_range``: ``(low, high)`` of the op's natural parameter (degrees, factor, pixels, ...).
+    - ``symmetric``: whether the value gets a random sign.
+    - ``magnitude_to_value(m, sign)``: ``m`` ``[B]`` in [0, 1] -> value ``[B]``.
+    - ``apply(images, value)``: deterministic; ``value`` is a float or ``[B]`` tensor, one per image,
+      in the same units as ``torchvision.transforms.v2.functional``.
+    - ``__call__(images, magnitude, generator=None)``: draws any remaining randomness (sign, position)
+      per image from ``generator``; ``magnitude`` a float or ``[B]`` in [0, 1].
+    """
+
+    name: str
+    value_range: tuple[float, float]
+    symmetric: bool
+
+    def apply(self, images: torch.Tensor, value: torch.Tensor | float) -> torch.Tensor: ...
+
+    def __call__(
+        self, images: torch.Tensor, magnitude: torch.Tensor | float, generator: torch.Generator | None = None
+    ) -> torch.Tensor: ...
+
+
+class BaseAugmentationOp(ABC):
+    """Shared work for ops: magnitude -> value mapping, per-image sign draws, dtype bookkeeping.
+
+    Subclasses set ``value_range``/``symmetric`` and implement :meth:`apply`; ops with extra
+    randomness (Cutout position, crops) override :meth:`sample_params` and :meth:`apply_params`.
+    """
+
+    name: str = ""
+    value_range: tuple[float, float] = (0.0, 1.0)
+    symmetric: bool = False
+
+    def __init__(self, value_range: Sequence[float] | None = None):
+        if value_range is not None:
+            lo, hi = (float(v) for v in value_range)
+            self.value_range = (lo, hi)
+
+    def magnitude_to_value(self, magnitude: torch.Tensor, sign: torch.Tensor | None = None) -> torch.Tensor:
+        lo, hi = self.value_range
+        value = lo + (hi - lo) * magnitude
+        if self.symmetric and sign is not None:
+            value = value * sign
+        return value
+
+    def sample_params(self, images: torch.Tensor, magnitude: torch.Tensor, generator: torch.Generator | None) -> dict:
+        """Draw everything random for a batch; ``magnitude`` is ``[B]``. Returns replayable params."""
+        sign = None
+        if self.symmetric:
+            sign = torch.randint(0, 2, magnitude.shape, generator=generator, device=magnitude.device) * 2 - 1
+            sign = sign.to(magnitude.dtype)
+        return {"value": self.magnitude_to_value(magnitude, sign)}
+
+    def apply_params(self, images: torch.Tensor, params: Mapping[str, Any]) -> torch.Tensor:
+        return self.apply(images, params["value"])
+
+    @abstractmethod
+    def apply(self, images: torch.Tensor, value: torch.Tensor | float) -> torch.Tensor: ...
+
+    def __call__(self, images, magnitude, generator=None):
+        mag = torch.as_tensor(magnitude, dtype=torch.float32, device=images.device)
+        if mag.ndim == 0:
+            mag = mag.expand(images.shape[0])
+        return self.apply_params(images, self.sample_params(images, mag, generator))
+
+
+@runtime_checkable
+class PolicyOptimizer(Protocol):
+    """Searches an augmentation policy.
+
+    ``search(train_data, val_data, model_factory, ctx) -> Policy`` where the datasets yield
+    ``(image [C,H,W] uint8, label int)`` and ``model_factory()`` returns a fresh ``nn.Module``
+    mapping ``[B,C,H,W]`` float to ``[B, num_classes]`` logits. Search-free baselines return their
+    fixed policy without training. The result is a :class:`fulcra.policy.Policy`.
+    """
+
+    def search(self, train_data: Any, val_data: Any, model_factory: Callable[[], torch.nn.Module], ctx: "RunContext") -> Any: ...
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """A frozen pretrained encoder plus a probed (trainable) head.
+
+    ``__call__(images)``: ``[B, 3, H, W]`` float (normalised as ``self.mean``/``self.std`` say)
+    -> logits ``[B, num_classes]`` (classification) or ``[B, num_classes, H, W]`` (segmentation).
+    ``encode(images)`` gives the frozen features the head reads (cacheable); ``head`` is the
+    trainable ``nn.Module``; ``parameters()`` yields only the head's parameters.
+    """
+
+    head: torch.nn.Module
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Student(Protocol):
+    """A small trainable model: an ``nn.Module`` mapping ``[B, C, H, W]`` float to logits
+    ``[B, num_classes]`` or dense logits ``[B, num_classes, H, W]``; ``features(images)`` returns the
+    penultimate representation ``[B, D]`` (used for PCA plots)."""
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def parameters(self) -> Iterable[torch.nn.Parameter]: ...
+
+
+@runtime_checkable
+class SceneRepresentation(Protocol):
+    """A 3D scene of ``N`` primitives that can carry arbitrary per-primitive features.
+
+    ``render(features, camera)``: ``features`` ``[N, D]`` float32, any ``D`` -> ``[H, W, D]`` float32,
+    the alpha-composited features. It must be **linear in** ``features`` and differentiable with
+    respect to them (autograd), so that :func:`fulcra.uplift` can compute ``Wᵀ F`` generically.
+    Optionally ``render_adjoint(images [H, W, D], camera) -> [N, D]`` provides a fused ``Wᵀ F``.
+
+    Attributes:
+        num_primitives: ``N``.
+        device: where the scene's tensors live.
+    """
+
+    num_primitives: int
+
+    def render(self, features: torch.Tensor, camera: Camera) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Refiner(Protocol):
+    """Improves per-primitive scores with 3D geometry and feature similarity.
+
+    ``refine(positions [N, 3], features [N, D], scores [N, Q], **prompt) -> [N, Q]`` float32 scores,
+    one column per prompt (query), in [0, 1] unless stated otherwise by the plugin.
+    """
+
+    def refine(self, positions: torch.Tensor, features: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What is solved and how it is scored.
+
+    ``loss(outputs, targets) -> scalar tensor``; ``metric(outputs, targets) -> dict[str, float]``
+    computed over a batch and accumulated by ``reduce(list_of_batch_metrics)``; ``metric_name`` the
+    headline metric (``accuracy``, ``miou``, ``iou``, ...), higher is better.
+    """
+
+    metric_name: str
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    def metric(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict: ...
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """A data source: ``splits() -> dict[str, torch.utils.data.Dataset]`` of ``(image, target)``
+    pairs, images ``[C, H, W]`` uint8, plus ``num_classes``."""
+
+    num_classes: int
+
+    def splits(self) -> dict: ...
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Synthetic image generator (ImageMixer, Mixup, CutMix): ``generate(images [B,3,H,W] float in
+    [0,1], generator) -> [B', 3, H, W]`` float in [0,1]; mixing ones combine ``mix_k`` inputs each."""
+
+    def generate(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+
+@dataclass
+class RunContext:
+    """What a workflow receives besides its config: where to write, the device, the hook relay."""
+
+    out: Path
+    device: torch.device
+    hooks: Any  # fulcra.hooks.HookRelay
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@runtime_checkable
+class Workflow(Protocol):
+    """A runnable pipeline (``search``, ``distill``, ``uplift``, ``segment``): ``run(ctx) -> dict``.
+
+    Its constructor takes the validated config; components in the config are ``{name: ..., params}``
+    nodes built with :func:`fulcra.create_from_config`. It writes its outputs under ``ctx.out`` and
+    must resume from ``ctx.out`` when run again after being killed.
+    """
+
+    def run(self, ctx: RunContext) -> dict: ...
+
+
+# kind -> (entry point group, protocol, required members)
+KINDS: dict[str, tuple[str, type, tuple[str, ...]]] = {
+    "feature_extractors": ("fulcra.feature_extractors", FeatureExtractor, ("__call__",)),
+    "augmentations": ("fulcra.augmentations", AugmentationOp, ("apply", "__call__", "value_range")),
+    "policy_optimizers": ("fulcra.policy_optimizers", PolicyOptimizer, ("search",)),
+    "teachers": ("fulcra.teachers", Teacher, ("__call__", "encode")),
+    "students": ("fulcra.students", Student, ("__call__",)),
+    "scenes": ("fulcra.scenes", SceneRepresentation, ("render",)),
+    "refiners": ("fulcra.refiners", Refiner, ("refine",)),
+    "tasks": ("fulcra.tasks", Task, ("loss", "metric")),
+    "datasets": ("fulcra.datasets", Dataset, ("splits",)),
+    "generators": ("fulcra.generators", Generator, ("generate",)),
+    "workflows": ("fulcra.workflows", Workflow, ("run",)),
+    "hooks": ("fulcra.hooks", object, ()),
+}
