@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from fulcra.errors import ConfigError
+from fulcra_plugins.data import Cifar10, Digits, ImageFolder
+from fulcra_plugins.tasks.classification import Classification
+
+
+def test_digits_splits_deterministic_and_disjoint():
+    a = Digits(size=16, seed=3).splits()
+    b = Digits(size=16, seed=3).splits()
+    assert sum(len(v) for v in a.values()) == 1797
+    x, y = a["train"][0]
+    assert x.shape == (3, 16, 16) and x.dtype == torch.uint8 and isinstance(y, int)
+    assert torch.equal(a["val"].images, b["val"].images)
+    c = Digits(size=16, seed=4).splits()
+    assert not torch.equal(a["val"].labels, c["val"].labels)
+    assert set(a["train"].labels.tolist()) == set(range(10))
+
+
+def test_digits_bad_size():
+    with pytest.raises(ConfigError, match="size"):
+        Digits(size=4)
+
+
+def test_missing_paths_name_the_path(tmp_path):
+    with pytest.raises(ConfigError, match=str(tmp_path / "cifar-10-batches-py")):
+        Cifar10(root=str(tmp_path))
+    with pytest.raises(ConfigError, match="not found"):
+        ImageFolder(root=str(tmp_path / "nope"))
+
+
+def test_imagefolder_flat(tmp_path):
+    tv = pytest.importorskip("torchvision")
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(5):
+            img = torch.randint(0, 256, (3, 20, 24), dtype=torch.uint8)
+            tv.io.write_png(img, str(tmp_path / c / f"{i}.png"))
+    ds = ImageFolder(root=str(tmp_path), size=16, val_fraction=0.2)
+    s = ds.splits()
+    assert ds.num_classes == 2 and sum(len(v) for v in s.values()) == 10
+    x, y = s["train"][0]
+    assert x.shape == (3, 16, 16) and x.dtype == torch.uint8 and y in (0, 1)
+
+
+def test_classification_task():
+    t = Classification()
+    out = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    tgt = torch.tensor([0, 1, 1])
+    m = t.metric(out, tgt)
+    assert m["correct"] == 2 and abs(t.reduce([m, m])["accuracy"] - 2 / 3) < 1e-9
+    assert torch.allclose(t.loss(out, tgt), torch.nn.functional.cross_entropy(out, tgt))
