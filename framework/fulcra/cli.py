@@ -1,0 +1,223 @@
+"""The ``fulcra`` command line.
+
+    fulcra plugins [--kind K] [--json]        what is installed, what is missing and why
+    fulcra plugins show KIND NAME             parameters, defaults and docs of one plugin
+    fulcra run RECIPE_OR_CONFIG [k=v ...]     run a workflow (resumes from out=DIR)
+    fulcra config show RECIPE_OR_CONFIG [k=v ...]   the resolved, validated config
+    fulcra recipes                            the runnable recipes
+    fulcra demo [--out DIR]                   every workflow on embedded data, with a report
+
+Bad input exits with status 2 and one line on stderr; set FULCRA_DEBUG=1 for tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main"]
+
+
+def _print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    print(line.rstrip())
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from . import registry
+
+    if args.action == "show":
+        return cmd_plugins_show(args)
+    rows = registry.status(args.kind)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [[r["kind"], r["name"], r["distribution"] or "-", "yes" if r["available"] else "no",
+              r["summary"] if r["available"] else r["reason"]] for r in rows]
+    _print_table(table, ["kind", "name", "distribution", "available", "summary / reason"])
+    return 0
+
+
+def cmd_plugins_show(args: argparse.Namespace) -> int:
+    from . import config, registry
+
+    if not args.kind or not args.name:
+        raise SystemExit("usage: fulcra plugins show KIND NAME")
+    kind = registry.resolve_kind(args.kind)
+    obj = registry.load_plugin(kind, args.name)
+    spec = next((s for s in registry.plugin_specs(kind) if s.name == args.name), None)
+    print(f"{kind}/{args.name}  ({getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', '')})")
+    if spec is not None:
+        print(f"distribution: {spec.distribution or '-'}   extra: {spec.extra or '-'}")
+    doc = registry.describe(obj)
+    if doc:
+        print()
+        print(doc)
+    params = config.plugin_params(obj)
+    if params:
+        print("\nparameters:")
+        for p in params:
+            default = "(required)" if p.required else repr(p.default)
+            kind_note = f" [{p.kind}]" if p.kind else ""
+            print(f"  {p.name}: {p.type_name}{kind_note} = {default}")
+            if p.help:
+                print(f"      {p.help}")
+    presets = (registry.catalogue()["presets"].get(kind) or {})
+    mine = [k for k, v in presets.items() if isinstance(v, dict) and v.get("name") == args.name]
+    if mine:
+        print(f"\npresets: {', '.join(mine)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run
+
+    results = run(args.source, args.overrides)
+    summary = results.get("summary") if isinstance(results, dict) else None
+    if summary:
+        print(summary)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from .config import to_yaml
+    from .runner import prepare
+
+    name, cfg, common = prepare(args.source, args.overrides)
+    print(to_yaml({"workflow": name, **{k: v for k, v in common.items() if k != "workflow"},
+                   **OmegaConf.to_container(cfg, resolve=True)}), end="")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .registry import catalogue
+
+    recipes = catalogue()["recipes"]
+    _print_table([[k, str(v.get("workflow", "?")), str(v.get("description", ""))] for k, v in sorted(recipes.items())],
+                 ["recipe", "workflow", "description"])
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run every demo stage listed in registry.yaml (``demo:``) and write OUT/report.md."""
+    from .errors import MissingDependencyError
+    from .registry import catalogue
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = catalogue().get("demo") or []
+    if args.only:
+        wanted = set(args.only.split(","))
+        stages = [s for s in stages if s["stage"] in wanted]
+    lines = ["# fulcra demo report", ""]
+    failed = 0
+    for stage in stages:
+        name, ref = stage["stage"], stage["function"]
+        print(f"[fulcra demo] stage {name} ...", file=sys.stderr, flush=True)
+        t0 = time.time()
+        module, _, attr = ref.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+            result = fn(out / name) or {}
+            status = "ok"
+        except MissingDependencyError as exc:
+            result, status = {"skipped": str(exc)}, "skipped"
+        except Exception as exc:  # a failed stage is reported, the others still run
+            if os.environ.get("FULCRA_DEBUG"):
+                raise
+            result, status = {"error": f"{type(exc).__name__}: {exc}"}, "FAILED"
+            failed += 1
+        dt = time.time() - t0
+        lines += [f"## {name} — {status} ({dt:.0f} s)", "", stage.get("description", ""), ""]
+        summary = result.get("summary") if isinstance(result, dict) else None
+        if summary:
+            lines += ["```", str(summary).rstrip(), "```", ""]
+        lines += [f"- `{k}`: {v}" for k, v in result.items() if k != "summary"] + [""]
+        print(f"[fulcra demo] stage {name}: {status} in {dt:.0f} s", file=sys.stderr, flush=True)
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    print(f"demo report: {out / 'report.md'}")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fulcra", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plugins", help="list plugins (or: plugins show KIND NAME)")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("name_args", nargs="*", help="KIND NAME for `show`")
+    p.add_argument("--kind", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_plugins)
+
+    p = sub.add_parser("run", help="run a recipe or config file with key=value overrides")
+    p.add_argument("source")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("config", help="config show RECIPE_OR_CONFIG [key=value ...]")
+    p.add_argument("action", choices=["show"])
+    p.add_argument("source")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=cmd_config)
+
+    p = sub.add_parser("recipes", help="list runnable recipes")
+    p.set_defaults(fn=cmd_recipes)
+
+    p = sub.add_parser("demo", help="run every workflow on embedded data")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--only", default=None, help="comma-separated stages")
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import FulcraError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "plugins":
+        names = list(args.name_args)
+        if args.action == "show":
+            if len(names) != 2:
+                parser.error("plugins show takes KIND NAME")
+            args.kind, args.name = names
+        elif names:
+            parser.error(f"unexpected arguments {names}")
+    try:
+        return args.fn(args) or 0
+    except FulcraError as exc:
+        if os.environ.get("FULCRA_DEBUG"):
+            raise
+        print(f"fulcra: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        if os.environ.get("FULCRA_DEBUG"):
+            raise
+        print(f"fulcra: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fulcra: interrupted (run again with the same out= to resume)", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("FULCRA_DEBUG"):
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"fulcra: error: {type(exc).__name__}: {msg} (FULCRA_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""What every workflow shares: devices, seeding, optimisation, checkpoints, statistics, distribution."""
+
+from . import dist
+from .core import (atomic_save, atomic_write_text, load_checkpoint, mean_ci, rng_state, seed_everything,
+                   select_device, select_dtype, set_rng_state)
+from .optim import EpochSampler, make_optimizer, make_scheduler, step_generator
+from .trainer import Trainer, collate_batch, unwrap
+
+__all__ = [
+    "dist",
+    "atomic_save",
+    "atomic_write_text",
+    "load_checkpoint",
+    "mean_ci",
+    "rng_state",
+    "set_rng_state",
+    "seed_everything",
+    "select_device",
+    "select_dtype",
+    "EpochSampler",
+    "make_optimizer",
+    "make_scheduler",
+    "step_generator",
+    "Trainer",
+    "collate_batch",
+    "unwrap",
+]

@@ -1,0 +1,164 @@
+"""Device and dtype selection, seeding, RNG state capture, atomic checkpoints, statistics."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, FormatError
+
+__all__ = ["select_device", "select_dtype", "seed_everything", "rng_state", "set_rng_state",
+           "atomic_save", "atomic_write_text", "load_checkpoint", "mean_ci"]
+
+
+def select_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> the local CUDA device when available (per LOCAL_RANK under torchrun), else CPU."""
+    if isinstance(spec, torch.device):
+        return spec
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r} requested but CUDA is not available (use device=cpu or auto)")
+    try:
+        return torch.device(spec)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {spec!r} is not a valid torch device") from exc
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def select_dtype(spec: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``auto`` -> float16 on CUDA, float32 on CPU (half-precision matmuls are slow on CPU)."""
+    if isinstance(spec, torch.dtype):
+        return spec
+    if spec in (None, "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if spec not in _DTYPES:
+        raise ConfigError(f"dtype {spec!r} unknown (choose from {', '.join(_DTYPES)})")
+    return _DTYPES[spec]
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch (CPU and CUDA). With ``deterministic``, ask torch for
+    deterministic algorithms where they exist (warn-only) so CPU runs repeat bit for bit."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if torch.backends.cudnn.is_available():
+            torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def rng_state() -> dict:
+    """Every global RNG state as tensors and plain values (loadable with ``weights_only=True``)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``: a reader (or
+    a resume after SIGKILL) sees the old complete file or the new complete file, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(text: str, path: str | Path) -> Path:
+    """Write a text file (JSON results, policies) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
+    """Load a checkpoint without running code from it (``weights_only=True``)."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise FormatError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+
+
+# two-sided 97.5% quantiles of Student's t for small n (df = n - 1), so scipy is not a core dependency
+_T975 = [float("nan"), 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+         2.052, 2.048, 2.045, 2.042]
+
+
+def _t975(df: int) -> float:
+    if df < len(_T975):
+        return _T975[df]
+    # Cornish-Fisher expansion around the normal quantile; < 1e-3 off for df > 30
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def mean_ci(values: Sequence[float]) -> dict:
+    """Mean and the half-width of its 95% confidence interval (Student's t, sample std).
+
+    Returns ``{"values", "mean", "ci95", "n"}``; ``ci95`` is 0 for a single value."""
+    vals = [float(v) for v in values]
+    n = len(vals)
+    if n == 0:
+        raise ValueError("mean_ci of no values")
+    mean = sum(vals) / n
+    if n == 1:
+        return {"values": vals, "mean": mean, "ci95": 0.0, "n": 1}
+    var = sum((v - mean) ** 2 for v in vals) / (n - 1)
+    return {"values": vals, "mean": mean, "ci95": _t975(n - 1) * math.sqrt(var / n), "n": n}

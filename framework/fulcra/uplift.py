@@ -1,0 +1,113 @@
+"""Uplifting 2D feature maps into any differentiable scene, by the adjoint of rendering (Eq. 5.3-5.5).
+
+Rendering per-primitive features is linear: ``F̂ = W f``. Uplifting is ``f = D⁻¹ Wᵀ F`` with
+``D = diag(Wᵀ 1)``. For any :class:`~fulcra.interfaces.SceneRepresentation` whose ``render`` is
+differentiable in the features, ``Wᵀ F`` is the gradient of ``⟨render(f), F⟩`` with respect to ``f``
+(independent of ``f``, since the map is linear), so it is computed view by view, without forming W.
+A ones channel appended to ``F`` gives ``Wᵀ 1`` in the same backward pass. Numerator and
+denominator are sums over views: views shard across processes and meet in one all-reduce.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .camera import Camera
+from .engine import dist
+
+__all__ = ["uplift", "adjoint", "resize_to_camera"]
+
+
+def resize_to_camera(fmap: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """A feature map ``[D, h, w]`` (or ``[h, w]``) resized bilinearly to ``[D, H, W]`` of the camera."""
+    if fmap.ndim == 2:
+        fmap = fmap[None]
+    if fmap.ndim != 3:
+        raise ValueError(f"feature map for camera {camera.name!r} must be [D,h,w], got {list(fmap.shape)}")
+    if fmap.shape[-2:] != (camera.height, camera.width):
+        fmap = F.interpolate(fmap[None].float(), size=(camera.height, camera.width), mode="bilinear", align_corners=False)[0]
+    return fmap
+
+
+def adjoint(scene, images: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """``Wᵀ F`` for one view: ``images`` ``[H, W, D]`` -> ``[N, D]``.
+
+    Uses the scene's fused ``render_adjoint`` when it has one, else autograd through ``render``."""
+    fused = getattr(scene, "render_adjoint", None)
+    if fused is not None:
+        return fused(images, camera)
+    n = scene.num_primitives
+    with torch.enable_grad():
+        f = torch.zeros(n, images.shape[-1], device=images.device, dtype=images.dtype, requires_grad=True)
+        out = scene.render(f, camera)  # [H, W, D]
+        (grad,) = torch.autograd.grad(out, f, grad_outputs=images.to(out.dtype))
+    return grad
+
+
+def uplift(
+    scene,
+    views: Iterable[Tuple[Camera, torch.Tensor]],
+    *,
+    dim_chunk: int | None = None,
+    normalize: bool = True,
+    eps: float = 1e-12,
+    distributed: bool | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uplift 2D feature maps into per-primitive features.
+
+    Args:
+        scene: a SceneRepresentation (``render(features [N,D], camera) -> [H,W,D]``, linear and
+            differentiable in ``features``).
+        views: ``(camera, feature_map)`` pairs, streamed; ``feature_map`` is ``[D, h, w]`` float of
+            any resolution (resized bilinearly to the camera's) or ``[h, w]`` for a mask. Under
+            ``torchrun`` pass every view on every rank: each rank keeps its round-robin share.
+        dim_chunk: process at most this many feature channels per backward pass (bounds memory).
+        normalize: divide by the weight sums (Eq. 5.3); False returns the raw ``Wᵀ F``.
+        distributed: shard views across processes and all-reduce (default: when a process group is
+            initialised).
+
+    Returns:
+        ``features`` ``[N, D]`` float32 (zero where a primitive is seen by no pixel) and ``weights``
+        ``[N]`` float32, the per-primitive sums of rendering weights over all views (β of §5.3.2,
+        used for pruning).
+    """
+    distributed = dist.is_distributed() if distributed is None else distributed
+    rank, world = (dist.rank(), dist.world_size()) if distributed else (0, 1)
+    num = den = None
+    n = scene.num_primitives
+    dev = torch.device(device) if device is not None else getattr(scene, "device", torch.device("cpu"))
+    for i, (camera, fmap) in enumerate(views):
+        fmap = torch.as_tensor(fmap)
+        if num is None:
+            d = 1 if fmap.ndim == 2 else fmap.shape[0]
+            num = torch.zeros(n, d, device=dev)
+            den = torch.zeros(n, device=dev)
+        if i % world != rank:
+            continue
+        fmap = resize_to_camera(fmap.to(dev, torch.float32), camera)  # [D, H, W]
+        if fmap.shape[0] != num.shape[1]:
+            raise ValueError(f"view {camera.name!r} has {fmap.shape[0]} channels, earlier views {num.shape[1]}")
+        img = fmap.permute(1, 2, 0)  # [H, W, D]
+        ones = torch.ones_like(img[..., :1])
+        d = img.shape[-1]
+        step = d if not dim_chunk else max(1, int(dim_chunk))
+        for c0 in range(0, d, step):
+            chunk = img[..., c0 : c0 + step]
+            last = c0 + step >= d
+            stacked = torch.cat([chunk, ones], dim=-1) if last else chunk
+            g = adjoint(scene, stacked.contiguous(), camera)
+            num[:, c0 : c0 + chunk.shape[-1]] += g[:, : chunk.shape[-1]]
+            if last:
+                den += g[:, -1]
+    if num is None:
+        raise ValueError("uplift received no views")
+    if distributed:
+        dist.all_reduce_sum(num)
+        dist.all_reduce_sum(den)
+    if normalize:
+        num = torch.where(den[:, None] > eps, num / den.clamp_min(eps)[:, None], torch.zeros_like(num))
+    return num, den
