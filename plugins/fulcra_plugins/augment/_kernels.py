@@ -1,0 +1,227 @@
+"""Batched kernels shared by the augmentation ops: per-image parameters, uint8 fast paths.
+
+Every kernel takes a batch ``[B, C, H, W]`` (uint8 in [0, 255] or float in [0, 1]) and per-image
+parameters ``[B]``, and reproduces the arithmetic of ``torchvision.transforms.v2.functional`` so that
+uint8 results are bit-identical for the photometric kernels. Two facts drive the implementation:
+
+* torchvision's blends ``a.mul(r).add_(b, alpha=1 - r)`` run as a fused multiply-add in float32
+  (``vec::fmadd`` on CPU, contracted ``fma`` on CUDA). With a per-image ``r`` that cannot be an
+  ``alpha`` scalar, so :func:`fma32` emulates the single rounding in float64 (the float32 products
+  are exact in float64).
+* Most photometric ops map each channel value through a function that depends only on the image, so
+  they are 256-entry lookup tables per (image, channel): :func:`apply_lut` gathers them in uint8
+  with int32 indices, no float image is ever materialised.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "per_image",
+    "fma32",
+    "apply_lut",
+    "identity_lut",
+    "gray_uint8_exact",
+    "inverse_affine",
+    "affine_grid",
+    "warp_nearest",
+    "crop_resize_bilinear",
+    "rgb_to_hsv",
+    "hsv_to_rgb",
+]
+
+def per_image(value, batch: int, device, dtype=torch.float64) -> torch.Tensor:
+    """A float or ``[B]`` tensor as a ``[B]`` tensor of ``dtype`` on ``device``."""
+    v = torch.as_tensor(value, dtype=dtype, device=device)
+    if v.ndim == 0:
+        v = v.expand(batch)
+    if v.shape != (batch,):
+        raise ValueError(f"expected a scalar or [{batch}] per-image values, got shape {tuple(v.shape)}")
+    return v
+
+
+def f32(x: torch.Tensor) -> torch.Tensor:
+    """Rounds float64 values to float32 and back: the float32 value a python scalar becomes."""
+    return x.to(torch.float32).to(torch.float64)
+
+
+def fma32(s: torch.Tensor, other: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``float32(s + other * alpha)`` with a single rounding (float32 fused multiply-add).
+
+    ``s``, ``other`` float32 tensors (broadcastable), ``alpha`` float32-representable values. Returns
+    float32.
+    """
+    return (s.to(torch.float64) + other.to(torch.float64) * alpha.to(torch.float64)).to(torch.float32)
+
+
+def identity_lut(batch: int, channels: int, device) -> torch.Tensor:
+    """``[B, C, 256]`` uint8 identity lookup table."""
+    return torch.arange(256, dtype=torch.uint8, device=device).expand(batch, channels, 256).clone()
+
+
+def apply_lut(images: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """Maps uint8 ``images [B, C, H, W]`` through per-(image, channel) tables ``lut [B, C, 256]`` uint8.
+
+    One gather over the flattened tables with int32 indices (4 bytes per pixel rather than the
+    8 of ``gather``'s int64), the image stays uint8 throughout.
+    """
+    B, C, H, W = images.shape
+    offs = (torch.arange(B * C, device=images.device, dtype=torch.int32) * 256).view(B, C, 1, 1)
+    idx = images.to(torch.int32).add_(offs)
+    return lut.reshape(-1).index_select(0, idx.view(-1)).view(B, C, H, W)
+
+
+def gray_uint8_exact(images: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``r*0.2989 + g*0.587 + b*0.114`` (a chain of float32 FMAs) for uint8 RGB.
+
+    Returns float32 ``[B, 1, H, W]`` (not truncated).
+    """
+    r, g, b = images.unbind(dim=-3)
+    t = r.to(torch.float32).mul_(0.2989)
+    t = fma32(t, g, torch.tensor(0.587, dtype=torch.float32))
+    t = fma32(t, b, torch.tensor(0.114, dtype=torch.float32))
+    return t.unsqueeze(-3)
+
+
+def inverse_affine(
+    angle: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor, shear_x: torch.Tensor, shear_y: torch.Tensor,
+    cx: torch.Tensor | float = 0.0, cy: torch.Tensor | float = 0.0,
+) -> torch.Tensor:
+    """Batched ``torchvision``'s ``_get_inverse_affine_matrix`` (scale 1), in float64.
+
+    All arguments ``[B]`` (degrees for angles and shears, pixels for translations and the centre,
+    the centre relative to the image centre). Returns ``[B, 2, 3]`` float64 inverse matrices.
+    """
+    rot = torch.deg2rad(angle)
+    sx = torch.deg2rad(shear_x)
+    sy = torch.deg2rad(shear_y)
+    cx = torch.as_tensor(cx, dtype=torch.float64, device=angle.device)
+    cy = torch.as_tensor(cy, dtype=torch.float64, device=angle.device)
+    cos_sy, tan_sx = torch.cos(sy), torch.tan(sx)
+    a = torch.cos(rot - sy) / cos_sy
+    b = -(a * tan_sx + torch.sin(rot))
+    c = torch.sin(rot - sy) / cos_sy
+    d = torch.cos(rot) - c * tan_sx
+    m0, m1, m3, m4 = d, -b, -c, a
+    cxt, cyt = cx + tx, cy + ty
+    m2 = cx - m0 * cxt - m1 * cyt
+    m5 = cy - m3 * cxt - m4 * cyt
+    return torch.stack([torch.stack([m0, m1, m2], -1), torch.stack([m3, m4, m5], -1)], -2)
+
+
+def affine_grid(theta: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """torchvision's ``_affine_grid`` for a batch of inverse matrices ``theta [B, 2, 3]``.
+
+    Returns the normalised sampling grid ``[B, H, W, 2]`` float32, computed with the same float32
+    operations (rescaled matrix, then one ``bmm``) so that rounding matches torchvision's.
+    """
+    B = theta.shape[0]
+    dev = theta.device
+    base = torch.empty(1, H, W, 3, dtype=torch.float32, device=dev)
+    base[..., 0].copy_(torch.linspace((1.0 - W) * 0.5, (W - 1.0) * 0.5, steps=W, device=dev))
+    base[..., 1].copy_(torch.linspace((1.0 - H) * 0.5, (H - 1.0) * 0.5, steps=H, device=dev).unsqueeze_(-1))
+    base[..., 2].fill_(1)
+    scale = torch.tensor([0.5 * W, 0.5 * H], dtype=torch.float32, device=dev)
+    rescaled = theta.to(torch.float32).transpose(1, 2).div(scale)  # [B, 3, 2]
+    return base.view(1, H * W, 3).expand(B, H * W, 3).bmm(rescaled).view(B, H, W, 2)
+
+
+def warp_nearest(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Per-image affine warp, nearest neighbour, zero fill: torchvision's ``affine``/``rotate``.
+
+    Args:
+        images: ``[B, C, H, W]`` uint8 or float.
+        theta: ``[B, 2, 3]`` inverse matrices in centred pixel coordinates (:func:`inverse_affine`).
+
+    Returns ``[B, C, H, W]`` of the input dtype. The source index of every output pixel is found by
+    ``grid_sample`` (the very kernel torchvision uses, so ties round the same way) on a one-channel
+    image of pixel indices; the images themselves are then moved by a gather, without any float
+    conversion of their C channels.
+    """
+    B, C, H, W = images.shape
+    grid = affine_grid(theta, H, W)
+    # index 0 is the zero-fill sentinel; 1..HW are pixels (exact in float32 up to 2**24 pixels)
+    ids = torch.arange(1, H * W + 1, dtype=torch.float32, device=images.device).view(1, 1, H, W).expand(B, 1, H, W)
+    src = F.grid_sample(ids, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    idx = src.view(B, 1, H * W).to(torch.int64).expand(B, C, H * W)
+    flat = torch.cat([images.new_zeros(B, C, 1), images.reshape(B, C, H * W)], dim=2)
+    return flat.gather(2, idx).view(B, C, H, W)
+
+
+def crop_resize_bilinear(
+    images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor, width: torch.Tensor
+) -> torch.Tensor:
+    """Per-image crop ``[top:top+height, left:left+width]`` resized bilinearly back to ``H, W``.
+
+    Matches ``resized_crop(..., antialias=True)`` for crops no larger than the image (upsampling,
+    where antialiasing does nothing): half-pixel centres, source coordinates clamped to the crop.
+
+    Args:
+        images: ``[B, C, H, W]`` uint8 or float.
+        top, left, height, width: ``[B]`` integer-valued tensors (pixels).
+    """
+    B, C, H, W = images.shape
+    dev = images.device
+    top, left, height, width = (v.to(torch.float32).view(B, 1) for v in (top, left, height, width))
+    j = torch.arange(W, device=dev, dtype=torch.float32).view(1, W)
+    i = torch.arange(H, device=dev, dtype=torch.float32).view(1, H)
+    xs = ((j + 0.5) * (width / W) - 0.5).clamp(min=0)
+    xs = torch.minimum(xs, width - 1) + left  # [B, W]
+    ys = ((i + 0.5) * (height / H) - 0.5).clamp(min=0)
+    ys = torch.minimum(ys, height - 1) + top  # [B, H]
+    gx = (xs + 0.5) * (2.0 / W) - 1
+    gy = (ys + 0.5) * (2.0 / H) - 1
+    grid = torch.stack([gx.view(B, 1, W).expand(B, H, W), gy.view(B, H, 1).expand(B, H, W)], dim=-1)
+    fp = images.is_floating_point()
+    out = F.grid_sample(images if fp else images.to(torch.float32), grid, mode="bilinear",
+                        padding_mode="border", align_corners=False)
+    return out if fp else out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def rgb_to_hsv(image: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``_rgb_to_hsv`` on float ``[..., 3, H, W]`` in [0, 1]."""
+    r, g, _ = image.unbind(dim=-3)
+    minc, maxc = torch.aminmax(image, dim=-3)
+    eqc = maxc == minc
+    channels_range = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = channels_range / torch.where(eqc, ones, maxc)
+    channels_range_divisor = torch.where(eqc, ones, channels_range).unsqueeze_(dim=-3)
+    rc, gc, bc = ((maxc.unsqueeze(dim=-3) - image) / channels_range_divisor).unbind(dim=-3)
+    mask_maxc_neq_r = maxc != r
+    mask_maxc_eq_g = maxc == g
+    hg = rc.add(2.0).sub_(bc).mul_(mask_maxc_eq_g & mask_maxc_neq_r)
+    hr = bc.sub_(gc).mul_(~mask_maxc_neq_r)
+    hb = gc.add_(4.0).sub_(rc).mul_(mask_maxc_neq_r.logical_and_(mask_maxc_eq_g.logical_not_()))
+    h = hr.add_(hg).add_(hb)
+    h = h.mul_(1.0 / 6.0).add_(1.0).fmod_(1.0)
+    return torch.stack((h, s, maxc), dim=-3)
+
+
+_HSV_SELECT = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], dtype=torch.long)
+
+
+def hsv_to_rgb(img: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``_hsv_to_rgb`` on float ``[B, 3, H, W]``."""
+    h, s, v = img.unbind(dim=-3)
+    h6 = h.mul(6)
+    i = torch.floor(h6)
+    f = h6.sub_(i)
+    i = i.to(dtype=torch.int32)
+    sxf = s * f
+    one_minus_s = 1.0 - s
+    q = (1.0 - sxf).mul_(v).clamp_(0.0, 1.0)
+    t = sxf.add_(one_minus_s).mul_(v).clamp_(0.0, 1.0)
+    p = one_minus_s.mul_(v).clamp_(0.0, 1.0)
+    i.remainder_(6)
+    vpqt = torch.stack((v, p, q, t), dim=-3)
+    select = _HSV_SELECT.to(img.device)[:, i].moveaxis(0, -3)
+    return vpqt.gather(-3, select)
+
+
+def atan_degrees(v: torch.Tensor) -> torch.Tensor:
+    """Shear factor -> shear angle in degrees (torchvision's AutoAugment convention)."""
+    return torch.rad2deg(torch.atan(v))
+
