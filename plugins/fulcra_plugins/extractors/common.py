@@ -262,8 +262,9 @@ class BaseExtractor:
         images = as_float_images(images)
         return self._run_cached("features", images, self.forward_batch, kwargs)
 
-    def _run_cached(self, stage: str, images: torch.Tensor, fn: Callable, kwargs: dict) -> torch.Tensor:
+    def _run_cached(self, stage: str, images: torch.Tensor, fn: Callable, kwargs: dict, images_per_batch: int | None = None) -> torch.Tensor:
         b = images.shape[0]
+        ipb = images_per_batch or self.batch_size
         per_image = {k: kwargs.pop(k) for k in self.per_image_kwargs if k in kwargs and kwargs[k] is not None}
         for k, v in per_image.items():
             if len(v) != b:
@@ -283,7 +284,7 @@ class BaseExtractor:
                 if hit is not None:
                     results[i] = hit
         todo = [i for i in range(b) if results[i] is None]
-        chunks = [todo[s : s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
+        chunks = [todo[s : s + ipb] for s in range(0, len(todo), ipb)]
         for chunk in progress(chunks, total=len(chunks), desc=self.name, enabled=self.show_progress and len(chunks) > 1):
             batch = images[chunk].to(self.device)
             sub = {k: [v[i] for i in chunk] for k, v in per_image.items()}
