@@ -1,0 +1,240 @@
+"""Conformance checks for plugins, reusable by third-party plugin authors.
+
+Each ``check_<kind>`` runs one instance through the contract of its kind on tiny inputs and raises
+``AssertionError`` with a precise message on the first violation. :func:`check_plugin` dispatches
+by kind; :func:`fake_distribution` installs a throwaway distribution (dist-info + modules) on
+``sys.path`` so entry-point discovery can be tested without pip.
+
+    from fulcra.testing import check_plugin
+    def test_my_op():
+        check_plugin("augmentations", "my_op")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from .camera import Camera
+
+__all__ = [
+    "tiny_images",
+    "tiny_camera",
+    "check_plugin",
+    "check_feature_extractor",
+    "check_augmentation_op",
+    "check_scene",
+    "check_refiner",
+    "check_task",
+    "check_generator",
+    "check_dataset",
+    "check_student",
+    "check_teacher",
+    "check_policy_optimizer",
+    "fake_distribution",
+    "CONFORMANCE",
+]
+
+
+def tiny_images(b: int = 2, h: int = 16, w: int = 16, dtype: torch.dtype = torch.float32, seed: int = 0,
+                device: str | torch.device = "cpu") -> torch.Tensor:
+    """``[b, 3, h, w]`` random images: float in [0, 1] or uint8 in [0, 255]."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, 3, h, w, generator=g)
+    if dtype == torch.uint8:
+        return (x * 255).round().to(torch.uint8).to(device)
+    return x.to(dtype).to(device)
+
+
+def tiny_camera(width: int = 16, height: int = 12, distance: float = 3.0, name: str = "cam") -> Camera:
+    """A camera on the -z axis looking at the origin (OpenCV axes)."""
+    viewmat = torch.eye(4)
+    viewmat[2, 3] = distance
+    f = 1.2 * max(width, height)
+    K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
+    return Camera(viewmat, K, width, height, name)
+
+
+def check_feature_extractor(ext: Any, size: int = 28) -> None:
+    images = tiny_images(2, size, size)
+    out = ext(images)
+    assert isinstance(out, torch.Tensor), f"{type(ext).__name__}: must return a tensor, got {type(out)}"
+    assert out.ndim == 4 and out.shape[0] == 2, f"{type(ext).__name__}: expected [B,D,h,w], got {list(out.shape)}"
+    assert out.dtype == torch.float32, f"{type(ext).__name__}: expected float32, got {out.dtype}"
+    assert torch.isfinite(out).all(), f"{type(ext).__name__}: non-finite features"
+    dim = getattr(ext, "dim", None)
+    if dim is not None:
+        assert out.shape[1] == dim, f"{type(ext).__name__}: dim={dim} but output has {out.shape[1]} channels"
+    again = ext(images)
+    assert torch.allclose(out, again, atol=1e-5), f"{type(ext).__name__}: not deterministic"
+    one = ext(images[:1])
+    assert torch.allclose(out[:1], one, atol=1e-4), f"{type(ext).__name__}: result depends on the batch"
+
+
+def check_augmentation_op(op: Any) -> None:
+    name = type(op).__name__
+    lo, hi = op.value_range
+    assert lo <= hi, f"{name}: value_range {op.value_range} is reversed"
+    for dtype in (torch.uint8, torch.float32):
+        x = tiny_images(3, 12, 12, dtype=dtype)
+        for mag in (0.0, 0.5, 1.0):
+            g = torch.Generator().manual_seed(1)
+            y = op(x, mag, generator=g)
+            assert y.shape == x.shape, f"{name}: shape {list(x.shape)} -> {list(y.shape)}"
+            assert y.dtype == x.dtype, f"{name}: dtype {x.dtype} -> {y.dtype}"
+            y2 = op(x, mag, generator=torch.Generator().manual_seed(1))
+            assert torch.equal(y, y2), f"{name}: same generator seed gave different results"
+            if dtype == torch.float32:
+                assert float(y.min()) >= -1e-5 and float(y.max()) <= 1 + 1e-5, f"{name}: float output leaves [0,1]"
+        per_image = op(x, torch.tensor([0.0, 0.5, 1.0]), generator=torch.Generator().manual_seed(2))
+        assert per_image.shape == x.shape, f"{name}: per-image magnitudes changed the shape"
+        z = op.apply(x, torch.full((3,), float(lo)))
+        assert z.shape == x.shape and z.dtype == x.dtype, f"{name}: apply() changed shape or dtype"
+
+
+def check_scene(scene: Any, dim: int = 3) -> None:
+    name = type(scene).__name__
+    n = scene.num_primitives
+    cams = getattr(scene, "cameras", None)
+    cam = cams[0] if cams else tiny_camera()
+    g = torch.Generator().manual_seed(0)
+    dev = getattr(scene, "device", torch.device("cpu"))
+    f1 = torch.rand(n, dim, generator=g).to(dev)
+    f2 = torch.rand(n, dim, generator=g).to(dev)
+    r1, r2 = scene.render(f1, cam), scene.render(f2, cam)
+    assert r1.shape == (cam.height, cam.width, dim), f"{name}: render gave {list(r1.shape)}"
+    r12 = scene.render(2 * f1 - 0.5 * f2, cam)
+    assert torch.allclose(r12, 2 * r1 - 0.5 * r2, atol=1e-4), f"{name}: render is not linear in the features"
+    f = f1.clone().requires_grad_(True)
+    scene.render(f, cam).sum().backward()
+    assert f.grad is not None and f.grad.shape == f.shape, f"{name}: render is not differentiable in the features"
+
+
+def check_refiner(refiner: Any) -> None:
+    g = torch.Generator().manual_seed(0)
+    pos = torch.rand(60, 3, generator=g)
+    feats = torch.randn(60, 8, generator=g)
+    scores = torch.zeros(60, 2)
+    scores[:3, 0] = 1
+    scores[-3:, 1] = 1
+    out = refiner.refine(pos, feats, scores)
+    assert out.shape == scores.shape, f"{type(refiner).__name__}: refine gave {list(out.shape)}"
+    assert torch.isfinite(out).all(), f"{type(refiner).__name__}: non-finite scores"
+
+
+def check_task(task: Any) -> None:
+    assert isinstance(task.metric_name, str), f"{type(task).__name__}: metric_name must be a string"
+
+
+def check_generator(gen: Any) -> None:
+    x = tiny_images(4, 16, 16)
+    y = gen.generate(x, generator=torch.Generator().manual_seed(0))
+    y2 = gen.generate(x, generator=torch.Generator().manual_seed(0))
+    assert y.ndim == 4 and y.shape[1:] == x.shape[1:], f"{type(gen).__name__}: generate gave {list(y.shape)}"
+    assert torch.allclose(y, y2), f"{type(gen).__name__}: not deterministic for a seed"
+    assert float(y.min()) >= -1e-4 and float(y.max()) <= 1 + 1e-4, f"{type(gen).__name__}: leaves [0,1]"
+
+
+def check_dataset(ds: Any) -> None:
+    splits = ds.splits()
+    assert splits, f"{type(ds).__name__}: no splits"
+    for split, data in splits.items():
+        img, target = data[0]
+        assert img.ndim == 3 and img.dtype == torch.uint8, f"{type(ds).__name__}[{split}]: image must be uint8 [C,H,W]"
+
+
+def check_student(model: Any, num_classes: int = 10, size: int = 32) -> None:
+    x = tiny_images(2, size, size)
+    out = model(x)
+    assert out.shape[0] == 2 and out.shape[1] == num_classes, f"{type(model).__name__}: output {list(out.shape)}"
+    out.float().sum().backward()
+    assert any(p.grad is not None for p in model.parameters()), f"{type(model).__name__}: no gradient reaches the parameters"
+
+
+def check_teacher(teacher: Any, size: int = 28) -> None:
+    x = tiny_images(2, size, size)
+    feats = teacher.encode(x)
+    assert not feats.requires_grad, f"{type(teacher).__name__}: encoder features must be frozen (no grad)"
+    out = teacher(x)
+    assert out.shape[0] == 2, f"{type(teacher).__name__}: output {list(out.shape)}"
+
+
+def check_policy_optimizer(opt: Any) -> None:
+    assert callable(getattr(opt, "search", None)), f"{type(opt).__name__}: no search()"
+
+
+CONFORMANCE = {
+    "feature_extractors": check_feature_extractor,
+    "augmentations": check_augmentation_op,
+    "scenes": check_scene,
+    "refiners": check_refiner,
+    "tasks": check_task,
+    "generators": check_generator,
+    "datasets": check_dataset,
+    "students": check_student,
+    "teachers": check_teacher,
+    "policy_optimizers": check_policy_optimizer,
+}
+
+
+def check_plugin(kind: str, name: str, **params: Any) -> Any:
+    """Build ``kind``/``name`` with ``params`` and run its kind's conformance check; returns it."""
+    from .config import create
+    from .registry import resolve_kind
+
+    kind = resolve_kind(kind)
+    obj = create(kind, name, **params)
+    check = CONFORMANCE.get(kind)
+    if check is not None:
+        check(obj)
+    return obj
+
+
+@contextlib.contextmanager
+def fake_distribution(
+    root: Path,
+    name: str,
+    entry_points: Mapping[str, Mapping[str, str]],
+    modules: Mapping[str, str] | None = None,
+    version: str = "0.1.0",
+) -> Iterator[Path]:
+    """Put a minimal distribution on ``sys.path`` for the duration of the block.
+
+    Args:
+        root: an empty folder (e.g. pytest's ``tmp_path``).
+        name: distribution name.
+        entry_points: ``{group: {entry_name: "module:attr"}}``.
+        modules: ``{"pkg/mod.py": source}`` files written under ``root``.
+    """
+    from . import registry
+
+    root = Path(root)
+    for rel, source in (modules or {}).items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(source), encoding="utf-8")
+    info = root / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", encoding="utf-8")
+    lines = []
+    for group, eps in entry_points.items():
+        lines.append(f"[{group}]")
+        lines += [f"{k} = {v}" for k, v in eps.items()]
+        lines.append("")
+    (info / "entry_points.txt").write_text("\n".join(lines), encoding="utf-8")
+    sys.path.insert(0, str(root))
+    registry.clear_cache()
+    try:
+        yield root
+    finally:
+        sys.path.remove(str(root))
+        for mod in [m for m in sys.modules if any(m == r.split("/")[0].removesuffix(".py") or
+                                                   m.startswith(r.split("/")[0].removesuffix(".py") + ".")
+                                                   for r in (modules or {}))]:
+            del sys.modules[mod]
+        registry.clear_cache()

@@ -1,0 +1,82 @@
+"""Hooks (pluggy) and the CLI's contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fulcra.errors import ConfigError
+from fulcra.hooks import hookimpl, make_hook_relay
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    @hookimpl
+    def fulcra_step(self, workflow, step, metrics, total, stage):
+        self.events.append(("step", workflow, step, dict(metrics)))
+
+    @hookimpl
+    def fulcra_run_end(self, workflow, results, out, error):
+        self.events.append(("end", error))
+
+
+def test_relay_calls_registered_hooks(tmp_path):
+    rec = Recorder()
+    relay = make_hook_relay([rec, "jsonl"], workflow="w", out=tmp_path)
+    relay.step(step=1, metrics={"loss": 0.5})
+    relay.end(results={"acc": 1.0}, out=tmp_path)
+    assert rec.events == [("step", "w", 1, {"loss": 0.5}), ("end", None)]
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["event"] == "step" and lines[0]["loss"] == 0.5 and lines[1]["results"] == {"acc": 1.0}
+
+
+def test_disabled_relay_reports_nothing(tmp_path):
+    rec = Recorder()
+    make_hook_relay([rec], workflow="w", out=tmp_path, enabled=False).step(step=1, metrics={})
+    assert rec.events == []
+
+
+def test_misspelt_hook_is_an_error():
+    class Typo:
+        def fulcra_stepp(self, workflow, step, metrics, total, stage):  # no such hookspec
+            pass
+
+    with pytest.raises(ConfigError, match="fulcra_stepp"):
+        make_hook_relay([Typo()])
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "fulcra", *args], capture_output=True, text=True)
+
+
+def test_plugins_json_lists_every_kind():
+    res = _cli("plugins", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert {"hooks"} <= {r["kind"] for r in rows}
+    for r in rows:
+        assert set(r) >= {"kind", "name", "distribution", "available", "reason"}
+        assert r["available"] or r["reason"]
+
+
+def test_plugins_show_prints_parameters():
+    res = _cli("plugins", "show", "hooks", "jsonl")
+    assert res.returncode == 0 and "filename: str = 'metrics.jsonl'" in res.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("run", "no-such-recipe"), "neither a recipe nor a config file"),
+    (("plugins", "show", "hooks", "jsnol"), "did you mean 'jsonl'"),
+    (("plugins", "show", "scnes", "torch"), "unknown plugin kind 'scnes'"),
+    (("config", "show", "missing.yaml"), "does not exist"),
+])
+def test_bad_input_is_one_line_and_nonzero(args, needle):
+    res = _cli(*args)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], res.stderr
