@@ -78,8 +78,7 @@ def check_feature_extractor(ext: Any, size: int = 28) -> None:
 
 def check_augmentation_op(op: Any) -> None:
     name = type(op).__name__
-    lo, hi = op.value_range
-    assert lo <= hi, f"{name}: value_range {op.value_range} is reversed"
+    lo, hi = op.value_range  # may decrease (Posterize: magnitude 0 = 8 bits = identity)
     for dtype in (torch.uint8, torch.float32):
         x = tiny_images(3, 12, 12, dtype=dtype)
         for mag in (0.0, 0.5, 1.0):

@@ -1,0 +1,43 @@
+# Two entry points, both self-contained on a fresh machine:
+#   make demo   create .venv if missing, install fulcra, run every workflow on embedded data
+#   make test   create .venv if missing, install fulcra with its test extras, run the suite
+# torch/torchvision are pinned to the wheels that lie on this kind of machine's disk, and passed as
+# constraints to every later install so that no dependency can pull another torch build.
+
+VENV      ?= .venv
+PYTHON    ?= python3
+TORCH     ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS    ?= dev
+PY        := $(VENV)/bin/python
+PIP       := $(PY) -m pip
+STAMP     := $(VENV)/.fulcra-installed-$(EXTRAS)
+OUT       ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-all bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/constraints.txt: | $(PY)
+	printf '%s\n' $(TORCH) > $@
+
+$(STAMP): pyproject.toml | $(PY) $(VENV)/constraints.txt
+	$(PIP) install --upgrade pip
+	$(PIP) install $(TORCH)
+	$(PIP) install -c $(VENV)/constraints.txt -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fulcra demo --out $(OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q --timeout=900 $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q --timeout=1800 --run-slow $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
