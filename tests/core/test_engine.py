@@ -154,3 +154,20 @@ def test_two_process_ddp_matches_single_process_large_batch(tmp_path):
     Trainer(model, data, loss_fn, epochs=2, batch_size=16, lr=0.05, seed=7).fit()
     for k, v in model.state_dict().items():
         assert torch.allclose(v, r0["state"][k], atol=1e-5), k
+
+
+def test_over_seeds_resumes_finished_seeds(tmp_path):
+    from fulcra.engine import over_seeds
+
+    calls = []
+
+    def fn(seed):
+        calls.append(seed)
+        if seed == 2 and len(calls) == 3:
+            raise KeyboardInterrupt  # killed during the third seed
+        return {"score": float(seed), "extra": seed * 2}
+
+    with pytest.raises(KeyboardInterrupt):
+        over_seeds(fn, [0, 1, 2], tmp_path / "s.json")
+    res = over_seeds(fn, [0, 1, 2], tmp_path / "s.json")
+    assert calls == [0, 1, 2, 2] and res["mean"] == 1.0 and res["per_seed"]["2"]["extra"] == 4

@@ -15,7 +15,7 @@ import torch
 from ..errors import ConfigError, FormatError
 
 __all__ = ["select_device", "select_dtype", "seed_everything", "rng_state", "set_rng_state",
-           "atomic_save", "atomic_write_text", "load_checkpoint", "mean_ci"]
+           "atomic_save", "atomic_write_text", "load_checkpoint", "mean_ci", "over_seeds"]
 
 
 def select_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -162,3 +162,25 @@ def mean_ci(values: Sequence[float]) -> dict:
         return {"values": vals, "mean": mean, "ci95": 0.0, "n": 1}
     var = sum((v - mean) ** 2 for v in vals) / (n - 1)
     return {"values": vals, "mean": mean, "ci95": _t975(n - 1) * math.sqrt(var / n), "n": n}
+
+
+def over_seeds(fn, seeds: Sequence[int], path: str | Path | None = None, key: str = "score") -> dict:
+    """Run ``fn(seed) -> float | dict`` for each seed and summarise with :func:`mean_ci`.
+
+    With ``path`` (a JSON file), finished seeds are stored after each one and skipped when run
+    again, so an evaluation killed between seeds resumes where it stopped. A dict result is
+    summarised on its ``key`` entry and kept whole under ``per_seed``.
+    """
+    import json
+
+    done: dict = {}
+    if path is not None and Path(path).is_file():
+        done = json.loads(Path(path).read_text(encoding="utf-8"))
+    for seed in seeds:
+        if str(seed) in done:
+            continue
+        done[str(seed)] = fn(int(seed))
+        if path is not None:
+            atomic_write_text(json.dumps(done, indent=1), path)
+    values = [done[str(s)][key] if isinstance(done[str(s)], dict) else done[str(s)] for s in seeds]
+    return {**mean_ci(values), "seeds": [int(s) for s in seeds], "per_seed": {str(s): done[str(s)] for s in seeds}}
