@@ -23,7 +23,6 @@ $(VENV)/constraints.txt: | $(PY)
 	printf '%s\n' $(TORCH) > $@
 
 $(STAMP): pyproject.toml | $(PY) $(VENV)/constraints.txt
-	$(PIP) install --upgrade pip
 	$(PIP) install $(TORCH)
 	$(PIP) install -c $(VENV)/constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
