@@ -257,7 +257,7 @@ class SAMExtractor(PromptedMaskExtractor):
             except RuntimeError as exc:
                 from fulcra.errors import FormatError
 
-                raise FormatError(f"{path}: not a SAM {variant} checkpoint ({" ".join(str(exc).split())[:240]})") from exc
+                raise FormatError(f"{path}: not a SAM {variant} checkpoint ({' '.join(str(exc).split())[:240]})") from exc
             self.weights = str(path)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.predictor = SamPredictor(self.model)

@@ -141,7 +141,7 @@ class SAM2Extractor(PromptedMaskExtractor):
             try:
                 model.load_state_dict(load_state_dict_file(path))
             except RuntimeError as exc:
-                raise FormatError(f"{path}: not a SAM 2 {version} {variant} checkpoint ({" ".join(str(exc).split())[:240]})") from exc
+                raise FormatError(f"{path}: not a SAM 2 {version} {variant} checkpoint ({' '.join(str(exc).split())[:240]})") from exc
             self.weights = str(path)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.predictor = SAM2ImagePredictor(self.model)
