@@ -494,7 +494,8 @@ def _load_strict(model: nn.Module, sd: dict, path: Path, name: str) -> None:
         )
 
 
-def load_backbone(name: str, weights: str | None = None, *, tiny: bool = False, device: str | torch.device = "cpu") -> Backbone:
+def load_backbone(name: str, weights: str | None = None, *, tiny: bool = False, device: str | torch.device = "cpu",
+                  pretrained: bool = True) -> Backbone:
     """Build a pretrained backbone by name, frozen-ready and in eval mode.
 
     Args:
@@ -503,6 +504,8 @@ def load_backbone(name: str, weights: str | None = None, *, tiny: bool = False, 
         weights: a local weight file; ``None`` looks in the caches (or nothing when ``tiny``).
         tiny: a small random model of the same family (tests, offline demos); loads ``weights`` if given.
         device: where to put the model.
+        pretrained: ``False`` builds the full-size architecture with random weights (training from
+            scratch) without looking for a file.
 
     Returns:
         A :class:`Backbone` (``TimmBackbone`` or ``ClipBackbone``) in eval mode.
@@ -518,7 +521,7 @@ def load_backbone(name: str, weights: str | None = None, *, tiny: bool = False, 
         raise ConfigError(f"unknown backbone '{name}'" + (f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(BACKBONES))}"))
     spec = BACKBONES[name]
     path = None
-    if weights or not tiny:
+    if weights or (pretrained and not tiny):
         path = resolve_weights(name, weights)
     build = _build_timm if spec.family == "timm" else _build_clip
     bb = build(name, spec, tiny, path)

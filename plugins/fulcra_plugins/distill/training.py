@@ -1,0 +1,202 @@
+"""The training steps of the distill workflow, each resumable through the engine's Trainer.
+
+- :func:`probe_teacher` — trains only the teacher's head (step 1 of §4.3.1), on the memory-mapped
+  feature cache when the augmentation is deterministic, else re-encoding every augmented batch.
+- :func:`train_student` — trains a student on ``(1 − α)·task + α·distill`` (Eq. 4.2), or on the task
+  alone when no teacher is given; teacher and student see exactly the same augmented batch, Mixup
+  touches original images only, and synthetic images enter only the distillation term, as many per
+  step as original ones (§4.3.2).
+- :func:`evaluate` — the task's headline metric over a dataset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from fulcra.engine import Trainer, collate_batch, unwrap
+
+from ._common import resize_logits
+from .augment import augment_batch, mixup
+from .cache import CachedFeatures, FeatureCache, dataset_fingerprint, file_fingerprint
+from .losses import combine, distill_loss
+
+__all__ = ["probe_teacher", "train_student", "evaluate", "dataset_targets", "to_unit"]
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, 3, H, W]`` -> float in [0, 1] (float input passes through)."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images
+
+
+def dataset_targets(dataset: Any) -> torch.Tensor:
+    """All targets of a dataset as one tensor ``[N]`` or ``[N, H, W]``."""
+    if hasattr(dataset, "labels") and isinstance(dataset.labels, torch.Tensor):
+        return dataset.labels
+    out = [collate_batch(dataset, list(range(i, min(len(dataset), i + 256))))[1] for i in range(0, len(dataset), 256)]
+    return torch.cat([torch.as_tensor(t) for t in out])
+
+
+def _is_dense(targets: torch.Tensor) -> bool:
+    return targets.ndim >= 3
+
+
+def _task_loss(task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return task.loss(resize_logits(out, tuple(y.shape[-2:])) if _is_dense(y) else out, y)
+
+
+class _HeadOnFeatures(nn.Module):
+    """Wraps a teacher head so the Trainer can train it on cached features."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.head(feats)
+
+
+def probe_teacher(teacher: nn.Module, task: Any, train: Any, *, out_dir: Path, cfg: Any, device: torch.device,
+                  seed: int, hooks: Any = None, cache_root: Path | None = None, weights: str | None = None) -> dict:
+    """Train the teacher head; returns ``{"cached": bool}``. Resumes from ``out_dir/teacher.ckpt``.
+
+    ``cfg`` has ``epochs, batch_size, optimizer, lr, weight_decay, augment, cache``. With
+    ``augment == "deterministic"`` and ``cache``, features live in ``cache_root`` (shared by seeds).
+    """
+    cached = bool(cfg.cache) and cfg.augment == "deterministic"
+    common = dict(epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(train)), optimizer=cfg.optimizer, lr=cfg.lr,
+                  weight_decay=cfg.weight_decay, device=device, seed=seed, ckpt_path=out_dir / "teacher.ckpt",
+                  hooks=hooks, stage="probe")
+    teacher.to(device)
+    if cached:
+        key = {"backbone": teacher.backbone_name, "weights": file_fingerprint(weights), "image_size": teacher.image_size,
+               "n_cls": getattr(teacher, "n_cls", None), "avgpool": getattr(teacher, "avgpool", None),
+               "dense": teacher.task == "segmentation", "data": dataset_fingerprint(train)}
+        cache = FeatureCache(cache_root, key)
+        feats = cache.build(train, lambda x: teacher.encode(teacher.prepare(to_unit(x))), device)
+        ds = CachedFeatures(feats, dataset_targets(train))
+        model = _HeadOnFeatures(teacher.head)
+        Trainer(model, ds, lambda m, x, y: _task_loss(task, m(x), y), **common).fit()
+    else:
+        def transform(x, y, gen):
+            x, y = augment_batch(to_unit(x), y, cfg.augment, gen)
+            return unwrap_prepare(teacher, x), y
+
+        Trainer(teacher, train, lambda m, x, y: _task_loss(task, m(x), y), batch_transform=transform, **common).fit()
+    teacher.eval()
+    return {"cached": cached}
+
+
+def unwrap_prepare(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return unwrap(model).prepare(x)
+
+
+def train_student(student: nn.Module, task: Any, train: Any, *, ckpt_path: Path, cfg: Any, device: torch.device,
+                  seed: int, teacher: nn.Module | None = None, distill_cfg: Any = None,
+                  synthetic: torch.Tensor | None = None, hooks: Any = None, stage: str = "student") -> nn.Module:
+    """Train ``student`` (resuming from ``ckpt_path``); with ``teacher``, by distillation.
+
+    Args:
+        cfg: ``epochs, batch_size, optimizer, lr, weight_decay, warmup_epochs, augment, mixup``.
+        distill_cfg: ``alpha, temperature, loss`` (``kd``, ``hard`` or ``dkd``).
+        synthetic: ``[M, 3, H, W]`` uint8 images used only in the distillation term.
+    """
+    dense = _is_dense(dataset_targets(train)[:1])
+    loss_name = distill_cfg.loss if (teacher is not None and distill_cfg is not None) else "kd"
+    # Mixup is not compatible with hard-label KD and DKD (Table B.9), nor with label maps
+    use_mixup = cfg.mixup > 0 and not dense and not (teacher is not None and loss_name in ("hard", "dkd"))
+    bs = min(cfg.batch_size, len(train))
+    syn = synthetic
+
+    def transform(x, y, gen):
+        x, y = augment_batch(to_unit(x), y, cfg.augment, gen)
+        n = x.shape[0]
+        perm, lam = torch.arange(n, device=x.device), 1.0
+        if use_mixup:
+            x, perm, lam = mixup(x, cfg.mixup, gen)
+        if syn is not None and teacher is not None:
+            pick = torch.randint(0, syn.shape[0], (n,), generator=gen, device=gen.device).cpu()
+            xs, _ = augment_batch(to_unit(syn[pick].to(x.device)), None, cfg.augment, gen)
+            if xs.shape[-2:] != x.shape[-2:]:
+                xs = torch.nn.functional.interpolate(xs, size=x.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+            x = torch.cat([x, xs], 0)
+        return x, {"y": y, "perm": perm, "lam": lam, "n": n}
+
+    def loss_fn(model, x, t):
+        s_out = model(unwrap(model).prepare(x))
+        n, y = t["n"], t["y"]
+        if dense:
+            s_out = resize_logits(s_out, tuple(y.shape[-2:]))
+        task_loss = t["lam"] * _task_loss(task, s_out[:n], y)
+        if t["lam"] < 1.0:
+            task_loss = task_loss + (1 - t["lam"]) * _task_loss(task, s_out[:n], y[t["perm"]])
+        if teacher is None:
+            return task_loss, {"task": float(task_loss.detach())}
+        with torch.no_grad():
+            t_out = teacher(teacher.prepare(x))
+            if dense:
+                t_out = resize_logits(t_out, tuple(y.shape[-2:]))
+        mask = None
+        if dense and hasattr(task, "ignore_index"):
+            # synthetic images carry no labels: all their pixels count; ignored real pixels do not
+            mask = torch.cat([y != task.ignore_index, torch.ones((s_out.shape[0] - n, *y.shape[1:]), dtype=torch.bool, device=y.device)])
+        if loss_name == "dkd":  # needs labels: real images only
+            d = distill_loss("dkd", s_out[:n], t_out[:n], labels=y, mask=None if mask is None else mask[:n])
+        else:
+            d = distill_loss(loss_name, s_out, t_out, temperature=distill_cfg.temperature, mask=mask)
+        loss = combine(task_loss, d, distill_cfg.alpha)
+        return loss, {"task": float(task_loss.detach()), "distill": float(d.detach())}
+
+    steps_per_epoch = max(1, len(train) // bs)
+    trainer = Trainer(student, train, loss_fn, epochs=cfg.epochs, batch_size=bs, optimizer=cfg.optimizer, lr=cfg.lr,
+                      weight_decay=cfg.weight_decay, warmup_steps=int(cfg.warmup_epochs * steps_per_epoch),
+                      device=device, seed=seed, ckpt_path=ckpt_path, hooks=hooks, stage=stage, batch_transform=transform,
+                      grad_clip=getattr(cfg, "grad_clip", None) or None)
+    if teacher is not None:
+        teacher.to(device).eval()
+    trainer.fit()
+    student.eval()
+    return student
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Any, task: Any, device: torch.device, batch_size: int = 256) -> dict:
+    """Reduced task metrics of ``model`` over ``dataset`` (Resize/CenterCrop only: ``prepare``)."""
+    was = model.training
+    model.eval()
+    metrics = []
+    for i in range(0, len(dataset), batch_size):
+        x, y = collate_batch(dataset, list(range(i, min(len(dataset), i + batch_size))))
+        x, y = to_unit(x.to(device)), torch.as_tensor(y).to(device)
+        out = model(model.prepare(x))
+        if _is_dense(y):
+            out = resize_logits(out, tuple(y.shape[-2:]))
+        metrics.append(task.metric(out, y))
+    model.train(was)
+    return task.reduce(metrics)
+
+
+def collect_features(model: nn.Module, dataset: Any, device: torch.device, batch_size: int = 256,
+                     limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model.features`` over (the first ``limit`` items of) a dataset -> (features, targets) on CPU."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    fs, ts = [], []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            x, y = collate_batch(dataset, list(range(i, min(n, i + batch_size))))
+            fs.append(model.features(model.prepare(to_unit(x.to(device)))).float().cpu())
+            ts.append(torch.as_tensor(y))
+    return torch.cat(fs), torch.cat(ts)
+
+
+def images_features(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """``model.features`` of a uint8 image tensor ``[M, 3, H, W]`` (synthetic images in the PCA plot)."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, images.shape[0], batch_size):
+            out.append(model.features(model.prepare(to_unit(images[i : i + batch_size].to(device)))).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)

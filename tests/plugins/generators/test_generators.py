@@ -1,0 +1,143 @@
+"""Generators: Mixup/CutMix against their definitions, ImageMixer on tiny random diffusers parts,
+and the resumable, sharded synthetic-set builder."""
+
+import json
+
+import pytest
+import torch
+
+from fulcra.errors import ConfigError, WeightsNotFoundError
+from fulcra_plugins.generators import CutMix, Mixup, build_synthetic_set, load_synthetic_set
+from fulcra_plugins.generators.synthetic import draw_sources
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_mixup_is_convex_combination():
+    x = torch.rand(6, 3, 8, 8)
+    m = Mixup(mix_k=3)
+    w = m.weights(2, _gen(0))
+    y = m.generate(x, _gen(0))
+    assert y.shape == (2, 3, 8, 8)
+    ref = torch.einsum("nk,nkchw->nchw", w, x.view(2, 3, 3, 8, 8))
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(w.sum(1), torch.ones(2))
+    torch.testing.assert_close(m.generate(x, _gen(0)), y)  # deterministic for a seed
+    with pytest.raises(ConfigError):
+        m.generate(torch.rand(4, 3, 8, 8))
+
+
+def test_cutmix_pastes_boxes():
+    a, b = torch.zeros(1, 3, 16, 16), torch.ones(1, 3, 16, 16)
+    c = CutMix(mix_k=2)
+    y = c.generate(torch.cat([a, b]), _gen(3))
+    y0, y1, x0, x1 = c.boxes(1, 16, 16, _gen(3))[0, 0].tolist()
+    assert y.shape == (1, 3, 16, 16)
+    assert float(y.sum()) == 3 * (y1 - y0) * (x1 - x0)
+    assert y[0, :, y0:y1, x0:x1].eq(1).all() and float(y.sum()) < y.numel()
+
+
+def test_draw_sources_distinct():
+    s = draw_sources(5, 200, 3, seed=1)
+    assert s.shape == (200, 3) and int(s.max()) < 5
+    assert all(len(set(r)) == 3 for r in s.tolist())
+    torch.testing.assert_close(s, draw_sources(5, 200, 3, seed=1))
+
+
+class _Counting(Mixup):
+    calls = 0
+
+    def generate(self, images, generator=None):
+        type(self).calls += 1
+        return super().generate(images, generator)
+
+
+def test_synthetic_set_resume_and_index(tmp_path):
+    imgs = (torch.rand(10, 3, 8, 8) * 255).to(torch.uint8)
+    gen = _Counting()
+    full = build_synthetic_set(gen, imgs, 7, tmp_path / "a", seed=0, batch_size=3)
+    assert full.shape == (7, 3, 8, 8) and full.dtype == torch.uint8
+    index = json.loads((tmp_path / "a" / "index.json").read_text())
+    assert len(index["sources"]) == 7 and all(len(r) == 2 for r in index["sources"])
+    # kill after one chunk: remove the others, rerun -> only missing chunks are generated
+    (tmp_path / "a" / "chunk_00001.pt").unlink()
+    (tmp_path / "a" / "chunk_00002.pt").unlink()
+    _Counting.calls = 0
+    again = build_synthetic_set(gen, imgs, 7, tmp_path / "a", seed=0, batch_size=3)
+    assert _Counting.calls == 2
+    assert torch.equal(again, full) and torch.equal(load_synthetic_set(tmp_path / "a"), full)
+    # two "ranks" each producing their shard give the same set as one process
+    from fulcra.engine import dist
+    from fulcra.errors import FormatError
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dist, "shard_indices", lambda n, rank_=None, world=None: list(range(0, n, 2)))
+        with pytest.raises(FormatError, match="unfinished"):  # rank 1's chunk is not there yet
+            build_synthetic_set(gen, imgs, 7, tmp_path / "b", seed=0, batch_size=3)
+        mp.setattr(dist, "shard_indices", lambda n, rank_=None, world=None: list(range(1, n, 2)))
+        assert torch.equal(build_synthetic_set(gen, imgs, 7, tmp_path / "b", seed=0, batch_size=3), full)
+
+
+def _tiny_imagemixer(root):
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32),
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                         cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8).save_pretrained(root / "unet")
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                  up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16), latent_channels=4,
+                  norm_num_groups=8, sample_size=16).save_pretrained(root / "vae")
+    DDIMScheduler(num_train_timesteps=100, beta_schedule="scaled_linear", clip_sample=False).save_pretrained(root / "scheduler")
+    cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+                           patch_size=8, projection_dim=16)
+    CLIPVisionModelWithProjection(cfg).save_pretrained(root / "image_encoder")
+
+
+@pytest.fixture(scope="module")
+def tiny_mixer_dir(tmp_path_factory):
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("imagemixer")
+    _tiny_imagemixer(root)
+    return root
+
+
+@pytest.mark.slow  # importing diffusers + transformers alone takes ~20 s on the 2-core machine
+def test_imagemixer_shapes_determinism_and_conditioning(tiny_mixer_dir):
+    from fulcra_plugins.generators.imagemixer import ImageMixer
+
+    mixer = ImageMixer(model=str(tiny_mixer_dir), mix_k=2, steps=3, device="cpu")
+    x = torch.rand(4, 3, 12, 12)
+    y = mixer.generate(x, _gen(0))
+    assert y.shape == (2, 3, 12, 12) and float(y.min()) >= 0 and float(y.max()) <= 1
+    torch.testing.assert_close(mixer.generate(x, _gen(0)), y)
+    assert not torch.allclose(mixer.generate(x, _gen(1)), y)
+    # the conditioning is the two inputs' embeddings: swapping the pair's content changes the output
+    assert mixer.embed(x).shape == (4, 16)
+    big = ImageMixer(model=str(tiny_mixer_dir), steps=2, keep_size=False, device="cpu").generate(x, _gen(0))
+    assert big.shape == (2, 3, 16, 16)  # UNet sample 8 × VAE factor 2
+
+
+@pytest.mark.slow
+def test_imagemixer_resumable_set(tiny_mixer_dir, tmp_path):
+    from fulcra_plugins.generators.imagemixer import ImageMixer
+
+    mixer = ImageMixer(model=str(tiny_mixer_dir), steps=2, device="cpu")
+    imgs = (torch.rand(6, 3, 12, 12) * 255).to(torch.uint8)
+    a = build_synthetic_set(mixer, imgs, 4, tmp_path / "s", seed=5, batch_size=2)
+    (tmp_path / "s" / "chunk_00001.pt").unlink()
+    b = build_synthetic_set(mixer, imgs, 4, tmp_path / "s", seed=5, batch_size=2)
+    assert a.shape == (4, 3, 12, 12) and torch.equal(a, b)
+
+
+def test_imagemixer_missing_model_says_where(tmp_path):
+    from fulcra_plugins.generators.imagemixer import ImageMixer
+
+    with pytest.raises(WeightsNotFoundError, match="model=DIR"):
+        ImageMixer().generate(torch.rand(2, 3, 8, 8))
+    with pytest.raises(WeightsNotFoundError, match="unet/"):
+        ImageMixer(model=str(tmp_path)).generate(torch.rand(2, 3, 8, 8))
