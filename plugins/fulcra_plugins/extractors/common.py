@@ -318,13 +318,15 @@ def _jsonable(v: Any) -> Any:
 def window_starts(length: int, window: int, stride: int) -> list[int]:
     """Start offsets of windows of size ``window`` every ``stride`` pixels along an axis of ``length``.
 
-    The last window is aligned to the end so that every pixel is covered; a window at least as
-    long as the axis gives a single window at 0 (the caller clips it).
+    The last window is aligned to the end and a stride larger than the window is reduced to the
+    window, so that every pixel is covered; a window at least as long as the axis gives a single
+    window at 0 (the caller clips it).
     """
     if window <= 0 or stride <= 0:
         raise ValueError(f"window and stride must be positive, got {window}, {stride}")
     if window >= length:
         return [0]
+    stride = min(stride, window)  # no gaps between windows
     starts = list(range(0, length - window + 1, stride))
     if starts[-1] != length - window:
         starts.append(length - window)
