@@ -1,0 +1,238 @@
+"""Sparse kernels of graph diffusion (Eq. 5.8) on a :class:`~._graph.SceneGraph`, CPU or GPU.
+
+The product ``A g`` with ``A = diag(√P) · S · diag(√P)`` (Eq. 5.7) never forms ``A``: the shared
+similarity ``S`` is one CSR matrix and the per-prompt unary term enters as elementwise scalings, so
+many prompts diffuse at once as the columns of ``g``.
+
+Work is restricted to the nodes a prompt can reach. After ``t`` steps ``g_t`` is zero outside the
+nodes within ``t`` hops of the initial support, so nodes are renumbered by hop distance (Morton order
+kept inside each hop layer) and step ``t`` multiplies only the leading ``n_{t+1}`` rows of the
+renumbered matrix: exact, and most of the graph is never touched.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ._graph import SceneGraph
+
+__all__ = ["hop_distances", "reachable", "power_iteration", "power_iteration_full", "edge_values"]
+
+
+def _csr(crow, col, values, size) -> torch.Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": we rely on mm only
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+
+
+def _gather_edges(graph: SceneGraph, nodes: torch.Tensor) -> torch.Tensor:
+    """Edge ids (positions in ``indices``) of all rows in ``nodes`` ``[M]`` int64."""
+    starts = graph.indptr[nodes]
+    counts = graph.indptr[nodes + 1] - starts
+    total = int(counts.sum())
+    if total == 0:
+        return torch.zeros(0, dtype=torch.long, device=nodes.device)
+    offsets = torch.cumsum(counts, 0) - counts  # exclusive scan
+    return torch.repeat_interleave(starts - offsets, counts) + torch.arange(total, device=nodes.device)
+
+
+def edge_values(graph: SceneGraph, edges: torch.Tensor, sqrt_p: torch.Tensor | None) -> torch.Tensor:
+    """``A_e = S_e √P_row √P_col`` for edge ids ``edges`` ``[E]``; ``sqrt_p`` ``[N]`` or None."""
+    v = graph.similarity[edges]
+    if sqrt_p is not None:
+        v = v * sqrt_p[graph.rows[edges].long()] * sqrt_p[graph.indices[edges].long()]
+    return v
+
+
+def hop_distances(
+    graph: SceneGraph,
+    seeds: torch.Tensor,  # [N] bool
+    steps: int,
+    sqrt_p: torch.Tensor | None = None,  # [N]
+    threshold: float | None = None,
+) -> torch.Tensor:
+    """Breadth-first hop distance from ``seeds``, up to ``steps`` hops.
+
+    An edge is followed when its value ``A_e`` (see :func:`edge_values`) is ``> threshold``; with
+    ``threshold=None`` every edge of the graph is followed (the structural reach, a superset of the
+    support of any diffusion on it).
+
+    Returns:
+        ``[N]`` int32 hop distances; ``steps + 1`` where unreached.
+    """
+    n = graph.num_nodes
+    dist = torch.full((n,), steps + 1, dtype=torch.int32, device=graph.device)
+    frontier = torch.nonzero(seeds, as_tuple=False).flatten()
+    dist[frontier] = 0
+    fresh = torch.zeros(n, dtype=torch.bool, device=graph.device)
+    for t in range(1, steps + 1):
+        if frontier.numel() == 0:
+            break
+        e = _gather_edges(graph, frontier)
+        if threshold is not None:
+            e = e[edge_values(graph, e, sqrt_p) > threshold]
+        # dedupe by marking (a scatter), not by sorting: O(edges + N/word) per step
+        fresh.zero_()
+        fresh[graph.indices[e].long()] = True
+        fresh &= dist > t
+        frontier = torch.nonzero(fresh, as_tuple=False).flatten()
+        dist[frontier] = t
+    return dist
+
+
+def reachable(graph: SceneGraph, seeds: torch.Tensor, steps: int, sqrt_p: torch.Tensor | None = None,
+              threshold: float = 0.0) -> torch.Tensor:
+    """Nodes reached from ``seeds`` ``[N]`` bool within ``steps`` hops over edges with ``A_e > threshold``.
+
+    This is exactly the support of ``g_T`` in Eq. 5.8 (non-negative ``A`` and ``g_0``), computed
+    without floating point, so it cannot lose nodes whose ``g_T`` underflows after many steps.
+    Returns ``[N]`` bool.
+    """
+    return hop_distances(graph, seeds, steps, sqrt_p, threshold) <= steps
+
+
+class _Restricted:
+    """The graph renumbered by hop distance from a seed set, restricted to ``<= steps`` hops."""
+
+    def __init__(self, graph: SceneGraph, seeds: torch.Tensor, steps: int):
+        dev = graph.device
+        dist = hop_distances(graph, seeds, steps)
+        reached = torch.nonzero(dist <= steps, as_tuple=False).flatten()
+        # stable sort by hop distance: Morton order survives inside each layer
+        order = reached[torch.sort(dist[reached].long(), stable=True).indices]
+        self.nodes = order  # new -> Morton index
+        m = int(order.numel())
+        new_id = torch.full((graph.num_nodes,), -1, dtype=torch.long, device=dev)
+        new_id[order] = torch.arange(m, device=dev)
+        e = _gather_edges(graph, order)
+        cols = new_id[graph.indices[e].long()]
+        keep = cols >= 0  # edges to nodes beyond `steps` hops only ever meet zeros
+        row_new = new_id[graph.rows[e].long()]
+        self.edges = e[keep]
+        self.col = cols[keep].to(torch.int32)
+        counts = torch.bincount(row_new[keep], minlength=m)
+        self.crow = torch.zeros(m + 1, dtype=torch.long, device=dev)
+        self.crow[1:] = torch.cumsum(counts, 0)
+        self.row = row_new[keep]
+        layer_sizes = torch.bincount(dist[order].long(), minlength=steps + 1)[: steps + 1]
+        self.n_upto = torch.cumsum(layer_sizes, 0).tolist()  # nodes within t hops, t = 0..steps
+        self.nnz_upto = self.crow[self.n_upto].tolist()  # nnz of the leading rows
+        self.crow32 = self.crow.to(torch.int32)
+        self.size = m
+
+    def matrix(self, values: torch.Tensor, rows_upto: int) -> torch.Tensor:
+        """CSR view of the leading ``rows_upto`` rows (a prefix of the renumbered matrix)."""
+        n = rows_upto
+        nnz = int(self.crow[n])
+        return _csr(self.crow32[: n + 1], self.col[:nnz], values[:nnz], (n, self.size))
+
+
+TINY = 1e-30
+
+
+def _flush_tiny(g: torch.Tensor) -> None:
+    """Zero the entries under ``TINY`` in place (``g >= 0``, columns of norm ~1 before the product).
+
+    Far from the anchors ``g_t`` decays geometrically into denormal floats, which slow CPU arithmetic
+    10-100×; such values carry no information (the reachable set is computed exactly by
+    :func:`reachable`, not from the float support).
+    """
+    torch.nn.functional.threshold_(g, TINY, 0.0)
+
+
+def _normalise_columns(g: torch.Tensor, eps: float) -> torch.Tensor:
+    return g / (g.norm(dim=0, keepdim=True) + eps)
+
+
+def power_iteration(
+    graph: SceneGraph,
+    g0: torch.Tensor,  # [N, Q] (Morton order)
+    steps: int,
+    sqrt_p: torch.Tensor | None = None,  # [N, Q]
+    binarize: float | None = None,
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """``T`` steps of ``g_{t+1} = A g_t / ||g_t||`` (Eq. 5.8), restricted to reachable nodes.
+
+    Args:
+        graph: the scene graph (``S`` on its edges).
+        g0: ``[N, Q]`` non-negative initial weights, one column per prompt.
+        steps: ``T``.
+        sqrt_p: ``[N, Q]`` square root of the unary term ``P`` per prompt, or None (``P = 1``).
+        binarize: if set, ``A_ij := 1[S_ij √(P_i P_j) > binarize]`` (then each prompt has its own
+            matrix and columns are diffused one by one).
+        eps: guards the column normalisation.
+
+    Returns:
+        ``[N, Q]`` float32 ``g_T`` (Morton order).
+    """
+    n, q = g0.shape
+    out = torch.zeros(n, q, dtype=torch.float32, device=g0.device)
+    if binarize is not None:
+        for j in range(q):  # A depends on the column through the threshold
+            sp = sqrt_p[:, j] if sqrt_p is not None else None
+            out[:, j] = _power_restricted(graph, g0[:, j:j + 1], steps, None, binarize, sp, eps)[:, 0]
+        return out
+    return _power_restricted(graph, g0, steps, sqrt_p, None, None, eps)
+
+
+def _power_restricted(graph, g0, steps, sqrt_p, binarize, sp_bin, eps):
+    n, q = g0.shape
+    seeds = (g0 > 0).any(1)
+    out = torch.zeros(n, q, dtype=torch.float32, device=g0.device)
+    if not bool(seeds.any()) or steps <= 0:
+        return g0.float().clone() if steps <= 0 else out
+    R = _Restricted(graph, seeds, steps)
+    if binarize is not None:
+        values = (edge_values(graph, R.edges, sp_bin) > binarize).to(torch.float32)
+        sp = None
+    else:
+        values = graph.similarity[R.edges]
+        sp = sqrt_p[R.nodes].float() if sqrt_p is not None else None
+    q = g0.shape[1]
+    g = g0[R.nodes].float()  # rows beyond the current support are never read
+    x = torch.zeros(R.size, q, dtype=torch.float32, device=g0.device)
+    full = None
+    for t in range(steps):
+        cur = R.n_upto[t]  # g_t is zero beyond the nodes within t hops
+        rows = R.n_upto[min(t + 1, steps)]
+        if rows >= R.size:
+            if full is None:
+                full = R.matrix(values, R.size)
+            A = full
+        else:
+            A = R.matrix(values, rows)
+        gc = g[:cur]
+        norm = torch.linalg.vector_norm(gc, dim=0).add_(eps)
+        # in place: fresh buffers of this size page-fault on every step (PERF-NOTES)
+        if sp is not None:
+            torch.mul(gc, sp[:cur], out=x[:cur]).div_(norm)
+        else:
+            torch.div(gc, norm, out=x[:cur])
+        g = A @ x  # [rows, Q]
+        if sp is not None:
+            g.mul_(sp[:rows])
+        _flush_tiny(g)
+    out[R.nodes[: g.shape[0]]] = g
+    return out
+
+
+def power_iteration_full(graph: SceneGraph, g0: torch.Tensor, steps: int, sqrt_p: torch.Tensor | None = None,
+                         eps: float = 1e-12) -> torch.Tensor:
+    """Eq. 5.8 on the whole graph every step (no restriction): the baseline for the restricted path."""
+    A = _csr(graph.indptr.to(torch.int32), graph.indices, graph.similarity, (graph.num_nodes, graph.num_nodes))
+    g = g0.float()
+    x = torch.empty_like(g)
+    for _ in range(steps):
+        norm = torch.linalg.vector_norm(g, dim=0).add_(eps)
+        if sqrt_p is not None:
+            torch.mul(g, sqrt_p, out=x).div_(norm)
+        else:
+            torch.div(g, norm, out=x)
+        g = A @ x
+        if sqrt_p is not None:
+            g.mul_(sqrt_p)
+        _flush_tiny(g)
+    return g

@@ -1,0 +1,163 @@
+"""Anchors and unary terms of graph diffusion (app. C.1.3 and C.1.4), one column per prompt.
+
+All functions take the graph's l2-normalised features ``f`` ``[N, D]`` and return tensors in the
+same node order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["top_fraction_anchors", "rbf_unary", "logreg_unary", "relevancy_anchors", "otsu", "iterated_otsu"]
+
+
+def otsu(values: np.ndarray | torch.Tensor) -> float:
+    """Otsu's threshold (scikit-image) of a 1D set of values; the value itself when they are constant."""
+    from skimage.filters import threshold_otsu
+
+    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    v = v.astype(np.float64).ravel()
+    if v.size == 0:
+        raise ValueError("Otsu threshold of an empty set")
+    if np.all(v == v[0]):
+        return float(v[0])
+    return float(threshold_otsu(v))
+
+
+def iterated_otsu(values: torch.Tensor, times: int) -> float:
+    """Apply Otsu ``times`` times, each time among the values above the previous threshold."""
+    v = values
+    t = float(v.min())
+    for _ in range(times):
+        if v.numel() < 2:
+            break
+        t = otsu(v)
+        above = v[v > t]
+        if above.numel() == 0:
+            break
+        v = above
+    return t
+
+
+def top_fraction_anchors(g0: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Keep the top ``fraction`` of the positive entries of each column of ``g0`` ``[N, Q]``, zero the rest.
+
+    C.1.3: the uplifted reference mask or scribbles, "retaining only the top 10% of Gaussians with
+    positive mask values". ``fraction >= 1`` keeps every positive entry.
+    """
+    out = torch.zeros_like(g0)
+    for j in range(g0.shape[1]):
+        col = g0[:, j]
+        pos = torch.nonzero(col > 0, as_tuple=False).flatten()
+        if pos.numel() == 0:
+            continue
+        keep = max(1, int(round(min(fraction, 1.0) * pos.numel())))
+        top = pos[torch.topk(col[pos], keep).indices]
+        out[top, j] = col[top]
+    return out
+
+
+def rbf_unary(f: torch.Tensor, anchors: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """Scribble unary term: ``P(f_i) = S_f(f_i, f̄)`` with ``f̄`` the mean anchor feature (C.1.3, case 1).
+
+    ``f̄`` is l2-normalised, so ``P`` is a monotone function of the cosine similarity to it; the RBF
+    bandwidth is ``bandwidth * s**2`` with ``s`` the median distance of the anchors to ``f̄``.
+
+    Args:
+        f: ``[N, D]`` l2-normalised features.
+        anchors: ``[N, Q]`` bool.
+        bandwidth: ``b``.
+
+    Returns:
+        ``[N, Q]`` float32 in (0, 1].
+    """
+    P = torch.zeros(f.shape[0], anchors.shape[1], dtype=torch.float32, device=f.device)
+    for j in range(anchors.shape[1]):
+        a = anchors[:, j]
+        if not bool(a.any()):
+            continue
+        mean = f[a].mean(0)
+        mean = mean / (mean.norm() + 1e-8)
+        d2 = (2.0 - 2.0 * (f @ mean)).clamp_min(0)
+        s2 = float(np.median(d2[a].sqrt().cpu().numpy())) ** 2
+        s2 = max(s2, 1e-6)  # anchors identical to their mean
+        P[:, j] = torch.exp(-d2 / (bandwidth * s2))
+    return P
+
+
+def logreg_unary(
+    f: torch.Tensor,  # [N, D]
+    labels: torch.Tensor,  # [N, Q] bool
+    bandwidth: float,
+    C: float,
+    weights: torch.Tensor | None = None,  # [N]
+    max_samples: int = 100_000,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Mask / relevancy unary term: ``P = L(f)^{1/b}`` with ``L`` a logistic regression (C.1.3 case 2, C.1.4).
+
+    One scikit-learn ``LogisticRegression(C, class_weight="balanced")`` per column, trained on the
+    features with the column's positive labels (sample weights: the Gaussians' rendering weight sums
+    when given); at most ``max_samples`` nodes are used for fitting (all positives kept, negatives
+    subsampled with a fixed seed; the balanced class weights keep the decision unbiased).
+
+    Returns:
+        ``[N, Q]`` float32 in [0, 1].
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    fn = f.detach().cpu().numpy().astype(np.float32)
+    w = weights.detach().cpu().numpy().astype(np.float64) if weights is not None else None
+    rng = np.random.default_rng(seed)
+    out = np.zeros((fn.shape[0], labels.shape[1]), dtype=np.float32)
+    for j in range(labels.shape[1]):
+        y = labels[:, j].detach().cpu().numpy().astype(bool)
+        if y.all() or not y.any():
+            out[:, j] = 1.0 if y.all() else 0.0
+            continue
+        idx = np.arange(len(y))
+        if len(idx) > max_samples:
+            pos, neg = idx[y], idx[~y]
+            pos = pos if len(pos) <= max_samples // 2 else rng.choice(pos, max_samples // 2, replace=False)
+            neg = rng.choice(neg, min(len(neg), max_samples - len(pos)), replace=False)
+            idx = np.sort(np.concatenate([pos, neg]))
+        model = LogisticRegression(C=C, class_weight="balanced", max_iter=1000)
+        model.fit(fn[idx], y[idx].astype(int), sample_weight=None if w is None else w[idx])
+        out[:, j] = model.predict_proba(fn)[:, 1]
+    P = torch.from_numpy(out).to(f.device)
+    return P.pow(1.0 / bandwidth)
+
+
+def relevancy_anchors(relevancy: torch.Tensor, quantile: float = 0.999) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive set and initial weights from 3D relevancies (C.1.4, "graph construction and node initialization").
+
+    Per column: rescale to [0, 1]; the positive set is ``r > otsu(r[r > 0.5])``; ``g_0`` keeps the
+    relevancies at or above ``min(quantile_{0.999}(r), t)`` where ``t`` comes from two more Otsu
+    iterations among the positive set, zero elsewhere.
+
+    Args:
+        relevancy: ``[N, Q]`` relevancy scores (any range).
+
+    Returns:
+        ``(positives [N, Q] bool, g0 [N, Q] float32)``.
+    """
+    n, q = relevancy.shape
+    pos = torch.zeros(n, q, dtype=torch.bool, device=relevancy.device)
+    g0 = torch.zeros(n, q, dtype=torch.float32, device=relevancy.device)
+    for j in range(q):
+        r = relevancy[:, j].float()
+        lo, hi = float(r.min()), float(r.max())
+        if hi <= lo:
+            continue
+        nr = (r - lo) / (hi - lo)
+        upper = nr[nr > 0.5]
+        t = otsu(upper) if upper.numel() > 1 else 0.5
+        p = nr > t
+        if not bool(p.any()):
+            p = nr >= 1.0
+        pos[:, j] = p
+        t2 = iterated_otsu(nr[p], 2) if int(p.sum()) > 1 else 1.0
+        thr = min(float(torch.quantile(nr, quantile)) if n <= 16_000_000 else float(nr.max()), t2)
+        g0[:, j] = torch.where(nr >= thr, r - lo + 1e-12, torch.zeros_like(r))
+    return pos, g0
