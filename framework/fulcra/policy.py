@@ -1,0 +1,394 @@
+"""The SLACK augmentation policy (thesis §3.3.1, Eq. 3.1-3.2): what is learned, sampled and saved.
+
+A policy over ``N`` transforms and ``K`` composition stages has
+
+* ``logits`` π ``[K, N]``: stage ``k`` draws a transform from ``Cat(softmax(π_k))``, with replacement
+  across stages;
+* ``mu`` μ ``[N]`` in (0, 1]: the magnitude of transform ``n`` follows the *smoothed uniform*
+  distribution, the law of ``u + ε`` with ``u ~ U(0, μ_n)`` and ``ε ~ N(0, σ²)``, σ = 0.1, whose
+  density is ``p_μ(m) = (Φ((μ - m)/σ) - Φ(-m/σ)) / μ``. Sampled magnitudes are clamped to [0, 1]
+  when applied; densities are of the unclamped draw, which is what REINFORCE differentiates.
+
+``log p_φ(τ) = Σ_k log softmax(π_k)[t_k] + log p_{μ_{t_k}}(m_k)`` (transforms without a magnitude,
+whose range is ``None``, contribute only their categorical term).
+
+The policy file is JSON, readable by hand::
+
+    {"ops": ["identity", "shear_x", ...],              # N transform names
+     "probs": [[0.05, ...], [...], [...]],              # K lists of N probabilities
+     "mu": [0.75, ...],                                 # N magnitude upper bounds in [0, 1]
+      "ranges": {"shear_x": [0.0, 1.0], "identity": null, ...},  # value at magnitude 0 and 1
+     "sigma": 0.1, "magnitude_mode": "smoothed_uniform"}       # optional; these are the defaults
+
+>>> policy = fulcra.Policy.load("runs/pets/policy.json")
+>>> transform = policy.as_transform()      # per image, for any torchvision/DataLoader pipeline
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from .errors import FormatError
+
+__all__ = ["Policy", "smoothed_uniform_log_density", "SIGMA"]
+
+SIGMA = 0.1
+_LOG_EPS = 1e-30
+
+
+def smoothed_uniform_log_density(m: torch.Tensor, mu: torch.Tensor, sigma: float = SIGMA) -> torch.Tensor:
+    """``log p_μ(m)`` of the smoothed uniform distribution on [0, μ] (differentiable in μ).
+
+    Args:
+        m: magnitudes, any shape.
+        mu: upper bounds, broadcastable to ``m``, > 0.
+        sigma: standard deviation of the Gaussian smoothing.
+    """
+    mass = torch.special.ndtr((mu - m) / sigma) - torch.special.ndtr(-m / sigma)
+    return torch.log(mass.clamp_min(_LOG_EPS)) - torch.log(mu)
+
+
+class Policy:
+    """A K-stage augmentation policy with learnable logits π ``[K, N]`` and magnitude bounds μ ``[N]``.
+
+    Args:
+        ops: the N transform names (``augmentations`` plugin names).
+        logits: ``[K, N]`` float tensor.
+        mu: ``[N]`` float tensor in (0, 1].
+        ranges: ``{name: [v0, v1] or None}`` value at magnitude 0 and 1 (``None``: no magnitude).
+        sigma: smoothing of the magnitude distribution (0: plain uniform on [0, μ], as TrivialAugment).
+        magnitude_mode: ``"smoothed_uniform"`` (SLACK) or ``"fixed"`` (magnitude = μ, as RandAugment).
+    """
+
+    def __init__(self, ops: Sequence[str], logits: torch.Tensor, mu: torch.Tensor,
+                 ranges: Mapping[str, Sequence[float] | None] | None = None, sigma: float = SIGMA,
+                 magnitude_mode: str = "smoothed_uniform"):
+        self.ops = [str(o) for o in ops]
+        self.logits = torch.as_tensor(logits, dtype=torch.float32).clone()
+        self.mu = torch.as_tensor(mu, dtype=torch.float32).clone()
+        n = len(self.ops)
+        if self.logits.ndim != 2 or self.logits.shape[1] != n:
+            raise ValueError(f"logits must be [K, {n}], got {tuple(self.logits.shape)}")
+        if self.mu.shape != (n,):
+            raise ValueError(f"mu must be [{n}], got {tuple(self.mu.shape)}")
+        self.ranges = {o: (None if (ranges or {}).get(o, None) is None else [float(v) for v in ranges[o]])
+                       for o in self.ops} if ranges is not None else {o: None for o in self.ops}
+        self.sigma = float(sigma)
+        if magnitude_mode not in ("smoothed_uniform", "fixed"):
+            raise ValueError(f"magnitude_mode must be 'smoothed_uniform' or 'fixed', got {magnitude_mode!r}")
+        self.magnitude_mode = magnitude_mode
+
+    # --- construction ------------------------------------------------------------------------------
+    @classmethod
+    def uniform(cls, ops: Sequence[str], num_stages: int = 3, mu: float = 0.75,
+                ranges: Mapping[str, Sequence[float] | None] | None = None) -> "Policy":
+        """SLACK's initialisation: uniform π over the ``ops`` at each stage, every μ at ``mu``.
+
+        Without ``ranges`` the bundled ops' default ranges are used (``None`` for parameter-free ops).
+        """
+        if ranges is None:
+            ranges = default_ranges(ops)
+        return cls(ops, torch.zeros(num_stages, len(ops)), torch.full((len(ops),), float(mu)), ranges)
+
+    @property
+    def num_stages(self) -> int:
+        return self.logits.shape[0]
+
+    @property
+    def num_ops(self) -> int:
+        return self.logits.shape[1]
+
+    @property
+    def has_magnitude(self) -> torch.Tensor:
+        """``[N]`` bool: which transforms have a magnitude (a range)."""
+        return torch.tensor([self.ranges.get(o) is not None for o in self.ops])
+
+    def probs(self) -> torch.Tensor:
+        """``[K, N]`` stage probabilities ``softmax(π)``."""
+        return torch.softmax(self.logits.detach(), dim=-1)
+
+    def clone(self) -> "Policy":
+        return Policy(self.ops, self.logits.detach(), self.mu.detach(), self.ranges, self.sigma, self.magnitude_mode)
+
+    # --- sampling and densities -------------------------------------------------------------------
+    def sample(self, batch: int, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``batch`` composite augmentations.
+
+        Returns:
+            op_index ``[batch, K]`` int64 and magnitude ``[batch, K]`` float32 (unclamped smoothed
+            uniform draws; ops clamp them to [0, 1]). All randomness comes from ``generator``,
+            which must live on ``device`` (default: the generator's device, else CPU).
+        """
+        device = torch.device(device) if device is not None else (generator.device if generator is not None else torch.device("cpu"))
+        p = self.probs().to(device)
+        K = self.num_stages
+        u = torch.rand(batch, K, generator=generator, device=device)
+        cdf = p.cumsum(-1)
+        cdf = cdf / cdf[:, -1:]
+        idx = torch.searchsorted(cdf, u.t().contiguous(), right=True).t().clamp_max(self.num_ops - 1)
+        mu = self.mu.detach().to(device)[idx]
+        if self.magnitude_mode == "fixed":
+            return idx.contiguous(), mu
+        mags = torch.rand(batch, K, generator=generator, device=device) * mu
+        if self.sigma > 0:
+            mags = mags + self.sigma * torch.randn(batch, K, generator=generator, device=device)
+        return idx.contiguous(), mags
+
+    def log_prob(self, op_index: torch.Tensor, magnitude: torch.Tensor,
+                 logits: torch.Tensor | None = None, mu: torch.Tensor | None = None) -> torch.Tensor:
+        """``log p_φ(τ)`` of sampled augmentations, differentiable in ``logits`` and ``mu``.
+
+        Args:
+            op_index: ``[B, K]`` int64.
+            magnitude: ``[B, K]`` float (the unclamped draws of :meth:`sample`).
+            logits, mu: parameters to differentiate (default: the policy's own).
+        Returns:
+            ``[B]`` log-probabilities.
+        """
+        logits = self.logits if logits is None else logits
+        mu = self.mu if mu is None else mu
+        dev = logits.device
+        op_index, magnitude = op_index.to(dev), magnitude.to(dev)
+        logp = torch.log_softmax(logits, dim=-1)  # [K, N]
+        K = logits.shape[0]
+        cat = logp[torch.arange(K, device=dev), op_index].sum(-1)  # [B]
+        has = self.has_magnitude.to(dev)[op_index]
+        lm = smoothed_uniform_log_density(magnitude, mu[op_index], self.sigma)
+        return cat + torch.where(has, lm, torch.zeros_like(lm)).sum(-1)
+
+    # --- KL anchoring ------------------------------------------------------------------------------
+    @staticmethod
+    def kl(logits: torch.Tensor, anchor_logits: torch.Tensor) -> torch.Tensor:
+        """``KL(p_π ‖ p_π̃) = Σ_k Σ_n p_kn (log p_kn − log p̃_kn)`` (sum over the K independent stages)."""
+        lp = torch.log_softmax(logits, -1)
+        la = torch.log_softmax(anchor_logits, -1)
+        return (lp.exp() * (lp - la)).sum()
+
+    @staticmethod
+    def kl_grad(logits: torch.Tensor, anchor_logits: torch.Tensor) -> torch.Tensor:
+        """Exact ``∇_π KL(p_π ‖ p_π̃)``: ``p_kj (log p_kj − log p̃_kj − KL_k)``, shape ``[K, N]``."""
+        lp = torch.log_softmax(logits.detach(), -1)
+        la = torch.log_softmax(anchor_logits.detach(), -1)
+        p = lp.exp()
+        d = lp - la
+        return p * (d - (p * d).sum(-1, keepdim=True))
+
+    # --- application -------------------------------------------------------------------------------
+    def augmenter(self):
+        """A :class:`fulcra_plugins.augment.CompositeAugment` over this policy's ops and ranges."""
+        from fulcra_plugins.augment import CompositeAugment, build_ops
+
+        rng = {o: r for o, r in self.ranges.items() if r is not None}
+        return CompositeAugment(build_ops(self.ops, rng))
+
+    def augment(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                augmenter=None) -> torch.Tensor:
+        """Augment a batch ``[B, C, H, W]`` (uint8 or float), one composite augmentation per image."""
+        aug = augmenter or self.augmenter()
+        idx, mags = self.sample(images.shape[0], generator, images.device)
+        return aug(images, idx, mags.clamp(0, 1), generator)
+
+    def as_transform(self, seed: int | None = None) -> Callable[[Any], Any]:
+        """A per-image callable for any data pipeline (torchvision ``Compose``, a ``Dataset``, ...).
+
+        It accepts a ``[C, H, W]`` or ``[B, C, H, W]`` tensor (uint8 or float in [0, 1]) or a PIL
+        image and returns the same type. With ``seed`` the draws come from a private generator
+        (reproducible in one process); otherwise from torch's global generator, so DataLoader
+        workers seeded by torch differ as usual.
+        """
+        return PolicyTransform(self, seed)
+
+    # --- file format -------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "ops": list(self.ops),
+            "probs": [[float(v) for v in row] for row in self.probs().tolist()],
+            "mu": [float(v) for v in self.mu.detach().tolist()],
+            "ranges": {o: self.ranges[o] for o in self.ops},
+            "sigma": self.sigma,
+            "magnitude_mode": self.magnitude_mode,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the policy as readable JSON (atomically)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> "Policy":
+        for key in ("ops", "probs", "mu"):
+            if key not in d:
+                raise FormatError(f"{source}: missing field '{key}'")
+        ops = list(d["ops"])
+        n = len(ops)
+        try:
+            probs = torch.tensor(d["probs"], dtype=torch.float64)
+        except (TypeError, ValueError) as e:
+            raise FormatError(f"{source}: field 'probs' must be K lists of {n} numbers") from e
+        if probs.ndim != 2 or probs.shape[1] != n or probs.shape[0] < 1:
+            raise FormatError(f"{source}: field 'probs' must be K lists of {n} numbers, got shape {tuple(probs.shape)}")
+        if (probs < 0).any() or ((probs.sum(-1) - 1).abs() > 1e-3).any():
+            raise FormatError(f"{source}: field 'probs': each stage must be non-negative and sum to 1")
+        mu = torch.tensor(d["mu"], dtype=torch.float32)
+        if mu.shape != (n,) or (mu <= 0).any() or (mu > 1).any():
+            raise FormatError(f"{source}: field 'mu' must be {n} numbers in (0, 1]")
+        ranges = d.get("ranges")
+        if ranges is not None and not isinstance(ranges, Mapping):
+            raise FormatError(f"{source}: field 'ranges' must map transform names to [v0, v1] or null")
+        if ranges is None:
+            ranges = default_ranges(ops)
+        logits = torch.log(probs.clamp_min(1e-12)).to(torch.float32)
+        mode = d.get("magnitude_mode", "smoothed_uniform")
+        if mode not in ("smoothed_uniform", "fixed"):
+            raise FormatError(f"{source}: field 'magnitude_mode' must be 'smoothed_uniform' or 'fixed', got {mode!r}")
+        return cls(ops, logits, mu, ranges, float(d.get("sigma", SIGMA)), mode)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Policy":
+        """Read a policy file written by :meth:`save`; a malformed file raises ``FormatError``."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise
+        except json.JSONDecodeError as e:
+            raise FormatError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(d, Mapping):
+            raise FormatError(f"{path}: expected a JSON object")
+        return cls.from_dict(d, str(path))
+
+    # --- plots -------------------------------------------------------------------------------------
+    def plot_pie(self, path: str | Path | None = None, initial_mu: float = 0.75, title: str | None = None):
+        """The pie chart of thesis Fig. 3.3: slice angle = probability averaged over the K stages,
+        slice radius = μ (parameter-free transforms drawn at radius 1), grey circle = ``initial_mu``.
+
+        Returns the matplotlib figure; saves it when ``path`` is given.
+        """
+        plt = _pyplot()
+        p = self.probs().mean(0).numpy()
+        r = [1.0 if self.ranges.get(o) is None else float(m) for o, m in zip(self.ops, self.mu.tolist())]
+        fig, ax = plt.subplots(figsize=(6, 6))
+        ax.add_patch(plt.Circle((0, 0), initial_mu, color="0.85", zorder=0))
+        cmap = plt.get_cmap("tab20")
+        start = 90.0
+        from matplotlib.patches import Wedge
+
+        for i, (o, pi, ri) in enumerate(zip(self.ops, p, r)):
+            sweep = 360.0 * float(pi)
+            ax.add_patch(Wedge((0, 0), ri, start, start + sweep, facecolor=cmap(i % 20), edgecolor="white", lw=0.5))
+            if pi > 0.02:
+                mid = math.radians(start + sweep / 2)
+                ax.text(1.08 * math.cos(mid), 1.08 * math.sin(mid), o, ha="center", va="center", fontsize=7)
+            start += sweep
+        ax.set_xlim(-1.3, 1.3)
+        ax.set_ylim(-1.3, 1.3)
+        ax.set_aspect("equal")
+        ax.axis("off")
+        ax.set_title(title or "policy: angle = π (mean over stages), radius = μ")
+        if path is not None:
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+            plt.close(fig)
+        return fig
+
+    def plot_evolution(self, history: Sequence[Any], path: str | Path | None = None):
+        """Fig. A.1 (left): stacked probabilities per stage (and their mean) over search steps.
+
+        Args:
+            history: sequence of ``[K, N]`` probability arrays (or Policies), one per recorded step.
+        """
+        import numpy as np
+
+        plt = _pyplot()
+        h = np.stack([np.asarray(x.probs() if isinstance(x, Policy) else x, dtype=float) for x in history])  # [T, K, N]
+        T, K, N = h.shape
+        fig, axes = plt.subplots(1, K + 1, figsize=(3.2 * (K + 1), 3), sharey=True)
+        cmap = plt.get_cmap("tab20")
+        colors = [cmap(i % 20) for i in range(N)]
+        for k in range(K + 1):
+            data = h[:, k, :] if k < K else h.mean(1)
+            axes[k].stackplot(np.arange(T), data.T, colors=colors, labels=self.ops)
+            axes[k].set_title(f"stage {k + 1}" if k < K else "mean")
+            axes[k].set_xlim(0, max(T - 1, 1))
+            axes[k].set_ylim(0, 1)
+        axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=6)
+        if path is not None:
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+            plt.close(fig)
+        return fig
+
+    def __repr__(self) -> str:
+        return f"Policy(K={self.num_stages}, N={self.num_ops}, ops={self.ops})"
+
+
+def default_ranges(ops: Sequence[str]) -> dict[str, list[float] | None]:
+    """The bundled ops' Table A.2 ranges (``None`` for parameter-free ops and unknown names)."""
+    try:
+        from fulcra_plugins.augment import BUILTIN_OPS
+    except ImportError:  # pragma: no cover
+        BUILTIN_OPS = {}
+    out: dict[str, list[float] | None] = {}
+    for o in ops:
+        cls = BUILTIN_OPS.get(o)
+        out[o] = list(cls.value_range) if cls is not None and cls.has_magnitude else None
+    return out
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as e:  # pragma: no cover
+        from .errors import MissingDependencyError
+
+        raise MissingDependencyError("plots need matplotlib: pip install 'fulcra[plots]'", extra="plots") from e
+    return plt
+
+
+class PolicyTransform:
+    """Per-image callable wrapping a :class:`Policy` (see :meth:`Policy.as_transform`)."""
+
+    def __init__(self, policy: Policy, seed: int | None = None):
+        self.policy = policy
+        self.seed = seed
+        self._gen = None
+        self._aug = None
+
+    def __call__(self, img):
+        if self._aug is None:
+            self._aug = self.policy.augmenter()
+        if self.seed is not None and self._gen is None:
+            self._gen = torch.Generator().manual_seed(int(self.seed))
+        pil = not isinstance(img, torch.Tensor)
+        if pil:
+            from torchvision.transforms.v2 import functional as TF
+
+            x = TF.pil_to_tensor(img)
+        else:
+            x = img
+        single = x.ndim == 3
+        batch = x.unsqueeze(0) if single else x
+        dev = batch.device
+        gen = self._gen if dev.type == "cpu" else None
+        idx, mags = self.policy.sample(batch.shape[0], gen, "cpu")
+        out = self._aug(batch, idx.to(dev), mags.clamp(0, 1).to(dev), gen)
+        out = out[0] if single else out
+        if pil:
+            from torchvision.transforms.v2 import functional as TF
+
+            return TF.to_pil_image(out)
+        return out
+
+    def __repr__(self) -> str:
+        return f"PolicyTransform({self.policy!r}, seed={self.seed})"

@@ -1,0 +1,337 @@
+"""SLACK (thesis Algorithm 1, Eq. 3.4-3.5, app. A.2.1): bilevel policy search with cold start and
+KL anchoring.
+
+The hypergradient, batched
+--------------------------
+For ``B_aug`` augmentations ``τ`` sampled from ``p_φ`` and one training batch of ``N_t`` images,
+the thesis' estimate is
+
+    Ĝ_φ = -(η / B_aug) Σ_τ (∇_θ l̂_val(θ̂)ᵀ ∇_θ l̂_train(θ, τ)) ∇_φ log p_φ(τ),   θ̂ = θ − η ĝ_θ.
+
+All ``B_aug × N_t`` augmented images go through the network as **one** batch. Each group's mean
+loss ``l_τ`` is weighted by ``w_τ = 1 + log p_φ(τ) − stop_grad(log p_φ(τ))`` (value 1, gradient
+``∇_φ log p_φ(τ)``): ``L = (1/B_aug) Σ_τ w_τ l_τ``. One backward with ``create_graph=True`` gives
+``ĝ_θ = ∇_θ L`` (its value is the plain training gradient, used for the model step and for
+``θ̂``); the validation gradient ``v = ∇_θ l̂_val(θ̂)`` is taken at ``θ̂`` through
+``torch.func.functional_call`` (one extra parameter-sized tensor set, no module copy); and one
+more backward of ``⟨ĝ_θ, v⟩`` to φ yields exactly ``(1/B_aug) Σ_τ (vᵀ ∇_θ l_τ) ∇_φ log p_φ(τ)``,
+which times ``−η`` is ``Ĝ_φ``. No per-augmentation gradient is ever stored: the B_aug inner
+products come out of a single double-backward. (BatchNorm statistics are those of the joint
+``B_aug × N_t`` batch, as in the thesis' ``8×128`` batches.)
+
+η is the *initial* lower-level learning rate (app. A.2.1), μ's learning rate is π's divided by
+``mu_lr_divisor`` (40, or 10 without KL), and ``∇_π KL(p_π ‖ p_π̃)`` is the exact closed form.
+Under ``torchrun`` each process trains its own model (pre-trained from its own seed) and the
+policy gradients are averaged with ``all_reduce_sum`` (app. A.3.4).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from fulcra.engine import atomic_save, dist, load_checkpoint, make_scheduler, step_generator
+from fulcra.errors import ConfigError
+from fulcra.policy import Policy
+
+from .common import SEARCH_SPACES, as_tensors, batch_indices, to_input
+
+__all__ = ["Slack", "hypergradient"]
+
+
+def hypergradient(model: torch.nn.Module, policy: Policy, logits: torch.Tensor, mu: torch.Tensor,
+                  x_aug: torch.Tensor, y_aug: torch.Tensor, op_index: torch.Tensor, magnitude: torch.Tensor,
+                  x_val: torch.Tensor, y_val: torch.Tensor, eta: float):
+    """One batched REINFORCE hypergradient (see the module docstring).
+
+    Args:
+        model: the network at θ (train mode).
+        policy: gives ``log_prob``; ``logits [K, N]`` and ``mu [N]`` are the leaves to differentiate.
+        x_aug: ``[B_aug * N_t, C, H, W]`` float network input, group-major (τ = row // N_t).
+        y_aug: ``[B_aug * N_t]`` labels.
+        op_index, magnitude: ``[B_aug, K]`` the sampled augmentations.
+        x_val, y_val: validation batch (unaugmented network input, labels).
+        eta: the step size of θ̂ = θ − η ĝ_θ.
+    Returns:
+        ``(g_theta, g_logits, g_mu, train_loss, val_loss)``: the model gradient (list, one per
+        parameter), ``Ĝ`` for π and μ (``None`` where not differentiable), and the two losses.
+    """
+    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
+    n_aug = op_index.shape[0]
+    per = F.cross_entropy(model(x_aug), y_aug, reduction="none").view(n_aug, -1).mean(1)  # l_τ, [B_aug]
+    logp = policy.log_prob(op_index, magnitude, logits, mu)
+    box = 1.0 + logp - logp.detach()
+    L = (box * per).mean()
+    g = torch.autograd.grad(L, params, create_graph=True)
+    theta_hat = {n: (p.detach() - eta * gi.detach()).requires_grad_(True) for n, p, gi in zip(names, params, g)}
+    buffers = {n: b.clone() for n, b in model.named_buffers()}  # θ̂'s forward must not move running stats
+    out_val = functional_call(model, {**theta_hat, **buffers}, (x_val,))
+    val_loss = F.cross_entropy(out_val, y_val)
+    v = torch.autograd.grad(val_loss, list(theta_hat.values()))
+    inner = sum((gi * vi).sum() for gi, vi in zip(g, v))
+    leaves = [t for t in (logits, mu) if t.requires_grad]
+    grads = torch.autograd.grad(inner, leaves, allow_unused=True) if leaves else []
+    it = iter(grads)
+    g_logits = next(it) if logits.requires_grad else None
+    g_mu = next(it) if mu.requires_grad else None
+    g_logits = None if g_logits is None else -eta * g_logits
+    g_mu = None if g_mu is None else -eta * g_mu
+    return [gi.detach() for gi in g], g_logits, g_mu, float(per.mean()), float(val_loss)
+
+
+class Slack:
+    """SLACK policy search (thesis Algorithm 1). Defaults: Table A.4 (CIFAR, WRN).
+
+    Args:
+        ops: transform names (any ``augmentations`` plugins); empty: the ``space`` preset.
+        space: search-space preset used when ``ops`` is empty (``cifar``, ``imagenet``, ``domainnet``, ``all``).
+        ranges: per-transform value-range overrides ``{name: [v0, v1]}``.
+        num_stages: K, the transforms composed per image.
+        mu_init: initial magnitude upper bound (0.75).
+        pretrain_steps: steps of pre-training with the uniform policy.
+        rounds: n_rounds of cold-started search.
+        retrain_steps: n_retrain plain model steps at the start of each round.
+        unrolled_steps: n_total − n_retrain alternating model/policy steps per round.
+        batch_size: N_t training images per step (and N_v validation images).
+        b_aug: B_aug augmentations per policy step.
+        lower_lr: initial lower-level learning rate (also η).
+        upper_lr: π's learning rate α.
+        mu_lr_divisor: μ's learning rate is ``upper_lr / mu_lr_divisor`` (0: 40 with KL, 10 without).
+        kl_weight: λ; Table A.4 gives λ·α = 0.02.
+        weight_decay: lower-level weight decay.
+        momentum: lower-level SGD momentum.
+        upper_momentum: momentum of the policy's SGD.
+        kl: anchor with KL(p_π ‖ p_π̃) (ablation: False).
+        cold_start: restart each round from the pre-trained weights (ablation: False = warm start).
+        unrolled: single-stage unrolled optimisation with entropy regularisation (KL to the uniform
+            anchor, Table A.7): one round of ``unrolled_steps`` without cold starts.
+        learn_pi: update π (Table 3.6 ablation).
+        learn_mu: update μ (Table 3.6 ablation).
+        checkpoint_every: steps between checkpoints (a killed search resumes from the last one).
+        history_every: steps between recorded π snapshots (Fig. A.1).
+    """
+
+    def __init__(self, ops: Optional[list] = None, space: str = "cifar", ranges: Optional[dict] = None, num_stages: int = 3, mu_init: float = 0.75,
+                 pretrain_steps: int = 78000, rounds: int = 10, retrain_steps: int = 1000,
+                 unrolled_steps: int = 400, batch_size: int = 128, b_aug: int = 8, lower_lr: float = 0.1,
+                 upper_lr: float = 1.0, mu_lr_divisor: float = 0.0, kl_weight: float = 0.02,
+                 weight_decay: float = 5e-4, momentum: float = 0.9, upper_momentum: float = 0.9,
+                 kl: bool = True, cold_start: bool = True, unrolled: bool = False, learn_pi: bool = True,
+                 learn_mu: bool = True, checkpoint_every: int = 200, history_every: int = 10):
+        if not ops:
+            if space not in SEARCH_SPACES:
+                raise ConfigError(f"policy_optimizers.slack: unknown search space '{space}' (have {sorted(SEARCH_SPACES)})")
+            ops = SEARCH_SPACES[space]
+        self.ops = [str(o) for o in ops]
+        if len(self.ops) < 2:
+            raise ConfigError("policy_optimizers.slack: ops needs at least 2 transforms")
+        self.ranges = dict(ranges or {})
+        for k in self.ranges:
+            if k not in self.ops:
+                raise ConfigError(f"policy_optimizers.slack: ranges names '{k}', which is not in ops")
+        self.num_stages, self.mu_init = int(num_stages), float(mu_init)
+        self.pretrain_steps, self.rounds = int(pretrain_steps), int(rounds)
+        self.retrain_steps, self.unrolled_steps = int(retrain_steps), int(unrolled_steps)
+        self.batch_size, self.b_aug = int(batch_size), int(b_aug)
+        self.lower_lr, self.upper_lr = float(lower_lr), float(upper_lr)
+        self.mu_lr_divisor = float(mu_lr_divisor) or (40.0 if kl else 10.0)
+        self.kl_weight = float(kl_weight) if kl else 0.0
+        self.weight_decay, self.momentum, self.upper_momentum = float(weight_decay), float(momentum), float(upper_momentum)
+        self.kl, self.cold_start, self.unrolled = bool(kl), bool(cold_start), bool(unrolled)
+        self.learn_pi, self.learn_mu = bool(learn_pi), bool(learn_mu)
+        self.checkpoint_every, self.history_every = max(1, int(checkpoint_every)), max(1, int(history_every))
+        if self.unrolled:
+            self.rounds, self.retrain_steps = 1, 0
+
+    # ----------------------------------------------------------------------------------------------
+    def initial_policy(self) -> Policy:
+        from fulcra.policy import default_ranges
+
+        rng = default_ranges(self.ops)
+        rng.update({k: [float(v) for v in r] for k, r in self.ranges.items()})
+        return Policy.uniform(self.ops, self.num_stages, self.mu_init, rng)
+
+    def search(self, train_data: Any, val_data: Any, model_factory: Callable[[], torch.nn.Module], ctx,
+               workdir: str | Path | None = None) -> Policy:
+        """Run Algorithm 1 and return the learned policy.
+
+        Args:
+            train_data, val_data: datasets of ``(uint8 [C,H,W], label)`` (D_train, D_val of the 0.5/0.5 split).
+            model_factory: builds a fresh network.
+            ctx: the RunContext (device, seed, rank, hooks).
+            workdir: where checkpoints go (default ``ctx.out / "search"``); an existing checkpoint there
+                is resumed.
+        Returns:
+            the final :class:`~fulcra.policy.Policy`; ``self.history`` holds the π snapshots.
+        """
+        device = torch.device(ctx.device)
+        rank, world = dist.rank(), dist.world_size()
+        seed = int(ctx.seed) * 1000 + rank
+        work = Path(workdir) if workdir is not None else Path(ctx.out) / "search"
+        work.mkdir(parents=True, exist_ok=True)
+        ckpt_path = work / f"state_rank{rank}.pt"
+        Xtr, Ytr = as_tensors(train_data)
+        Xva, Yva = as_tensors(val_data)
+        hooks = getattr(ctx, "hooks", None)
+
+        policy = self.initial_policy()
+        logits = policy.logits.clone().to(device).requires_grad_(self.learn_pi)
+        mu = policy.mu.clone().to(device).requires_grad_(self.learn_mu)
+        upper = torch.optim.SGD([{"params": [logits], "lr": self.upper_lr},
+                                 {"params": [mu], "lr": self.upper_lr / self.mu_lr_divisor}],
+                                lr=self.upper_lr, momentum=self.upper_momentum)
+        torch.manual_seed(seed)
+        model = model_factory().to(device).train()
+        opt, sched = self._lower_opt(model, max(self.pretrain_steps, 1))
+        state = {"phase": "pretrain", "step": 0, "round": 0, "j": 0, "history": [policy.probs().tolist()]}
+        anchor = logits.detach().clone()
+
+        if ckpt_path.is_file():
+            ck = load_checkpoint(ckpt_path, map_location=device)
+            state = ck["state"]
+            if state["phase"] == "rounds" or state["phase"] == "done":
+                opt, sched = self._lower_opt(model, self._round_steps())
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["opt"])
+            sched.load_state_dict(ck["sched"])
+            with torch.no_grad():
+                logits.copy_(ck["logits"])
+                mu.copy_(ck["mu"])
+            anchor = ck["anchor"].to(device)
+            upper.load_state_dict(ck["upper"])
+
+        def save():
+            atomic_save({"state": state, "model": model.state_dict(), "opt": opt.state_dict(),
+                         "sched": sched.state_dict(), "logits": logits.detach(), "mu": mu.detach(),
+                         "anchor": anchor, "upper": upper.state_dict()}, ckpt_path)
+            if hooks is not None:
+                hooks.checkpoint(path=str(ckpt_path), step=state["step"])
+
+        pre_policy = self.initial_policy()
+        pre_aug = pre_policy.augmenter()
+        aug = pre_aug  # same ops and ranges: the applier does not depend on π or μ
+        theta0_path = work / f"pretrained_rank{rank}.pt"
+
+        # --- pre-training with the uniform policy (line 2) --------------------------------------
+        while state["phase"] == "pretrain" and state["step"] < self.pretrain_steps:
+            s = state["step"]
+            loss = self._plain_step(model, opt, sched, pre_policy, pre_aug, Xtr, Ytr, seed, (1, s), device)
+            state["step"] = s + 1
+            if hooks is not None and (s % 20 == 0):
+                hooks.step(step=s, metrics={"pretrain_loss": loss}, total=self.pretrain_steps)
+            if state["step"] % self.checkpoint_every == 0:
+                save()
+        if state["phase"] == "pretrain":
+            atomic_save(model.state_dict(), theta0_path)
+            state.update(phase="rounds", round=0, j=0)
+            opt, sched = self._lower_opt(model, self._round_steps())
+            save()
+        theta0 = load_checkpoint(theta0_path, map_location=device)
+
+        # --- rounds (lines 3-14) -------------------------------------------------------------------
+        n_total = self._round_steps()
+        eta = self.lower_lr
+        while state["phase"] == "rounds" and state["round"] < self.rounds:
+            i = state["round"]
+            if state["j"] == 0:
+                if self.cold_start and not self.unrolled:
+                    model.load_state_dict(theta0)  # line 4: cold start
+                opt, sched = self._lower_opt(model, n_total)
+                anchor = torch.zeros_like(logits.detach()) if self.unrolled else logits.detach().clone()  # line 5
+                state["j"] = 0
+            while state["j"] < n_total:
+                j = state["j"]
+                cur = Policy(self.ops, logits.detach().cpu(), mu.detach().cpu(), policy.ranges, policy.sigma)
+                if j < self.retrain_steps:
+                    loss = self._plain_step(model, opt, sched, cur, aug, Xtr, Ytr, seed, (2, i, j), device)
+                    metrics = {"round": i, "retrain_loss": loss}
+                else:
+                    metrics = self._bilevel_step(model, opt, sched, policy, cur, aug, logits, mu, anchor, upper,
+                                                 Xtr, Ytr, Xva, Yva, seed, (3, i, j), eta, device, world)
+                    metrics["round"] = i
+                state["j"] = j + 1
+                state["step"] += 1
+                if j % self.history_every == 0 and j >= self.retrain_steps:
+                    state["history"].append(torch.softmax(logits.detach(), -1).cpu().tolist())
+                if hooks is not None and j % 20 == 0:
+                    hooks.step(step=state["step"], metrics=metrics,
+                               total=self.pretrain_steps + self.rounds * n_total)
+                if state["j"] % self.checkpoint_every == 0 and state["j"] < n_total:
+                    save()
+            state["round"] = i + 1
+            state["j"] = 0
+            state["history"].append(torch.softmax(logits.detach(), -1).cpu().tolist())
+            save()
+        if state["phase"] == "rounds":
+            state["phase"] = "done"
+            save()
+        self.history = state["history"]
+        return Policy(self.ops, logits.detach().cpu(), mu.detach().cpu(), policy.ranges, policy.sigma)
+
+    # ----------------------------------------------------------------------------------------------
+    def _round_steps(self) -> int:
+        return self.retrain_steps + self.unrolled_steps
+
+    def _lower_opt(self, model, steps):
+        opt = torch.optim.SGD(model.parameters(), lr=self.lower_lr, momentum=self.momentum,
+                              weight_decay=self.weight_decay, nesterov=True)
+        return opt, make_scheduler(opt, steps)
+
+    def _plain_step(self, model, opt, sched, policy, aug, X, Y, seed, key, device) -> float:
+        """One lower-level step: each image of an N_t batch gets its own composite augmentation."""
+        step = key[-1] + 100003 * sum(key[:-1])
+        idx = batch_indices(X.shape[0], self.batch_size, seed, step)
+        x, y = X[idx].to(device), Y[idx].to(device)
+        g = step_generator(seed, *key, device=device)
+        x = policy.augment(x, g, aug)
+        loss = F.cross_entropy(model(to_input(x)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return float(loss)
+
+    def _bilevel_step(self, model, opt, sched, policy, cur, aug, logits, mu, anchor, upper,
+                      Xtr, Ytr, Xva, Yva, seed, key, eta, device, world) -> dict:
+        """Lines 7-11: model step on B_aug × N_t augmented images, then the policy step."""
+        step = key[-1] + 100003 * sum(key[:-1])
+        idx = batch_indices(Xtr.shape[0], self.batch_size, seed, step)
+        vidx = batch_indices(Xva.shape[0], self.batch_size, seed + 1, step)
+        x, y = Xtr[idx].to(device), Ytr[idx].to(device)
+        g = step_generator(seed, *key, device=device)
+        op_index, mags = cur.sample(self.b_aug, g, device)
+        n_t = x.shape[0]
+        rep_idx = op_index.repeat_interleave(n_t, dim=0)
+        rep_mag = mags.clamp(0, 1).repeat_interleave(n_t, dim=0)
+        x_aug = aug(x.repeat(self.b_aug, 1, 1, 1), rep_idx, rep_mag, g)
+        y_aug = y.repeat(self.b_aug)
+        g_theta, g_logits, g_mu, tr_loss, va_loss = hypergradient(
+            model, policy, logits, mu, to_input(x_aug), y_aug, op_index, mags,
+            to_input(Xva[vidx].to(device)), Yva[vidx].to(device), eta)
+        # model step (line 8) with the gradient of the same batch
+        for p, gi in zip([p for p in model.parameters() if p.requires_grad], g_theta):
+            p.grad = gi
+        opt.step()
+        sched.step()
+        # policy step (lines 10-11): averaged over processes, plus the exact KL gradient
+        upper.zero_grad(set_to_none=True)
+        if logits.requires_grad:
+            G = g_logits if g_logits is not None else torch.zeros_like(logits)
+            G = dist.all_reduce_sum(G.clone()) / world
+            if self.kl_weight > 0:
+                G = G + self.kl_weight * Policy.kl_grad(logits, anchor)
+            logits.grad = G
+        if mu.requires_grad:
+            Gm = g_mu if g_mu is not None else torch.zeros_like(mu)
+            mu.grad = dist.all_reduce_sum(Gm.clone()) / world
+        upper.step()
+        with torch.no_grad():
+            mu.clamp_(0.01, 1.0)
+        return {"search_loss": tr_loss, "val_loss": va_loss,
+                "kl": float(Policy.kl(logits.detach(), anchor)) if self.kl else 0.0}

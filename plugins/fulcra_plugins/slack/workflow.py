@@ -1,0 +1,150 @@
+"""The ``search`` workflow: SLACK search, then evaluation from scratch beside the baselines.
+
+Outputs under ``out``:
+
+* ``policy.json`` (ops, probs, mu, ranges), ``policy.png`` (pie chart, Fig. 3.3),
+  ``policy_evolution.png`` (π over the search, Fig. A.1);
+* ``results.json``: per method ``{"values" (per-seed test accuracies), "mean", "ci95", "n", "seeds"}``,
+  and ``results.md``, the same as a table;
+* ``search/`` checkpoints and ``eval/`` per-seed results, from which a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+import fulcra
+from fulcra.engine import atomic_write_text, over_seeds
+
+from .common import TensorSplit, as_tensors, evaluate, train_with_policy
+
+__all__ = ["SearchWorkflow"]
+
+
+def _node(x):
+    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
+
+
+def _label(node) -> str:
+    node = _node(node)
+    if isinstance(node, str):
+        return node
+    name = node["name"]
+    if name == "trivialaugment":
+        return f"trivialaugment_{node.get('variant', 'wide')}"
+    return name
+
+
+class SearchWorkflow:
+    """SLACK end to end: split the training data 0.5/0.5, search a policy, train from scratch with it
+    and with each baseline over seeds, report test accuracy as mean ± 95% CI in one table."""
+
+    @dataclass
+    class Config:
+        data: Any = field(default_factory=lambda: {"name": "digits"},
+                          metadata={"kind": "datasets", "help": "dataset (train split searched and trained on, test split scored)"})
+        model: Any = field(default_factory=lambda: {"name": "small_cnn"},
+                           metadata={"kind": "students", "help": "network used for search and evaluation (num_classes is set from the data)"})
+        optimizer: Any = field(default_factory=lambda: {"name": "slack"},
+                               metadata={"kind": "policy_optimizers", "help": "the policy search (slack, or a baseline)"})
+        baselines: list = field(default_factory=lambda: ["uniform", "trivialaugment", "randaugment"],
+                                metadata={"help": "policy_optimizers evaluated beside the found policy (names or nodes)"})
+        search_val_fraction: float = field(default=0.5, metadata={"help": "fraction of the training split used as D_val by the search"})
+        eval_seeds: int = field(default=4, metadata={"help": "independent trainings from scratch per method"})
+        eval_epochs: float = field(default=200.0, metadata={"help": "epochs of each evaluation training"})
+        eval_batch_size: int = field(default=128, metadata={"help": "evaluation batch size"})
+        eval_lr: float = field(default=0.1, metadata={"help": "evaluation SGD learning rate (cosine schedule)"})
+        eval_weight_decay: float = field(default=5e-4, metadata={"help": "evaluation weight decay"})
+        flip: bool = field(default=False, metadata={"help": "random horizontal flip by default (True for natural images)"})
+        include_no_augmentation: bool = field(default=True, metadata={"help": "also evaluate training without augmentation"})
+
+    def __init__(self, config):
+        self.cfg = config
+
+    def run(self, ctx) -> dict:
+        cfg = self.cfg
+        out = Path(ctx.out)
+        out.mkdir(parents=True, exist_ok=True)
+        device = torch.device(ctx.device)
+        data = fulcra.create("datasets", _node(cfg.data))
+        splits = data.splits()
+        Xtr, Ytr = as_tensors(splits["train"])
+        Xte, Yte = as_tensors(splits["test"])
+        num_classes = int(data.num_classes)
+        model_node = _node(cfg.model)
+        model_node = {"name": model_node} if isinstance(model_node, str) else dict(model_node)
+        model_node["num_classes"] = num_classes
+
+        def factory():
+            return fulcra.create("students", dict(model_node))
+
+        # D_train / D_val of the search: a seeded 0.5/0.5 split of the training split
+        perm = torch.randperm(Xtr.shape[0], generator=torch.Generator().manual_seed(int(ctx.seed) + 17))
+        n_val = int(round(cfg.search_val_fraction * Xtr.shape[0]))
+        d_val = TensorSplit(Xtr[perm[:n_val]], Ytr[perm[:n_val]])
+        d_train = TensorSplit(Xtr[perm[n_val:]], Ytr[perm[n_val:]])
+
+        # --- search --------------------------------------------------------------------------------
+        opt_node = _node(cfg.optimizer)
+        searcher = fulcra.create("policy_optimizers", opt_node)
+        policy_path = out / "policy.json"
+        done_flag = out / "search" / "DONE"
+        if done_flag.is_file() and policy_path.is_file():
+            policy = fulcra.Policy.load(policy_path)
+            history = json.loads((out / "search" / "history.json").read_text()) if (out / "search" / "history.json").is_file() else None
+        else:
+            policy = searcher.search(d_train, d_val, factory, ctx)
+            history = getattr(searcher, "history", None)
+            if ctx.rank == 0:
+                policy.save(policy_path)
+                policy.plot_pie(out / "policy.png")
+                if history:
+                    atomic_write_text(json.dumps(history), out / "search" / "history.json")
+                    policy.plot_evolution(history, out / "policy_evolution.png")
+                (out / "search").mkdir(exist_ok=True)
+                done_flag.write_text("search finished\n")
+
+        # --- evaluation from scratch over seeds ----------------------------------------------------
+        methods: dict[str, Any] = {_label(opt_node): policy}
+        for b in cfg.baselines:
+            node = _node(b)
+            methods[_label(node)] = fulcra.create("policy_optimizers", node).search(d_train, d_val, factory, ctx)
+        if cfg.include_no_augmentation:
+            methods["none"] = None
+        steps = max(1, int(round(cfg.eval_epochs * Xtr.shape[0] / min(cfg.eval_batch_size, Xtr.shape[0]))))
+        results = {}
+        (out / "eval").mkdir(exist_ok=True)
+        seeds = [int(ctx.seed) * 100 + s for s in range(int(cfg.eval_seeds))]
+        for name, pol in methods.items():
+            if pol is not None and ctx.rank == 0 and name != _label(opt_node):
+                pol.save(out / "eval" / f"{name}_policy.json")
+
+            def one(seed, pol=pol, name=name):
+                torch.manual_seed(seed)
+                model = factory().to(device)
+                train_with_policy(model, Xtr, Ytr, pol, steps=steps, batch_size=cfg.eval_batch_size, lr=cfg.eval_lr,
+                                  weight_decay=cfg.eval_weight_decay, seed=seed, flip=cfg.flip, device=device)
+                acc = evaluate(model, Xte, Yte, device)
+                ctx.hooks.evaluate(metrics={f"accuracy/{name}": acc, "seed": seed})
+                return {"accuracy": acc}
+
+            r = over_seeds(one, seeds, path=out / "eval" / f"{name}.json", key="accuracy")
+            results[name] = {k: r[k] for k in ("values", "mean", "ci95", "n", "seeds")}
+        if ctx.rank == 0:
+            atomic_write_text(json.dumps(results, indent=1), out / "results.json")
+            atomic_write_text(results_table(results), out / "results.md")
+        return {"policy": str(policy_path), "results": results}
+
+
+def results_table(results: dict) -> str:
+    """Markdown table: method, test accuracy mean ± 95% CI (in %), number of runs."""
+    lines = ["| method | test accuracy (%) | runs |", "|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {100 * r['mean']:.2f} ± {100 * r['ci95']:.2f} | {r['n']} |")
+    return "\n".join(lines) + "\n"
