@@ -1,2 +1,153 @@
-"""Gaussian Splatting scenes: formats (PLY, cameras), the ``torch`` and ``gsplat`` backends,
-the embedded synthetic scene, PCA visualisation and pruning (thesis ch. 5, app. C)."""
+"""Gaussian Splatting scenes: formats (PLY, cameras), the ``torch`` and ``gsplat`` backends, the
+embedded synthetic scene, PCA visualisation and pruning (thesis ch. 5, app. C).
+
+The one-call entry point is :func:`load_scene` (re-exported as ``fulcra.load_scene``)::
+
+    scene, cameras, images = load_scene("scene/point_cloud.ply", cameras="scene/cameras.json",
+                                        images="data/images")
+    features, weights = fulcra.uplift(scene, ((cam, extractor(images[cam.name][None])[0]) for cam in cameras))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from fulcra.camera import Camera
+from fulcra.errors import ConfigError, FormatError
+
+__all__ = ["load_scene", "find_cameras", "SceneImages", "make_scene", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG", ".webp", ".bmp", ".tif", ".tiff")
+
+
+class SceneImages(Mapping):
+    """Images matched to cameras by name, loaded lazily: ``images[name]`` -> ``[3, H, W]`` float in [0, 1].
+
+    Attributes:
+        folder: where the images are.
+        paths: camera name -> image file.
+        missing: names of cameras without an image.
+    """
+
+    def __init__(self, folder: str | Path | None, cameras: list[Camera]):
+        self.folder = Path(folder).expanduser() if folder else None
+        self.paths: dict[str, Path] = {}
+        self.missing: list[str] = []
+        if self.folder is not None and not self.folder.is_dir():
+            raise FormatError(f"{self.folder}: image folder not found")
+        index: dict[str, Path] = {}
+        if self.folder is not None:
+            for p in sorted(self.folder.iterdir()):
+                if p.suffix in IMAGE_EXTENSIONS:
+                    index.setdefault(p.stem, p)
+        for cam in cameras:
+            found = index.get(cam.name)
+            rel = cam.meta.get("file")
+            if found is None and rel and self.folder is not None:
+                for cand in [self.folder / rel] + [self.folder / (rel + e) for e in (".png", ".jpg")]:
+                    if cand.is_file():
+                        found = cand
+                        break
+            if found is None:
+                self.missing.append(cam.name)
+            else:
+                self.paths[cam.name] = found
+
+    def __getitem__(self, name: str) -> torch.Tensor:  # [3, H, W]
+        if name not in self.paths:
+            where = self.folder or "(no image folder given)"
+            raise KeyError(f"no image for camera {name!r} in {where}")
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(self.paths[name]) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def find_cameras(ply: Path) -> Path | None:
+    """Look for the cameras of a PLY where 3DGS, nerfstudio and COLMAP put them (beside it or above)."""
+    for folder in (ply.parent, ply.parent.parent, ply.parent.parent.parent):
+        for name in ("cameras.json", "transforms.json", "transforms_train.json"):
+            if (folder / name).is_file():
+                return folder / name
+        for sub in ("sparse/0", "sparse"):
+            if (folder / sub / "cameras.bin").is_file() or (folder / sub / "cameras.txt").is_file():
+                return folder / sub
+    return None
+
+
+def _default_images(cameras_path: Path) -> Path | None:
+    base = cameras_path if cameras_path.is_dir() else cameras_path.parent
+    for folder in (base, base.parent, base.parent.parent):
+        if (folder / "images").is_dir():
+            return folder / "images"
+    return None
+
+
+def make_scene(backend: str = "auto", ply: str | Path = "", device: str | torch.device | None = "auto", **options):
+    """Build a scene plugin by name (``auto``: ``gsplat`` when CUDA and gsplat are there, else ``torch``)."""
+    from .base import resolve_device
+
+    dev = resolve_device(device)
+    if backend == "auto":
+        backend = "torch"
+        if dev.type == "cuda":
+            try:
+                import gsplat  # noqa: F401
+
+                backend = "gsplat"
+            except ImportError:
+                pass
+    if backend == "torch":
+        from .torch_backend import TorchScene
+
+        return TorchScene(ply=str(ply), device=str(dev), **options)
+    if backend == "gsplat":
+        from .gsplat_backend import GsplatScene
+
+        return GsplatScene(ply=str(ply), device=str(dev), **options)
+    import fulcra
+
+    return fulcra.create("scenes", backend, ply=str(ply), device=str(dev), **options)
+
+
+def load_scene(ply: str | Path, cameras: str | Path | None = None, images: str | Path | None = None,
+               backend: str = "auto", device: str | torch.device | None = "auto"):
+    """Load a trained 3DGS scene with its cameras and images.
+
+    Args:
+        ply: the 3DGS ``point_cloud.ply``.
+        cameras: ``cameras.json``, a COLMAP sparse folder or ``transforms.json``; default: searched
+            beside the PLY and up to three folders above.
+        images: the image folder; default: ``images/`` beside the cameras (when it exists).
+        backend: ``auto`` (gsplat on CUDA when installed, else torch), ``torch``, ``gsplat`` or any
+            installed ``scenes`` plugin.
+        device: ``auto``, ``cpu``, ``cuda``.
+    Returns:
+        ``(scene, cameras, images)``: the scene plugin, a list of :class:`fulcra.camera.Camera`, and a
+        :class:`SceneImages` mapping camera name -> ``[3, H, W]`` float image (empty without images).
+    """
+    from .cameras import load_cameras
+
+    ply = Path(ply).expanduser()
+    if not ply.is_file():
+        raise FormatError(f"{ply}: no such PLY file")
+    cam_path = Path(cameras).expanduser() if cameras else find_cameras(ply)
+    if cam_path is None:
+        raise ConfigError(f"no cameras found near {ply}; pass cameras= (cameras.json, a COLMAP folder or transforms.json)")
+    if images is None:
+        images = _default_images(cam_path)
+    cams = load_cameras(cam_path, images)
+    scene = make_scene(backend, ply, device)
+    return scene, cams, SceneImages(images, cams)
