@@ -100,10 +100,11 @@ class UpliftWorkflow:
             views = [by_name[v] for v in cfg.views]
         else:
             views = [c for c in cams if c.name in imgs]
-        missing = [c.name for c in views if c.name not in imgs]
-        if missing or not views:
+        missing = [c.name for c in views if c.name not in imgs] if views else [c.name for c in cams]
+        if missing:
             where = imgs.folder or "(no image folder; set scene.images)"
-            raise FormatError(f"{where}: no image for camera {missing[0] if missing else '(any)'!r}; images are matched to cameras by file stem")
+            raise FormatError(f"{where}: no image for camera {missing[0]!r} ({len(missing)} of {len(cams)} cameras lack one); "
+                              "images are matched to cameras by file stem")
         extractor_node = OmegaConf.to_container(cfg.extractor, resolve=True)
         extractor = fulcra.create("feature_extractors", extractor_node)
         feats_path = out / "features.safetensors"
