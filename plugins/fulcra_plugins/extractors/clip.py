@@ -78,7 +78,8 @@ class CLIPExtractor(BaseExtractor):
     (the last aligned to the border); the image region under each window is resized to CLIP's input
     size and embedded (L2-normalised); each pixel averages the windows covering it within a scale,
     then the scales are averaged. ``mode="dense"``: one pass of MaskCLIP dense patch embeddings per
-    image (much cheaper, coarser semantics) at ``grid`` resolution.
+    image resized to a short side of ``dense_resolution`` pixels (much cheaper, coarser semantics),
+    upsampled bilinearly to the output grid.
 
     Args:
         variant: ``vitb16`` (thesis: OpenCLIP ViT-B/16) or ``vitl14``.
@@ -89,6 +90,7 @@ class CLIPExtractor(BaseExtractor):
         scales: window sides as fractions of the image's short side.
         overlap: fraction of a window shared with its neighbour (0.5: stride = half a window).
         grid: short side of the output map in cells.
+        dense_resolution: short side of the image for ``mode="dense"`` (rounded to patches).
         canonical_phrases: the negatives of the relevancy (Eq. C.2).
         temperature: relevancy temperature ``T``.
         device, batch_size (crops per forward), cache_dir, progress: see ``BaseExtractor``.
@@ -109,6 +111,7 @@ class CLIPExtractor(BaseExtractor):
         scales: list[float] | None = None,
         overlap: float = 0.5,
         grid: int = 64,
+        dense_resolution: int = 448,
         canonical_phrases: list[str] | None = None,
         temperature: float = 10.0,
         device: str = "cpu",
@@ -136,6 +139,7 @@ class CLIPExtractor(BaseExtractor):
         self.backbone.requires_grad_(False)
         self.variant, self.weights, self.tiny, self.mode = variant, weights, bool(tiny), mode
         self.scales, self.overlap, self.grid = scales, float(overlap), int(grid)
+        self.dense_resolution = int(dense_resolution)
         self.canonical_phrases = list(canonical_phrases or CANONICAL_PHRASES)
         self.temperature = float(temperature)
         self.dim = self.backbone.clip_embed_dim
@@ -148,6 +152,7 @@ class CLIPExtractor(BaseExtractor):
         return {
             "name": self.name, "variant": self.variant, "weights": _file_identity(self.weights), "tiny": self.tiny,
             "mode": self.mode, "scales": self.scales, "overlap": self.overlap, "grid": self.grid,
+            **({"dense_resolution": self.dense_resolution} if self.mode == "dense" else {}),
         }
 
     # ------------------------------------------------------------------------------ geometry
@@ -180,10 +185,12 @@ class CLIPExtractor(BaseExtractor):
         gh, gw = self.grid_size(H, W)
         if self.mode == "dense":
             p = self.backbone.patch_size
-            # the token grid = the output grid: resize so that (gh, gw) patches cover the image
-            x = F.interpolate(images, size=(gh * p, gw * p), mode="bilinear", align_corners=False, antialias=True)
+            s = self.dense_resolution / min(H, W)
+            th, tw = max(1, round(H * s / p)), max(1, round(W * s / p))  # token grid
+            x = F.interpolate(images, size=(th * p, tw * p), mode="bilinear", align_corners=False, antialias=True)
             outs = [self.backbone.patch_embeddings(self.backbone.normalize(x[i : i + 1])).float() for i in range(x.shape[0])]
-            return F.normalize(torch.cat(outs), dim=1)
+            dense = F.interpolate(torch.cat(outs), size=(gh, gw), mode="bilinear", align_corners=False)
+            return F.normalize(dense, dim=1)
         sy, sx = H / gh, W / gw  # image pixels per grid cell
         S = self.input_size
         maps = []

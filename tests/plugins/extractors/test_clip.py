@@ -92,11 +92,17 @@ def test_text_and_relevancy_of_maps(tiny_clip):
 
 
 def test_dense_mode_and_determinism():
-    e = CLIPExtractor(tiny=True, mode="dense", grid=6)
+    e = CLIPExtractor(tiny=True, mode="dense", grid=6, dense_resolution=32)
     x = torch.rand(2, 3, 30, 40, generator=torch.Generator().manual_seed(4))
     y = e(x)
     assert y.shape == (2, e.dim, 6, 8)
-    assert torch.allclose(y, CLIPExtractor(tiny=True, mode="dense", grid=6)(x), atol=1e-6)
+    assert torch.allclose(y, CLIPExtractor(tiny=True, mode="dense", grid=6, dense_resolution=32)(x), atol=1e-6)
+    # the dense pass = MaskCLIP patch embeddings of the image at 2x3 tokens, upsampled and normalised
+    xr = F.interpolate(x, size=(32, 48), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        ref = e.backbone.patch_embeddings(e.backbone.normalize(xr))
+    ref = F.normalize(F.interpolate(ref, size=(6, 8), mode="bilinear", align_corners=False), dim=1)
+    assert torch.allclose(y, ref, atol=1e-5)
 
 
 def test_bad_params():

@@ -1,8 +1,0 @@
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(2)  # the machine is shared
-    yield
