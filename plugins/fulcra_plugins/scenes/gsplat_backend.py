@@ -56,7 +56,7 @@ class GsplatScene(GaussianScene):
     def render(self, features: torch.Tensor, camera: Camera) -> torch.Tensor:
         self._check_features(features)
         g = self.gaussians
-        out, _, _ = self._gs.rasterization(
+        kwargs = dict(
             means=g.means, quats=g.quats, scales=g.scales, opacities=g.opacities,
             colors=features.to(self.device, torch.float32),
             viewmats=camera.viewmat.to(self.device)[None], Ks=camera.K.to(self.device)[None],
@@ -64,4 +64,14 @@ class GsplatScene(GaussianScene):
             sh_degree=None, packed=self.packed, rasterize_mode="classic", channel_chunk=self.channel_chunk,
             render_mode="RGB",
         )
+        out, _, _ = self._gs.rasterization(**{k: v for k, v in kwargs.items() if k in self._accepted})
         return out[0]
+
+    @property
+    def _accepted(self) -> set:
+        # keyword arguments differ across gsplat releases (channel_chunk appeared in 1.0)
+        if not hasattr(self, "_accepted_cache"):
+            import inspect
+
+            self._accepted_cache = set(inspect.signature(self._gs.rasterization).parameters)
+        return self._accepted_cache

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# GPU checks of the scenes backends, in one call on a fresh CUDA machine (issue 5).
+#
+#   bash scripts/gpu_checks.sh            # on the device tool: carry [".whl"], timeout_s 600
+#
+# Steps (each timed, each allowed to fail without stopping the next):
+#   1. environment report (nvidia-smi, nvcc, python, torch)
+#   2. Python deps: wheels from ./.whl when present (machines without network), else PyPI;
+#      torch is never installed or upgraded if one is importable
+#   3. fulcra made importable from this checkout (editable install, or PYTHONPATH + a generated
+#      dist-info carrying the entry points of pyproject.toml when no build backend is available)
+#   4. gsplat's CUDA code built (JIT, for this GPU's architecture only) and a smoke render
+#   5. the repository's gpu-marked tests
+#   6. the GPU benchmark: 1M Gaussians at ~1 megapixel, D = 40, ms per view per feature dimension
+# Results go to $OUT (default ./gpu_out): at most 8 files, no subfolders.
+set -u
+set -o pipefail
+OUT="${OUT:-$PWD/gpu_out}"
+mkdir -p "$OUT"
+LOG="$OUT/gpu_checks.log"
+TIMES="$OUT/step_times.txt"
+: > "$TIMES"
+exec > >(tee -a "$LOG") 2>&1
+set -x
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$REPO"
+SITE=/tmp/fulcra_site
+mkdir -p "$SITE"
+export PYTHONPATH="$SITE:$REPO/framework:$REPO/plugins${PYTHONPATH:+:$PYTHONPATH}"
+
+step() {  # step NAME COMMAND...: run, time, record status, never abort the script
+  local name="$1"; shift
+  local t0=$(date +%s)
+  echo "=== [$name] start $(date -u +%T)"
+  "$@"
+  local rc=$?
+  echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))" | tee -a "$TIMES"
+  return 0
+}
+
+env_report() {
+  nvidia-smi || true
+  (nvcc --version || ls /usr/local/cuda*/bin/nvcc) || true
+  $PY -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '-')"
+} 
+
+install_deps() {
+  $PY -c "import torch" || { echo "no torch: installing from PyPI"; $PY -m pip install -q --retries 0 --timeout 10 torch; }
+  local need=""
+  for mod in omegaconf plyfile safetensors PIL yaml pluggy pytest scipy; do
+    $PY -c "import $mod" 2>/dev/null || need="$need $mod"
+  done
+  echo "missing before install:$need"
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    # only the wheels that are not fulcra itself (fulcra comes from this checkout, step 3)
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+      $(ls .whl/*.whl | grep -v '/fulcra-') || echo "wheel install failed"
+  fi
+  $PY -c "import gsplat" 2>/dev/null || $PY -m pip install -q --retries 0 --timeout 10 gsplat || echo "gsplat: no wheel and no network"
+  for pkg in omegaconf plyfile safetensors pillow pyyaml pluggy pytest scipy; do
+    mod=$pkg; [ $pkg = pillow ] && mod=PIL; [ $pkg = pyyaml ] && mod=yaml
+    $PY -c "import $mod" 2>/dev/null || $PY -m pip install -q --retries 0 --timeout 10 "$pkg" || echo "could not install $pkg"
+  done
+  $PY -c "import omegaconf, plyfile, safetensors, gsplat; print('deps ok, gsplat', gsplat.__version__)"
+}
+
+install_fulcra() {
+  # entry points are needed for plugin discovery: write a minimal dist-info from pyproject.toml
+  $PY - "$SITE" <<'PYEOF'
+import sys, tomllib, pathlib
+site = pathlib.Path(sys.argv[1])
+meta = tomllib.loads(pathlib.Path("pyproject.toml").read_text())
+d = site / f"fulcra-{meta['project']['version']}.dist-info"
+d.mkdir(parents=True, exist_ok=True)
+(d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fulcra\nVersion: {meta['project']['version']}\n")
+lines = []
+for group, eps in meta["project"].get("entry-points", {}).items():
+    lines.append(f"[{group}]")
+    lines += [f"{k} = {v}" for k, v in eps.items()]
+    lines.append("")
+(d / "entry_points.txt").write_text("\n".join(lines))
+print("wrote", d)
+PYEOF
+  $PY -c "import fulcra, fulcra_plugins.scenes; print('fulcra from', fulcra.__file__)"
+}
+
+build_gsplat() {
+  # build only for this GPU (Hopper: 9.0) with all cores; gsplat compiles on first use
+  export TORCH_CUDA_ARCH_LIST="$($PY -c 'import torch; c=torch.cuda.get_device_capability(); print(f"{c[0]}.{c[1]}")')"
+  export MAX_JOBS="$(nproc)"
+  $PY - <<'PYEOF'
+import time, torch
+t = time.time()
+from gsplat import rasterization
+N = 1000
+means = torch.randn(N, 3, device="cuda") + torch.tensor([0, 0, 5.0], device="cuda")
+quats = torch.randn(N, 4, device="cuda")
+scales = torch.rand(N, 3, device="cuda") * 0.1
+opac = torch.rand(N, device="cuda")
+cols = torch.rand(N, 40, device="cuda")
+K = torch.tensor([[100.0, 0, 64], [0, 100.0, 48], [0, 0, 1]], device="cuda")
+out, alpha, _ = rasterization(means, quats, scales, opac, cols, torch.eye(4, device="cuda")[None], K[None], 128, 96,
+                              rasterize_mode="classic")
+torch.cuda.synchronize()
+print("gsplat built and rendered", tuple(out.shape), "in", round(time.time() - t, 1), "s")
+PYEOF
+}
+
+gpu_tests() {
+  $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest_gpu.txt"
+}
+
+gpu_bench() {
+  $PY benchmarks/bench_uplift.py --gpu --out "$OUT/bench_uplift_gpu.json" 2>&1 | tee "$OUT/bench_uplift_gpu.txt"
+}
+
+step env env_report
+step deps install_deps
+step fulcra install_fulcra
+step gsplat_build build_gsplat
+step gpu_tests gpu_tests
+step gpu_bench gpu_bench
+cat "$TIMES"
+exit 0
