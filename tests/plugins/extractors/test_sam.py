@@ -133,3 +133,19 @@ def test_sam2_weights_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("FULCRA_WEIGHTS_DIR", str(tmp_path))
     with pytest.raises(WeightsNotFoundError, match="sam2.1_hiera_large.pt"):
         SAM2Extractor()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("module", ["sam", "sam2"])
+def test_cuda_matches_cpu(module):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    pytest.importorskip("segment_anything" if module == "sam" else "sam2")
+    if module == "sam":
+        from fulcra_plugins.extractors.sam import SAMExtractor as cls
+    else:
+        from fulcra_plugins.extractors.sam2 import SAM2Extractor as cls
+    x, pos = _inputs()
+    a = cls(tiny=True, n_repeats=3, mask="all", binarize=False)(x, positive=pos)
+    b = cls(tiny=True, n_repeats=3, mask="all", binarize=False, device="cuda")(x.cuda(), positive=pos.cuda())
+    assert b.is_cuda and torch.allclose(a, b.cpu(), atol=1e-3)
