@@ -125,13 +125,13 @@ def cpu_suite(quick: bool) -> list[dict]:
     for density in ([0.5, 1.0] if quick else [0.5, 1.0, 2.0, 4.0]):
         g, _ = build_gaussians(0, density)
         scene = TorchScene.from_gaussians(g, device="cpu")
-        rows.append({"sweep": "gaussians", **measure(scene, build_cameras(W, H, n_ring=base_v, n_forward=0), base_d)})
+        rows.append({"sweep": "gaussians", **measure(scene, build_cameras(W, H, n_ring=base_v, n_forward=0), base_d, repeats=2)})
     g, _ = build_gaussians(0, base_n)
     scene = TorchScene.from_gaussians(g, device="cpu")
     for views in ([2, 4] if quick else [2, 4, 8]):
-        rows.append({"sweep": "views", **measure(scene, build_cameras(W, H, n_ring=views, n_forward=0), base_d)})
+        rows.append({"sweep": "views", **measure(scene, build_cameras(W, H, n_ring=views, n_forward=0), base_d, repeats=2)})
     for dim in ([4, 16] if quick else [4, 16, 64]):
-        rows.append({"sweep": "dims", **measure(scene, build_cameras(W, H, n_ring=base_v, n_forward=0), dim)})
+        rows.append({"sweep": "dims", **measure(scene, build_cameras(W, H, n_ring=base_v, n_forward=0), dim, repeats=2)})
     return rows
 
 

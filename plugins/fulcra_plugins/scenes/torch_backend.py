@@ -5,11 +5,11 @@ Jacobian, 2D covariance dilated by ``eps2d = 0.3``, pixel centres at ``+0.5``,
 ``alpha = min(0.999, o * exp(-sigma))``, alphas under 1/255 skipped, front-to-back compositing that
 stops (exclusively) when the transmittance would fall to 1e-4 or below, near plane 0.01.
 
-How it works: Gaussians are projected once per view, each is binned into the 16x16 tiles its
+How it works: Gaussians are projected once per view, each is binned into the small square tiles its
 support touches (the support is exact: the ellipse where ``alpha >= 1/255``, so tiling changes no
 pixel), pairs are sorted by tile then depth, and tiles are processed in batches, ``chunk`` Gaussians
 deep at a time, carrying the transmittance. The weights ``w_i(p)`` of a chunk are a dense
-``[tiles, 256, chunk]`` block, so the forward pass is a batched matmul with the gathered features
+``[tiles, pixels per tile, chunk]`` block, so the forward pass is a batched matmul with the gathered features
 and the adjoint (``Wᵀ F``, the uplift) is the transposed matmul plus an ``index_add``. Memory stays
 under ``max_elements`` floats per block whatever N, D or the resolution; tiles whose pixels are all
 saturated leave the loop early. Autograd goes through a custom function whose backward is the fused
@@ -203,16 +203,19 @@ class TorchScene(GaussianScene):
     Args:
         ply: a 3DGS ``point_cloud.ply`` (empty: use :meth:`from_gaussians`).
         device: ``auto``, ``cpu`` or ``cuda``.
-        tile_size: tile side in pixels.
+        tile_size: tile side in pixels (0: 4 on CPU, 8 on CUDA).
         chunk: Gaussians processed per step along a tile's depth list.
         max_elements: bound on the floats of one ``[tiles, pixels, chunk]`` block (memory control).
         max_channels: feature channels rendered at once (larger ``D`` is split).
     """
 
-    def __init__(self, ply: str = "", device: str = "auto", tile_size: int = 16, chunk: int = 32,
+    def __init__(self, ply: str = "", device: str = "auto", tile_size: int = 0, chunk: int = 32,
                  max_elements: int = 1 << 17, max_channels: int = 64):
         super().__init__(ply=ply, device=device)
-        self.tile_size, self.chunk = int(tile_size), int(chunk)
+        # small tiles cut the wasted (tile pixel, Gaussian) pairs: 4x4 measured 2.5x faster than
+        # 16x16 on CPU; 8x8 on GPU is a guess (more pairs to sort against less wasted work)
+        self.tile_size = int(tile_size) or (8 if self.device.type == "cuda" else 4)
+        self.chunk = int(chunk)
         self.max_elements, self.max_channels = int(max_elements), int(max_channels)
 
     def _options(self) -> dict:

@@ -89,14 +89,14 @@ def make_camera(W=37, H=29, eye=(0.3, -0.4, -3.0), f=40.0, name="c"):
     return Camera(look_at(eye), K, W, H, name)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_matches_per_pixel_reference(seed):
+@pytest.mark.parametrize("seed,tile", [(0, 8), (1, 16), (2, 3)])
+def test_matches_per_pixel_reference(seed, tile):
     g = random_gaussians(60, seed)
     cam = make_camera()
     feats = torch.randn(60, 5, generator=torch.Generator().manual_seed(seed + 10))
     ref = reference_render(g, cam, feats)
     # small chunks and blocks so several tile batches and depth chunks are exercised
-    scene = TorchScene.from_gaussians(g, device="cpu", tile_size=8, chunk=4, max_elements=8 * 64 * 4)
+    scene = TorchScene.from_gaussians(g, device="cpu", tile_size=tile, chunk=4, max_elements=8 * tile * tile * 4)
     out = scene.render(feats, cam)
     assert out.shape == (29, 37, 5)
     assert ref.abs().max() > 0.1  # the scene is visible
