@@ -47,7 +47,8 @@ __all__ = ["Slack", "hypergradient"]
 
 def hypergradient(model: torch.nn.Module, policy: Policy, logits: torch.Tensor, mu: torch.Tensor,
                   x_aug: torch.Tensor, y_aug: torch.Tensor, op_index: torch.Tensor, magnitude: torch.Tensor,
-                  x_val: torch.Tensor, y_val: torch.Tensor, eta: float):
+                  x_val: torch.Tensor, y_val: torch.Tensor, eta: float,
+                  loss_fn: Callable[..., torch.Tensor] = F.cross_entropy):
     """One batched REINFORCE hypergradient (see the module docstring).
 
     Args:
@@ -58,13 +59,14 @@ def hypergradient(model: torch.nn.Module, policy: Policy, logits: torch.Tensor, 
         op_index, magnitude: ``[B_aug, K]`` the sampled augmentations.
         x_val, y_val: validation batch (unaugmented network input, labels).
         eta: the step size of θ̂ = θ − η ĝ_θ.
+        loss_fn: ``loss_fn(outputs, targets, reduction=...)`` pointwise loss (cross-entropy).
     Returns:
         ``(g_theta, g_logits, g_mu, train_loss, val_loss)``: the model gradient (list, one per
         parameter), ``Ĝ`` for π and μ (``None`` where not differentiable), and the two losses.
     """
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
     n_aug = op_index.shape[0]
-    per = F.cross_entropy(model(x_aug), y_aug, reduction="none").view(n_aug, -1).mean(1)  # l_τ, [B_aug]
+    per = loss_fn(model(x_aug), y_aug, reduction="none").view(n_aug, -1).mean(1)  # l_τ, [B_aug]
     logp = policy.log_prob(op_index, magnitude, logits, mu)
     box = 1.0 + logp - logp.detach()
     L = (box * per).mean()
@@ -72,7 +74,7 @@ def hypergradient(model: torch.nn.Module, policy: Policy, logits: torch.Tensor, 
     theta_hat = {n: (p.detach() - eta * gi.detach()).requires_grad_(True) for n, p, gi in zip(names, params, g)}
     buffers = {n: b.clone() for n, b in model.named_buffers()}  # θ̂'s forward must not move running stats
     out_val = functional_call(model, {**theta_hat, **buffers}, (x_val,))
-    val_loss = F.cross_entropy(out_val, y_val)
+    val_loss = loss_fn(out_val, y_val, reduction="mean")
     v = torch.autograd.grad(val_loss, list(theta_hat.values()))
     inner = sum((gi * vi).sum() for gi, vi in zip(g, v))
     leaves = [t for t in (logits, mu) if t.requires_grad]
@@ -82,7 +84,7 @@ def hypergradient(model: torch.nn.Module, policy: Policy, logits: torch.Tensor, 
     g_mu = next(it) if mu.requires_grad else None
     g_logits = None if g_logits is None else -eta * g_logits
     g_mu = None if g_mu is None else -eta * g_mu
-    return [gi.detach() for gi in g], g_logits, g_mu, float(per.mean()), float(val_loss)
+    return [gi.detach() for gi in g], g_logits, g_mu, float(per.detach().mean()), float(val_loss.detach())
 
 
 class Slack:

@@ -1,0 +1,91 @@
+"""End to end: the ``search`` workflow writes its contract files, and a search interrupted mid-round
+resumes to the very same final policy."""
+
+import json
+
+import pytest
+import torch
+
+from fulcra.interfaces import RunContext
+from fulcra_plugins.data import Digits
+from fulcra_plugins.slack import Slack
+from fulcra_plugins.slack.models import SmallCNN
+
+torch.set_num_threads(1)
+
+
+class _Hooks:
+    """Records events; raises on the ``stop_at``-th checkpoint to emulate a kill mid-round."""
+
+    def __init__(self, stop_at=None):
+        self.stop_at, self.checkpoints = stop_at, 0
+
+    def step(self, **kw):
+        pass
+
+    def evaluate(self, **kw):
+        pass
+
+    def checkpoint(self, **kw):
+        self.checkpoints += 1
+        if self.stop_at is not None and self.checkpoints == self.stop_at:
+            raise KeyboardInterrupt("injected kill")
+
+
+def _slack():
+    return Slack(space="cifar", pretrain_steps=6, rounds=2, retrain_steps=3, unrolled_steps=4, batch_size=8,
+                 b_aug=2, upper_lr=50.0, checkpoint_every=2)
+
+
+def _data():
+    s = Digits(size=12, seed=0).splits()
+    return s["train"], s["val"]
+
+
+def _factory():
+    return SmallCNN(num_classes=10, width=4)
+
+
+def test_search_killed_mid_round_resumes_to_same_policy(tmp_path):
+    train, val = _data()
+    full = _slack().search(train, val, _factory, RunContext(out=tmp_path / "a", device=torch.device("cpu"), hooks=_Hooks()))
+    # kill during round 1 (the 2nd checkpoint falls inside the pre-training, later ones in the rounds)
+    ctx = RunContext(out=tmp_path / "b", device=torch.device("cpu"), hooks=_Hooks(stop_at=6))
+    with pytest.raises(KeyboardInterrupt):
+        _slack().search(train, val, _factory, ctx)
+    state = torch.load(tmp_path / "b" / "search" / "state_rank0.pt", weights_only=True)["state"]
+    assert state["phase"] == "rounds" and 0 < state["j"] < 7
+    resumed = _slack().search(train, val, _factory, RunContext(out=tmp_path / "b", device=torch.device("cpu"), hooks=_Hooks()))
+    assert torch.equal(resumed.logits, full.logits) and torch.equal(resumed.mu, full.mu)
+    assert not torch.equal(full.logits, torch.zeros_like(full.logits))  # the policy did move
+
+
+def test_search_is_deterministic_for_a_seed(tmp_path):
+    train, val = _data()
+    a = _slack().search(train, val, _factory, RunContext(out=tmp_path / "a", device=torch.device("cpu"), hooks=_Hooks()))
+    b = _slack().search(train, val, _factory, RunContext(out=tmp_path / "b", device=torch.device("cpu"), hooks=_Hooks()))
+    assert torch.equal(a.logits, b.logits)
+
+
+@pytest.mark.slow
+def test_search_workflow_outputs(tmp_path):
+    from fulcra.runner import run
+
+    out = tmp_path / "run"
+    cfg = {"workflow": "search", "data": {"name": "digits", "size": 12}, "model": {"name": "small_cnn", "width": 4},
+           "optimizer": {"name": "slack", "pretrain_steps": 4, "rounds": 1, "retrain_steps": 2, "unrolled_steps": 2,
+                         "batch_size": 8, "b_aug": 2},
+           "baselines": ["uniform", {"name": "trivialaugment", "variant": "ra"}], "eval_seeds": 2, "eval_epochs": 0.2,
+           "include_no_augmentation": False, "out": str(out)}
+    res = run(cfg, [], hooks=[])
+    pol = json.loads((out / "policy.json").read_text())
+    assert set(pol) >= {"ops", "probs", "mu", "ranges"} and len(pol["probs"]) == 3
+    assert (out / "policy.png").stat().st_size > 1000
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"slack", "uniform", "trivialaugment_ra"}
+    for r in results.values():
+        assert len(r["values"]) == 2 and 0 <= r["mean"] <= 1 and r["ci95"] >= 0
+    assert res["results"] == results
+    # run again: everything is found on disk, nothing is recomputed, same answer
+    again = run(cfg, [], hooks=[])
+    assert again["results"] == results
