@@ -118,10 +118,16 @@ class UpliftWorkflow:
             features, weights = arrays["features"].to(scene.device), arrays["weights"].to(scene.device)
         else:
             def stream():
+                dim = None
                 for i, cam in enumerate(views):
+                    if dim is not None and ctx.world_size > 1 and i % ctx.world_size != ctx.rank:
+                        # another rank uplifts this view (fulcra.uplift shards round-robin): skip the extractor
+                        yield cam, torch.zeros(dim, 1, 1)
+                        continue
                     img = imgs[cam.name].to(extractor_device(extractor, scene.device))
                     with torch.no_grad():
                         fmap = extractor(img[None])[0]  # [D, h, w]
+                    dim = fmap.shape[0]
                     ctx.hooks.step(step=i + 1, metrics={"view": float(i)}, total=len(views), stage="uplift")
                     yield cam, fmap.float()
 
