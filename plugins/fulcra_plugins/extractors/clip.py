@@ -213,7 +213,7 @@ class CLIPExtractor(BaseExtractor):
         """``T`` strings -> ``[T, E]`` unit-norm text embeddings (float32, on ``self.device``)."""
         if isinstance(texts, str):
             texts = [texts]
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: outputs feed autograd-based uplifting
             return F.normalize(self.backbone.encode_text(list(texts)).float(), dim=-1)
 
     def canonical_embeddings(self) -> torch.Tensor:

@@ -288,7 +288,7 @@ class BaseExtractor:
         for chunk in progress(chunks, total=len(chunks), desc=self.name, enabled=self.show_progress and len(chunks) > 1):
             batch = images[chunk].to(self.device)
             sub = {k: [v[i] for i in chunk] for k, v in per_image.items()}
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: outputs feed autograd-based uplifting
                 out = fn(batch, **sub, **kwargs)
             out = out.float()
             for j, i in enumerate(chunk):

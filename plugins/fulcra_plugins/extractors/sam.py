@@ -116,7 +116,8 @@ class PromptedMaskExtractor(BaseExtractor):
         Args:
             images: ``[B, 3, H, W]`` float in [0, 1] (or uint8).
             prompts: per image, the positive pixels ``[P, 2]`` as (x, y) coordinates, or
-            positive: ``[B, H, W]`` boolean masks of positive pixels (one of the two is required).
+            positive: ``[B, H, W]`` boolean masks of positive pixels, or a list of ``[H, W]`` masks
+                (one of ``prompts`` / ``positive`` is required).
 
         Returns:
             ``[B, 1, H, W]`` (``[B, 3, H, W]`` with ``mask="all"``) float32 in [0, 1]: the fraction of
@@ -127,6 +128,8 @@ class PromptedMaskExtractor(BaseExtractor):
         if prompts is None and positive is None:
             raise ValueError(f"{self.name}: give the positive pixels, prompts=[P,2] (x,y) per image or positive=[B,H,W] masks")
         if prompts is None:
+            if isinstance(positive, (list, tuple)):  # one [H, W] mask per image (iter_feature_maps)
+                positive = torch.stack([torch.as_tensor(m) for m in positive])
             if positive.ndim == 4 and positive.shape[1] == 1:
                 positive = positive[:, 0]
             if positive.shape[0] != images.shape[0] or positive.shape[-2:] != images.shape[-2:]:
