@@ -150,4 +150,5 @@ def load_scene(ply: str | Path, cameras: str | Path | None = None, images: str |
         images = _default_images(cam_path)
     cams = load_cameras(cam_path, images)
     scene = make_scene(backend, ply, device)
+    scene.cameras = cams
     return scene, cams, SceneImages(images, cams)

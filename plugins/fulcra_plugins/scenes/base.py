@@ -36,7 +36,15 @@ class GaussianScene:
         self.device = resolve_device(device)
         self.source: Path | None = None
         self.gaussians: Gaussians | None = None
-        if ply:
+        self.cameras: list | None = None  # set by load_scene / for the synthetic scene
+        if ply.startswith("synthetic"):
+            # "synthetic[:DENSITY]": the embedded scene built in memory (tests, conformance, demos)
+            from .synthetic import build_cameras, build_gaussians
+
+            density = float(ply.split(":", 1)[1]) if ":" in ply else 1.0
+            self.gaussians = build_gaussians(0, density)[0].to(self.device)
+            self.cameras = build_cameras(64, 48, n_ring=4, n_forward=2)
+        elif ply:
             from .ply import read_ply
 
             self.source = Path(ply).expanduser()

@@ -35,11 +35,14 @@ class GsplatScene(GaussianScene):
     to them, so ``fulcra.uplift`` applies. Needs CUDA and ``pip install 'fulcra[gsplat]'``.
 
     Args:
-        ply: a 3DGS ``point_cloud.ply`` (empty: use :meth:`from_gaussians`).
+        ply: a 3DGS ``point_cloud.ply`` (empty: use :meth:`from_gaussians`; ``synthetic[:DENSITY]``:
+            the embedded synthetic scene built in memory).
         device: a CUDA device (``auto`` picks ``cuda``).
         channel_chunk: channels rasterised per gsplat call.
         packed: gsplat's packed mode (less memory for large scenes).
     """
+
+    conformance_params = {"ply": "synthetic:0.05", "device": "cuda"}
 
     def __init__(self, ply: str = "", device: str = "auto", channel_chunk: int = 64, packed: bool = False):
         self._gs = _gsplat()

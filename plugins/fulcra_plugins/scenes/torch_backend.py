@@ -201,13 +201,17 @@ class TorchScene(GaussianScene):
     tests and small scenes; use ``gsplat`` for large scenes on CUDA.
 
     Args:
-        ply: a 3DGS ``point_cloud.ply`` (empty: use :meth:`from_gaussians`).
+        ply: a 3DGS ``point_cloud.ply`` (empty: use :meth:`from_gaussians`; ``synthetic[:DENSITY]``:
+            the embedded synthetic scene built in memory).
         device: ``auto``, ``cpu`` or ``cuda``.
         tile_size: tile side in pixels (0: 4 on CPU, 8 on CUDA).
         chunk: Gaussians processed per step along a tile's depth list.
         max_elements: bound on the floats of one ``[tiles, pixels, chunk]`` block (memory control).
         max_channels: feature channels rendered at once (larger ``D`` is split).
     """
+
+    # what the registry's conformance suite builds: the embedded scene, tiny, in memory
+    conformance_params = {"ply": "synthetic:0.05", "device": "cpu"}
 
     def __init__(self, ply: str = "", device: str = "auto", tile_size: int = 0, chunk: int = 32,
                  max_elements: int = 1 << 17, max_channels: int = 64):
