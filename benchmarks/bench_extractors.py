@@ -1,9 +1,9 @@
 """Cost per image of the bundled feature extractors, on the real architectures with random weights.
 
 No pretrained weights exist offline, so each real architecture (timm DINOv2, open_clip CLIP, SAM,
-SAM 2) is built with random weights, saved to a temporary file and loaded back through the
-extractor's normal ``weights=`` path: the arithmetic, and hence the time, is that of the real model.
-``--tiny`` instead times the tiny random test models.
+SAM 2) is built with random weights directly on the device and swapped into the extractor
+(``--via-weights-file``: saved to a temporary file and loaded back through ``weights=``): the
+arithmetic, and hence the time, is that of the real model. ``--tiny`` times the tiny test models.
 
 For the CLIP crop grid, which runs hundreds of crops per image, ``--clip-crops N`` times only the
 first N crops of the grid and reports the per-crop time and the grid's crop count (the per-image
@@ -40,8 +40,39 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build(name: str, device: str, tmp: Path, tiny: bool):
-    """An extractor of preset-like ``name`` with random weights of the real architecture."""
+def _random_model(name: str, device: str) -> torch.nn.Module:
+    """The real architecture of ``name`` with random weights, initialised directly on ``device``."""
+    from fulcra_plugins.backbones import BACKBONES
+
+    with torch.device(device):
+        if name.startswith("dinov2_"):
+            import timm
+
+            return timm.create_model(BACKBONES[name].arch, pretrained=False, num_classes=0, dynamic_img_size=True)
+        if name.startswith("clip_"):
+            import open_clip
+            from open_clip.model import CLIP
+
+            return CLIP(**open_clip.get_model_config(BACKBONES["clip_" + name.split("_")[1]].arch), quick_gelu=True)
+        if name.startswith("sam_"):
+            from segment_anything import sam_model_registry
+
+            return sam_model_registry[name[len("sam_"):]](checkpoint=None)
+        if name.startswith("sam2_"):
+            from hydra.utils import instantiate
+            from omegaconf import OmegaConf
+
+            from fulcra_plugins.extractors.sam2 import SAM2_VARIANTS, _config
+
+            cfg = _config(SAM2_VARIANTS[("2.1", name[len("sam2_hiera_"):])][0])
+            return instantiate(OmegaConf.to_container(cfg.model, resolve=True), _recursive_=True, _convert_="all")
+    raise SystemExit(f"unknown extractor {name!r}")
+
+
+def build(name: str, device: str, tmp: Path, tiny: bool, via_file: bool = False):
+    """An extractor of preset-like ``name``: tiny random, or the real architecture with random weights
+    (swapped into a tiny-built extractor in place, or with ``via_file`` saved and loaded back through
+    the extractor's ``weights=`` path)."""
     from fulcra_plugins.extractors.clip import CLIPExtractor
     from fulcra_plugins.extractors.dinov2 import DINOv2Extractor
     from fulcra_plugins.extractors.rgb import RGBExtractor
@@ -49,55 +80,49 @@ def build(name: str, device: str, tmp: Path, tiny: bool):
 
     if name == "rgb":
         return RGBExtractor(device=device), {}
-    if name.startswith("dinov2_"):
-        variant = name[len("dinov2_"):]
-        if tiny:
-            return DINOv2Extractor(variant=variant, tiny=True, device=device), {}
-        import timm
-
-        from fulcra_plugins.backbones import BACKBONES
-
-        m = timm.create_model(BACKBONES[name].arch, pretrained=False, num_classes=0, dynamic_img_size=True)
-        w = _save_random(m, tmp / f"{name}.pth")
-        del m
-        return DINOv2Extractor(variant=variant, weights=w, device=device), {}
-    if name.startswith("clip_"):
-        variant = name.split("_")[1]
-        mode = "dense" if name.endswith("_dense") else "crops"
-        if tiny:
-            return CLIPExtractor(variant=variant, tiny=True, mode=mode, device=device), {}
-        import open_clip
-        from open_clip.model import CLIP
-
-        from fulcra_plugins.backbones import BACKBONES
-
-        m = CLIP(**open_clip.get_model_config(BACKBONES[f"clip_{variant}"].arch), quick_gelu=True)
-        w = _save_random(m, tmp / f"{name}.pth")
-        del m
-        return CLIPExtractor(variant=variant, weights=w, mode=mode, device=device), {}
-    if name.startswith("sam_"):
-        variant = name[len("sam_"):]
-        if tiny:
-            return SAMExtractor(tiny=True, device=device), {"prompted": True}
-        from segment_anything import sam_model_registry
-
-        w = _save_random(sam_model_registry[variant](checkpoint=None), tmp / f"{name}.pth")
-        return SAMExtractor(variant=variant, weights=w, device=device), {"prompted": True}
     if name.startswith("sam2_"):
-        from fulcra_plugins.extractors.sam2 import SAM2_VARIANTS, SAM2Extractor, _config
+        from fulcra_plugins.extractors.sam2 import SAM2Extractor
+    prompted = name.startswith("sam")
+    variant = {"dinov2": lambda: name[len("dinov2_"):], "clip": lambda: name.split("_")[1],
+               "sam": lambda: name[len("sam_"):], "sam2": lambda: name[len("sam2_hiera_"):]}[name.split("_")[0]]()
+    kw = {"mode": "dense" if name.endswith("_dense") else "crops"} if name.startswith("clip_") else {}
+    cls = {"dinov2": DINOv2Extractor, "clip": CLIPExtractor, "sam": SAMExtractor}.get(name.split("_")[0]) or SAM2Extractor
+    if tiny:
+        return cls(variant=variant, tiny=True, device=device, **kw), {"prompted": prompted}
+    model = _random_model(name, device)
+    if via_file:
+        path = tmp / f"{name}.pt"
+        sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        torch.save({"model": sd} if name.startswith("sam2_") else sd, path)
+        del model, sd
+        return cls(variant=variant, weights=str(path), device=device, **kw), {"prompted": prompted}
+    ext = cls(variant=variant, tiny=True, device=device, **kw)
+    model = model.eval().requires_grad_(False)
+    if name.startswith("dinov2_"):
+        from fulcra_plugins.backbones import BACKBONES, TimmBackbone
 
-        variant = name[len("sam2_hiera_"):]
-        if tiny:
-            return SAM2Extractor(tiny=True, device=device), {"prompted": True}
-        from hydra.utils import instantiate
-        from omegaconf import OmegaConf
+        ext.backbone = TimmBackbone(name, model, BACKBONES[name])
+        ext.embed_dim = ext.backbone.embed_dim
+    elif name.startswith("clip_"):
+        from fulcra_plugins.backbones import BACKBONES, ClipBackbone
 
-        cfg = _config(SAM2_VARIANTS[("2.1", variant)][0])
-        m = instantiate(OmegaConf.to_container(cfg.model, resolve=True), _recursive_=True, _convert_="all")
-        w = _save_random(m, tmp / f"{name}.pt", wrap="model")
-        del m
-        return SAM2Extractor(variant=variant, weights=w, device=device), {"prompted": True}
-    raise SystemExit(f"unknown extractor {name!r}")
+        spec = BACKBONES[f"clip_{variant}"]
+        import open_clip
+
+        ext.backbone = ClipBackbone(spec.arch, model, open_clip.get_tokenizer(spec.arch), spec)
+        ext.dim, size = ext.backbone.clip_embed_dim, model.visual.image_size
+        ext.input_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    elif name.startswith("sam_"):
+        from segment_anything import SamPredictor
+
+        ext.model, ext.predictor = model, SamPredictor(model)
+    else:
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        ext.model, ext.predictor = model, SAM2ImagePredictor(model)
+        s = model.image_size
+        ext.predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+    return ext, {"prompted": prompted}
 
 
 ALL = ["rgb", "dinov2_vits14_reg", "dinov2_vitb14_reg", "dinov2_vitl14_reg", "dinov2_vitg14_reg", "clip_vitb16",
@@ -114,6 +139,7 @@ def main() -> None:
     ap.add_argument("--clip-crops", type=int, default=64, help="crops timed for the CLIP crop grid (0 = all)")
     ap.add_argument("--tiny", action="store_true", help="time the tiny random test models instead")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--via-weights-file", action="store_true", help="save the random weights and load them through weights=")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     which = ALL if args.which == ["all"] else args.which
@@ -125,7 +151,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as td:
         for name in which:
             t0 = time.perf_counter()
-            ext, info = build(name, args.device, Path(td), args.tiny)
+            ext, info = build(name, args.device, Path(td), args.tiny, args.via_weights_file)
             build_s = time.perf_counter() - t0
             kw = {"positive": pos} if info.get("prompted") else {}
             row = {"extractor": name, "device": args.device, "image": [args.height, args.width], "tiny": args.tiny, "build_s": round(build_s, 2)}
