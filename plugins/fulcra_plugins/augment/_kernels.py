@@ -56,6 +56,24 @@ def fma32(s: torch.Tensor, other: torch.Tensor, alpha: torch.Tensor) -> torch.Te
     return (s.to(torch.float64) + other.to(torch.float64) * alpha.to(torch.float64)).to(torch.float32)
 
 
+def fma32_trunc_fast(s: torch.Tensor, other: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """:func:`fma32` for results that are about to be truncated to integers, without float64 images.
+
+    ``s + other * alpha`` in float32 (two roundings) differs from the fused result by at most one ulp;
+    truncation can only tell them apart next to an integer, so only those entries (a tiny fraction)
+    are recomputed exactly. Returns float32, equal to ``fma32(...)`` wherever it matters for
+    ``trunc``/``floor``.
+    """
+    y = torch.addcmul(s, other, alpha.to(torch.float32))
+    # one ulp of values below 512 is < 6.2e-5: anything farther than 1e-4 from an integer truncates the
+    # same either way (callers clamp to [0, 255], so larger values do not matter)
+    near = torch.frac(y + 1e-4) < 2e-4
+    if bool(near.any()):
+        sb, ob, ab = torch.broadcast_tensors(s, other, alpha.to(torch.float32))
+        y[near] = fma32(sb[near], ob[near], ab[near])
+    return y
+
+
 def identity_lut(batch: int, channels: int, device) -> torch.Tensor:
     """``[B, C, 256]`` uint8 identity lookup table."""
     return torch.arange(256, dtype=torch.uint8, device=device).expand(batch, channels, 256).clone()
@@ -79,10 +97,8 @@ def gray_uint8_exact(images: torch.Tensor) -> torch.Tensor:
     Returns float32 ``[B, 1, H, W]`` (not truncated).
     """
     r, g, b = images.unbind(dim=-3)
-    t = r.to(torch.float32).mul_(0.2989)
-    t = fma32(t, g, torch.tensor(0.587, dtype=torch.float32))
-    t = fma32(t, b, torch.tensor(0.114, dtype=torch.float32))
-    return t.unsqueeze(-3)
+    # the very calls torchvision makes: constant alphas run the same fused kernel, bit for bit
+    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(-3)
 
 
 def inverse_affine(

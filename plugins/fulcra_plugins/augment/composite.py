@@ -114,7 +114,9 @@ class CompositeAugment:
         starts = [0]
         for c in counts:
             starts.append(starts[-1] + c)
-        y = x.clone()
+        y = torch.empty_like(x)
+        if counts[0]:  # identity images (processing rank 0) are copied, every other slice is written below
+            y[: counts[0]] = x[: counts[0]]
         H, W = x.shape[-2:]
         aff_mats, aff_lo, aff_hi = [], None, None
         lut_tabs, lut_lo, lut_hi = [], None, None
@@ -124,6 +126,8 @@ class CompositeAugment:
                 continue
             op, kind = self.ops[n], self._kinds[n]
             if kind == "identity":
+                if r != 0:
+                    y[lo:hi] = x[lo:hi]
                 continue
             sub = x[lo:hi]
             params = op.sample_params(sub, mags[lo:hi], generator)

@@ -407,7 +407,7 @@ class Color(_Enhance):
             r = params["value"].to(torch.float64)
             r32 = r.to(torch.float32).view(-1, 1, 1, 1)
             alpha = (1.0 - r).to(torch.float32).view(-1, 1, 1, 1)
-            return K.fma32(images.to(torch.float32).mul_(r32), gray, alpha).clamp_(0, 255).to(torch.uint8)
+            return K.fma32_trunc_fast(images.to(torch.float32).mul_(r32), gray, alpha).clamp_(0, 255).to(torch.uint8)
         r = params["value"].to(images.dtype).view(-1, 1, 1, 1)
         return (images * r + gray * (1 - r)).clamp_(0, 1)
 
@@ -425,21 +425,28 @@ class Sharpness(_Enhance):
         if H <= 2 or W <= 2:
             return images
         fp = images.is_floating_point()
-        a, b = 1.0 / 13.0, 5.0 / 13.0
-        dt = images.dtype if fp else torch.float32
-        kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=dt, device=images.device).expand(C, 1, 3, 3)
-        x = images.to(dt, copy=True)
-        blurred = F.conv2d(x, kernel, groups=C)
-        if not fp:
-            blurred = blurred.round_()
-        view = x[..., 1:-1, 1:-1]
         r = params["value"].to(torch.float64)
         if fp:
-            view.add_((blurred - view) * (1.0 - r).to(dt).view(B, 1, 1, 1))
+            a, b = 1.0 / 13.0, 5.0 / 13.0
+            kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=images.dtype, device=images.device)
+            x = images.clone()
+            blurred = F.conv2d(images, kernel.expand(C, 1, 3, 3), groups=C)
+            view = x[..., 1:-1, 1:-1]
+            view.add_((blurred - view) * (1.0 - r).to(images.dtype).view(B, 1, 1, 1))
             return x.clamp_(0, 1)
+        # torchvision rounds the 3×3 blur (weights 1/13, centre 5/13) of integers: S/13 is never a
+        # half-integer, so round(S/13) = (2S + 13) // 26 exactly, in int16, without a convolution
+        xi = images.to(torch.int16)
+        rows = xi[..., :-2, :] + xi[..., 1:-1, :] + xi[..., 2:, :]
+        S = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:] + 4 * xi[..., 1:-1, 1:-1]
+        blurred = torch.div(2 * S + 13, 26, rounding_mode="floor")
+        out = images.clone()
+        inner = images[..., 1:-1, 1:-1]
+        d = (blurred - inner.to(torch.int16)).to(torch.float32)
         alpha = (1.0 - r).to(torch.float32).view(B, 1, 1, 1)
-        view.copy_(K.fma32(view, blurred.sub_(view), alpha))
-        return x.clamp_(0, 255).to(torch.uint8)
+        y = K.fma32_trunc_fast(inner.to(torch.float32), d, alpha)
+        out[..., 1:-1, 1:-1] = y.clamp_(0, 255).to(torch.uint8)
+        return out
 
 
 class Hue(Op):
