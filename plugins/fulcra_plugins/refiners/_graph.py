@@ -164,6 +164,23 @@ class SceneGraph:
         return SceneGraph(**moved, median_distance=self.median_distance, bandwidth=self.bandwidth,
                           k=self.k, fingerprint=self.fingerprint)
 
+    def anchor_median(self, anchors: torch.Tensor) -> float:
+        """Median feature distance over the edges leaving ``anchors`` ``[N]`` bool (Morton order).
+
+        The reference implementation sets ``s_f`` of Eq. C.1 this way for a prompt: a scale of the
+        feature variation *inside* the object, so that edges leaving it fall under the threshold.
+        """
+        sel = anchors[self.rows.long()] & (self.rows != self.indices)
+        d = self.distance[sel]
+        return max(float(np.median(d.cpu().numpy())), 1e-6) if d.numel() else self.median_distance
+
+    def with_similarity_scale(self, median: float, bandwidth: float | None = None) -> "SceneGraph":
+        """The same graph with ``S_f`` recomputed for another ``s_f`` (and optionally ``b``)."""
+        b = self.bandwidth if bandwidth is None else float(bandwidth)
+        sim = torch.exp(-self.distance.square() / (b * median**2 + 1e-12))
+        return SceneGraph(self.perm, self.inv, self.indptr, self.indices, self.rows, sim, self.distance,
+                          self.features, float(median), b, self.k, self.fingerprint)
+
     def with_bandwidth(self, bandwidth: float) -> "SceneGraph":
         """The same graph with ``S_f`` recomputed for another ``b`` (no neighbour search)."""
         sim = torch.exp(-self.distance.square() / (bandwidth * self.median_distance**2 + 1e-12))

@@ -77,16 +77,20 @@ class GraphDiffusion:
         device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
         max_logreg_samples: int = field(default=100_000, metadata={"help": "nodes used to fit each logistic regression"})
         seed: int = field(default=0, metadata={"help": "seed of the logistic-regression subsampling"})
+        median: str = field(default="anchors", metadata={"help": "s_f of Eq. C.1: median feature distance over the edges of the anchors (per prompt, as the reference code) or of the whole graph ('edges')"})
 
     def __init__(self, k: int = 16, steps: int = 100, bandwidth: float = 1.0, prompt: str = "scribble",
                  unary_bandwidth: Optional[float] = None, anchor_fraction: float = 0.1,
                  binarize: Optional[float] = None, logreg_c: Optional[float] = None,
                  output: Optional[str] = None, self_loops: bool = True, device: str = "auto",
-                 max_logreg_samples: int = 100_000, seed: int = 0):
+                 max_logreg_samples: int = 100_000, seed: int = 0, median: str = "anchors"):
         if prompt not in PROMPTS:
             raise ValueError(f"graph_diffusion: prompt must be one of {', '.join(PROMPTS)}, got {prompt!r}")
         if output not in (None, "unary_on_reachable", "diffused"):
             raise ValueError(f"graph_diffusion: output must be unary_on_reachable or diffused, got {output!r}")
+        if median not in ("anchors", "edges"):
+            raise ValueError(f"graph_diffusion: median must be anchors or edges, got {median!r}")
+        self.median = median
         if k < 1 or steps < 0 or bandwidth <= 0:
             raise ValueError(f"graph_diffusion: need k >= 1, steps >= 0, bandwidth > 0 (got {k}, {steps}, {bandwidth})")
         self.k, self.steps, self.bandwidth, self.prompt = int(k), int(steps), float(bandwidth), prompt
@@ -181,14 +185,29 @@ class GraphDiffusion:
             output = self.output or "unary_on_reachable"
 
         sqrt_p = P.clamp_min(0).sqrt()
+        q = g0.shape[1]
+        if self.median == "anchors":
+            # one s_f per prompt when prompts are diffused one by one (binarised A), else one shared
+            # scale from the union of the prompts' anchors (their edges then share S)
+            src = positives if prompt == "relevancy" else g0 > 0
+            if binarize is not None:
+                graphs = [G.with_similarity_scale(G.anchor_median(src[:, j])) for j in range(q)]
+            else:
+                graphs = [G.with_similarity_scale(G.anchor_median(src.any(1)))] * q
+        else:
+            graphs = [G] * q
         reached = torch.zeros_like(g0, dtype=torch.bool)
-        for j in range(g0.shape[1]):
+        for j in range(q):
             # exact support of g_T: follow the edges with A_ij > threshold (binarised) or > 0
-            reached[:, j] = reachable(G, g0[:, j] > 0, self.steps, sqrt_p[:, j],
+            reached[:, j] = reachable(graphs[j], g0[:, j] > 0, self.steps, sqrt_p[:, j],
                                       threshold=binarize if binarize is not None else 0.0)
         diffused = None
         if output == "diffused" or return_diffused:
-            diffused = power_iteration(G, g0, self.steps, sqrt_p, binarize=binarize)
+            if binarize is not None:
+                diffused = torch.cat([power_iteration(graphs[j], g0[:, j:j + 1], self.steps, sqrt_p[:, j:j + 1],
+                                                      binarize=binarize) for j in range(q)], 1)
+            else:
+                diffused = power_iteration(graphs[0], g0, self.steps, sqrt_p, binarize=None)
         if output == "diffused":
             mx = diffused.amax(0, keepdim=True)
             out = torch.where(mx > 0, diffused / mx.clamp_min(1e-30), diffused)

@@ -26,8 +26,10 @@ def two_blobs(n=300, d=8, seed=0, same_features=False):
     return torch.from_numpy(pos[order]), torch.from_numpy(feats[order]), lab[order]
 
 
-def dense_reference(pos, feats, k, bandwidth):
-    """Dense symmetric kNN adjacency (with self loops) and S_f, in the caller's order (float64)."""
+def dense_reference(pos, feats, k, bandwidth, anchors=None):
+    """Dense symmetric kNN adjacency (with self loops) and S_f, in the caller's order (float64).
+
+    ``s_f`` is the median feature distance over the off-diagonal edges (of the ``anchors`` rows if given)."""
     p = pos.double().numpy()
     f = feats.double().numpy()
     f = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-8)
@@ -41,6 +43,8 @@ def dense_reference(pos, feats, k, bandwidth):
     np.fill_diagonal(E, True)
     fd = np.sqrt(np.clip(2 - 2 * f @ f.T, 0, None))
     off = E & ~np.eye(n, dtype=bool)
+    if anchors is not None:
+        off = off & anchors[:, None]
     med = np.median(fd[off])
     S = np.where(E, np.exp(-fd**2 / (bandwidth * med**2)), 0.0)
     return E, S, f
@@ -129,6 +133,7 @@ def test_scribble_refine_matches_dense_reference_and_stays_on_object():
     anchors = np.zeros(n, bool)
     anchors[keep] = True
     assert (res.g0[:, 0].numpy() > 0).tolist() == anchors.tolist()
+    _, S, f = dense_reference(pos, feats, 6, 1.0, anchors=anchors)  # s_f from the anchors' edges
     m = f[anchors].mean(0)
     m /= np.linalg.norm(m)
     d2 = np.clip(2 - 2 * f @ m, 0, None)
@@ -159,7 +164,7 @@ def test_graph_is_cached_across_prompts():
 def test_many_prompts_as_columns_equal_one_by_one():
     pos, feats, lab = two_blobs(240)
     s = torch.stack([torch.from_numpy((lab == c).astype(np.float32)) * torch.rand(len(lab)) for c in (0, 1)], 1)
-    gd = GraphDiffusion(k=5, steps=10, output="diffused", binarize=-1)
+    gd = GraphDiffusion(k=5, steps=10, output="diffused", binarize=-1, median="edges")
     both = gd.refine(pos, feats, s)
     one = torch.stack([gd.refine(pos, feats, s[:, j]) for j in range(2)], 1)
     torch.testing.assert_close(both, one, rtol=1e-4, atol=1e-6)
@@ -179,7 +184,7 @@ def test_relevancy_prompt_diffuses_from_top_relevancies():
     pos, feats, lab = two_blobs(300)
     rng = np.random.default_rng(0)
     rel = np.where(lab == 0, 0.7, 0.3) + 0.1 * rng.normal(size=len(lab))
-    gd = GraphDiffusion(k=6, steps=40, prompt="relevancy")
+    gd = GraphDiffusion(k=6, steps=40, prompt="relevancy", median="edges")
     res = gd.run(pos, feats, torch.from_numpy(rel).float()[:, None])
     assert res.scores.max() == pytest.approx(1.0)
     # initial weights only on the most relevant nodes, diffusion then covers the object
