@@ -43,6 +43,8 @@ class Projection:
     means2d: torch.Tensor  # [N + 1, 2] (last row: a dummy with zero opacity, target of padding)
     conics: torch.Tensor  # [N + 1, 3] (a, b, c) of the inverse 2D covariance
     opacities: torch.Tensor  # [N + 1]
+    sigma_coef: torch.Tensor  # [N + 1, 3] (a / 2, b, c / 2): sigma = coef . (dx^2, dx dy, dy^2)
+    log_opacities: torch.Tensor  # [N + 1] (the dummy row: -1e4, so its alpha is 0)
     tile_gids: torch.Tensor  # [M] Gaussian ids sorted by tile then depth
     tile_start: torch.Tensor  # [T] offset of each tile in tile_gids
     tile_count: torch.Tensor  # [T]
@@ -122,7 +124,10 @@ def project_gaussians(g: Gaussians, camera: Camera, eps2d: float = 0.3, near: fl
     def pad(v: torch.Tensor) -> torch.Tensor:
         return torch.cat([v, v.new_zeros((1,) + v.shape[1:])])
 
-    return Projection(pad(means2d), pad(conics), pad(torch.where(valid, opac, torch.zeros_like(opac))),
+    opac_v = torch.where(valid, opac, torch.zeros_like(opac))
+    log_op = torch.cat([torch.log(opac_v.clamp_min(1e-30)), opac_v.new_full((1,), -1e4)])
+    coef = conics * conics.new_tensor([0.5, 1.0, 0.5])
+    return Projection(pad(means2d), pad(conics), pad(opac_v), pad(coef), log_op,
                       tile_gids, start, count, tiles_x, tiles_y, ts, W, H)
 
 
@@ -164,20 +169,19 @@ def _blocks(p: Projection, chunk: int, max_elements: int) -> Iterator[tuple[torc
             pos = (start[rows, None] + kk[None]).clamp(max=max(p.tile_gids.numel() - 1, 0))
             gid = torch.where(inside, p.tile_gids[pos], torch.full_like(pos, dummy))  # [B, k]
             m = p.means2d[gid]  # [B, k, 2]
-            con = p.conics[gid]  # [B, k, 3]
+            coef = p.sigma_coef[gid]  # [B, k, 3]
             dx = pix_x[rows, :, None] - m[:, None, :, 0]  # [B, P, k]
             dy = pix_y[rows, :, None] - m[:, None, :, 1]
-            sigma = 0.5 * (con[:, None, :, 0] * dx * dx + con[:, None, :, 2] * dy * dy) + con[:, None, :, 1] * dx * dy
-            # clamping sigma keeps exp() off its (very slow) denormal path; any alpha it changes is
-            # far below 1/255 and dropped anyway
-            alpha = (p.opacities[gid][:, None, :] * torch.exp(-sigma.clamp(max=40.0))).clamp(max=ALPHA_MAX)
-            alpha = torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
-            one_minus = 1.0 - alpha
-            cp = torch.cumprod(one_minus, dim=2)
+            # sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2 (>= 0: the dilated 2D covariance is positive definite)
+            sigma = dx * (coef[:, None, :, 0] * dx + coef[:, None, :, 1] * dy) + coef[:, None, :, 2] * dy * dy
+            # alpha = min(0.999, o exp(-sigma)) as exp(log o - sigma); the floor keeps exp() off its
+            # (very slow) denormal path, and any alpha it changes is far below 1/255
+            alpha = (p.log_opacities[gid][:, None, :] - sigma).clamp_(min=-40.0).exp_().clamp_(max=ALPHA_MAX)
+            alpha = alpha * (alpha >= ALPHA_MIN)
             T_rows = T[rows]
-            next_T = T_rows[:, :, None] * cp
+            next_T = torch.cumprod(1.0 - alpha, dim=2).mul_(T_rows[:, :, None])
             before = torch.cat([T_rows[:, :, None], next_T[:, :, :-1]], dim=2)
-            w = torch.where(next_T > T_MIN, alpha * before, torch.zeros_like(alpha))
+            w = alpha.mul_(before).mul_(next_T > T_MIN)  # exclusive stop at transmittance <= 1e-4
             T[rows] = next_T[:, :, -1]
             yield tiles[rows], gid, w
 
