@@ -92,6 +92,17 @@ def _default_images(cameras_path: Path) -> Path | None:
     for folder in (base, base.parent, base.parent.parent):
         if (folder / "images").is_dir():
             return folder / "images"
+    # a 3DGS output folder records its dataset in cfg_args, a Namespace(...) repr: read it with a
+    # regular expression, never by evaluating it
+    import re
+
+    cfg = base / "cfg_args"
+    if cfg.is_file():
+        text = cfg.read_text(errors="replace")
+        src = re.search(r"source_path='([^']*)'", text)
+        sub = re.search(r"images='([^']*)'", text)
+        if src and (Path(src.group(1)) / (sub.group(1) if sub else "images")).is_dir():
+            return Path(src.group(1)) / (sub.group(1) if sub else "images")
     return None
 
 

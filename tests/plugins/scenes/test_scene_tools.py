@@ -101,3 +101,16 @@ def test_missing_images_and_ply(tmp_path, tiny_scene):
     (tmp_path / "imgs").mkdir()
     _, cams, imgs = load_scene(tiny_scene / "point_cloud.ply", images=tmp_path / "imgs", backend="torch", device="cpu")
     assert imgs.missing == [c.name for c in cams] and len(imgs) == 0
+
+
+def test_3dgs_output_layout_is_found(tmp_path, tiny_scene):
+    """point_cloud/iteration_N/point_cloud.ply with cameras.json two levels up and the dataset in cfg_args."""
+    import shutil
+
+    out = tmp_path / "output"
+    (out / "point_cloud" / "iteration_30000").mkdir(parents=True)
+    shutil.copy(tiny_scene / "point_cloud.ply", out / "point_cloud" / "iteration_30000" / "point_cloud.ply")
+    shutil.copy(tiny_scene / "cameras.json", out / "cameras.json")
+    (out / "cfg_args").write_text(f"Namespace(eval=False, images='images', model_path='{out}', resolution=-1, sh_degree=3, source_path='{tiny_scene}', white_background=False)")
+    scene, cams, imgs = load_scene(out / "point_cloud" / "iteration_30000" / "point_cloud.ply", backend="torch", device="cpu")
+    assert len(cams) == 6 and not imgs.missing and scene.cameras is cams
