@@ -447,7 +447,10 @@ class PCA:
 
     def update(self, x: torch.Tensor) -> None:
         """Accumulate samples ``x`` ``[..., D]``."""
-        x = x.reshape(-1, self.dim).to("cpu", torch.float64)
+        x = x.reshape(-1, self.dim)
+        if self.sum.device != x.device:  # accumulate where the samples are (a GPU does the D x D products)
+            self.sum, self.outer, self.count = self.sum.to(x.device), self.outer.to(x.device), self.count.to(x.device)
+        x = x.to(torch.float64)
         self.sum += x.sum(0)
         self.outer += x.T @ x
         self.count += x.shape[0]
@@ -457,12 +460,13 @@ class PCA:
             stats = torch.cat([self.sum, self.outer.reshape(-1), self.count.reshape(1)])
             d = _dist()
             if d is not None and d.world_size() > 1:
-                # all-reduce on the process group's device: NCCL needs CUDA tensors
-                dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() and torch.distributed.get_backend() == "nccl" else torch.device("cpu")
-                stats = d.all_reduce_sum(stats.to(dev)).cpu()
+                if torch.distributed.get_backend() == "nccl" and not stats.is_cuda:  # NCCL reduces CUDA tensors only
+                    stats = stats.to(torch.device("cuda", torch.cuda.current_device()))
+                stats = d.all_reduce_sum(stats)
+            stats = stats.cpu()
             s, o, c = stats[: self.dim], stats[self.dim : -1].reshape(self.dim, self.dim), stats[-1]
         else:
-            s, o, c = self.sum, self.outer, self.count
+            s, o, c = self.sum.cpu(), self.outer.cpu(), self.count.cpu()
         if c < 2:
             raise ValueError("PCA: need at least 2 samples to fit")
         mean = s / c

@@ -186,7 +186,7 @@ class DINOv2Extractor(BaseExtractor):
         indices = _shard(list(range(len(views))))
         for i in progress(indices, total=len(indices), desc="dinov2 PCA", enabled=self.show_progress):
             tok = self.tokens(_load_view(views[i]))  # [1, n, D, g, g]
-            pca.update(tok.movedim(2, -1))
+            pca.update(tok.to(self.device).movedim(2, -1))
         self.pca = pca.fit(self.n_components, distributed=True)
         return self
 
