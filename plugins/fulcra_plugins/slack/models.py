@@ -25,7 +25,7 @@ class SmallCNN(nn.Module):
         w = int(width)
         layers, c = [], in_channels
         for i in range(3):
-            layers += [nn.Conv2d(c, w * 2**i, 3, padding=1, bias=False), nn.BatchNorm2d(w * 2**i), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(c, w * 2**i, 3, padding=1, bias=False), nn.BatchNorm2d(w * 2**i), nn.ReLU()]
             if i < 2:
                 layers.append(nn.MaxPool2d(2))
             c = w * 2**i
@@ -134,9 +134,9 @@ class ResNet18(nn.Module):
     def __init__(self, num_classes: int = 10, cifar: bool = True):
         super().__init__()
         if cifar:
-            self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+            self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
         else:
-            self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
                                       nn.MaxPool2d(3, 2, 1))
         layers, cin = [], 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):

@@ -16,8 +16,11 @@ loss ``l_τ`` is weighted by ``w_τ = 1 + log p_φ(τ) − stop_grad(log p_φ(τ
 ``torch.func.functional_call`` (one extra parameter-sized tensor set, no module copy); and one
 more backward of ``⟨ĝ_θ, v⟩`` to φ yields exactly ``(1/B_aug) Σ_τ (vᵀ ∇_θ l_τ) ∇_φ log p_φ(τ)``,
 which times ``−η`` is ``Ĝ_φ``. No per-augmentation gradient is ever stored: the B_aug inner
-products come out of a single double-backward. (BatchNorm statistics are those of the joint
-``B_aug × N_t`` batch, as in the thesis' ``8×128`` batches.)
+products come out of a single double-backward (``formulation="double_backward"``; BatchNorm
+statistics of the joint ``B_aug × N_t`` batch). The default ``formulation="layerwise"``
+(:mod:`.layerwise`) normalises each augmentation group with its own BatchNorm statistics, as
+separate forward passes would, and gets the same B_aug inner products from the saved layer inputs
+and output gradients of one ordinary backward plus one linear forward with ``v`` as weights.
 
 η is the *initial* lower-level learning rate (app. A.2.1), μ's learning rate is π's divided by
 ``mu_lr_divisor`` (40, or 10 without KL), and ``∇_π KL(p_π ‖ p_π̃)`` is the exact closed form.
@@ -115,6 +118,10 @@ class Slack:
             anchor, Table A.7): one round of ``unrolled_steps`` without cold starts.
         learn_pi: update π (Table 3.6 ablation).
         learn_mu: update μ (Table 3.6 ablation).
+        formulation: how the B_aug REINFORCE weights are computed, both exact: ``layerwise`` (one
+            backward + one linear forward, BatchNorm statistics per augmentation group; needs a model
+            made of Conv2d/Linear/BatchNorm2d, else falls back) or ``double_backward`` (any model,
+            BatchNorm over the joint batch).
         checkpoint_every: steps between checkpoints (a killed search resumes from the last one).
         history_every: steps between recorded π snapshots (Fig. A.1).
     """
@@ -125,7 +132,8 @@ class Slack:
                  upper_lr: float = 1.0, mu_lr_divisor: float = 0.0, kl_weight: float = 0.02,
                  weight_decay: float = 5e-4, momentum: float = 0.9, upper_momentum: float = 0.9,
                  kl: bool = True, cold_start: bool = True, unrolled: bool = False, learn_pi: bool = True,
-                 learn_mu: bool = True, checkpoint_every: int = 200, history_every: int = 10):
+                 learn_mu: bool = True, formulation: str = "layerwise", checkpoint_every: int = 200,
+                 history_every: int = 10):
         if not ops:
             if space not in SEARCH_SPACES:
                 raise ConfigError(f"policy_optimizers.slack: unknown search space '{space}' (have {sorted(SEARCH_SPACES)})")
@@ -148,6 +156,9 @@ class Slack:
         self.kl, self.cold_start, self.unrolled = bool(kl), bool(cold_start), bool(unrolled)
         self.learn_pi, self.learn_mu = bool(learn_pi), bool(learn_mu)
         self.checkpoint_every, self.history_every = max(1, int(checkpoint_every)), max(1, int(history_every))
+        if formulation not in ("layerwise", "double_backward"):
+            raise ConfigError(f"policy_optimizers.slack: formulation must be 'layerwise' or 'double_backward', got '{formulation}'")
+        self.formulation = formulation
         if self.unrolled:
             self.rounds, self.retrain_steps = 1, 0
 
@@ -313,7 +324,13 @@ class Slack:
         rep_mag = mags.clamp(0, 1).repeat_interleave(n_t, dim=0)
         x_aug = aug(x.repeat(self.b_aug, 1, 1, 1), rep_idx, rep_mag, g)
         y_aug = y.repeat(self.b_aug)
-        g_theta, g_logits, g_mu, tr_loss, va_loss = hypergradient(
+        fn = hypergradient
+        if self.formulation == "layerwise":
+            from .layerwise import layerwise_hypergradient, supports_layerwise
+
+            if supports_layerwise(model):
+                fn = layerwise_hypergradient
+        g_theta, g_logits, g_mu, tr_loss, va_loss = fn(
             model, policy, logits, mu, to_input(x_aug), y_aug, op_index, mags,
             to_input(Xva[vidx].to(device)), Yva[vidx].to(device), eta)
         # model step (line 8) with the gradient of the same batch

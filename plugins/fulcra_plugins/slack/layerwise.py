@@ -1,0 +1,151 @@
+"""Exact REINFORCE weights ``vᵀ ∇_θ l_τ`` for all τ from ONE ordinary backward (``formulation="layerwise"``).
+
+With each augmentation group normalised by its own BatchNorm statistics (as if every τ had its
+own forward pass, app. A.2.1), sample ``i`` of group τ influences only ``l_τ``, so the gradient of
+``L = mean_τ l_τ`` splits by sample. For a layer computing ``out_i = layer_W(a_i)`` (linear in W),
+``⟨∂l/∂W restricted to sample i, V⟩ = ⟨δ_i, layer_V(a_i)⟩`` with ``δ_i = ∂L/∂out_i``. Hence
+
+    (1/B_aug) vᵀ ∇_θ l_τ = Σ_layers Σ_{i ∈ τ} ⟨δ_i, layer_{v_layer}(a_i)⟩,
+
+computed from the saved layer inputs ``a_i`` and output gradients ``δ_i`` of the backward that
+also gives the model gradient, plus one *linear* forward of every layer with the validation
+gradient ``v`` as weights: about the cost of one more forward, instead of the double backward.
+
+Supported parametrised modules: ``Conv2d``, ``Linear``, ``BatchNorm2d`` (affine); a model with any
+other parametrised module raises ``NotImplementedError`` (use ``formulation="double_backward"``).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+__all__ = ["supports_layerwise", "grouped_batchnorm", "layerwise_hypergradient"]
+
+_SUPPORTED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+
+
+def supports_layerwise(model: nn.Module) -> bool:
+    """Whether every module owning parameters is a Conv2d, Linear or BatchNorm2d."""
+    for m in model.modules():
+        if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, _SUPPORTED):
+            return False
+    return True
+
+
+def _grouped_bn_forward(bn: nn.BatchNorm2d, x: torch.Tensor, groups: int, store: dict | None):
+    """BatchNorm2d with statistics per group of ``x.shape[0] // groups`` consecutive samples.
+
+    The groups are moved onto the channel axis so that torch's native batch-norm kernel computes
+    ``groups × C`` statistics in one call. Running statistics are left alone: during the search
+    the network is only ever evaluated in training mode (batch statistics).
+    """
+    N, C, H, W = x.shape
+    n = N // groups
+    xr = x.view(groups, n, C, H, W).transpose(0, 1).reshape(n, groups * C, H, W)
+    xhat = F.batch_norm(xr, None, None, None, None, True, 0.0, bn.eps)
+    xhat = xhat.view(n, groups, C, H, W).transpose(0, 1).reshape(N, C, H, W)
+    if store is not None:
+        store[bn] = xhat.detach()
+    if bn.affine:
+        return xhat * bn.weight.view(1, C, 1, 1) + bn.bias.view(1, C, 1, 1)
+    return xhat
+
+
+@contextmanager
+def grouped_batchnorm(model: nn.Module, groups: int, store: dict | None = None):
+    """Within the context, every BatchNorm2d of ``model`` normalises each of ``groups`` consecutive
+    sample groups with its own statistics (and records its normalised input in ``store``)."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            saved.append((m, m.forward))
+            m.forward = (lambda bn: (lambda x: _grouped_bn_forward(bn, x, groups, store)))(m)
+    try:
+        yield
+    finally:
+        for m, fwd in saved:
+            m.forward = fwd
+
+
+def layerwise_hypergradient(model, policy, logits, mu, x_aug, y_aug, op_index, magnitude, x_val, y_val, eta,
+                            loss_fn=F.cross_entropy):
+    """Same contract as :func:`fulcra_plugins.slack.slack.hypergradient`, per-group BatchNorm."""
+    n_aug = op_index.shape[0]
+    N = x_aug.shape[0]
+    per_group = N // n_aug
+    inputs: dict = {}
+    grads_out: dict = {}
+    handles = []
+
+    def fwd_hook(mod, args, out):
+        inputs[mod] = args[0].detach()
+        if out.requires_grad:
+            out.register_hook(lambda g, mod=mod: grads_out.__setitem__(mod, g.detach()))
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            handles.append(m.register_forward_hook(fwd_hook))
+    xhats: dict = {}
+    bn_out: dict = {}
+    try:
+        with grouped_batchnorm(model, n_aug, xhats):
+            def bn_hook(mod, args, out):
+                if out.requires_grad:
+                    out.register_hook(lambda g, mod=mod: bn_out.__setitem__(mod, g.detach()))
+
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    handles.append(m.register_forward_hook(bn_hook))
+            per = loss_fn(model(x_aug), y_aug, reduction="none").view(n_aug, -1).mean(1)
+            L = per.mean()
+            names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
+            g = torch.autograd.grad(L, params)
+    finally:
+        for h in handles:
+            h.remove()
+    theta_hat = {n: (p.detach() - eta * gi).requires_grad_(True) for n, p, gi in zip(names, params, g)}
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    val_loss = loss_fn(functional_call(model, {**theta_hat, **buffers}, (x_val,)), y_val, reduction="mean")
+    v = dict(zip(names, torch.autograd.grad(val_loss, list(theta_hat.values()))))
+    pname = {p: n for n, p in model.named_parameters()}
+
+    w = torch.zeros(N, dtype=x_aug.dtype, device=x_aug.device)  # per-sample contributions
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d) and m in grads_out:
+                vw = v.get(pname.get(m.weight))
+                d = grads_out[m]
+                if vw is not None:
+                    z = F.conv2d(inputs[m], vw, None, m.stride, m.padding, m.dilation, m.groups)
+                    w += (z * d).flatten(1).sum(1)
+                if m.bias is not None and pname.get(m.bias) in v:
+                    w += (d.sum(dim=(2, 3)) * v[pname[m.bias]]).sum(1)
+            elif isinstance(m, nn.Linear) and m in grads_out:
+                d = grads_out[m].reshape(N, -1, m.out_features)
+                a = inputs[m].reshape(N, -1, m.in_features)
+                if pname.get(m.weight) in v:
+                    w += ((a @ v[pname[m.weight]].t()) * d).sum(dim=(1, 2))
+                if m.bias is not None and pname.get(m.bias) in v:
+                    w += (d * v[pname[m.bias]]).sum(dim=(1, 2))
+            elif isinstance(m, nn.BatchNorm2d) and m.affine and m in bn_out:
+                d = bn_out[m]
+                C = d.shape[1]
+                z = xhats[m] * v[pname[m.weight]].view(1, C, 1, 1) + v[pname[m.bias]].view(1, C, 1, 1)
+                w += (z * d).flatten(1).sum(1)
+    w_tau = w.view(n_aug, per_group).sum(1)  # = (1/B_aug) vᵀ ∇θ l_τ
+    leaves = [t for t in (logits, mu) if t.requires_grad]
+    g_logits = g_mu = None
+    if leaves:
+        logp = policy.log_prob(op_index, magnitude, logits, mu)
+        grads = torch.autograd.grad((w_tau.detach() * logp).sum(), leaves, allow_unused=True)
+        it = iter(grads)
+        g_logits = next(it) if logits.requires_grad else None
+        g_mu = next(it) if mu.requires_grad else None
+        g_logits = None if g_logits is None else -eta * g_logits
+        g_mu = None if g_mu is None else -eta * g_mu
+    return list(g), g_logits, g_mu, float(per.detach().mean()), float(val_loss.detach())
