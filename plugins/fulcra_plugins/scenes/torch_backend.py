@@ -45,6 +45,7 @@ class Projection:
     opacities: torch.Tensor  # [N + 1]
     sigma_coef: torch.Tensor  # [N + 1, 3] (a / 2, b, c / 2): sigma = coef . (dx^2, dx dy, dy^2)
     log_opacities: torch.Tensor  # [N + 1] (the dummy row: -1e4, so its alpha is 0)
+    packed: torch.Tensor  # [N + 1, 6] (mx, my, a/2, b, c/2, log o): one gather per chunk
     tile_gids: torch.Tensor  # [M] Gaussian ids sorted by tile then depth
     tile_start: torch.Tensor  # [T] offset of each tile in tile_gids
     tile_count: torch.Tensor  # [T]
@@ -127,7 +128,8 @@ def project_gaussians(g: Gaussians, camera: Camera, eps2d: float = 0.3, near: fl
     opac_v = torch.where(valid, opac, torch.zeros_like(opac))
     log_op = torch.cat([torch.log(opac_v.clamp_min(1e-30)), opac_v.new_full((1,), -1e4)])
     coef = conics * conics.new_tensor([0.5, 1.0, 0.5])
-    return Projection(pad(means2d), pad(conics), pad(opac_v), pad(coef), log_op,
+    packed = torch.cat([pad(means2d), pad(coef), log_op[:, None]], 1).contiguous()
+    return Projection(pad(means2d), pad(conics), pad(opac_v), pad(coef), log_op, packed,
                       tile_gids, start, count, tiles_x, tiles_y, ts, W, H)
 
 
@@ -168,15 +170,14 @@ def _blocks(p: Projection, chunk: int, max_elements: int) -> Iterator[tuple[torc
             inside = kk[None] < count[rows, None]
             pos = (start[rows, None] + kk[None]).clamp(max=max(p.tile_gids.numel() - 1, 0))
             gid = torch.where(inside, p.tile_gids[pos], torch.full_like(pos, dummy))  # [B, k]
-            m = p.means2d[gid]  # [B, k, 2]
-            coef = p.sigma_coef[gid]  # [B, k, 3]
-            dx = pix_x[rows, :, None] - m[:, None, :, 0]  # [B, P, k]
-            dy = pix_y[rows, :, None] - m[:, None, :, 1]
+            prm = p.packed.index_select(0, gid.reshape(-1)).view(gid.shape[0], chunk, 6)[:, None]  # [B, 1, k, 6]
+            dx = pix_x[rows, :, None] - prm[..., 0]  # [B, P, k]
+            dy = pix_y[rows, :, None] - prm[..., 1]
             # sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2 (>= 0: the dilated 2D covariance is positive definite)
-            sigma = dx * (coef[:, None, :, 0] * dx + coef[:, None, :, 1] * dy) + coef[:, None, :, 2] * dy * dy
+            sigma = dx * (prm[..., 2] * dx + prm[..., 3] * dy) + prm[..., 4] * dy * dy
             # alpha = min(0.999, o exp(-sigma)) as exp(log o - sigma); the floor keeps exp() off its
             # (very slow) denormal path, and any alpha it changes is far below 1/255
-            alpha = (p.log_opacities[gid][:, None, :] - sigma).clamp_(min=-40.0).exp_().clamp_(max=ALPHA_MAX)
+            alpha = (prm[..., 5] - sigma).clamp_(min=-40.0).exp_().clamp_(max=ALPHA_MAX)
             alpha = alpha * (alpha >= ALPHA_MIN)
             T_rows = T[rows]
             next_T = torch.cumprod(1.0 - alpha, dim=2).mul_(T_rows[:, :, None])
@@ -268,23 +269,27 @@ class TorchScene(GaussianScene):
         with torch.no_grad():
             feats = torch.cat([features.detach().float(), features.new_zeros(1, features.shape[1])])  # dummy row
             D = feats.shape[1]
-            out = feats.new_zeros(p.tiles_x * p.tiles_y, p.tile_size**2, D)
             step = self._channel_step(D)
+            parts = [feats[:, c0 : c0 + step].contiguous() for c0 in range(0, D, step)]
+            outs = [feats.new_zeros(p.tiles_x * p.tiles_y, p.tile_size**2, f.shape[1]) for f in parts]
             for tiles, gid, w in _blocks(p, self.chunk, self.max_elements):
-                for c0 in range(0, D, step):
-                    out[tiles, :, c0 : c0 + step] += torch.bmm(w, feats[gid, c0 : c0 + step])
-            return self._from_tiles(out, p)
+                flat = gid.reshape(-1)
+                for f, out in zip(parts, outs):
+                    g = f.index_select(0, flat).view(gid.shape[0], gid.shape[1], f.shape[1])  # [B, k, d]
+                    out.index_add_(0, tiles, torch.bmm(w, g))  # tiles are distinct within a block
+            return self._from_tiles(torch.cat(outs, -1) if len(outs) > 1 else outs[0], p)
 
     def _adjoint(self, images: torch.Tensor, p: Projection) -> torch.Tensor:
         with torch.no_grad():
             img = self._to_tiles(images.float(), p)
             D = img.shape[-1]
-            out = img.new_zeros(p.means2d.shape[0], D)
             step = self._channel_step(D)
+            parts = [img[..., c0 : c0 + step].contiguous() for c0 in range(0, D, step)]
+            outs = [img.new_zeros(p.means2d.shape[0], f.shape[-1]) for f in parts]
             for tiles, gid, w in _blocks(p, self.chunk, self.max_elements):
                 wt = w.transpose(1, 2)
                 flat = gid.reshape(-1)
-                for c0 in range(0, D, step):
-                    contrib = torch.bmm(wt, img[tiles, :, c0 : c0 + step])  # [B, k, d]
-                    out[:, c0 : c0 + step].index_add_(0, flat, contrib.reshape(-1, contrib.shape[-1]))
-            return out[:-1]
+                for f, out in zip(parts, outs):
+                    contrib = torch.bmm(wt, f.index_select(0, tiles))  # [B, k, d]
+                    out.index_add_(0, flat, contrib.reshape(-1, contrib.shape[-1]))
+            return (torch.cat(outs, -1) if len(outs) > 1 else outs[0])[:-1]
