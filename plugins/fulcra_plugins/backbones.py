@@ -93,7 +93,9 @@ def _dinov2(size: str, arch_size: str, dim: int, depth: int, reg: bool) -> Backb
         num_prefix_tokens=1 + (4 if reg else 0), mean=IMAGENET_MEAN, std=IMAGENET_STD,
         files=(official, f"{arch}.safetensors"), hf_hub=f"timm/{arch}.lvd142m",
         url=f"https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{size}14/{official}",
-        tiny=_TINY[size],
+        # LayerScale starts at 1 in tiny models: DINOv2's 1e-5 makes a small model trained from
+        # scratch on little data barely move (measured: 66% vs 75% on digits after 15 epochs)
+        tiny={**_TINY[size], "init_values": 1.0},
     )
 
 

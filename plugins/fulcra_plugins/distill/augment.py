@@ -30,7 +30,7 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator | None, device) 
 
 
 def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, mode: str, gen: torch.Generator | None,
-                  scale: tuple[float, float] | None = None, jitter: float = 0.4) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  scale: tuple[float, float] | None = None, jitter: float = 0.4, flip: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Augment a batch.
 
     Args:
@@ -41,6 +41,7 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, mode: str, 
         gen: the step's generator.
         scale: crop area range; default (0.08, 1) for class labels, (0.25, 1) for label maps.
         jitter: ColorJitter strength (factors drawn in ``[1 - jitter, 1 + jitter]``).
+        flip: random horizontal flips (off for data where mirroring changes the class, e.g. digits).
 
     Returns:
         ``(images [B, 3, H, W] float in [0, 1], labels)``.
@@ -60,7 +61,7 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, mode: str, 
     sh = torch.sqrt(area / ratio).clamp(max=1.0)
     cx = (1 - sw) * (2 * _uniform(B, 0, 1, gen, dev) - 1)  # crop centre in [-1, 1] coordinates
     cy = (1 - sh) * (2 * _uniform(B, 0, 1, gen, dev) - 1)
-    flip = torch.where(_uniform(B, 0, 1, gen, dev) < 0.5, -1.0, 1.0)
+    flip = torch.where(_uniform(B, 0, 1, gen, dev) < (0.5 if flip else 0.0), -1.0, 1.0)
     theta = torch.zeros(B, 2, 3, device=dev, dtype=images.dtype)
     theta[:, 0, 0], theta[:, 0, 2] = sw * flip, cx
     theta[:, 1, 1], theta[:, 1, 2] = sh, cy

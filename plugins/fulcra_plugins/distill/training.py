@@ -111,15 +111,18 @@ def train_student(student: nn.Module, task: Any, train: Any, *, ckpt_path: Path,
     bs = min(cfg.batch_size, len(train))
     syn = synthetic
 
+    aug = dict(scale=(cfg.crop_scale, 1.0) if getattr(cfg, "crop_scale", None) else None,
+               jitter=getattr(cfg, "jitter", 0.4), flip=getattr(cfg, "flip", True))
+
     def transform(x, y, gen):
-        x, y = augment_batch(to_unit(x), y, cfg.augment, gen)
+        x, y = augment_batch(to_unit(x), y, cfg.augment, gen, **aug)
         n = x.shape[0]
         perm, lam = torch.arange(n, device=x.device), 1.0
         if use_mixup:
             x, perm, lam = mixup(x, cfg.mixup, gen)
         if syn is not None and teacher is not None:
             pick = torch.randint(0, syn.shape[0], (n,), generator=gen, device=gen.device).cpu()
-            xs, _ = augment_batch(to_unit(syn[pick].to(x.device)), None, cfg.augment, gen)
+            xs, _ = augment_batch(to_unit(syn[pick].to(x.device)), None, cfg.augment, gen, **aug)
             if xs.shape[-2:] != x.shape[-2:]:
                 xs = torch.nn.functional.interpolate(xs, size=x.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
             x = torch.cat([x, xs], 0)

@@ -1,0 +1,110 @@
+"""The feature cache against re-encoding, its resume, and the distillation training step."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from fulcra_plugins.data.digits import TensorImageDataset
+from fulcra_plugins.distill.cache import CachedFeatures, FeatureCache
+from fulcra_plugins.distill.students import VitStudent
+from fulcra_plugins.distill.teachers import ProbedTeacher
+from fulcra_plugins.distill.training import evaluate, probe_teacher, to_unit, train_student
+from fulcra_plugins.tasks.classification import Classification
+
+
+def _data(n=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TensorImageDataset((torch.rand(n, 3, 16, 16, generator=g) * 255).to(torch.uint8), torch.randint(0, 3, (n,), generator=g))
+
+
+def _teacher():
+    torch.manual_seed(0)
+    return ProbedTeacher("dinov2_vits14", tiny=True, num_classes=3, n_cls=2, image_size=28)
+
+
+def test_cache_equals_encoding_and_resumes(tmp_path):
+    t, ds = _teacher(), _data()
+    enc = lambda x: t.encode(t.prepare(to_unit(x)))  # noqa: E731
+    cache = FeatureCache(tmp_path / "c", {"k": 1}, chunk=5)
+    feats = cache.build(ds, enc, torch.device("cpu"))
+    ref = enc(ds.images)
+    np.testing.assert_allclose(feats, ref.numpy(), rtol=1e-5, atol=1e-5)
+    assert cache.complete
+    # an interrupted build: chunk 2 never flagged -> only it is recomputed
+    done = np.load(tmp_path / "c" / "done.npy", mmap_mode="r+")
+    done[2] = 0
+    done.flush()
+    f = np.load(tmp_path / "c" / "features.npy", mmap_mode="r+")
+    f[10:15] = 0
+    f.flush()
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    (tmp_path / "c" / "meta.json").write_text(json.dumps({**meta, "complete": False}))
+    calls = []
+    feats = FeatureCache(tmp_path / "c", {"k": 1}, chunk=5).build(ds, lambda x: calls.append(len(x)) or enc(x), torch.device("cpu"))
+    assert calls == [5]
+    np.testing.assert_allclose(feats, ref.numpy(), rtol=1e-5, atol=1e-5)
+    # another key -> rebuilt from scratch
+    calls.clear()
+    FeatureCache(tmp_path / "c", {"k": 2}, chunk=5).build(ds, lambda x: calls.append(len(x)) or enc(x), torch.device("cpu"))
+    assert len(calls) == 1 + 5  # shape probe + every chunk
+    cf = CachedFeatures(feats, ds.labels)
+    x, y = cf.get_batch([7, 2, 11])
+    torch.testing.assert_close(x, torch.from_numpy(np.asarray(feats[[7, 2, 11]])))
+    assert y.tolist() == ds.labels[[7, 2, 11]].tolist()
+
+
+def test_cached_probing_matches_reencoding(tmp_path):
+    # fast path (head on cached features) vs slow reference (encoder run on every batch)
+    ds, task = _data(), Classification()
+    cfg = SimpleNamespace(epochs=2, batch_size=8, optimizer="adamw", lr=1e-2, weight_decay=0.0, augment="deterministic", cache=True)
+    a, b = _teacher(), _teacher()
+    info = probe_teacher(a, task, ds, out_dir=tmp_path / "a", cfg=cfg, device=torch.device("cpu"), seed=0, cache_root=tmp_path / "cache")
+    assert info["cached"]
+    cfg.cache = False
+    info = probe_teacher(b, task, ds, out_dir=tmp_path / "b", cfg=cfg, device=torch.device("cpu"), seed=0)
+    assert not info["cached"]
+    for pa, pb in zip(a.head.parameters(), b.head.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5)
+    assert 0.0 <= evaluate(a, ds, task, torch.device("cpu"))["accuracy"] <= 1.0
+
+
+def _cfg(**kw):
+    base = dict(epochs=1, batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=0.0, warmup_epochs=0, augment="random",
+                mixup=0.2, crop_scale=None, flip=True, jitter=0.4)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def _student(tmp_path, name, alpha, synthetic, loss="kd"):
+    ds = _data()
+    teacher = _teacher()
+    torch.manual_seed(1)
+    s = VitStudent(tiny=True, pretrained=False, num_classes=3, image_size=28)
+    train_student(s, Classification(), ds, ckpt_path=tmp_path / f"{name}.ckpt", cfg=_cfg(), device=torch.device("cpu"), seed=0,
+                  teacher=teacher, distill_cfg=SimpleNamespace(alpha=alpha, temperature=2.0, loss=loss), synthetic=synthetic)
+    return s
+
+
+def test_synthetic_images_only_enter_the_distillation_term(tmp_path):
+    syn = (torch.rand(10, 3, 16, 16) * 255).to(torch.uint8)
+    # alpha = 0: the loss is the task loss on real images only -> synthetic images change nothing
+    a = _student(tmp_path, "a", 0.0, None)
+    b = _student(tmp_path, "b", 0.0, syn)
+    # (a larger batch through the same matmuls changes float rounding only: ~1e-5)
+    same = max(float((pa - pb).abs().max()) for pa, pb in zip(a.parameters(), b.parameters()))
+    assert same < 1e-4
+    # alpha = 0.5: they do, by far more than rounding
+    c = _student(tmp_path, "c", 0.5, None)
+    d = _student(tmp_path, "d", 0.5, syn)
+    assert max(float((pc - pd).abs().max()) for pc, pd in zip(c.parameters(), d.parameters())) > 10 * max(same, 1e-5)
+
+
+def test_distillation_resumes_exactly(tmp_path):
+    full = _student(tmp_path, "full", 0.5, None, loss="dkd")
+    ckpt = torch.load(tmp_path / "full.ckpt", weights_only=True)
+    assert ckpt["step"] == 3
+    again = _student(tmp_path, "full", 0.5, None, loss="dkd")  # finished checkpoint: nothing retrained
+    for pa, pb in zip(full.parameters(), again.parameters()):
+        torch.testing.assert_close(pa, pb)
