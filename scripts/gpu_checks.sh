@@ -7,10 +7,10 @@
 #   1. environment report (nvidia-smi, nvcc, python, torch)
 #   2. Python deps: wheels from ./.whl when present (machines without network), else PyPI;
 #      torch is never installed or upgraded if one is importable
-#   3. fulcra made importable from this checkout (editable install, or PYTHONPATH + a generated
-#      dist-info carrying the entry points of pyproject.toml when no build backend is available)
+#   3. fulcra made importable from this checkout: PYTHONPATH + a generated dist-info carrying the
+#      entry points of pyproject.toml (no build backend needed, never a stale wheel)
 #   4. gsplat's CUDA code built (JIT, for this GPU's architecture only) and a smoke render
-#   5. the repository's gpu-marked tests
+#   5. the scenes GPU tests, then every gpu-marked test of the repository
 #   6. the GPU benchmark: 1M Gaussians at ~1 megapixel, D = 40, ms per view per feature dimension
 # Results go to $OUT (default ./gpu_out): at most 8 files, no subfolders.
 set -u
