@@ -61,8 +61,17 @@ def tiny_camera(width: int = 16, height: int = 12, distance: float = 3.0, name: 
 
 
 def check_feature_extractor(ext: Any, size: int = 28) -> None:
+    """Shape, dtype, finiteness, ``dim``, determinism and batch independence on tiny images.
+
+    Extractors with ``needs_prompts = True`` (SAM-like) get a few positive pixels per image as
+    ``prompts=[P, 2]`` (x, y), as the FeatureExtractor interface describes."""
     images = tiny_images(2, size, size)
-    out = ext(images)
+    kw: dict = {}
+    if getattr(ext, "needs_prompts", False):
+        c = size // 2
+        pts = torch.tensor([[c, c], [c + 1, c], [c, c + 1], [c - 1, c - 1]])
+        kw = {"prompts": [pts, pts]}
+    out = ext(images, **kw)
     assert isinstance(out, torch.Tensor), f"{type(ext).__name__}: must return a tensor, got {type(out)}"
     assert out.ndim == 4 and out.shape[0] == 2, f"{type(ext).__name__}: expected [B,D,h,w], got {list(out.shape)}"
     assert out.dtype == torch.float32, f"{type(ext).__name__}: expected float32, got {out.dtype}"
@@ -70,9 +79,9 @@ def check_feature_extractor(ext: Any, size: int = 28) -> None:
     dim = getattr(ext, "dim", None)
     if dim is not None:
         assert out.shape[1] == dim, f"{type(ext).__name__}: dim={dim} but output has {out.shape[1]} channels"
-    again = ext(images)
+    again = ext(images, **kw)
     assert torch.allclose(out, again, atol=1e-5), f"{type(ext).__name__}: not deterministic"
-    one = ext(images[:1])
+    one = ext(images[:1], **{k: v[:1] for k, v in kw.items()})
     assert torch.allclose(out[:1], one, atol=1e-4), f"{type(ext).__name__}: result depends on the batch"
 
 

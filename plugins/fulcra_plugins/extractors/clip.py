@@ -101,6 +101,8 @@ class CLIPExtractor(BaseExtractor):
     """
 
     name = "clip"
+    #: tiny settings for the catalogue's conformance test (tests/core/test_catalogue.py)
+    conformance_params = {"tiny": True, "grid": 4, "scales": [0.5, 1.0]}
 
     def __init__(
         self,

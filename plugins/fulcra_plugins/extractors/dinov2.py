@@ -87,6 +87,8 @@ class DINOv2Extractor(BaseExtractor):
     """
 
     name = "dinov2"
+    #: tiny settings for the catalogue's conformance test (tests/core/test_catalogue.py)
+    conformance_params = {"variant": "vits14_reg", "tiny": True, "n_components": 4, "resolution": 28, "crop_size": 28, "stride": 14}
 
     def __init__(
         self,

@@ -96,6 +96,9 @@ class PromptedMaskExtractor(BaseExtractor):
 
     per_image_kwargs = ("prompts", "positive")
     mask_threshold = 0.0
+    #: fulcra.testing's conformance check passes prompts to extractors that need them
+    needs_prompts = True
+    conformance_params = {"tiny": True, "n_repeats": 2}
 
     def _init_prompting(self, n_points: int, n_repeats: int, mask: str, binarize: bool, seed: int) -> None:
         from fulcra.errors import ConfigError

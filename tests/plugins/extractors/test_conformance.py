@@ -29,6 +29,16 @@ def test_conformance(name):
     check_plugin("feature_extractors", name, **params)
 
 
+@pytest.mark.parametrize("name", sorted(PROMPTED))
+def test_conformance_prompted_via_testing_helper(name):
+    """fulcra.testing passes prompts to extractors that declare needs_prompts."""
+    if importlib.util.find_spec(PROMPTED[name]) is None:
+        pytest.skip(f"{PROMPTED[name]} not installed")
+    cls = fulcra.load_plugin("feature_extractors", name)
+    assert cls.needs_prompts
+    check_plugin("feature_extractors", name, **cls.conformance_params)
+
+
 class _WithPrompts:
     """Feeds the centre quarter of each image as positive pixels (prompted extractors need them)."""
 
