@@ -262,7 +262,12 @@ class BaseExtractor:
         images = as_float_images(images)
         return self._run_cached("features", images, self.forward_batch, kwargs)
 
-    def _run_cached(self, stage: str, images: torch.Tensor, fn: Callable, kwargs: dict, images_per_batch: int | None = None) -> torch.Tensor:
+    def _run_cached(
+        self, stage: str, images: torch.Tensor, fn: Callable, kwargs: dict, images_per_batch: int | None = None,
+        store_dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """Run ``fn`` on the images whose ``stage`` output is not cached; ``store_dtype`` is the dtype
+        written to disk (lossless only if ``fn``'s outputs are already representable in it)."""
         b = images.shape[0]
         ipb = images_per_batch or self.batch_size
         per_image = {k: kwargs.pop(k) for k in self.per_image_kwargs if k in kwargs and kwargs[k] is not None}
@@ -282,7 +287,7 @@ class BaseExtractor:
                 keys[i] = key
                 hit = self.cache.load(stage, params, key)
                 if hit is not None:
-                    results[i] = hit
+                    results[i] = hit.float()
         todo = [i for i in range(b) if results[i] is None]
         chunks = [todo[s : s + ipb] for s in range(0, len(todo), ipb)]
         for chunk in progress(chunks, total=len(chunks), desc=self.name, enabled=self.show_progress and len(chunks) > 1):
@@ -294,7 +299,7 @@ class BaseExtractor:
             for j, i in enumerate(chunk):
                 results[i] = out[j]
                 if self.cache is not None:
-                    self.cache.save(stage, params, keys[i], out[j].detach().cpu().clone())
+                    self.cache.save(stage, params, keys[i], out[j].detach().to("cpu", store_dtype).clone())
         return torch.stack([r.to(images.device) for r in results])  # type: ignore[union-attr]
 
     def __repr__(self) -> str:

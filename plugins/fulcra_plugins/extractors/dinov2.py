@@ -175,7 +175,7 @@ class DINOv2Extractor(BaseExtractor):
         images = as_float_images(images)
         # images per chunk such that about batch_size crops go through the model at once
         n_crops = len(self.boxes(*images.shape[-2:]))
-        return self._run_cached("tokens", images, self._tokens_batch, {}, images_per_batch=max(1, self.batch_size // n_crops))
+        return self._run_cached("tokens", images, self._tokens_batch, {}, images_per_batch=max(1, self.batch_size // n_crops), store_dtype=torch.float16)
 
     def fit(self, views: Sequence[Any] | torch.Tensor) -> "DINOv2Extractor":
         """Fit the PCA over the patch tokens of all ``views`` (images ``[3,H,W]``, a ``[B,3,H,W]``

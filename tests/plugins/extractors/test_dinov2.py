@@ -122,3 +122,12 @@ def test_cuda_matches_cpu():
     gpu = DINOv2Extractor(n_components=3, device="cuda", **KW)
     a, b = cpu(x), gpu(x.cuda())
     assert b.is_cuda and torch.allclose(a, b.cpu(), atol=1e-2)
+
+
+def test_token_cache_is_float16_and_lossless(tmp_path):
+    x = images(1)
+    e = DINOv2Extractor(n_components=0, cache_dir=str(tmp_path), **KW)
+    fresh = e(x)
+    files = list((tmp_path / "tokens").rglob("*.pt"))
+    assert len(files) == 1 and torch.load(files[0], weights_only=True).dtype == torch.float16
+    assert torch.equal(DINOv2Extractor(n_components=0, cache_dir=str(tmp_path), **KW)(x), fresh)
