@@ -16,7 +16,7 @@ DEMO_CONFIG = {
     "baselines": ["uniform", {"name": "trivialaugment", "variant": "wide"}],
     "include_no_augmentation": False,
     "eval_seeds": 2,
-    "eval_epochs": 2,
+    "eval_epochs": 6,
     "eval_batch_size": 64,
     "eval_lr": 0.05,
 }
@@ -24,8 +24,26 @@ DEMO_CONFIG = {
 
 def run_demo(out_dir: str | Path, hooks=None) -> dict:
     """Search a policy on digits and evaluate it beside two baselines; writes ``policy.json``,
-    ``policy.png``, ``results.json`` under ``out_dir``. Returns the workflow's results."""
+    ``policy.png``, ``results.json`` under ``out_dir``. Returns ``{"summary": table, "policy": path,
+    "top_transforms": ..., "results": path}`` for the demo report."""
+    import json
+
+    from fulcra.policy import Policy
     from fulcra.runner import run
 
-    cfg = dict(DEMO_CONFIG, out=str(Path(out_dir)))
-    return run(cfg, [], hooks=hooks if hooks is not None else [])
+    from .workflow import results_table
+
+    out = Path(out_dir)
+    res = run(dict(DEMO_CONFIG, out=str(out)), [], hooks=hooks if hooks is not None else [])
+    pol = Policy.load(out / "policy.json")
+    p = pol.probs().mean(0)
+    top = sorted(zip(pol.ops, p.tolist()), key=lambda t: -t[1])
+    return {
+        "summary": results_table(res["results"]),
+        "policy": str(out / "policy.json"),
+        "pie_chart": str(out / "policy.png"),
+        "most_likely_transforms": ", ".join(f"{o} {q:.3f}" for o, q in top[:3]),
+        "least_likely_transforms": ", ".join(f"{o} {q:.3f}" for o, q in top[-3:]),
+        "results": str(out / "results.json"),
+        "methods": json.dumps({k: round(v["mean"], 4) for k, v in res["results"].items()}),
+    }
