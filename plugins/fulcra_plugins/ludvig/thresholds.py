@@ -1,0 +1,76 @@
+"""Thresholding and filtering of rendered score maps (app. C.1.1, C.1.4): Otsu, Li, mean filter."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["otsu", "li", "auto_threshold", "mean_filter", "rescale", "best_iou_threshold"]
+
+
+def _values(x) -> np.ndarray:
+    v = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+    return v.ravel()
+
+
+def otsu(x) -> float:
+    """Otsu's threshold (scikit-image ``threshold_otsu``); the value itself for a constant input."""
+    from skimage.filters import threshold_otsu
+
+    v = _values(x)
+    if v.size == 0:
+        raise ValueError("Otsu threshold of an empty set of values")
+    return float(v[0]) if np.all(v == v[0]) else float(threshold_otsu(v))
+
+
+def li(x) -> float:
+    """Li's minimum cross-entropy threshold (scikit-image ``threshold_li``)."""
+    from skimage.filters import threshold_li
+
+    v = _values(x)
+    if v.size == 0:
+        raise ValueError("Li threshold of an empty set of values")
+    return float(v[0]) if np.all(v == v[0]) else float(threshold_li(v))
+
+
+def auto_threshold(x, method: str = "otsu") -> float:
+    """``otsu`` or ``li`` threshold of the values of ``x``."""
+    if method == "otsu":
+        return otsu(x)
+    if method == "li":
+        return li(x)
+    raise ValueError(f"threshold method must be otsu or li, got {method!r}")
+
+
+def rescale(x: torch.Tensor) -> torch.Tensor:
+    """Min-max rescaling to [0, 1] (a constant map becomes zeros)."""
+    lo, hi = x.min(), x.max()
+    return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+
+
+def mean_filter(img: torch.Tensor, size: int = 5) -> torch.Tensor:
+    """Mean filter of odd ``size`` over ``[H, W]`` or ``[H, W, C]`` maps (borders: mean of the valid pixels)."""
+    squeeze = img.ndim == 2
+    x = (img[..., None] if squeeze else img).permute(2, 0, 1)[None].float()  # [1, C, H, W]
+    pad = size // 2
+    ones = torch.ones(1, 1, *x.shape[-2:], dtype=x.dtype, device=x.device)
+    num = F.avg_pool2d(F.pad(x, (pad,) * 4), size, stride=1, divisor_override=1)
+    den = F.avg_pool2d(F.pad(ones, (pad,) * 4), size, stride=1, divisor_override=1)
+    out = (num / den)[0].permute(1, 2, 0)
+    return out[..., 0] if squeeze else out
+
+
+def best_iou_threshold(scores: torch.Tensor, target: torch.Tensor, n: int = 100) -> tuple[float, float]:
+    """The threshold on a [0, 1] score map maximising IoU with ``target`` (the SPIn-NeRF protocol tunes it
+    on the reference view's mask). Returns ``(threshold, iou)``."""
+    from .metrics import iou
+
+    best = (0.5, -1.0)
+    t_np = target.bool()
+    for k in range(1, n):
+        t = k / n
+        v = iou(scores > t, t_np)
+        if v > best[1]:
+            best = (t, v)
+    return best

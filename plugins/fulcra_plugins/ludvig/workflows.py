@@ -1,0 +1,267 @@
+"""The ``segment`` and ``segment_synthetic`` workflows.
+
+``fulcra run segment scene.ply=PLY scene.cameras=CAMERAS scene.images=DIR extractor=NAME
+prompt.view=CAMERA_NAME prompt.scribble=PNG out=OUT`` (or ``prompt.mask=PNG`` for a full reference
+mask, or ``prompt.clicks=[[x,y],...]``) writes
+
+- ``OUT/mask3d.npy``: one boolean per Gaussian, PLY order;
+- ``OUT/masks/<camera>.png``: the rendered 3D mask on every camera, 0/255;
+- ``OUT/removed.ply``: the scene without the selected Gaussians;
+- ``OUT/features.safetensors``: the uplifted features (reused when the run is repeated);
+- ``OUT/overlay.png``: the mask over the reference image; ``OUT/results.json``.
+
+``fulcra run segment-synthetic`` runs :mod:`.synthetic_benchmark` on the embedded scene.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from fulcra.errors import ConfigError, FormatError
+
+__all__ = ["SegmentWorkflow", "SegmentSyntheticWorkflow", "PromptConfig", "save_overlay", "load_prompt_png"]
+
+
+def _scene_config():
+    from fulcra_plugins.scenes.workflow import SceneConfig
+
+    return SceneConfig
+
+
+@dataclass
+class PromptConfig:
+    view: str = field(default="", metadata={"help": "name of the reference camera (image file stem)"})
+    scribble: str = field(default="", metadata={"help": "PNG of the reference view's size; non-zero pixels are positive clicks"})
+    mask: str = field(default="", metadata={"help": "PNG of a full reference mask (non-zero = object)"})
+    clicks: list = field(default_factory=list, metadata={"help": "clicked pixels [[x, y], ...] on the reference view"})
+    radius: float = field(default=3.0, metadata={"help": "radius in pixels of the disc around each click"})
+
+
+def load_prompt_png(path: str | Path, camera) -> torch.Tensor:
+    """A PNG prompt as a boolean ``[H, W]`` (non-zero pixels), checked against the camera's size."""
+    from PIL import Image
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FormatError(f"{p}: prompt PNG not found")
+    with Image.open(p) as im:
+        arr = np.asarray(im)
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(-1) if arr.shape[-1] >= 3 else arr[..., 0]
+    if arr.shape != (camera.height, camera.width):
+        raise FormatError(f"{p}: prompt is {arr.shape[1]}x{arr.shape[0]}, the view {camera.name!r} is "
+                          f"{camera.width}x{camera.height}")
+    m = torch.from_numpy(arr > 0)
+    if not bool(m.any()):
+        raise FormatError(f"{p}: the prompt has no non-zero pixel")
+    return m
+
+
+def save_overlay(image: torch.Tensor, mask: torch.Tensor, path: str | Path, prompt: torch.Tensor | None = None) -> Path:
+    """Save the image ``[3, H, W]`` in [0, 1] with the mask ``[H, W]`` tinted red (and the prompt in green)."""
+    from PIL import Image
+
+    img = image.detach().float().cpu().permute(1, 2, 0).clamp(0, 1).numpy().copy()
+    m = mask.cpu().numpy().astype(bool)
+    img[m] = 0.45 * img[m] + 0.55 * np.array([1.0, 0.1, 0.1])
+    if prompt is not None:
+        img[prompt.cpu().numpy().astype(bool)] = np.array([0.1, 1.0, 0.1])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((img * 255 + 0.5).astype(np.uint8)).save(path)
+    return path
+
+
+def _uplift_cached(scene, views, imgs, extractor, extractor_node, ply, out: Path, hooks, center: bool):
+    """Uplift the extractor's maps of ``views`` (centred when asked); reuse OUT/features.safetensors."""
+    import fulcra
+    from fulcra.uplift import resize_to_camera
+
+    from fulcra_plugins.scenes.prune import load_features, save_features
+    from fulcra_plugins.scenes.workflow import extractor_device
+
+    st = Path(ply).stat()
+    key = json.dumps({"ply": str(Path(ply).resolve()), "size": st.st_size, "mtime": int(st.st_mtime), "center": center,
+                      "views": [c.name for c in views], "extractor": extractor_node}, sort_keys=True)
+    fp = hashlib.sha1(key.encode()).hexdigest()
+    path, state = out / "features.safetensors", out / "features.json"
+    if path.is_file() and state.is_file() and json.loads(state.read_text()).get("fingerprint") == fp:
+        arr = load_features(path, expected=scene.num_primitives)
+        return arr["features"].to(scene.device), arr["weights"].to(scene.device), True
+    dev = extractor_device(extractor, scene.device)
+    maps = {}
+    for i, cam in enumerate(views):
+        with torch.no_grad():
+            maps[cam.name] = resize_to_camera(extractor(imgs[cam.name][None].to(dev))[0].float().to(scene.device), cam)
+        hooks.step(step=i + 1, metrics={"view": float(i)}, total=len(views), stage="features")
+    if center:  # as a PCA would: compare deviations from the average look (see docs/ludvig.md)
+        mu = torch.stack([m.mean((1, 2)) for m in maps.values()]).mean(0)[:, None, None]
+        maps = {k: m - mu for k, m in maps.items()}
+    features, weights = fulcra.uplift(scene, ((c, maps[c.name]) for c in views))
+    save_features(path, {"ply": str(ply), "extractor": extractor_node, "center": center}, features=features, weights=weights)
+    state.write_text(json.dumps({"fingerprint": fp}))
+    hooks.checkpoint(path=path, step=len(views))
+    return features, weights, False
+
+
+class SegmentWorkflow:
+    """Segment an object in 3D from a prompt on one view, render its mask everywhere, remove it (LUDVIG §5.4.1).
+
+    Features of ``extractor`` are uplifted to the Gaussians, the prompt (scribble PNG, full mask PNG or
+    clicks) on ``prompt.view`` is uplifted and refined by graph diffusion (or, with
+    ``diffusion=false``, the uplifted features are scored directly), the per-Gaussian scores are
+    binarised in 3D and rendered on every camera.
+    """
+
+    @dataclass
+    class Config:
+        scene: Any = field(default_factory=lambda: _scene_config()(), metadata={"help": "the scene: ply, cameras, images, backend"})
+        extractor: Any = field(default_factory=lambda: {"name": "rgb", "patch_size": 4}, metadata={"kind": "feature_extractors", "help": "2D feature extractor"})
+        prompt: PromptConfig = field(default_factory=PromptConfig, metadata={"help": "the reference view and its scribble/mask/clicks"})
+        refiner: Any = field(default_factory=lambda: {"name": "graph_diffusion"}, metadata={"kind": "refiners", "help": "the graph-diffusion refiner"})
+        diffusion: bool = field(default=True, metadata={"help": "refine by graph diffusion (false: score the uplifted features)"})
+        views: list = field(default_factory=list, metadata={"help": "cameras to uplift from (empty: all with an image)"})
+        center: bool = field(default=True, metadata={"help": "subtract the mean 2D feature before uplifting"})
+        threshold: str = field(default="auto", metadata={"help": "3D binarisation of the scores: auto (h > 0 with diffusion, Otsu without), otsu, or a number"})
+        render_threshold: float = field(default=0.5, metadata={"help": "threshold of the rendered 3D mask"})
+        save_removed: bool = field(default=True, metadata={"help": "write OUT/removed.ply"})
+
+    def __init__(self, config):
+        self.cfg = config
+
+    def run(self, ctx) -> dict:
+        import fulcra
+
+        from fulcra_plugins.scenes import load_scene
+        from fulcra_plugins.scenes.workflow import resolve_scene_paths
+
+        from .editing import save_removed
+        from .segmentation import binarise_3d, clicks_to_mask, render_mask, segment_diffusion, segment_uplift
+
+        cfg, out = self.cfg, Path(ctx.out)
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        ply, cameras, images = resolve_scene_paths(cfg.scene)
+        scene, cams, imgs = load_scene(ply, cameras or None, images or None, backend=cfg.scene.backend, device=ctx.device)
+        by_name = {c.name: c for c in cams}
+        pc = cfg.prompt
+        if not pc.view:
+            raise ConfigError("segment: set prompt.view=CAMERA_NAME (the reference view)")
+        if pc.view not in by_name:
+            raise ConfigError(f"segment: key 'prompt.view': unknown camera {pc.view!r} (cameras: {', '.join(list(by_name)[:8])}...)")
+        ref = by_name[pc.view]
+        given = [k for k in ("scribble", "mask") if getattr(pc, k)] + (["clicks"] if len(pc.clicks) else [])
+        if len(given) != 1:
+            raise ConfigError(f"segment: give exactly one of prompt.scribble, prompt.mask, prompt.clicks (got {given or 'none'})")
+        if pc.clicks:
+            prompt, kind = clicks_to_mask([tuple(c) for c in pc.clicks], ref.height, ref.width, pc.radius), "scribble"
+        elif pc.scribble:
+            prompt, kind = load_prompt_png(pc.scribble, ref), "scribble"
+        else:
+            prompt, kind = load_prompt_png(pc.mask, ref), "mask"
+        views = [by_name[v] for v in cfg.views] if cfg.views else [c for c in cams if c.name in imgs]
+        if not views:
+            raise FormatError(f"{imgs.folder or '(no image folder; set scene.images)'}: no image matches a camera")
+        extractor_node = OmegaConf.to_container(cfg.extractor, resolve=True)
+        extractor = fulcra.create("feature_extractors", extractor_node)
+        features, weights, resumed = _uplift_cached(scene, views, imgs, extractor, extractor_node, ply, out, ctx.hooks, cfg.center)
+        if cfg.diffusion:
+            refiner = fulcra.create("refiners", OmegaConf.to_container(cfg.refiner, resolve=True))
+            seg = segment_diffusion(scene, features, ref, prompt, kind, refiner, weights)
+        else:
+            seg = segment_uplift(scene, features, ref, prompt, kind)
+        th = str(cfg.threshold)
+        if th == "auto":
+            th = 0.0 if cfg.diffusion else "otsu"
+        elif th != "otsu":
+            try:
+                th = float(th)
+            except ValueError:
+                raise ConfigError(f"segment: key 'threshold' must be auto, otsu or a number, got {cfg.threshold!r}") from None
+        mask3d = binarise_3d(seg.scores, th)
+        np.save(out / "mask3d.npy", mask3d.cpu().numpy())
+        from PIL import Image
+
+        (out / "masks").mkdir(exist_ok=True)
+        fractions = {}
+        for i, cam in enumerate(cams):
+            m = render_mask(scene, mask3d, cam, cfg.render_threshold)
+            Image.fromarray(m.cpu().numpy().astype(np.uint8) * 255).save(out / "masks" / f"{cam.name}.png")
+            fractions[cam.name] = float(m.float().mean())
+            ctx.hooks.step(step=i + 1, metrics={"mask_fraction": fractions[cam.name]}, total=len(cams), stage="render")
+            if cam.name == ref.name and ref.name in imgs:
+                save_overlay(imgs[ref.name], m, out / "overlay.png", prompt)
+        results = {
+            "num_gaussians": scene.num_primitives, "selected": int(mask3d.sum()), "prompt": kind,
+            "reference_view": ref.name, "diffusion": bool(cfg.diffusion), "features_resumed": resumed,
+            "mask3d": str(out / "mask3d.npy"), "masks": str(out / "masks"), "seconds": round(time.time() - t0, 2),
+        }
+        if int(mask3d.sum()) == 0:
+            raise ConfigError(f"segment: the prompt selects no Gaussian (scores max {float(seg.scores.max()):.3g}); "
+                              "try a larger prompt, diffusion=false or another extractor")
+        if cfg.save_removed:
+            results["removed"] = str(save_removed(scene, mask3d, out / "removed.ply"))
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        ctx.hooks.evaluate(metrics={"selected": float(results["selected"])})
+        return results
+
+
+class SegmentSyntheticWorkflow:
+    """The Table 5.2 ablation on the embedded synthetic scene: single view vs uplifting vs uplifting +
+    graph diffusion, IoU against the ground-truth labels in 3D and in 2D, per object and on average."""
+
+    @dataclass
+    class Config:
+        scene: Any = field(default_factory=lambda: _scene_config()(synthetic=True), metadata={"help": "the scene (synthetic by default)"})
+        extractor: Any = field(default_factory=lambda: {"name": "rgb", "patch_size": 4}, metadata={"kind": "feature_extractors", "help": "2D feature extractor"})
+        refiner: Any = field(default_factory=lambda: {"name": "graph_diffusion"}, metadata={"kind": "refiners", "help": "the graph-diffusion refiner"})
+        eval_views: int = field(default=6, metadata={"help": "views on which the 2D IoU is averaged"})
+        center: bool = field(default=True, metadata={"help": "subtract the mean 2D feature before uplifting"})
+
+    def __init__(self, config):
+        self.cfg = config
+
+    def run(self, ctx) -> dict:
+        import fulcra
+        from PIL import Image
+        from safetensors.torch import load_file
+
+        from fulcra_plugins.scenes import load_scene
+        from fulcra_plugins.scenes.workflow import resolve_scene_paths
+
+        from .synthetic_benchmark import run_synthetic_benchmark
+
+        cfg, out = self.cfg, Path(ctx.out)
+        out.mkdir(parents=True, exist_ok=True)
+        ply, cameras, images = resolve_scene_paths(cfg.scene)
+        root = Path(ply).parent
+        if not (root / "labels.safetensors").is_file() or not (root / "masks").is_dir():
+            raise FormatError(f"{root}: not a synthetic scene folder (labels.safetensors and masks/ are needed)")
+        scene, cams, imgs = load_scene(ply, cameras or None, images or None, backend=cfg.scene.backend, device=ctx.device)
+        labels = load_file(str(root / "labels.safetensors"))["labels"]
+        meta = json.loads((root / "scene.json").read_text()) if (root / "scene.json").is_file() else {}
+        objects = meta.get("objects") or [f"object_{i}" for i in range(int(labels.max()) + 1)]
+        gt = {}
+        for c in cams:
+            with Image.open(root / "masks" / f"{c.name}.png") as im:
+                gt[c.name] = torch.from_numpy(np.asarray(im).astype(np.int64))
+        extractor_node = OmegaConf.to_container(cfg.extractor, resolve=True)
+        extractor = fulcra.create("feature_extractors", extractor_node)
+        views = [c for c in cams if c.name in imgs]
+        features, weights, _ = _uplift_cached(scene, views, imgs, extractor, extractor_node, ply, out, ctx.hooks, cfg.center)
+        refiner = fulcra.create("refiners", OmegaConf.to_container(cfg.refiner, resolve=True))
+        res = run_synthetic_benchmark(scene, cams, imgs, labels, gt, extractor, objects, out, refiner=refiner,
+                                      eval_views=cfg.eval_views, features=features, weights=weights,
+                                      center=cfg.center, center_precomputed=False)
+        ctx.hooks.evaluate(metrics={k: v for k, v in res["mean"].items()})
+        print((out / "results.md").read_text())
+        return res

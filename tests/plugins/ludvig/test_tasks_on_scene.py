@@ -1,0 +1,119 @@
+"""Localisation, segmentation, selection, removal on the synthetic scene, with relevancy and
+features built from the ground-truth labels."""
+
+import warnings
+
+import numpy as np
+import plyfile
+import pytest
+import torch
+
+from fulcra_plugins.ludvig import (
+    Selector, SelectionError, SelectionWarning, iou, localise, render_relevancy, sam_prompts,
+    segment_3d_selection, segment_relevancy, select_3d,
+)
+from fulcra_plugins.ludvig.segmentation import segment_single_view, segment_uplift
+from fulcra_plugins.refiners import GraphDiffusion
+from fulcra_plugins.scenes.ply import read_ply
+
+
+def label_relevancy(labels, obj, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.where(labels == obj, 0.85, 0.35) + 0.05 * torch.rand(len(labels), generator=g)
+
+
+def label_features(labels, seed=0, noise=0.3):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(5, 8, generator=g)
+    return base[labels] + noise * torch.randn(len(labels), 8, generator=g)
+
+
+def test_localisation_and_2d_segmentation_from_label_relevancy(tiny_scene):
+    scene, cams, labels, gt = tiny_scene
+    objs = [1, 2, 3, 4]
+    rel = torch.stack([label_relevancy(labels, o, o) for o in objs], 1)  # [N, Q]
+    cam = cams[0]
+    rendered = render_relevancy(scene, rel, cam)  # [H, W, Q]
+    xy = localise(rendered)
+    for j, o in enumerate(objs):
+        visible = (gt[cam.name] == o).sum() > 20
+        if not visible:
+            continue
+        x, y = xy[j].tolist()
+        assert gt[cam.name][y, x] == o
+        mask = segment_relevancy(rendered[..., j], query=f"object {o}")
+        assert iou(mask, gt[cam.name] == o) > 0.6
+        pts = sam_prompts(rendered[..., j])
+        assert len(pts) > 0 and all(gt[cam.name][py, px] == o for px, py in pts.tolist())
+
+
+def test_3d_selection_and_degenerate_queries(tiny_scene):
+    scene, cams, labels, gt = tiny_scene
+    sel = select_3d(label_relevancy(labels, 2), query="blue cube")
+    assert iou(sel, labels == 2) > 0.95
+    m2d = segment_3d_selection(scene, label_relevancy(labels, 2), cams[1])
+    assert iou(m2d, gt[cams[1].name] == 2) > 0.8
+    flat = torch.full((len(labels),), 0.5)
+    with pytest.warns(SelectionWarning, match=r"selects 100.0% of the Gaussians.*threshold"):
+        select_3d(flat, query="unicorn")
+    with pytest.raises(SelectionError, match=r"unicorn.*max 0\.5"):
+        select_3d(flat, query="unicorn", strict=True)
+    with pytest.warns(SelectionWarning, match=r"selects nothing: relevancy min 0.*threshold"):
+        select_3d(torch.zeros(len(labels)), query="nothing")
+    with pytest.warns(SelectionWarning, match=r"'ghost' selects nothing"):
+        segment_relevancy(torch.zeros(48, 64), query="ghost")
+    everything = torch.ones(len(labels))
+    everything[:3] = 0.0
+    with pytest.warns(SelectionWarning, match=r"% of the Gaussians"):
+        select_3d(everything, query="scene")
+
+
+def test_selector_clicks_segment_and_remove(tiny_scene, tmp_path):
+    scene, cams, labels, gt = tiny_scene
+    feats = label_features(labels)
+    cam = max(cams, key=lambda c: int((gt[c.name] == 3).sum()))
+    ys, xs = torch.nonzero(gt[cam.name] == 3, as_tuple=True)
+    mid = len(ys) // 2
+    clicks = [(int(xs[mid]), int(ys[mid]))]
+    sel = Selector(scene, feats, refiner=GraphDiffusion(k=12, steps=60)).click(cam, clicks, radius=1.5)
+    assert iou(sel.mask3d, labels == 3) > 0.85
+    assert iou(sel.render(cam), gt[cam.name] == 3) > 0.8
+    # without diffusion the uplifted features find the object too, with more false positives
+    up = Selector(scene, feats, diffusion=False).click(cam, clicks, radius=1.5)
+    obj = labels == 3
+    assert (up.mask3d & obj).sum() / obj.sum() > 0.8
+    assert iou(up.mask3d, obj) < iou(sel.mask3d, obj)
+    # removal: a PLY without the object; where the object was, the ground now shows
+    path = sel.save_removed(tmp_path / "removed.ply")
+    kept = read_ply(path)
+    assert len(kept) == scene.num_primitives - int(sel.mask3d.sum())
+    removed = sel.remove()
+    lab_kept = labels[~sel.mask3d]
+    onehot = torch.nn.functional.one_hot(lab_kept, 5).float()
+    was_obj = gt[cam.name] == 3
+    after = removed.render(onehot, cam)[was_obj]  # [P, 5]
+    covered = after.sum(-1) > 0.5
+    assert covered.float().mean() > 0.5
+    shown = after[covered].argmax(-1)
+    assert not (shown == 3).any()  # nothing of the object is left
+    assert (shown == 0).float().mean() > 0.5, shown.bincount(minlength=5)  # mostly the ground behind it
+    ext = sel.extract()
+    assert ext.num_primitives == int(sel.mask3d.sum())
+
+
+def test_single_view_route(tiny_scene):
+    scene, cams, labels, gt = tiny_scene
+    cam = cams[0]
+    onehot = torch.nn.functional.one_hot(gt[cam.name].clamp(max=4), 5).permute(2, 0, 1).float()
+    onehot[:, gt[cam.name] == 255] = 0
+    prompt = gt[cam.name] == 1
+    masks = segment_single_view(onehot, prompt, [onehot], kind="mask", threshold=0.5)
+    assert iou(masks[0], prompt) > 0.95
+
+
+def test_empty_prompt_is_an_error(tiny_scene):
+    scene, cams, labels, gt = tiny_scene
+    with pytest.raises(ValueError, match="empty prompt"):
+        Selector(scene, label_features(labels)).select(cams[0], torch.zeros(48, 64, dtype=torch.bool))
+    with pytest.raises(ValueError, match="outside"):
+        Selector(scene, label_features(labels)).click(cams[0], [(100, 5)])
