@@ -164,3 +164,21 @@ def test_look_at_is_opencv():
     p = V @ torch.tensor([0.0, 0.0, 1.0, 1.0])  # a point above the target: y down means negative y
     assert p[1] < 0 and p[2] > 0
     torch.testing.assert_close(cam.center, torch.tensor([0.0, -5.0, 0.0]), atol=1e-5, rtol=0)
+
+
+def test_view_dependent_colour_degree_one():
+    """SH degree 1, evaluated as 3DGS does: c = C0 sh0 - C1 y sh1 + C1 z sh2 - C1 x sh3 + 0.5."""
+    g = gaussians(n=3, deg=1)
+    center = torch.tensor([0.5, -2.0, 1.0])
+    d = g.means - center
+    d = d / d.norm(dim=1, keepdim=True)
+    C0, C1 = 0.28209479177387814, 0.4886025119029199
+    want = (C0 * g.sh0 - C1 * d[:, 1:2] * g.shN[:, 0] + C1 * d[:, 2:3] * g.shN[:, 1] - C1 * d[:, 0:1] * g.shN[:, 2] + 0.5).clamp_min(0)
+    torch.testing.assert_close(g.colors_from(center), want)
+
+
+def test_transforms_rejects_fisheye(tmp_path):
+    (tmp_path / "transforms.json").write_text(json.dumps({"camera_model": "OPENCV_FISHEYE", "fl_x": 10, "w": 4, "h": 4,
+                                                          "frames": [{"file_path": "a.png", "transform_matrix": np.eye(4).tolist()}]}))
+    with pytest.raises(FormatError, match="unsupported camera_model 'OPENCV_FISHEYE'"):
+        load_cameras(tmp_path)
