@@ -156,12 +156,20 @@ def check_dataset(ds: Any) -> None:
         assert img.ndim == 3 and img.dtype == torch.uint8, f"{type(ds).__name__}[{split}]: image must be uint8 [C,H,W]"
 
 
-def check_student(model: Any, num_classes: int = 10, size: int = 32) -> None:
+def check_student(model: Any, size: int = 32) -> None:
+    """Logits ``[B, K]`` or dense logits ``[B, K, H, W]`` at the input resolution; gradients flow."""
     x = tiny_images(2, size, size)
+    model.train()
     out = model(x)
-    assert out.shape[0] == 2 and out.shape[1] == num_classes, f"{type(model).__name__}: output {list(out.shape)}"
+    name = type(model).__name__
+    k = getattr(model, "num_classes", None)
+    assert out.shape[0] == 2 and out.ndim in (2, 4), f"{name}: output {list(out.shape)}, expected [B,K] or [B,K,H,W]"
+    if out.ndim == 4:
+        assert out.shape[-2:] == (size, size), f"{name}: dense logits {list(out.shape)} not at input size {size}"
+    if k is not None:
+        assert out.shape[1] == k, f"{name}: num_classes={k} but output {list(out.shape)}"
     out.float().sum().backward()
-    assert any(p.grad is not None for p in model.parameters()), f"{type(model).__name__}: no gradient reaches the parameters"
+    assert any(p.grad is not None for p in model.parameters()), f"{name}: no gradient reaches the parameters"
 
 
 def check_teacher(teacher: Any, size: int = 28) -> None:

@@ -63,8 +63,10 @@ def uplift(
         scene: a SceneRepresentation (``render(features [N,D], camera) -> [H,W,D]``, linear and
             differentiable in ``features``).
         views: ``(camera, feature_map)`` pairs, streamed; ``feature_map`` is ``[D, h, w]`` float of
-            any resolution (resized bilinearly to the camera's) or ``[h, w]`` for a mask. Under
-            ``torchrun`` pass every view on every rank: each rank keeps its round-robin share.
+            any resolution (resized bilinearly to the camera's), ``[h, w]`` for a mask, or a
+            zero-argument callable returning one (evaluated only by the rank that owns the view).
+            Under ``torchrun`` pass every view on every rank: each rank takes its round-robin share,
+            so with callables each feature map is computed exactly once across processes.
         dim_chunk: process at most this many feature channels per backward pass (bounds memory).
         normalize: divide by the weight sums (Eq. 5.3); False returns the raw ``Wᵀ F``.
         distributed: shard views across processes and all-reduce (default: when a process group is
@@ -81,14 +83,14 @@ def uplift(
     n = scene.num_primitives
     dev = torch.device(device) if device is not None else getattr(scene, "device", torch.device("cpu"))
     for i, (camera, fmap) in enumerate(views):
-        fmap = torch.as_tensor(fmap)
-        if num is None:
-            d = 1 if fmap.ndim == 2 else fmap.shape[0]
-            num = torch.zeros(n, d, device=dev)
-            den = torch.zeros(n, device=dev)
-        if i % world != rank:
+        if i % world != rank:  # another rank's view: never computed or loaded here
             continue
-        fmap = resize_to_camera(fmap.to(dev, torch.float32), camera)  # [D, H, W]
+        if callable(fmap):
+            fmap = fmap()
+        fmap = resize_to_camera(torch.as_tensor(fmap).to(dev, torch.float32), camera)  # [D, H, W]
+        if num is None:
+            num = torch.zeros(n, fmap.shape[0], device=dev)
+            den = torch.zeros(n, device=dev)
         if fmap.shape[0] != num.shape[1]:
             raise ValueError(f"view {camera.name!r} has {fmap.shape[0]} channels, earlier views {num.shape[1]}")
         img = fmap.permute(1, 2, 0)  # [H, W, D]
@@ -103,11 +105,15 @@ def uplift(
             num[:, c0 : c0 + chunk.shape[-1]] += g[:, : chunk.shape[-1]]
             if last:
                 den += g[:, -1]
-    if num is None:
-        raise ValueError("uplift received no views")
-    if distributed:
+    if distributed:  # a rank with no view still joins the reductions, with zeros of the agreed width
+        width = dist.all_reduce_max(torch.tensor([0 if num is None else num.shape[1]], device=dev))
+        if num is None:
+            num = torch.zeros(n, int(width.item()), device=dev)
+            den = torch.zeros(n, device=dev)
         dist.all_reduce_sum(num)
         dist.all_reduce_sum(den)
+    if num is None or num.shape[1] == 0:
+        raise ValueError("uplift received no views")
     if normalize:
         num = torch.where(den[:, None] > eps, num / den.clamp_min(eps)[:, None], torch.zeros_like(num))
     return num, den

@@ -9,7 +9,7 @@ import pytest
 
 from fulcra import registry
 from fulcra import create
-from fulcra.errors import FulcraError, MissingDependencyError
+from fulcra.errors import FulcraError, MissingDependencyError, WeightsNotFoundError
 from fulcra.interfaces import KINDS
 from fulcra.testing import CONFORMANCE
 
@@ -66,4 +66,7 @@ def test_bundled_plugin_conformance(kind, name):
         obj = create(kind, name, **params)
     except (FulcraError, FileNotFoundError) as exc:  # needs weights, data or settings that are not here
         pytest.skip(f"{kind}/{name} cannot be built here: {str(exc).splitlines()[0]} (set conformance_params)")
-    CONFORMANCE[kind](obj)
+    try:
+        CONFORMANCE[kind](obj)
+    except (WeightsNotFoundError, MissingDependencyError, FileNotFoundError) as exc:  # lazy weight loading
+        pytest.skip(f"{kind}/{name} cannot run here: {str(exc).splitlines()[0]}")

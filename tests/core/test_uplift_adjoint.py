@@ -86,8 +86,16 @@ def _worker(rank, world, port, out):
     scene = MatrixScene(num_primitives=9, height=3, width=4, num_cameras=5)
     g = torch.Generator().manual_seed(1)
     maps = [torch.randn(3, 3, 4, generator=g) for _ in scene.cameras]
-    f, w = fulcra.uplift(scene, zip(scene.cameras, maps))
-    torch.save({"f": f, "w": w}, f"{out}/r{rank}.pt")
+    computed = []
+
+    def lazy(i):
+        def load():
+            computed.append(i)
+            return maps[i]
+        return load
+
+    f, w = fulcra.uplift(scene, [(c, lazy(i)) for i, c in enumerate(scene.cameras)])
+    torch.save({"f": f, "w": w, "computed": torch.tensor(computed)}, f"{out}/r{rank}.pt")
     dist.destroy()
 
 
@@ -102,6 +110,9 @@ def test_uplift_sharded_over_two_processes(tmp_path):
     g = torch.Generator().manual_seed(1)
     maps = [torch.randn(3, 3, 4, generator=g) for _ in scene.cameras]
     ref_f, ref_w = explicit(scene, maps)
+    computed = []
     for r in (0, 1):
         got = torch.load(tmp_path / f"r{r}.pt", weights_only=True)
         assert torch.allclose(got["f"], ref_f, atol=1e-5) and torch.allclose(got["w"], ref_w, atol=1e-5)
+        computed += got["computed"].tolist()
+    assert sorted(computed) == list(range(5))  # every lazy view loaded exactly once across ranks

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as tdist
 
 __all__ = ["init_distributed", "is_distributed", "rank", "world_size", "local_rank", "barrier",
-           "all_reduce_sum", "all_reduce_mean", "broadcast_object", "shard", "shard_indices", "destroy"]
+           "all_reduce_sum", "all_reduce_max", "all_reduce_mean", "broadcast_object", "shard", "shard_indices", "destroy"]
 
 T = TypeVar("T")
 
@@ -63,6 +63,17 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         tensor.copy_(tmp)
     else:
         tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over processes in place; identity when not distributed."""
+    if not is_distributed():
+        return tensor
+    tmp = tensor.cpu() if tensor.is_cuda and tdist.get_backend() == "gloo" else tensor
+    tdist.all_reduce(tmp, op=tdist.ReduceOp.MAX)
+    if tmp is not tensor:
+        tensor.copy_(tmp)
     return tensor
 
 
