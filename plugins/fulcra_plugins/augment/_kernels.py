@@ -64,13 +64,16 @@ def fma32_trunc_fast(s: torch.Tensor, other: torch.Tensor, alpha: torch.Tensor) 
     are recomputed exactly. Returns float32, equal to ``fma32(...)`` wherever it matters for
     ``trunc``/``floor``.
     """
-    y = torch.addcmul(s, other, alpha.to(torch.float32))
+    alpha = alpha.to(torch.float32)
+    y = torch.addcmul(s, other, alpha)
     # one ulp of values below 512 is < 6.2e-5: anything farther than 1e-4 from an integer truncates the
     # same either way (callers clamp to [0, 255], so larger values do not matter)
-    near = torch.frac(y + 1e-4) < 2e-4
-    if bool(near.any()):
-        sb, ob, ab = torch.broadcast_tensors(s, other, alpha.to(torch.float32))
-        y[near] = fma32(sb[near], ob[near], ab[near])
+    idx = (torch.frac(y + 1e-4) < 2e-4).view(-1).nonzero().squeeze(1)
+    if idx.numel():
+        shape = y.shape
+        exact = fma32(torch.take(s.expand(shape), idx), torch.take(other.expand(shape), idx),
+                      torch.take(alpha.expand(shape), idx))
+        y.view(-1).index_copy_(0, idx, exact)
     return y
 
 
@@ -141,7 +144,9 @@ def affine_grid(theta: torch.Tensor, H: int, W: int) -> torch.Tensor:
     base[..., 2].fill_(1)
     scale = torch.tensor([0.5 * W, 0.5 * H], dtype=torch.float32, device=dev)
     rescaled = theta.to(torch.float32).transpose(1, 2).div(scale)  # [B, 3, 2]
-    return base.view(1, H * W, 3).expand(B, H * W, 3).bmm(rescaled).view(B, H, W, 2)
+    # one GEMM [HW, 3] x [3, 2B] instead of a bmm over B expanded copies of the base grid
+    out = base.view(H * W, 3).mm(rescaled.permute(1, 0, 2).reshape(3, 2 * B))  # [HW, B*2]
+    return out.view(H, W, B, 2).permute(2, 0, 1, 3)
 
 
 def warp_nearest(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

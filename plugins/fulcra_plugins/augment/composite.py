@@ -105,9 +105,7 @@ class CompositeAugment:
             mags = magnitude[perm, k]
             counts = torch.bincount(rank[ops_sorted], minlength=n_ops).tolist()
             x = self._stage(x, mags, counts, generator)
-        out = torch.empty_like(x)
-        out[perm] = x
-        return out
+        return x.index_select(0, torch.argsort(perm))
 
     def _stage(self, x, mags, counts, generator):
         """One stage on images sorted by processing rank; ``counts[r]`` images get op ``_order[r]``."""

@@ -111,6 +111,10 @@ class SearchWorkflow:
                 done_flag.write_text("search finished\n")
 
         # --- evaluation from scratch over seeds ----------------------------------------------------
+        if ctx.world_size > 1 and ctx.rank != 0:
+            # under torchrun the processes ensemble the search only; rank 0 evaluates (independent
+            # trainings, one result file per method)
+            return {"policy": str(policy_path)}
         methods: dict[str, Any] = {_label(opt_node): policy}
         for b in cfg.baselines:
             node = _node(b)
