@@ -146,7 +146,7 @@ def affine_grid(theta: torch.Tensor, H: int, W: int) -> torch.Tensor:
     rescaled = theta.to(torch.float32).transpose(1, 2).div(scale)  # [B, 3, 2]
     # one GEMM [HW, 3] x [3, 2B] instead of a bmm over B expanded copies of the base grid
     out = base.view(H * W, 3).mm(rescaled.permute(1, 0, 2).reshape(3, 2 * B))  # [HW, B*2]
-    return out.view(H, W, B, 2).permute(2, 0, 1, 3)
+    return out.view(H, W, B, 2).permute(2, 0, 1, 3).contiguous()
 
 
 def warp_nearest(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
