@@ -77,20 +77,22 @@ class GraphDiffusion:
         device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
         max_logreg_samples: int = field(default=100_000, metadata={"help": "nodes used to fit each logistic regression"})
         seed: int = field(default=0, metadata={"help": "seed of the logistic-regression subsampling"})
+        min_weight: float = field(default=0.05, metadata={"help": "with weights=: P = 0 for Gaussians whose weight sum is under this fraction of the median (barely seen: their uplifted features are their occluders')"})
         median: str = field(default="anchors", metadata={"help": "s_f of Eq. C.1: median feature distance over the edges of the anchors (per prompt, as the reference code) or of the whole graph ('edges')"})
 
     def __init__(self, k: int = 16, steps: int = 100, bandwidth: float = 1.0, prompt: str = "scribble",
                  unary_bandwidth: Optional[float] = None, anchor_fraction: float = 0.1,
                  binarize: Optional[float] = None, logreg_c: Optional[float] = None,
                  output: Optional[str] = None, self_loops: bool = True, device: str = "auto",
-                 max_logreg_samples: int = 100_000, seed: int = 0, median: str = "anchors"):
+                 max_logreg_samples: int = 100_000, seed: int = 0, median: str = "anchors",
+                 min_weight: float = 0.05):
         if prompt not in PROMPTS:
             raise ValueError(f"graph_diffusion: prompt must be one of {', '.join(PROMPTS)}, got {prompt!r}")
         if output not in (None, "unary_on_reachable", "diffused"):
             raise ValueError(f"graph_diffusion: output must be unary_on_reachable or diffused, got {output!r}")
         if median not in ("anchors", "edges"):
             raise ValueError(f"graph_diffusion: median must be anchors or edges, got {median!r}")
-        self.median = median
+        self.median, self.min_weight = median, float(min_weight)
         if k < 1 or steps < 0 or bandwidth <= 0:
             raise ValueError(f"graph_diffusion: need k >= 1, steps >= 0, bandwidth > 0 (got {k}, {steps}, {bandwidth})")
         self.k, self.steps, self.bandwidth, self.prompt = int(k), int(steps), float(bandwidth), prompt
@@ -184,6 +186,12 @@ class GraphDiffusion:
             binarize = 1e-5 if self.binarize is None else (self.binarize if self.binarize > 0 else None)
             output = self.output or "unary_on_reachable"
 
+        # a Gaussian no view saw has no feature (a zero row): no evidence for any prompt, P = 0
+        P = P * (f.norm(dim=1, keepdim=True) > 0)
+        if w_m is not None and self.min_weight > 0:
+            seen = w_m[w_m > 0]
+            if seen.numel():
+                P = P * (w_m[:, None] >= self.min_weight * float(seen.median()))
         sqrt_p = P.clamp_min(0).sqrt()
         q = g0.shape[1]
         if self.median == "anchors":
