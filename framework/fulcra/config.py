@@ -271,7 +271,8 @@ def merge_nodes(base: Any, override: Any) -> Any:
 
 
 def load_run_config(source: str | Mapping | None, overrides: Iterable[str] = ()) -> dict:
-    """A recipe name from ``registry.yaml`` or a YAML file path, merged with ``key=value`` overrides.
+    """A recipe name from ``registry.yaml``, a workflow name, or a YAML file path, merged with
+    ``key=value`` overrides.
 
     Returns a plain dict (unvalidated). A recipe may ``extends:`` another recipe.
     """
@@ -296,11 +297,14 @@ def load_run_config(source: str | Mapping | None, overrides: Iterable[str] = ())
                 raise ConfigError(f"{path}: the top level must be a mapping")
             if "extends" in raw:
                 raw = merge_nodes(_recipe(raw.pop("extends")), raw)
+        elif source in registry.discover()["workflows"]:  # a bare workflow with its defaults
+            raw = {"workflow": source}
         else:
-            close = difflib.get_close_matches(source, list(recipes), n=3, cutoff=0.5)
+            close = difflib.get_close_matches(source, list(recipes) + list(registry.discover()["workflows"]), n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(
-                f"{source!r} is neither a recipe nor a config file{hint} (recipes: {', '.join(sorted(recipes)) or 'none'})"
+                f"{source!r} is neither a recipe, a workflow nor a config file{hint} "
+                f"(recipes: {', '.join(sorted(recipes)) or 'none'}; workflows: {', '.join(sorted(registry.discover()['workflows'])) or 'none'})"
             )
     return merge_nodes(raw, parse_overrides(overrides))
 

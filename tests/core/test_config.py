@@ -93,3 +93,13 @@ def test_yaml_config_file(tmp_path):
         config.load_run_config(str(bad))
     with pytest.raises(ConfigError, match="does not exist"):
         config.load_run_config(str(tmp_path / "missing.yaml"))
+
+
+def test_a_bare_workflow_name_runs_with_its_defaults(tmp_path):
+    from fulcra.testing import fake_distribution
+
+    mods = {"wf_mod.py": "class W:\n    def __init__(self, config):\n        self.config = config\n    def run(self, ctx):\n        return {}\n"}
+    with fake_distribution(tmp_path, "wf-dist", {"fulcra.workflows": {"my_wf": "wf_mod:W"}}, mods):
+        assert config.load_run_config("my_wf", ["seed=3"]) == {"workflow": "my_wf", "seed": 3}
+        with pytest.raises(ConfigError, match="did you mean.*my_wf"):
+            config.load_run_config("my_wff")

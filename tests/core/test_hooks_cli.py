@@ -70,7 +70,7 @@ def test_plugins_show_prints_parameters():
 
 
 @pytest.mark.parametrize("args,needle", [
-    (("run", "no-such-recipe"), "neither a recipe nor a config file"),
+    (("run", "no-such-recipe"), "neither a recipe, a workflow nor a config file"),
     (("plugins", "show", "hooks", "jsnol"), "did you mean 'jsonl'"),
     (("plugins", "show", "scnes", "torch"), "unknown plugin kind 'scnes'"),
     (("config", "show", "missing.yaml"), "does not exist"),

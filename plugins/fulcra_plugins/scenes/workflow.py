@@ -117,21 +117,21 @@ class UpliftWorkflow:
             arrays = load_features(feats_path, expected=n)
             features, weights = arrays["features"].to(scene.device), arrays["weights"].to(scene.device)
         else:
-            def stream():
-                dim = None
-                for i, cam in enumerate(views):
-                    if dim is not None and ctx.world_size > 1 and i % ctx.world_size != ctx.rank:
-                        # another rank uplifts this view (fulcra.uplift shards round-robin): skip the extractor
-                        yield cam, torch.zeros(dim, 1, 1)
-                        continue
-                    img = imgs[cam.name].to(extractor_device(extractor, scene.device))
-                    with torch.no_grad():
-                        fmap = extractor(img[None])[0]  # [D, h, w]
-                    dim = fmap.shape[0]
-                    ctx.hooks.step(step=i + 1, metrics={"view": float(i)}, total=len(views), stage="uplift")
-                    yield cam, fmap.float()
+            dev = extractor_device(extractor, scene.device)
+            if hasattr(extractor, "fit") and not getattr(extractor, "fitted", True):
+                # extractors with a dataset-level step (DINOv2's PCA, app. C.1.2) fit it over all views first
+                extractor.fit([(lambda n=cam.name: imgs[n]) for cam in views])
 
-            features, weights = fulcra.uplift(scene, stream(), dim_chunk=cfg.dim_chunk or None)
+            def loader(i: int, cam):  # evaluated only by the rank that uplifts view i
+                def load() -> torch.Tensor:
+                    with torch.no_grad():
+                        fmap = extractor(imgs[cam.name][None].to(dev))[0]  # [D, h, w]
+                    ctx.hooks.step(step=i + 1, metrics={"view": float(i)}, total=len(views), stage="uplift")
+                    return fmap.float()
+                return load
+
+            features, weights = fulcra.uplift(scene, [(cam, loader(i, cam)) for i, cam in enumerate(views)],
+                                              dim_chunk=cfg.dim_chunk or None)
             if ctx.is_main:
                 save_features(feats_path, {"ply": str(ply), "extractor": extractor_node, "views": len(views)},
                               features=features, weights=weights)
