@@ -67,7 +67,6 @@ def test_search_is_deterministic_for_a_seed(tmp_path):
     assert torch.equal(a.logits, b.logits)
 
 
-@pytest.mark.slow
 def test_search_workflow_outputs(tmp_path):
     from fulcra.runner import run
 
