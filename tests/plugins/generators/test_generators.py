@@ -106,7 +106,6 @@ def tiny_mixer_dir(tmp_path_factory):
     return root
 
 
-@pytest.mark.slow  # importing diffusers + transformers alone takes ~20 s on the 2-core machine
 def test_imagemixer_shapes_determinism_and_conditioning(tiny_mixer_dir):
     from fulcra_plugins.generators.imagemixer import ImageMixer
 
@@ -122,7 +121,6 @@ def test_imagemixer_shapes_determinism_and_conditioning(tiny_mixer_dir):
     assert big.shape == (2, 3, 16, 16)  # UNet sample 8 × VAE factor 2
 
 
-@pytest.mark.slow
 def test_imagemixer_resumable_set(tiny_mixer_dir, tmp_path):
     from fulcra_plugins.generators.imagemixer import ImageMixer
 
