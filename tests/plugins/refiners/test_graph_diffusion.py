@@ -215,3 +215,19 @@ def test_gpu_matches_cpu():
     cpu = GraphDiffusion(k=6, steps=20).refine(pos, feats, s)
     gpu = GraphDiffusion(k=6, steps=20).refine(pos.cuda(), feats.cuda(), s.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-5)
+
+
+def test_restricted_path_equals_whole_graph_when_few_nodes_are_reached():
+    from fulcra_plugins.refiners._diffusion import _Restricted
+
+    pos, feats, _ = two_blobs(600)
+    G = build_scene_graph(pos, feats, k=5)
+    g0 = torch.zeros(600, 2)
+    g0[:3, 0] = 1.0
+    g0[300:302, 1] = 0.5
+    seeds = (g0[G.perm] > 0).any(1)
+    assert _Restricted(G, seeds, 4).size < 0.5 * 600  # the restricted kernel runs, not the fallback
+    sp = torch.rand(600, 2) * 0.5 + 0.5
+    a = power_iteration(G, g0[G.perm], 4, sp[G.perm])
+    b = power_iteration_full(G, g0[G.perm], 4, sp[G.perm])
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
