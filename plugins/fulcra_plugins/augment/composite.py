@@ -95,52 +95,110 @@ class CompositeAugment:
         rank = self._rank.to(dev)
         n_ops = len(self.ops)
         x = images
+        # ``perm`` is the grouping order (images sorted by processing rank, stably, stage after stage):
+        # it fixes which image receives which random draw, exactly as when the images themselves were
+        # permuted; the images stay in their original order and each group is gathered chunk by chunk
         perm = torch.arange(B, device=dev)
         for k in range(Kst):
             ops_k = op_index[perm, k]
             order = torch.argsort(rank[ops_k], stable=True)
-            x = x.index_select(0, order)
             perm = perm[order]
             ops_sorted = ops_k[order]
             mags = magnitude[perm, k]
             counts = torch.bincount(rank[ops_sorted], minlength=n_ops).tolist()
-            x = self._stage(x, mags, counts, generator)
-        return x.index_select(0, torch.argsort(perm))
+            x = self._stage(x, perm, mags, counts, generator)
+        return x
 
-    def _stage(self, x, mags, counts, generator):
-        """One stage on images sorted by processing rank; ``counts[r]`` images get op ``_order[r]``."""
+    def _chunk(self, x: torch.Tensor) -> int:
+        """Images per kernel call: keeps every intermediate of a call well below glibc's mmap threshold
+        (so memory is reused, not page-faulted afresh) and close to the CPU caches. CUDA takes all."""
+        if x.device.type != "cpu":
+            return 1 << 30
+        per_image = x[0].numel()
+        return max(1, self.chunk_values // max(per_image, 1))
+
+    #: values (pixels × channels) per kernel call on CPU; ~2 images at 224×224, whole batches at 32×32
+    chunk_values = 1 << 18
+
+    def _stage(self, x, perm, mags, counts, generator):
+        """One stage: ``perm[starts[r]:starts[r + 1]]`` are the original indices of the images that get
+        op ``_order[r]``; draws happen group by group in rank order. Returns a new ``[B, C, H, W]``."""
         starts = [0]
         for c in counts:
             starts.append(starts[-1] + c)
         y = torch.empty_like(x)
-        if counts[0]:  # identity images (processing rank 0) are copied, every other slice is written below
-            y[: counts[0]] = x[: counts[0]]
         H, W = x.shape[-2:]
-        aff_mats, aff_lo, aff_hi = [], None, None
-        lut_tabs, lut_lo, lut_hi = [], None, None
+        step = self._chunk(x)
+        proxy_src = x[:1]
+        aff_idx, aff_mats = [], []
+        lut_segs = []  # (op, original indices, params)
         for r, n in enumerate(self._order):
             lo, hi = starts[r], starts[r + 1]
             if lo == hi:
                 continue
             op, kind = self.ops[n], self._kinds[n]
+            gidx = perm[lo:hi]
             if kind == "identity":
-                if r != 0:
-                    y[lo:hi] = x[lo:hi]
+                y.index_copy_(0, gidx, x.index_select(0, gidx))
                 continue
-            sub = x[lo:hi]
+            # the bundled ops only read the batch's shape and device to draw their parameters
+            if type(op) in _SHAPE_ONLY:
+                sub = proxy_src.expand(hi - lo, *x.shape[1:])
+            else:
+                sub = x.index_select(0, gidx)
             params = op.sample_params(sub, mags[lo:hi], generator)
             if kind == "affine":
+                aff_idx.append(gidx)
                 aff_mats.append(op.matrix(params, H, W))
-                aff_lo = lo if aff_lo is None else aff_lo
-                aff_hi = hi
-            elif kind == "lut" and x.dtype == torch.uint8:
-                lut_tabs.append(op.lut(sub, params).expand(hi - lo, x.shape[1], 256))
-                lut_lo = lo if lut_lo is None else lut_lo
-                lut_hi = hi
+            elif kind == "lut" and x.dtype == torch.uint8 and _sliceable(params, hi - lo):
+                lut_segs.append((op, gidx, params))
+            elif not _sliceable(params, hi - lo):
+                y.index_copy_(0, gidx, op.apply_params(x.index_select(0, gidx), params))
             else:
-                y[lo:hi] = op.apply_params(sub, params)
-        if aff_mats:
-            y[aff_lo:aff_hi] = K.warp_nearest(x[aff_lo:aff_hi], torch.cat(aff_mats))
-        if lut_tabs:
-            y[lut_lo:lut_hi] = K.apply_lut(x[lut_lo:lut_hi], torch.cat(lut_tabs))
+                for a in range(0, hi - lo, step):
+                    b = min(a + step, hi - lo)
+                    ci = gidx[a:b]
+                    y.index_copy_(0, ci, op.apply_params(x.index_select(0, ci), _slice(params, a, b)))
+        if aff_idx:
+            idx = torch.cat(aff_idx)
+            mats = torch.cat(aff_mats)
+            for a in range(0, idx.numel(), step):
+                ci = idx[a:a + step]
+                y.index_copy_(0, ci, K.warp_nearest(x.index_select(0, ci), mats[a:a + step]))
+        if lut_segs:
+            self._luts(x, y, lut_segs, step)
         return y
+
+    @staticmethod
+    def _luts(x, y, segs, step):
+        """All uint8 lookup-table images of a stage, one gather per chunk over the ops' tables."""
+        C = x.shape[1]
+        idx = torch.cat([s[1] for s in segs])
+        bounds = [0]
+        for s in segs:
+            bounds.append(bounds[-1] + s[1].numel())
+        total = bounds[-1]
+        for a in range(0, total, step):
+            b = min(a + step, total)
+            ci = idx[a:b]
+            sub = x.index_select(0, ci)
+            tabs = []
+            for (op, _, params), s0, s1 in zip(segs, bounds[:-1], bounds[1:]):
+                lo, hi = max(a, s0), min(b, s1)
+                if lo >= hi:
+                    continue
+                tabs.append(op.lut(sub[lo - a:hi - a], _slice(params, lo - s0, hi - s0)).expand(hi - lo, C, 256))
+            y.index_copy_(0, ci, K.apply_lut(sub, tabs[0] if len(tabs) == 1 else torch.cat(tabs)))
+
+
+def _sliceable(params: Mapping, n: int) -> bool:
+    """Whether every parameter is a per-image ``[n, ...]`` tensor (so a chunk can take a slice)."""
+    return all(isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n for v in params.values())
+
+
+def _slice(params: Mapping, a: int, b: int) -> dict:
+    return {k: v[a:b] for k, v in params.items()}
+
+
+# ops whose ``sample_params`` reads only the shape and device of the batch (not its pixels)
+_SHAPE_ONLY = frozenset(ALL_OPS)

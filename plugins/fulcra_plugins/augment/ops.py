@@ -407,7 +407,7 @@ class Color(_Enhance):
             r = params["value"].to(torch.float64)
             r32 = r.to(torch.float32).view(-1, 1, 1, 1)
             alpha = (1.0 - r).to(torch.float32).view(-1, 1, 1, 1)
-            return K.fma32_trunc_fast(images.to(torch.float32).mul_(r32), gray, alpha).clamp_(0, 255).to(torch.uint8)
+            return K.fma32_trunc_exact(images.to(torch.float32).mul_(r32), gray, alpha).clamp_(0, 255).to(torch.uint8)
         r = params["value"].to(images.dtype).view(-1, 1, 1, 1)
         return (images * r + gray * (1 - r)).clamp_(0, 1)
 
@@ -435,17 +435,21 @@ class Sharpness(_Enhance):
             view.add_((blurred - view) * (1.0 - r).to(images.dtype).view(B, 1, 1, 1))
             return x.clamp_(0, 1)
         # torchvision rounds the 3×3 blur (weights 1/13, centre 5/13) of integers: S/13 is never a
-        # half-integer, so round(S/13) = (2S + 13) // 26 exactly, in int16, without a convolution
-        xi = images.to(torch.int16)
-        rows = xi[..., :-2, :] + xi[..., 1:-1, :] + xi[..., 2:, :]
-        S = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:] + 4 * xi[..., 1:-1, 1:-1]
-        blurred = torch.div(2 * S + 13, 26, rounding_mode="floor")
-        out = images.clone()
-        inner = images[..., 1:-1, 1:-1]
-        d = (blurred - inner.to(torch.int16)).to(torch.float32)
+        # half-integer, so round(S/13) = floor((2S + 13) / 26); 2S + 13 is odd, so the quotient is at
+        # least 1/26 from an integer and float32's rounding (< 4e-5 below 256) cannot move the floor.
+        # Sums of at most 13·255 are exact in float32.
+        xf = images.to(torch.float32)
+        inner = xf[..., 1:-1, 1:-1]
+        rows = xf[..., :-2, :] + xf[..., 1:-1, :]
+        rows += xf[..., 2:, :]
+        S = rows[..., :-2] + rows[..., 1:-1]
+        S += rows[..., 2:]
+        S.add_(inner, alpha=4)
+        d = S.mul_(2.0 / 26.0).add_(13.0 / 26.0).floor_().sub_(inner)  # blurred - centre, exact integers
         alpha = (1.0 - r).to(torch.float32).view(B, 1, 1, 1)
-        y = K.fma32_trunc_fast(inner.to(torch.float32), d, alpha)
-        out[..., 1:-1, 1:-1] = y.clamp_(0, 255).to(torch.uint8)
+        y = K.fma32_trunc_exact(inner, d, alpha)
+        out = images.clone()
+        out[..., 1:-1, 1:-1] = y.clamp_(0, 255)
         return out
 
 
