@@ -142,6 +142,31 @@ def inverse_affine(
     return torch.stack([torch.stack([m0, m1, m2], -1), torch.stack([m3, m4, m5], -1)], -2)
 
 
+_CACHE: dict = {}
+
+
+def _cached(key, make):
+    """Small constant tensors (base grids, pixel ids) built once per size and device: rebuilding them
+    cost as much as the warp itself for a few 224×224 images."""
+    t = _CACHE.get(key)
+    if t is None:
+        if len(_CACHE) > 64:
+            _CACHE.clear()
+        t = _CACHE[key] = make()
+    return t
+
+
+def _base_grid(H: int, W: int, dev) -> torch.Tensor:
+    """torchvision's base grid ``[1, H, W, 3]`` float32 (centred pixel coordinates, 1)."""
+    def make():
+        base = torch.empty(1, H, W, 3, dtype=torch.float32, device=dev)
+        base[..., 0].copy_(torch.linspace((1.0 - W) * 0.5, (W - 1.0) * 0.5, steps=W, device=dev))
+        base[..., 1].copy_(torch.linspace((1.0 - H) * 0.5, (H - 1.0) * 0.5, steps=H, device=dev).unsqueeze_(-1))
+        base[..., 2].fill_(1)
+        return base
+    return _cached(("base", H, W, str(dev)), make)
+
+
 def affine_grid(theta: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """torchvision's ``_affine_grid`` for a batch of inverse matrices ``theta [B, 2, 3]``.
 
@@ -150,10 +175,7 @@ def affine_grid(theta: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """
     B = theta.shape[0]
     dev = theta.device
-    base = torch.empty(1, H, W, 3, dtype=torch.float32, device=dev)
-    base[..., 0].copy_(torch.linspace((1.0 - W) * 0.5, (W - 1.0) * 0.5, steps=W, device=dev))
-    base[..., 1].copy_(torch.linspace((1.0 - H) * 0.5, (H - 1.0) * 0.5, steps=H, device=dev).unsqueeze_(-1))
-    base[..., 2].fill_(1)
+    base = _base_grid(H, W, dev)
     scale = torch.tensor([0.5 * W, 0.5 * H], dtype=torch.float32, device=dev)
     rescaled = theta.to(torch.float32).transpose(1, 2).div(scale)  # [B, 3, 2]
     # one GEMM [HW, 3] x [3, 2B] instead of a bmm over B expanded copies of the base grid
@@ -176,7 +198,9 @@ def warp_nearest(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     B, C, H, W = images.shape
     grid = affine_grid(theta, H, W)
     # index 0 is the zero-fill sentinel; 1..HW are pixels (exact in float32 up to 2**24 pixels)
-    ids = torch.arange(1, H * W + 1, dtype=torch.float32, device=images.device).view(1, 1, H, W).expand(B, 1, H, W)
+    ids = _cached(("ids", H, W, str(images.device)),
+                  lambda: torch.arange(1, H * W + 1, dtype=torch.float32, device=images.device).view(1, 1, H, W))
+    ids = ids.expand(B, 1, H, W)
     src = F.grid_sample(ids, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     idx = src.view(B, 1, H * W).to(torch.int64).expand(B, C, H * W)
     flat = torch.cat([images.new_zeros(B, C, 1), images.reshape(B, C, H * W)], dim=2)

@@ -139,7 +139,7 @@ class CompositeAugment:
             op, kind = self.ops[n], self._kinds[n]
             gidx = perm[lo:hi]
             if kind == "identity":
-                y.index_copy_(0, gidx, x.index_select(0, gidx))
+                _put(y, gidx, x, gidx)
                 continue
             # the bundled ops only read the batch's shape and device to draw their parameters
             if type(op) in _SHAPE_ONLY:
@@ -153,18 +153,18 @@ class CompositeAugment:
             elif kind == "lut" and x.dtype == torch.uint8 and _sliceable(params, hi - lo):
                 lut_segs.append((op, gidx, params))
             elif not _sliceable(params, hi - lo):
-                y.index_copy_(0, gidx, op.apply_params(x.index_select(0, gidx), params))
+                _put(y, gidx, op.apply_params(x.index_select(0, gidx), params))
             else:
                 for a in range(0, hi - lo, step):
                     b = min(a + step, hi - lo)
                     ci = gidx[a:b]
-                    y.index_copy_(0, ci, op.apply_params(x.index_select(0, ci), _slice(params, a, b)))
+                    _put(y, ci, op.apply_params(x.index_select(0, ci), _slice(params, a, b)))
         if aff_idx:
             idx = torch.cat(aff_idx)
             mats = torch.cat(aff_mats)
             for a in range(0, idx.numel(), step):
                 ci = idx[a:a + step]
-                y.index_copy_(0, ci, K.warp_nearest(x.index_select(0, ci), mats[a:a + step]))
+                _put(y, ci, K.warp_nearest(x.index_select(0, ci), mats[a:a + step]))
         if lut_segs:
             self._luts(x, y, lut_segs, step)
         return y
@@ -188,7 +188,25 @@ class CompositeAugment:
                 if lo >= hi:
                     continue
                 tabs.append(op.lut(sub[lo - a:hi - a], _slice(params, lo - s0, hi - s0)).expand(hi - lo, C, 256))
-            y.index_copy_(0, ci, K.apply_lut(sub, tabs[0] if len(tabs) == 1 else torch.cat(tabs)))
+            _put(y, ci, K.apply_lut(sub, tabs[0] if len(tabs) == 1 else torch.cat(tabs)))
+
+
+def _put(y: torch.Tensor, idx: torch.Tensor, src: torch.Tensor, src_idx: torch.Tensor | None = None) -> None:
+    """``y[idx] = src`` (or ``src[src_idx]``) along the batch dimension.
+
+    ``index_copy_`` moves one element at a time on CPU; for large images a ``copy_`` per image (a
+    memcpy) is several times faster, for small ones the single call wins.
+    """
+    if src_idx is not None and (y.device.type != "cpu" or y[0].numel() < 8192):
+        src = src.index_select(0, src_idx)
+        src_idx = None
+    if y.device.type != "cpu" or y[0].numel() < 8192:
+        y.index_copy_(0, idx, src)
+        return
+    dst = idx.tolist()
+    srcs = src_idx.tolist() if src_idx is not None else range(len(dst))
+    for i, j in zip(dst, srcs):
+        y[i].copy_(src[j])
 
 
 def _sliceable(params: Mapping, n: int) -> bool:
