@@ -76,16 +76,23 @@ def scene_points(n: int, seed: int = 0, dim: int = 40):
     return pts[order], labels[order], feats[order]
 
 
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _time(fn, repeats: int = 1):
     best, out = float("inf"), None
     for _ in range(repeats):
+        _sync()
         t0 = time.perf_counter()
         out = fn()
+        _sync()
         best = min(best, time.perf_counter() - t0)
     return best, out
 
 
-def bench(n: int, k: int, steps: int, prompts: int, repeats: int, threads: int) -> dict:
+def bench(n: int, k: int, steps: int, prompts: int, repeats: int, threads: int, device: str = "cpu") -> dict:
     import scipy.sparse as sp
     from scipy.spatial import cKDTree
 
@@ -95,7 +102,7 @@ def bench(n: int, k: int, steps: int, prompts: int, repeats: int, threads: int) 
     torch.set_num_threads(threads)
     pts, labels, feats = scene_points(n)
     res: dict = {"n": n, "k": k, "steps": steps, "prompts": prompts, "threads": threads,
-                 "torch": torch.__version__}
+                 "torch": torch.__version__, "device": device}
 
     # 1. kNN graph
     t_base, _ = _time(lambda: cKDTree(pts).query(pts, k=k + 1, workers=-1), repeats)
@@ -145,13 +152,15 @@ def bench(n: int, k: int, steps: int, prompts: int, repeats: int, threads: int) 
             g = s * (A_sp @ (s * g))
         return g
 
+    gd = graph.to(device)
     for q, tag in ((1, "one"), (prompts, "many")):
         g_in = g0[:, :q].numpy()[inv]
         s_in = sqrt_p[:, :q].numpy()[inv]
+        gq, sq = g0[:, :q].contiguous().to(device), sqrt_p[:, :q].contiguous().to(device)
         t_sp, ref = _time(lambda: scipy_power(g_in, s_in), 1)
-        t_full, g_full = _time(lambda: power_iteration_full(graph, g0[:, :q], steps, sqrt_p[:, :q]), 1)
-        t_r, g_r = _time(lambda: power_iteration(graph, g0[:, :q], steps, sqrt_p[:, :q]), repeats)
-        err = float(np.abs(g_r.numpy()[inv] - ref).max() / (np.abs(ref).max() + 1e-30))
+        t_full, g_full = _time(lambda: power_iteration_full(gd, gq, steps, sq), 1)
+        t_r, g_r = _time(lambda: power_iteration(gd, gq, steps, sq), repeats)
+        err = float(np.abs(g_r.cpu().numpy()[inv] - ref).max() / (np.abs(ref).max() + 1e-30))
         res[f"diffusion_{tag}_scipy_full_s"] = t_sp
         res[f"diffusion_{tag}_torch_full_morton_s"] = t_full
         res[f"diffusion_{tag}_fulcra_s"] = t_r
@@ -167,8 +176,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="where the diffusion runs (cpu, cuda); baselines stay on the CPU")
     a = ap.parse_args()
-    res = bench(a.n, a.k, a.steps, a.prompts, a.repeats, a.threads)
+    res = bench(a.n, a.k, a.steps, a.prompts, a.repeats, a.threads, a.device)
     print(json.dumps(res, indent=2))
 
 
