@@ -44,6 +44,8 @@ class VitStudent(nn.Module, InputSpec):
         image_size: input side (multiple of the patch size).
     """
 
+    conformance_params = {"tiny": True, "pretrained": False, "image_size": 28}
+
     def __init__(self, backbone: str = "dinov2_vits14", weights: str | None = None, pretrained: bool = True,
                  tiny: bool = False, num_classes: int = 10, task: str = "classification", head: str = "mlp",
                  n_cls: int = 3, avgpool: bool = False, hidden: str = "auto", image_size: int = 224):
@@ -63,14 +65,23 @@ class VitStudent(nn.Module, InputSpec):
             n_in = d * (self.n_cls + int(self.avgpool))
             self.head = ClassificationHead(n_in, num_classes, head, hidden_size(n_in, num_classes, d, hidden))
 
+    def _fit(self, images: torch.Tensor) -> torch.Tensor:
+        """Inputs not made by ``prepare``: resize to the nearest multiple of the patch size."""
+        p = self.backbone.patch_size
+        H, W = images.shape[-2:]
+        if H % p or W % p:
+            size = (max(p, round(H / p) * p), max(p, round(W / p) * p))
+            images = torch.nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        return images
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        tok = self.backbone.forward_tokens(images, n_last=self.n_cls)
+        tok = self.backbone.forward_tokens(self._fit(images), n_last=self.n_cls)
         if self.task == "segmentation":
-            return self.head(tok["patch"], size=tuple(images.shape[-2:]))
+            return self.head(tok["patch"], size=tuple(images.shape[-2:]))  # dense logits at input size
         return self.head(cls_features(tok, self.avgpool))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        tok = self.backbone.forward_tokens(images)
+        tok = self.backbone.forward_tokens(self._fit(images))
         return tok["patch"] if self.task == "segmentation" else tok["cls"][-1]
 
 

@@ -68,6 +68,7 @@ class ProbedTeacher(_Frozen):
     """
 
     task = "classification"
+    conformance_params = {"backbone": "dinov2_vits14", "tiny": True, "n_cls": 2, "image_size": 28}
 
     def __init__(self, backbone: str = "dinov2_vitg14_reg", weights: str | None = None, tiny: bool = False,
                  num_classes: int = 10, head: str = "mlp", n_cls: int = 3, avgpool: bool = False,
@@ -105,6 +106,7 @@ class ProbedSegTeacher(_Frozen):
     """
 
     task = "segmentation"
+    conformance_params = {"backbone": "dinov2_vits14", "tiny": True, "image_size": 28}
 
     def __init__(self, backbone: str = "dinov2_vitg14_reg", weights: str | None = None, tiny: bool = False,
                  num_classes: int = 21, image_size: int = 560):
