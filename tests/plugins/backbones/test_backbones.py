@@ -86,3 +86,23 @@ def test_weights_found_in_fulcra_cache(monkeypatch, tmp_path):
 def test_catalogue_dimensions():
     assert BACKBONES["dinov2_vitg14_reg"].embed_dim == 1536 and BACKBONES["dinov2_vitg14_reg"].num_prefix_tokens == 5
     assert BACKBONES["clip_vitl14"].patch_size == 14 and BACKBONES["clip_vitl14"].clip_embed_dim == 768
+
+
+def test_official_dinov2_checkpoint_layout_loads(tmp_path):
+    # facebookresearch/dinov2 names: register_tokens, mask_token, a pos_embed that includes the CLS
+    # slot; timm's filter converts them (and resamples a different grid, e.g. 37x37 for 518 px)
+    ref = load_backbone("dinov2_vits14_reg", tiny=True)
+    sd = {k: v.clone() for k, v in ref.model.state_dict().items()}
+    pos0 = torch.randn(1, 1, sd["pos_embed"].shape[-1])
+    official = {k: v for k, v in sd.items() if k not in ("reg_token", "cls_token", "pos_embed")}
+    official.update(register_tokens=sd["reg_token"], mask_token=torch.zeros(1, sd["cls_token"].shape[-1]),
+                    cls_token=sd["cls_token"] - pos0, pos_embed=torch.cat([pos0, sd["pos_embed"]], 1))
+    torch.save(official, tmp_path / "dinov2_vits14_reg4_pretrain.pth")
+    bb = load_backbone("dinov2_vits14_reg", weights=str(tmp_path / "dinov2_vits14_reg4_pretrain.pth"), tiny=True)
+    x = torch.rand(1, 3, 56, 42)
+    with torch.no_grad():
+        torch.testing.assert_close(bb.forward_tokens(x, 2)["cls"][0], ref.forward_tokens(x, 2)["cls"][0])
+    grid = sd["pos_embed"].shape[-1]
+    official["pos_embed"] = torch.randn(1, 1 + 37 * 37, grid)
+    torch.save(official, tmp_path / "big.pth")
+    assert load_backbone("dinov2_vits14_reg", weights=str(tmp_path / "big.pth"), tiny=True).embed_dim == grid
