@@ -101,6 +101,10 @@ def apply_lut(images: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
     8 of ``gather``'s int64), the image stays uint8 throughout.
     """
     B, C, H, W = images.shape
+    if images.device.type == "cpu" and H * W * B <= (1 << 17):
+        # a few images: a gather per (image, channel) row with int64 indices that stay in cache is
+        # ~30% faster than the flat index_select below
+        return torch.gather(lut.reshape(B, C, 256), 2, images.reshape(B, C, H * W).long()).view(B, C, H, W)
     offs = (torch.arange(B * C, device=images.device, dtype=torch.int32) * 256).view(B, C, 1, 1)
     idx = images.to(torch.int32).add_(offs)
     return lut.reshape(-1).index_select(0, idx.view(-1)).view(B, C, H, W)

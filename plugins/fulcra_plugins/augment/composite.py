@@ -117,8 +117,9 @@ class CompositeAugment:
         per_image = x[0].numel()
         return max(1, self.chunk_values // max(per_image, 1))
 
-    #: values (pixels × channels) per kernel call on CPU; ~2 images at 224×224, whole batches at 32×32
-    chunk_values = 1 << 18
+    #: values (pixels × channels) per kernel call on CPU: one image at 224×224 (read in place, no
+    #: gather copy), whole groups at 32×32 (few calls)
+    chunk_values = 1 << 17
 
     def _stage(self, x, perm, mags, counts, generator):
         """One stage: ``perm[starts[r]:starts[r + 1]]`` are the original indices of the images that get
@@ -158,13 +159,13 @@ class CompositeAugment:
                 for a in range(0, hi - lo, step):
                     b = min(a + step, hi - lo)
                     ci = gidx[a:b]
-                    _put(y, ci, op.apply_params(x.index_select(0, ci), _slice(params, a, b)))
+                    _put(y, ci, op.apply_params(_take(x, ci), _slice(params, a, b)))
         if aff_idx:
             idx = torch.cat(aff_idx)
             mats = torch.cat(aff_mats)
             for a in range(0, idx.numel(), step):
                 ci = idx[a:a + step]
-                _put(y, ci, K.warp_nearest(x.index_select(0, ci), mats[a:a + step]))
+                _put(y, ci, K.warp_nearest(_take(x, ci), mats[a:a + step]))
         if lut_segs:
             self._luts(x, y, lut_segs, step)
         return y
@@ -181,7 +182,7 @@ class CompositeAugment:
         for a in range(0, total, step):
             b = min(a + step, total)
             ci = idx[a:b]
-            sub = x.index_select(0, ci)
+            sub = _take(x, ci)
             tabs = []
             for (op, _, params), s0, s1 in zip(segs, bounds[:-1], bounds[1:]):
                 lo, hi = max(a, s0), min(b, s1)
@@ -189,6 +190,14 @@ class CompositeAugment:
                     continue
                 tabs.append(op.lut(sub[lo - a:hi - a], _slice(params, lo - s0, hi - s0)).expand(hi - lo, C, 256))
             _put(y, ci, K.apply_lut(sub, tabs[0] if len(tabs) == 1 else torch.cat(tabs)))
+
+
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[idx]`` along the batch dimension; a view (no copy) for a single image."""
+    if idx.numel() == 1:
+        i = int(idx)
+        return x[i:i + 1]
+    return x.index_select(0, idx)
 
 
 def _put(y: torch.Tensor, idx: torch.Tensor, src: torch.Tensor, src_idx: torch.Tensor | None = None) -> None:
