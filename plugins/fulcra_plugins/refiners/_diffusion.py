@@ -192,9 +192,6 @@ def _power_restricted(graph, g0, steps, sqrt_p, binarize, sp_bin, eps):
     if not bool(seeds.any()) or steps <= 0:
         return g0.float().clone() if steps <= 0 else out
     R = _Restricted(graph, seeds, steps)
-    if binarize is None and R.size > 0.5 * n:
-        # most of the graph is reached: the hop-layer order would only cost Morton locality
-        return power_iteration_full(graph, g0, steps, sqrt_p, eps)
     if binarize is not None:
         values = (edge_values(graph, R.edges, sp_bin) > binarize).to(torch.float32)
         sp = None
