@@ -127,7 +127,7 @@ class CompositeAugment:
         starts = [0]
         for c in counts:
             starts.append(starts[-1] + c)
-        y = torch.empty_like(x)
+        y = _Out(x)
         H, W = x.shape[-2:]
         step = self._chunk(x)
         proxy_src = x[:1]
@@ -140,7 +140,7 @@ class CompositeAugment:
             op, kind = self.ops[n], self._kinds[n]
             gidx = perm[lo:hi]
             if kind == "identity":
-                _put(y, gidx, x, gidx)
+                y.put(gidx, x, gidx)
                 continue
             # the bundled ops only read the batch's shape and device to draw their parameters
             if type(op) in _SHAPE_ONLY:
@@ -154,21 +154,21 @@ class CompositeAugment:
             elif kind == "lut" and x.dtype == torch.uint8 and _sliceable(params, hi - lo):
                 lut_segs.append((op, gidx, params))
             elif not _sliceable(params, hi - lo):
-                _put(y, gidx, op.apply_params(x.index_select(0, gidx), params))
+                y.put(gidx, op.apply_params(x.index_select(0, gidx), params))
             else:
                 for a in range(0, hi - lo, step):
                     b = min(a + step, hi - lo)
                     ci = gidx[a:b]
-                    _put(y, ci, op.apply_params(_take(x, ci), _slice(params, a, b)))
+                    y.put(ci, op.apply_params(_take(x, ci), _slice(params, a, b)))
         if aff_idx:
             idx = torch.cat(aff_idx)
             mats = torch.cat(aff_mats)
             for a in range(0, idx.numel(), step):
                 ci = idx[a:a + step]
-                _put(y, ci, K.warp_nearest(_take(x, ci), mats[a:a + step]))
+                y.put(ci, K.warp_nearest(_take(x, ci), mats[a:a + step]))
         if lut_segs:
             self._luts(x, y, lut_segs, step)
-        return y
+        return y.finish()
 
     @staticmethod
     def _luts(x, y, segs, step):
@@ -189,7 +189,7 @@ class CompositeAugment:
                 if lo >= hi:
                     continue
                 tabs.append(op.lut(sub[lo - a:hi - a], _slice(params, lo - s0, hi - s0)).expand(hi - lo, C, 256))
-            _put(y, ci, K.apply_lut(sub, tabs[0] if len(tabs) == 1 else torch.cat(tabs)))
+            y.put(ci, K.apply_lut(sub, tabs[0] if len(tabs) == 1 else torch.cat(tabs)))
 
 
 def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -200,22 +200,46 @@ def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.index_select(0, idx)
 
 
-def _put(y: torch.Tensor, idx: torch.Tensor, src: torch.Tensor, src_idx: torch.Tensor | None = None) -> None:
-    """``y[idx] = src`` (or ``src[src_idx]``) along the batch dimension.
+class _Out:
+    """The output of a stage, filled group by group: ``put(idx, src)`` means ``y[idx] = src`` along
+    the batch dimension.
 
-    ``index_copy_`` moves one element at a time on CPU; for large images a ``copy_`` per image (a
-    memcpy) is several times faster, for small ones the single call wins.
+    ``index_copy_`` moves one element at a time on CPU, so: large CPU images are copied one memcpy
+    per image into the output; small CPU images are collected and placed by one ``cat`` and one
+    row gather (``index_select``) at the end; CUDA uses ``index_copy_``.
     """
-    if src_idx is not None and (y.device.type != "cpu" or y[0].numel() < 8192):
-        src = src.index_select(0, src_idx)
-        src_idx = None
-    if y.device.type != "cpu" or y[0].numel() < 8192:
-        y.index_copy_(0, idx, src)
-        return
-    dst = idx.tolist()
-    srcs = src_idx.tolist() if src_idx is not None else range(len(dst))
-    for i, j in zip(dst, srcs):
-        y[i].copy_(src[j])
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+        self.mode = "index" if x.device.type != "cpu" else ("rows" if x[0].numel() >= 8192 else "collect")
+        self.y = None if self.mode == "collect" else torch.empty_like(x)
+        self.idx: list = []
+        self.parts: list = []
+
+    def put(self, idx: torch.Tensor, src: torch.Tensor, src_idx: torch.Tensor | None = None) -> None:
+        if self.mode == "rows":
+            y = self.y
+            dst = idx.tolist()
+            srcs = src_idx.tolist() if src_idx is not None else range(len(dst))
+            for i, j in zip(dst, srcs):
+                y[i].copy_(src[j])
+            return
+        if src_idx is not None:
+            src = src.index_select(0, src_idx)
+        if self.mode == "index":
+            self.y.index_copy_(0, idx, src)
+        else:
+            self.idx.append(idx)
+            self.parts.append(src)
+
+    def finish(self) -> torch.Tensor:
+        if self.mode != "collect":
+            return self.y
+        idx = torch.cat(self.idx)
+        inv = torch.empty_like(idx)
+        inv[idx] = torch.arange(idx.numel(), device=idx.device)
+        out = self.parts[0] if len(self.parts) == 1 else torch.cat(self.parts)
+        return out.index_select(0, inv)
 
 
 def _sliceable(params: Mapping, n: int) -> bool:
