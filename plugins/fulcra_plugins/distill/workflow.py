@@ -205,13 +205,15 @@ class DistillWorkflow:
         task = fulcra.create("tasks", self._node("task"))
         K = int(data.num_classes)
         tnode, snode = self._node("teacher"), self._node("student")
+        rows = list(cfg.rows)
+        # the synthetic set first: it depends only on the training images, and a generator that
+        # cannot load its weights should fail before any training
+        synthetic = self._synthetic(ctx, train) if "distilled_synthetic" in rows else None
         if cfg.pretrain.enabled:
             tnode, snode = self._pretrain(ctx, train, K, tnode, snode)
-        rows = list(cfg.rows)
         if "student_finetuned" in rows and not self._has_pretrained_init(snode):
             self._say(ctx, f"student '{snode['name']}' has no pretrained initialisation: row student_finetuned skipped")
             rows.remove("student_finetuned")
-        synthetic = self._synthetic(ctx, train) if "distilled_synthetic" in rows else None
 
         scores_path = out / "scores.json"
         scores: dict = json.loads(scores_path.read_text()) if scores_path.is_file() else {}

@@ -37,7 +37,8 @@ class ImageMixer:
     ``generate([n·mix_k, 3, H, W] in [0, 1], generator) -> [n, 3, H, W]`` (or the model's resolution
     when ``keep_size`` is false): consecutive groups of ``mix_k`` inputs are encoded by CLIP, their
     embeddings concatenated into a ``[n, mix_k, E]`` sequence conditioning the UNet, with
-    classifier-free guidance against an all-zero conditioning. Runs in float16 on GPU.
+    classifier-free guidance against an all-zero conditioning. The UNet and the CLIP encoder run in
+    float16 on GPU; the VAE decodes in float32.
 
     Args:
         model: local diffusers-format folder (see module doc).
@@ -85,8 +86,9 @@ class ImageMixer:
         device = select_device(self.device_spec)
         dtype = select_dtype(self.dtype_spec, device)
         kw = {"local_files_only": True}
-        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", **kw).to(device, dtype).eval()
-        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **kw).to(device, dtype).eval()
+        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=dtype, **kw).to(device).eval()
+        # the VAE decodes once per image: keep it in float32, where SD VAEs cannot overflow to NaN
+        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **kw).to(device, torch.float32).eval()
         sched = DDIMScheduler.from_pretrained(root, subfolder="scheduler", **kw)
         enc = CLIPVisionModelWithProjection.from_pretrained(root / "image_encoder", **kw).to(device, dtype).eval()
         mean, std, clip_size = CLIP_MEAN, CLIP_STD, int(enc.config.image_size)
@@ -140,7 +142,7 @@ class ImageMixer:
                 eps = e_u + self.guidance_scale * (e_c - e_u)
             latents = sched.step(eps, t, latents, eta=0.0).prev_sample
         scale = getattr(vae.config, "scaling_factor", 0.18215)
-        out = vae.decode(latents / scale).sample.float()
+        out = vae.decode(latents.float() / scale).sample.float()
         out = (out / 2 + 0.5).clamp(0, 1)
         if self.keep_size and tuple(out.shape[-2:]) != (H, W):
             out = F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
