@@ -199,8 +199,13 @@ def warp_nearest(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     image of pixel indices; the images themselves are then moved by a gather, without any float
     conversion of their C channels.
     """
+    return warp_nearest_grid(images, affine_grid(theta, images.shape[-2], images.shape[-1]))
+
+
+def warp_nearest_grid(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """:func:`warp_nearest` with the sampling grid ``[B, H, W, 2]`` from :func:`affine_grid` given
+    (so that one GEMM can serve the grids of many images processed one at a time)."""
     B, C, H, W = images.shape
-    grid = affine_grid(theta, H, W)
     # index 0 is the zero-fill sentinel; 1..HW are pixels (exact in float32 up to 2**24 pixels)
     ids = _cached(("ids", H, W, str(images.device)),
                   lambda: torch.arange(1, H * W + 1, dtype=torch.float32, device=images.device).view(1, 1, H, W))

@@ -120,6 +120,8 @@ class CompositeAugment:
     #: values (pixels × channels) per kernel call on CPU: one image at 224×224 (read in place, no
     #: gather copy), whole groups at 32×32 (few calls)
     chunk_values = 1 << 17
+    #: images whose affine sampling grids share one GEMM
+    grid_images = 1
 
     def _stage(self, x, perm, mags, counts, generator):
         """One stage: ``perm[starts[r]:starts[r + 1]]`` are the original indices of the images that get
@@ -151,7 +153,11 @@ class CompositeAugment:
             if kind == "affine":
                 aff_idx.append(gidx)
                 aff_mats.append(op.matrix(params, H, W))
-            elif kind == "lut" and x.dtype == torch.uint8 and _sliceable(params, hi - lo):
+            elif kind == "lut" and x.dtype == torch.uint8 and _sliceable(params, hi - lo) and (
+                step > 1 or type(op).apply_params is Op.apply_params
+            ):
+                # tables fused across ops pay off for many small images; one large image at a time
+                # goes through the op's own uint8 path when it has one (Invert, Posterize, Solarize)
                 lut_segs.append((op, gidx, params))
             elif not _sliceable(params, hi - lo):
                 y.put(gidx, op.apply_params(x.index_select(0, gidx), params))
@@ -163,9 +169,13 @@ class CompositeAugment:
         if aff_idx:
             idx = torch.cat(aff_idx)
             mats = torch.cat(aff_mats)
-            for a in range(0, idx.numel(), step):
-                ci = idx[a:a + step]
-                y.put(ci, K.warp_nearest(_take(x, ci), mats[a:a + step]))
+            # grids of up to 8 images per GEMM (a [HW, 3] × [3, 2] product is mostly call overhead)
+            gstep = max(step, self.grid_images)
+            for a in range(0, idx.numel(), gstep):
+                grid = K.affine_grid(mats[a:a + gstep], H, W)
+                for c in range(0, grid.shape[0], step):
+                    ci = idx[a + c:a + c + step]
+                    y.put(ci, K.warp_nearest_grid(_take(x, ci), grid[c:c + step]))
         if lut_segs:
             self._luts(x, y, lut_segs, step)
         return y.finish()

@@ -299,6 +299,17 @@ class Solarize(_Lut):
         out = torch.where(v >= thr, 255 - v, v)
         return out.to(torch.uint8).expand(B, C, 256)
 
+    def apply_params(self, images, params):
+        if images.dtype != torch.uint8:
+            return super().apply_params(images, params)
+        # integers v >= thr exactly when v >= ceil(thr); 255 - v is ~v: two uint8 passes, no table
+        B = images.shape[0]
+        t = torch.ceil(params["value"].to(torch.float64)).clamp(0, 256).view(B, 1, 1, 1)
+        mask = images >= t.clamp(max=255).to(torch.uint8)
+        if bool((t > 255).any()):
+            mask &= t <= 255
+        return torch.where(mask, images.bitwise_not(), images)
+
     def _float_map(self, images, params):
         thr = params["value"].to(images.dtype).view(-1, 1, 1, 1) / 255.0
         return torch.where(images >= thr, 1.0 - images, images)
@@ -321,6 +332,14 @@ class Posterize(_Lut):
         bits = params["value"].round().to(torch.int64).clamp(0, 8).view(B, 1, 1)
         mask = (((1 << (8 - bits)) - 1) ^ 0xFF).to(torch.uint8)
         return (torch.arange(256, device=images.device, dtype=torch.uint8).view(1, 1, 256) & mask).expand(B, C, 256)
+
+    def apply_params(self, images, params):
+        if images.dtype != torch.uint8:
+            return super().apply_params(images, params)
+        # the table is v & mask: one uint8 pass
+        B = images.shape[0]
+        bits = params["value"].round().to(torch.int64).clamp(0, 8).view(B, 1, 1, 1)
+        return images & (((1 << (8 - bits)) - 1) ^ 0xFF).to(torch.uint8)
 
     def _float_map(self, images, params):
         levels = (2.0 ** params["value"].round()).to(images.dtype).view(-1, 1, 1, 1)
