@@ -78,3 +78,12 @@ def test_distill_segmentation(tmp_path):
     assert res["metric"] == "miou"
     assert set(res["rows"]) == {"teacher_probed", "student_alone", "distilled_synthetic"}
     assert all(0.0 <= r["mean"] <= 1.0 for r in res["rows"].values())
+
+
+def test_missing_teacher_weights_fail_before_any_work(tmp_path, monkeypatch):
+    from fulcra.errors import WeightsNotFoundError
+
+    monkeypatch.setenv("FULCRA_WEIGHTS_DIR", str(tmp_path / "none"))
+    with pytest.raises(WeightsNotFoundError, match="dinov2_vitg14_reg4_pretrain.pth"):
+        run({"workflow": "distill", "out": str(tmp_path / "o"), "generator": {"name": "mixup"}}, [], hooks=[])
+    assert not (tmp_path / "o" / "synthetic").exists() and not (tmp_path / "o" / "seed0").exists()

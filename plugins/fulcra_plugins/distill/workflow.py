@@ -160,6 +160,21 @@ class DistillWorkflow:
             return bool(node.get("pretrained", params["pretrained"]))
         return bool(node.get("weights"))
 
+    def _preflight(self, tnode: dict, snode: dict, rows: list) -> None:
+        """Fail before any work when a backbone's weight file is missing (nothing is loaded here)."""
+        from ..backbones import resolve_weights
+
+        if self.cfg.pretrain.enabled:
+            return  # the tiny encoders' weights are produced by the pre-training
+        if any(r in rows for r in ("teacher_probed", "distilled", "distilled_synthetic")) and "backbone" in tnode:
+            if not tnode.get("tiny") or tnode.get("weights"):
+                resolve_weights(tnode["backbone"], tnode.get("weights"))
+        params = _params("students", snode["name"])
+        if "backbone" in params and any(r in rows for r in ("student_finetuned", "distilled", "distilled_synthetic")):
+            pretrained = bool(snode.get("pretrained", params.get("pretrained", True)))
+            if pretrained and (not snode.get("tiny") or snode.get("weights")):
+                resolve_weights(snode.get("backbone", params["backbone"]), snode.get("weights"))
+
     # --------------------------------------------------------------------------- pretraining
     def _pretrain(self, ctx, train, num_classes: int, tnode: dict, snode: dict) -> tuple[dict, dict]:
         """Offline stand-in for foundation-model weights: supervised pre-training of tiny encoders."""
@@ -206,6 +221,7 @@ class DistillWorkflow:
         K = int(data.num_classes)
         tnode, snode = self._node("teacher"), self._node("student")
         rows = list(cfg.rows)
+        self._preflight(tnode, snode, rows)
         # the synthetic set first: it depends only on the training images, and a generator that
         # cannot load its weights should fail before any training
         synthetic = self._synthetic(ctx, train) if "distilled_synthetic" in rows else None
