@@ -152,7 +152,10 @@ class CompositeAugment:
             params = op.sample_params(sub, mags[lo:hi], generator)
             if kind == "affine":
                 aff_idx.append(gidx)
-                aff_mats.append(op.matrix(params, H, W))
+                if type(op).matrix is Op.matrix:  # arguments for one batched inverse_affine below
+                    aff_mats.append(op.affine_args(params, H, W))
+                else:
+                    aff_mats.append(op.matrix(params, H, W))
             elif kind == "lut" and x.dtype == torch.uint8 and _sliceable(params, hi - lo) and (
                 step > 1 or type(op).apply_params is Op.apply_params
             ):
@@ -168,7 +171,12 @@ class CompositeAugment:
                     y.put(ci, op.apply_params(_take(x, ci), _slice(params, a, b)))
         if aff_idx:
             idx = torch.cat(aff_idx)
-            mats = torch.cat(aff_mats)
+            if all(isinstance(m, tuple) for m in aff_mats):
+                # every matrix is elementwise float64 arithmetic on its own image's arguments, so
+                # one call on the concatenated arguments gives the same matrices as one call per op
+                mats = K.inverse_affine(*(torch.cat(a) for a in zip(*aff_mats)))
+            else:
+                mats = torch.cat([K.inverse_affine(*m) if isinstance(m, tuple) else m for m in aff_mats])
             # grids of up to 8 images per GEMM (a [HW, 3] × [3, 2] product is mostly call overhead)
             gstep = max(step, self.grid_images)
             for a in range(0, idx.numel(), gstep):

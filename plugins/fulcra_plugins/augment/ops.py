@@ -63,6 +63,12 @@ class Op(BaseAugmentationOp):
 
     def matrix(self, params: Mapping[str, Any], height: int, width: int) -> torch.Tensor:
         """``[B, 2, 3]`` float64 inverse affine matrices (``kind == "affine"`` only)."""
+        return K.inverse_affine(*self.affine_args(params, height, width))
+
+    def affine_args(self, params: Mapping[str, Any], height: int, width: int) -> tuple:
+        """``(angle, tx, ty, shear_x, shear_y, cx, cy)``, each ``[B]`` float64, the arguments of
+        :func:`~._kernels.inverse_affine` (``kind == "affine"`` only): the composite concatenates
+        them over all affine ops of a stage and builds every matrix in one call."""
         raise NotImplementedError
 
     def apply_params(self, images: torch.Tensor, params: Mapping[str, Any]) -> torch.Tensor:
@@ -126,10 +132,10 @@ class ShearX(_Affine):
     def __init__(self, value_range: Sequence[float] | None = None):
         super().__init__(value_range)
 
-    def matrix(self, params, height, width):
+    def affine_args(self, params, height, width):
         v = params["value"].to(torch.float64)
         z = torch.zeros_like(v)
-        return K.inverse_affine(z, z, z, K.atan_degrees(v), z, cx=-width * 0.5, cy=-height * 0.5)
+        return z, z, z, K.atan_degrees(v), z, z - width * 0.5, z - height * 0.5
 
 
 class ShearY(_Affine):
@@ -141,10 +147,10 @@ class ShearY(_Affine):
     def __init__(self, value_range: Sequence[float] | None = None):
         super().__init__(value_range)
 
-    def matrix(self, params, height, width):
+    def affine_args(self, params, height, width):
         v = params["value"].to(torch.float64)
         z = torch.zeros_like(v)
-        return K.inverse_affine(z, z, z, z, K.atan_degrees(v), cx=-width * 0.5, cy=-height * 0.5)
+        return z, z, z, z, K.atan_degrees(v), z - width * 0.5, z - height * 0.5
 
 
 class _Translate(_Affine):
@@ -155,10 +161,10 @@ class _Translate(_Affine):
         side = images.shape[-1] if self.axis == 0 else images.shape[-2]
         return {"value": frac.to(torch.float64) * side}
 
-    def matrix(self, params, height, width):
+    def affine_args(self, params, height, width):
         v = params["value"].to(torch.float64)
         z = torch.zeros_like(v)
-        return K.inverse_affine(z, v, z, z, z) if self.axis == 0 else K.inverse_affine(z, z, v, z, z)
+        return (z, v, z, z, z, z, z) if self.axis == 0 else (z, z, v, z, z, z, z)
 
 
 class TranslateX(_Translate):
@@ -195,10 +201,10 @@ class Rotate(_Affine):
     def __init__(self, value_range: Sequence[float] | None = None):
         super().__init__(value_range)
 
-    def matrix(self, params, height, width):
+    def affine_args(self, params, height, width):
         v = params["value"].to(torch.float64)
         z = torch.zeros_like(v)
-        return K.inverse_affine(-v, z, z, z, z)
+        return -v, z, z, z, z, z, z
 
 
 # --- lookup-table photometric ops -----------------------------------------------------------------
@@ -593,10 +599,10 @@ class RandomCrop(Op):
         p = K.per_image(value, images.shape[0], images.device).round()
         return self.apply_params(images, {"tx": p, "ty": p})
 
-    def matrix(self, params, height, width):
+    def affine_args(self, params, height, width):
         tx = params["tx"].to(torch.float64)
         z = torch.zeros_like(tx)
-        return K.inverse_affine(z, tx, params["ty"].to(torch.float64), z, z)
+        return z, tx, params["ty"].to(torch.float64), z, z, z, z
 
 
 class RandomResizedCrop(Op):
