@@ -101,7 +101,8 @@ def test_official_dinov2_checkpoint_layout_loads(tmp_path):
     bb = load_backbone("dinov2_vits14_reg", weights=str(tmp_path / "dinov2_vits14_reg4_pretrain.pth"), tiny=True)
     x = torch.rand(1, 3, 56, 42)
     with torch.no_grad():
-        torch.testing.assert_close(bb.forward_tokens(x, 2)["cls"][0], ref.forward_tokens(x, 2)["cls"][0])
+        # (cls - pos0) + pos0 is exact only up to float rounding
+        torch.testing.assert_close(bb.forward_tokens(x, 2)["cls"][0], ref.forward_tokens(x, 2)["cls"][0], rtol=1e-4, atol=1e-4)
     grid = sd["pos_embed"].shape[-1]
     official["pos_embed"] = torch.randn(1, 1 + 37 * 37, grid)
     torch.save(official, tmp_path / "big.pth")
