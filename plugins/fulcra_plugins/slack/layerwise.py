@@ -93,6 +93,32 @@ def grouped_batchnorm(model: nn.Module, groups: int, store: dict | None = None):
             m.forward = fwd
 
 
+#: memory allowed for the per-group conv weight gradients (B_aug copies of the conv weights)
+GROUP_GRAD_BYTES = 512 * 2**20
+
+
+def _split_convs(model: nn.Module, conv_out: dict, n_aug: int) -> list:
+    """The convs whose weight gradient is computed per group (all trainable zero-padded convs that
+    ran once with a grad-requiring output), or ``[]`` when that would exceed ``GROUP_GRAD_BYTES``."""
+    convs = [m for m in model.modules()
+             if isinstance(m, nn.Conv2d) and m.weight.requires_grad and m in conv_out
+             and conv_out[m].requires_grad and not isinstance(m.padding, str) and m.padding_mode == "zeros"]
+    size = sum(m.weight.numel() * m.weight.element_size() for m in convs) * n_aug
+    return convs if size <= GROUP_GRAD_BYTES else []
+
+
+def _group_weight_grads(m: nn.Conv2d, a: torch.Tensor, d: torch.Tensor, n_aug: int) -> torch.Tensor:
+    """``[n_aug, *W.shape]``: the conv's weight gradient from each group of consecutive samples
+    (input ``a``, output gradient ``d``), by torch's own convolution backward, weight only."""
+    W = m.weight.detach()
+    out = []
+    for a_g, d_g in zip(a.split(a.shape[0] // n_aug), d.split(d.shape[0] // n_aug)):
+        out.append(torch.ops.aten.convolution_backward(
+            d_g, a_g, W, None, list(m.stride), list(m.padding), list(m.dilation), False, [0, 0], m.groups,
+            [False, True, False])[1])
+    return torch.stack(out)
+
+
 def layerwise_hypergradient(model, policy, logits, mu, x_aug, y_aug, op_index, magnitude, x_val, y_val, eta,
                             loss_fn=F.cross_entropy):
     """Same contract as :func:`fulcra_plugins.slack.slack.hypergradient`, per-group BatchNorm."""
@@ -103,8 +129,12 @@ def layerwise_hypergradient(model, policy, logits, mu, x_aug, y_aug, op_index, m
     grads_out: dict = {}
     handles = []
 
+    conv_out: dict = {}
+
     def fwd_hook(mod, args, out):
         inputs[mod] = args[0].detach()
+        if isinstance(mod, nn.Conv2d):
+            conv_out[mod] = out
         if out.requires_grad:
             out.register_hook(lambda g, mod=mod: grads_out.__setitem__(mod, g.detach()))
 
@@ -125,10 +155,28 @@ def layerwise_hypergradient(model, policy, logits, mu, x_aug, y_aug, op_index, m
             per = loss_fn(model(x_aug), y_aug, reduction="none").view(n_aug, -1).mean(1)
             L = per.mean()
             names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
-            g = torch.autograd.grad(L, params)
+            split = _split_convs(model, conv_out, n_aug)
+            if split:
+                # conv weight gradients per augmentation group (below) instead of inside the backward:
+                # their sum is the model gradient and their dot with v the conv part of w_τ, which
+                # spares the linear forward of every conv with v as weights. The backward is asked for
+                # the conv outputs' gradients so that it reaches every conv but skips their weights.
+                skip = {id(m.weight) for m in split}
+                ask = [p for p in params if id(p) not in skip]
+                res = torch.autograd.grad(L, ask + [conv_out[m] for m in split])
+                by_id = {id(p): gi for p, gi in zip(ask, res[:len(ask)])}
+                group_grads = {}
+                for m, d in zip(split, res[len(ask):]):
+                    group_grads[m] = _group_weight_grads(m, inputs[m], d.detach(), n_aug)
+                    by_id[id(m.weight)] = group_grads[m].sum(0)
+                g = tuple(by_id[id(p)] for p in params)
+            else:
+                group_grads = {}
+                g = torch.autograd.grad(L, params)
     finally:
         for h in handles:
             h.remove()
+        conv_out.clear()
     theta_hat = {n: (p.detach() - eta * gi).requires_grad_(True) for n, p, gi in zip(names, params, g)}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     val_loss = loss_fn(functional_call(model, {**theta_hat, **buffers}, (x_val,)), y_val, reduction="mean")
@@ -136,12 +184,15 @@ def layerwise_hypergradient(model, policy, logits, mu, x_aug, y_aug, op_index, m
     pname = {p: n for n, p in model.named_parameters()}
 
     w = torch.zeros(N, dtype=x_aug.dtype, device=x_aug.device)  # per-sample contributions
+    w_groups = torch.zeros(n_aug, dtype=x_aug.dtype, device=x_aug.device)  # per-group contributions
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Conv2d) and m in grads_out:
                 vw = v.get(pname.get(m.weight))
                 d = grads_out[m]
-                if vw is not None:
+                if vw is not None and m in group_grads:
+                    w_groups += group_grads[m].flatten(1) @ vw.flatten()
+                elif vw is not None:
                     z = F.conv2d(inputs[m], vw, None, m.stride, m.padding, m.dilation, m.groups)
                     # per-sample dot products as one batched GEMV, no [N, C, H, W] product tensor
                     w += torch.bmm(z.reshape(N, 1, -1), d.reshape(N, -1, 1)).view(N)
@@ -159,7 +210,7 @@ def layerwise_hypergradient(model, policy, logits, mu, x_aug, y_aug, op_index, m
                 C = d.shape[1]
                 # Σ_hw (x̂ v_w + v_b) d per sample, without materialising z: v_w Σ x̂ d + v_b Σ d
                 w += _xhat_dot(xhats[m], d) @ v[pname[m.weight]] + d.sum(dim=(2, 3)) @ v[pname[m.bias]]
-    w_tau = w.view(n_aug, per_group).sum(1)  # = (1/B_aug) vᵀ ∇θ l_τ
+    w_tau = w.view(n_aug, per_group).sum(1) + w_groups  # = (1/B_aug) vᵀ ∇θ l_τ
     leaves = [t for t in (logits, mu) if t.requires_grad]
     g_logits = g_mu = None
     if leaves:
