@@ -1,6 +1,6 @@
 """``fulcra demo`` stage of LUDVIG's 3D tasks: scribble -> 3D selection -> mask PNG and removal PLY.
 
-On the embedded synthetic scene (generated on first use, shared with the uplift stage): RGB patch
+On the embedded synthetic scene (the uplift stage's, or generated with the same settings): RGB patch
 features of a few views are uplifted, a scribble drawn inside the blue cube on one view is refined
 by graph diffusion, the 3D mask is rendered over the image (``segment_overlay.png``) and the cube is
 removed (``removed.ply``, rendered to ``removed.png``). CPU, well under 90 s once the scene exists.
@@ -23,7 +23,8 @@ def run_demo(out_dir: str | Path, scene_dir: str | Path | None = None, views: in
 
     Args:
         out_dir: where to write ``segment_overlay.png``, ``removed.ply``, ``removed.png``, ``segment.json``.
-        scene_dir: a synthetic scene folder (default: :func:`ensure_synthetic_scene`'s cached one).
+        scene_dir: a synthetic scene folder (default: the ``uplift`` demo stage's ``../uplift/scene``
+            when it exists, else a scene generated into ``out_dir/scene`` with the same settings).
         views: ring views uplifted from (fewer is faster).
         obj: the object to select (a name of the synthetic scene).
 
@@ -36,7 +37,7 @@ def run_demo(out_dir: str | Path, scene_dir: str | Path | None = None, views: in
 
     from fulcra_plugins.refiners import GraphDiffusion
     from fulcra_plugins.scenes import load_scene
-    from fulcra_plugins.scenes.synthetic import ensure_synthetic_scene
+    from fulcra_plugins.scenes.synthetic import generate_scene
 
     from .interactive import Selector
     from .metrics import iou
@@ -46,7 +47,14 @@ def run_demo(out_dir: str | Path, scene_dir: str | Path | None = None, views: in
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    root = Path(scene_dir) if scene_dir else ensure_synthetic_scene()
+    if scene_dir:
+        root = Path(scene_dir)
+    elif (out.parent / "uplift" / "scene" / "scene.json").is_file():
+        root = out.parent / "uplift" / "scene"  # `fulcra demo` ran the uplift stage just before
+    else:
+        root = out / "scene"
+        if not (root / "scene.json").is_file():
+            generate_scene(root, seed=0, width=128, height=96, n_ring=8, n_forward=4, density=0.5)
     scene, cams, imgs = load_scene(root / "point_cloud.ply", root / "cameras.json", root / "images", backend="torch", device="cpu")
     labels = load_file(str(root / "labels.safetensors"))["labels"]
     objects = json.loads((root / "scene.json").read_text())["objects"]
@@ -78,5 +86,8 @@ def run_demo(out_dir: str | Path, scene_dir: str | Path | None = None, views: in
         "iou2d": iou(mask2d, gt[ref.name] == o), "overlay_png": str(overlay), "removed_ply": str(removed_ply),
         "removed_png": str(out / "removed.png"), "seconds": round(time.time() - t0, 1),
     }
+    res["summary"] = (f"scribble on {ref.name} -> {res['selected']} of {res['num_gaussians']} Gaussians selected by graph "
+                      f"diffusion; {obj}: 3D IoU {res['iou3d']:.3f}, 2D IoU {res['iou2d']:.3f}; "
+                      f"overlay {overlay.name}, removed object's scene {removed_ply.name}")
     (out / "segment.json").write_text(json.dumps(res, indent=2))
     return res
