@@ -1,7 +1,7 @@
 """Cost of one SLACK search step vs one plain training step on the same B_aug × N_t images (issue 3,
-item 8b). The search step = augment B_aug × N_t images, forward, backward with create_graph, the
-validation gradient at θ̂, the double backward giving the B_aug REINFORCE weights, model and policy
-updates. The plain step = augment the same number of images, forward, backward, model update.
+item 8b). The search step = augment B_aug × N_t images, forward (per-group BatchNorm), backward, the
+validation gradient at θ̂, the B_aug REINFORCE weights (default ``layerwise`` formulation), model and
+policy updates. The plain step = augment the same number of images, forward, backward, model update.
 Interleaved repeats, medians, one process.
 
     .venv/bin/python benchmarks/bench_search_step.py --threads 1 --out bench_search_step.json

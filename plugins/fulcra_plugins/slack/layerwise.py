@@ -8,8 +8,10 @@ own forward pass, app. A.2.1), sample ``i`` of group τ influences only ``l_τ``
     (1/B_aug) vᵀ ∇_θ l_τ = Σ_layers Σ_{i ∈ τ} ⟨δ_i, layer_{v_layer}(a_i)⟩,
 
 computed from the saved layer inputs ``a_i`` and output gradients ``δ_i`` of the backward that
-also gives the model gradient, plus one *linear* forward of every layer with the validation
-gradient ``v`` as weights: about the cost of one more forward, instead of the double backward.
+also gives the model gradient, plus a *linear* forward of the Linear and BatchNorm layers with the
+validation gradient ``v`` as weights. Convolutions sum the other way round: their weight gradients
+are computed per group (``⟨v_W, ∇_W l_τ⟩``), which the model gradient needs anyway, so the B_aug
+weights cost about one ordinary backward instead of the double backward.
 
 Supported parametrised modules: ``Conv2d``, ``Linear``, ``BatchNorm2d`` (affine); a model with any
 other parametrised module raises ``NotImplementedError`` (use ``formulation="double_backward"``).
