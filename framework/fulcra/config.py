@@ -34,6 +34,7 @@ __all__ = [
     "normalize_node",
     "create",
     "parse_overrides",
+    "apply_overrides",
     "merge_nodes",
     "load_run_config",
     "resolve_run_config",
@@ -242,18 +243,47 @@ def create(kind: str, node: Any = None, /, **params: Any) -> Any:
 # run configs: recipe or YAML file + overrides -> validated workflow config
 
 
+def _split_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, _, text = item.partition("=")
+    path = key.strip().split(".")
+    if not key.strip() or any(not p for p in path):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:  # OmegaConf's grammar for the value: numbers, booleans, null, [lists], {maps}, strings
+        value = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={text}"]), resolve=False)["v"]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot parse the value of override {item!r}: {str(exc).splitlines()[0]}") from exc
+    return path, value
+
+
+def apply_overrides(raw: Mapping[str, Any], items: Iterable[str]) -> dict:
+    """Apply ``key=value`` overrides in order, each with :func:`merge_nodes` semantics.
+
+    Order matters and is kept: ``data=imagefolder data.root=~/pets`` first replaces the ``data``
+    component (dropping the old plugin's parameters), then sets a parameter of the new one; a
+    component given by name (``teacher=dinov2_vitl14``) gains parameters from later dotted keys.
+    """
+    out = copy.deepcopy(dict(raw))
+    for item in items:
+        path, value = _split_override(item)
+        node = out
+        for key in path[:-1]:
+            cur = node.get(key)
+            if isinstance(cur, str):  # a component given by name (or preset) gets parameters
+                cur = {"name": cur}
+            elif not isinstance(cur, Mapping):
+                cur = {}
+            node[key] = dict(cur)
+            node = node[key]
+        last = path[-1]
+        node[last] = merge_nodes(node[last], value) if last in node else value
+    return out
+
+
 def parse_overrides(items: Iterable[str]) -> dict:
     """``["a.b=1", "model=resnet18"]`` -> nested dict; values parsed as YAML scalars/lists."""
-    items = list(items)
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        if item.startswith("="):
-            raise ConfigError(f"override {item!r} has an empty key")
-    try:
-        return OmegaConf.to_container(OmegaConf.from_dotlist(items), resolve=False)  # type: ignore[return-value]
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"cannot parse overrides {items}: {exc}") from exc
+    return apply_overrides({}, items)
 
 
 def merge_nodes(base: Any, override: Any) -> Any:
@@ -306,7 +336,7 @@ def load_run_config(source: str | Mapping | None, overrides: Iterable[str] = ())
                 f"{source!r} is neither a recipe, a workflow nor a config file{hint} "
                 f"(recipes: {', '.join(sorted(recipes)) or 'none'}; workflows: {', '.join(sorted(registry.discover()['workflows'])) or 'none'})"
             )
-    return merge_nodes(raw, parse_overrides(overrides))
+    return apply_overrides(raw, overrides)
 
 
 def _recipe(name: str, _seen: tuple = ()) -> dict:

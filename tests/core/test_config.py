@@ -103,3 +103,12 @@ def test_a_bare_workflow_name_runs_with_its_defaults(tmp_path):
         assert config.load_run_config("my_wf", ["seed=3"]) == {"workflow": "my_wf", "seed": 3}
         with pytest.raises(ConfigError, match="did you mean.*my_wf"):
             config.load_run_config("my_wff")
+
+
+def test_overrides_apply_in_order_to_components():
+    base = {"workflow": "w", "data": {"name": "digits", "size": 16}, "teacher": {"name": "probed", "head": "linear"}}
+    out = config.load_run_config(base, ["data=imagefolder", "data.root=/pets", "teacher.head=mlp"])
+    assert out["data"] == {"name": "imagefolder", "root": "/pets"}
+    assert out["teacher"] == {"name": "probed", "head": "mlp"}
+    out = config.load_run_config({"workflow": "w"}, ["teacher=dinov2_vitl14", "teacher.weights=/w.pth"])
+    assert out["teacher"] == {"name": "dinov2_vitl14", "weights": "/w.pth"}
