@@ -21,7 +21,7 @@ from fulcra.camera import Camera
 
 from .editing import extract, remove, save_extracted, save_removed
 from .segmentation import (
-    Segmentation3D, binarise_3d, clicks_to_mask, render_mask, render_scores, segment_diffusion, segment_uplift,
+    Segmentation3D, auto_threshold, binarise_3d, clicks_to_mask, render_mask, render_scores, segment_diffusion, segment_uplift,
 )
 
 __all__ = ["Selector", "Selection"]
@@ -79,8 +79,8 @@ class Selector:
         diffusion: refine by graph diffusion (True) or score the uplifted features directly (False).
         refiner: a ``graph_diffusion`` refiner (built with defaults when None); its kNN graph is built
             on the first click and reused for every later one.
-        threshold: how the per-Gaussian scores become a 3D mask: ``"auto"`` (``h > 0``, the reached
-            Gaussians, with diffusion; Otsu without), ``"otsu"`` or a number.
+        threshold: how the per-Gaussian scores become a 3D mask: ``"auto"`` (see
+            :func:`~.segmentation.auto_threshold`), ``"otsu"`` or a number.
     """
 
     def __init__(self, scene, features: torch.Tensor, weights: torch.Tensor | None = None, diffusion: bool = True,
@@ -104,7 +104,7 @@ class Selector:
             seg = segment_diffusion(self.scene, self.features, camera, prompt, kind, self.refiner, self.weights)
         else:
             seg = segment_uplift(self.scene, self.features, camera, prompt, kind)
-        t = self.threshold if self.threshold != "auto" else (0.0 if self.diffusion else "otsu")
+        t = self.threshold if self.threshold != "auto" else auto_threshold(self.diffusion, kind)
         mask3d = binarise_3d(seg.scores, t)
         return Selection(self.scene, seg.scores, mask3d, prompt, camera, seg)
 

@@ -28,7 +28,7 @@ from .thresholds import otsu
 
 __all__ = [
     "render_scores", "render_mask", "uplift_mask", "clicks_to_mask", "feature_scorer", "binarise_3d",
-    "segment_uplift", "segment_diffusion", "segment_single_view", "Segmentation3D",
+    "segment_uplift", "segment_diffusion", "segment_single_view", "Segmentation3D", "auto_threshold",
 ]
 
 
@@ -141,6 +141,16 @@ def binarise_3d(scores: torch.Tensor, threshold: float | str = "otsu") -> torch.
     return s > float(threshold)
 
 
+def auto_threshold(diffusion: bool, kind: str) -> float | str:
+    """The default 3D binarisation: with diffusion, ``h > 0`` for scribbles (the reached Gaussians: the
+    RBF unary term vanishes off the object, τ = 0 as C.1.4 uses for diffused scores) and ``h > 0.5``
+    for a mask (``h`` is then a logistic-regression probability on the reached set); without
+    diffusion, Otsu over the scores."""
+    if not diffusion:
+        return "otsu"
+    return 0.5 if kind == "mask" else 0.0
+
+
 @dataclass
 class Segmentation3D:
     """A 3D segmentation: per-Gaussian ``scores [N]`` and, when computed, the diffusion's details."""
@@ -217,3 +227,54 @@ def segment_single_view(ref_map: torch.Tensor, prompt: torch.Tensor, target_maps
         t = otsu(s) if threshold == "otsu" else float(threshold)
         out.append(s > t)
     return out
+
+
+def reproject_prompt(scene, ref: Camera, prompt: torch.Tensor, cameras: Sequence[Camera], tau: float = 0.4,
+                     min_weight: float = 0.5) -> dict:
+    """Point prompts for SAM on every view (C.1.1): uplift the reference prompt, render it on each
+    view, divide by its mean over the covered pixels, keep the pixels above ``tau`` (0.4 SPIn-NeRF,
+    1.0 NVOS). Returns camera name -> ``[H, W]`` bool (may be empty for views that do not see it)."""
+    g, w = uplift_mask(scene, ref, torch.as_tensor(prompt).float())
+    # Gaussians the reference view barely sees (hidden behind the object) get a normalised value of
+    # 1 from a few faint contributions; they would reproject the prompt onto what lies behind it
+    seen = w[w > 0]
+    if seen.numel():
+        g = g * (w >= min_weight * float(seen.median()))
+    out = {}
+    for cam in cameras:
+        img = render_scores(scene, g, cam)
+        pos = img[img > 0]
+        out[cam.name] = img / pos.mean() > tau if pos.numel() else torch.zeros_like(img, dtype=torch.bool)
+    out[ref.name] = torch.as_tensor(prompt).bool().to(out[ref.name].device) if ref.name in out else torch.as_tensor(prompt).bool()
+    return out
+
+
+def segment_sam(scene, cameras: Sequence[Camera], images, ref: Camera, prompt: torch.Tensor, extractor,
+                tau: float = 0.4) -> Segmentation3D:
+    """SAM / SAM 2 masks uplifted (§5.4.1, C.1.1): per view, point prompts from the reprojected
+    reference prompt, the ``sam``/``sam2`` extractor's averaged masks (random 3-point prompts, repeats
+    averaged), then the masks of all views uplifted to per-Gaussian scores in [0, 1].
+
+    Args:
+        images: camera name -> ``[3, H, W]`` image in [0, 1].
+        extractor: a ``sam`` or ``sam2`` feature extractor (``positive=`` masks of prompt pixels).
+    """
+    import fulcra
+
+    points = reproject_prompt(scene, ref, prompt, cameras, tau)
+
+    def views():
+        for cam in cameras:
+            pos = points[cam.name]
+            if not bool(pos.any()):
+                yield cam, torch.zeros(cam.height, cam.width)
+                continue
+            with torch.no_grad():
+                m = extractor(images[cam.name][None], positive=pos[None].cpu())[0, 0]
+            yield cam, m.float()
+
+    scores, weights = fulcra.uplift(scene, views())
+    return Segmentation3D(scores=scores[:, 0], weights=weights)
+
+
+__all__ += ["reproject_prompt", "segment_sam"]

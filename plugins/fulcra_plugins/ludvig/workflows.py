@@ -131,7 +131,7 @@ class SegmentWorkflow:
         diffusion: bool = field(default=True, metadata={"help": "refine by graph diffusion (false: score the uplifted features)"})
         views: list = field(default_factory=list, metadata={"help": "cameras to uplift from (empty: all with an image)"})
         center: bool = field(default=True, metadata={"help": "subtract the mean 2D feature before uplifting"})
-        threshold: str = field(default="auto", metadata={"help": "3D binarisation of the scores: auto (h > 0 with diffusion, Otsu without), otsu, or a number"})
+        threshold: str = field(default="auto", metadata={"help": "3D binarisation of the scores: auto (with diffusion h > 0 for scribbles, h > 0.5 for a mask; Otsu without), otsu, or a number"})
         render_threshold: float = field(default=0.5, metadata={"help": "threshold of the rendered 3D mask"})
         save_removed: bool = field(default=True, metadata={"help": "write OUT/removed.ply"})
 
@@ -145,7 +145,7 @@ class SegmentWorkflow:
         from fulcra_plugins.scenes.workflow import resolve_scene_paths
 
         from .editing import save_removed
-        from .segmentation import binarise_3d, clicks_to_mask, render_mask, segment_diffusion, segment_uplift
+        from .segmentation import auto_threshold, binarise_3d, clicks_to_mask, render_mask, segment_diffusion, segment_uplift
 
         cfg, out = self.cfg, Path(ctx.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +181,7 @@ class SegmentWorkflow:
             seg = segment_uplift(scene, features, ref, prompt, kind)
         th = str(cfg.threshold)
         if th == "auto":
-            th = 0.0 if cfg.diffusion else "otsu"
+            th = auto_threshold(cfg.diffusion, kind)
         elif th != "otsu":
             try:
                 th = float(th)
