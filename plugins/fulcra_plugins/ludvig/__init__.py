@@ -12,7 +12,7 @@ from .localisation import (
 from .metrics import accuracy, iou, localisation_hit, results_table
 from .segmentation import (
     binarise_3d, clicks_to_mask, render_mask, render_scores, segment_diffusion, segment_single_view,
-    segment_uplift, uplift_mask,
+    segment_sam, segment_uplift, uplift_mask,
 )
 
 __all__ = [
@@ -20,5 +20,5 @@ __all__ = [
     "render_relevancy", "segment_relevancy", "select_3d", "segment_3d_selection", "sam_prompts",
     "SelectionWarning", "SelectionError", "iou", "localisation_hit", "accuracy", "results_table",
     "binarise_3d", "clicks_to_mask", "render_mask", "render_scores", "segment_diffusion",
-    "segment_single_view", "segment_uplift", "uplift_mask",
+    "segment_single_view", "segment_uplift", "uplift_mask", "segment_sam",
 ]
