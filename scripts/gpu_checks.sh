@@ -124,6 +124,14 @@ gpu_bench() {
   $PY benchmarks/bench_uplift.py --gpu --out "$OUT/bench_uplift_gpu.json" 2>&1 | tee "$OUT/bench_uplift_gpu.txt"
 }
 
+distill_gpu() {  # ImageMixer in float16 on the GPU + a short distill-digits run on cuda
+  timeout 180 $PY benchmarks/gpu_check_distill.py > "$OUT/gpu_distill.txt" 2>&1
+}
+
+extractors_gpu() {  # cost per image of the real extractor architectures (random weights) on the GPU
+  timeout 150 $PY benchmarks/bench_extractors.py --device cuda --which all --clip-crops 0 > "$OUT/bench_extractors_gpu.txt" 2>&1
+}
+
 step env env_report
 step deps install_deps
 step fulcra install_fulcra
@@ -131,5 +139,7 @@ step gsplat_build build_gsplat
 step gpu_tests gpu_tests
 step gpu_bench gpu_bench
 step cuda_device_tests cuda_device_tests
+step distill_gpu distill_gpu
+step extractors_gpu extractors_gpu
 cat "$TIMES"
 exit 0
