@@ -255,9 +255,14 @@ class Equalize(_Lut):
 
     def lut(self, images, params):
         B, C, H, W = images.shape
-        offs = torch.arange(B * C, device=images.device, dtype=torch.int64).view(B, C, 1) * 256
-        flat = images.reshape(B, C, H * W).to(torch.int64) + offs
-        hist = torch.bincount(flat.view(-1), minlength=B * C * 256).view(B, C, 256)
+        if B * C <= 8 and images.dtype == torch.uint8:
+            # a few large images: one histogram per channel straight from uint8, no int64 copy
+            hist = torch.stack([torch.bincount(ch.reshape(-1), minlength=256)
+                                for ch in images.reshape(B * C, H, W)]).view(B, C, 256)
+        else:
+            offs = torch.arange(B * C, device=images.device, dtype=torch.int64).view(B, C, 1) * 256
+            flat = images.reshape(B, C, H * W).to(torch.int64) + offs
+            hist = torch.bincount(flat.view(-1), minlength=B * C * 256).view(B, C, 256)
         cum = hist.cumsum(-1)
         last = cum.argmax(dim=-1, keepdim=True)
         step = (H * W - hist.gather(-1, last)).div(255, rounding_mode="floor")  # [B, C, 1]
@@ -308,13 +313,14 @@ class Solarize(_Lut):
     def apply_params(self, images, params):
         if images.dtype != torch.uint8:
             return super().apply_params(images, params)
-        # integers v >= thr exactly when v >= ceil(thr); 255 - v is ~v: two uint8 passes, no table
+        # integers v >= thr exactly when v >= ceil(thr); 255 - v is v ^ 255: a compare and an xor
+        # in uint8, no table (torch.where on uint8 is several times slower than both)
         B = images.shape[0]
         t = torch.ceil(params["value"].to(torch.float64)).clamp(0, 256).view(B, 1, 1, 1)
         mask = images >= t.clamp(max=255).to(torch.uint8)
         if bool((t > 255).any()):
             mask &= t <= 255
-        return torch.where(mask, images.bitwise_not(), images)
+        return images ^ mask.view(torch.uint8).mul_(255)
 
     def _float_map(self, images, params):
         thr = params["value"].to(images.dtype).view(-1, 1, 1, 1) / 255.0
