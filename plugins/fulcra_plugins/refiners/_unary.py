@@ -53,7 +53,9 @@ def top_fraction_anchors(g0: torch.Tensor, fraction: float) -> torch.Tensor:
         if pos.numel() == 0:
             continue
         keep = max(1, int(round(min(fraction, 1.0) * pos.numel())))
-        top = pos[torch.topk(col[pos], keep).indices]
+        # a stable sort, not topk: ties (binary masks are all ties) resolve by index, identically on
+        # CPU and CUDA, so the same anchors are chosen on every device
+        top = pos[torch.sort(col[pos], descending=True, stable=True).indices[:keep]]
         out[top, j] = col[top]
     return out
 
