@@ -226,7 +226,6 @@ def load_plugin(kind: str, name: str) -> Any:
             msg += f" ({name!r} exists as {', '.join(others)})"
         msg += f" — see `fulcra plugins --kind {kind}`"
         raise UnknownPluginError(msg)
-    dists = sorted({s.distribution or "?" for s in found})
     if len(found) > 1:
         raise DuplicatePluginError(
             f"{kind} plugin {name!r} is claimed by several distributions: "

@@ -13,7 +13,6 @@ from . import config as _config
 from . import registry
 from .engine import dist
 from .engine.core import atomic_write_text, seed_everything, select_device
-from .errors import ConfigError
 from .hooks import make_hook_relay
 from .interfaces import RunContext
 
@@ -43,7 +42,7 @@ def run(source: str | Mapping | None, overrides: Iterable[str] = (), *, hooks: I
     name, cfg, common = prepare(source, overrides)
     out = Path(common.get("out") or _default_out(source, name)).expanduser()
     seed = int(common.get("seed", 0))
-    distributed = dist.init_distributed()
+    dist.init_distributed()
     device = select_device(common.get("device", "auto"))
     hook_names = list(common.get("hooks", DEFAULT_HOOKS)) if hooks is None else list(hooks)
     relay = make_hook_relay(hook_names, workflow=name, out=out, enabled=dist.rank() == 0)

@@ -56,7 +56,6 @@ def test_atomic_save_and_safe_load(tmp_path):
     p = tmp_path / "c.pt"
     atomic_save({"w": torch.ones(2), "rng": rng_state()}, p)
     state = load_checkpoint(p)
-    before = torch.rand(3)
     set_rng_state(state["rng"])
     assert torch.equal(state["w"], torch.ones(2))
     assert not list(tmp_path.glob(".*tmp"))

@@ -66,7 +66,6 @@ def test_catalogued_but_uninstalled_plugin_names_its_extra(monkeypatch):
 
 
 def test_two_distributions_claiming_one_name_are_both_named(tmp_path):
-    mods = {"dup_a.py": OP_SOURCE, "dup_b.py": OP_SOURCE}
     with fake_distribution(tmp_path / "a", "dist-alpha", {"fulcra.augmentations": {"flip": "dup_a:Flip"}}, {"dup_a.py": OP_SOURCE}):
         with fake_distribution(tmp_path / "b", "dist-beta", {"fulcra.augmentations": {"flip": "dup_b:Flip"}}, {"dup_b.py": OP_SOURCE}):
             with pytest.raises(DuplicatePluginError) as exc:

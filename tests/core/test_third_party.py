@@ -10,7 +10,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import torch
 
 import fulcra
 from fulcra.testing import check_plugin, fake_distribution

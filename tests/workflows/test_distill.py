@@ -4,18 +4,9 @@ its results table, and its resume after an interruption."""
 import json
 
 import pytest
-import torch
 
 from fulcra.runner import run
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: a second intra-op thread only adds synchronisation on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 TINY = [
     "data.size=16",

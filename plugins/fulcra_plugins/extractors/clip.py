@@ -8,7 +8,7 @@ Eq. C.2 works on any ``[..., D]`` features: 2D maps or per-Gaussian uplifted fea
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F

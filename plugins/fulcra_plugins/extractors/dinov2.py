@@ -8,7 +8,7 @@ and overlapping crops averaged per pixel.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F

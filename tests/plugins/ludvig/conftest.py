@@ -7,15 +7,6 @@ from fulcra_plugins.scenes.synthetic import build_cameras, build_gaussians
 from fulcra_plugins.scenes.torch_backend import TorchScene
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the rasteriser's small blocks gain nothing from threads on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny_scene():
     n = torch.get_num_threads()

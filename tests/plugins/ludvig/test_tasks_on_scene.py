@@ -1,10 +1,7 @@
 """Localisation, segmentation, selection, removal on the synthetic scene, with relevancy and
 features built from the ground-truth labels."""
 
-import warnings
 
-import numpy as np
-import plyfile
 import pytest
 import torch
 
@@ -12,7 +9,7 @@ from fulcra_plugins.ludvig import (
     Selector, SelectionError, SelectionWarning, iou, localise, render_relevancy, sam_prompts,
     segment_3d_selection, segment_relevancy, select_3d,
 )
-from fulcra_plugins.ludvig.segmentation import segment_single_view, segment_uplift
+from fulcra_plugins.ludvig.segmentation import segment_single_view
 from fulcra_plugins.refiners import GraphDiffusion
 from fulcra_plugins.scenes.ply import read_ply
 
