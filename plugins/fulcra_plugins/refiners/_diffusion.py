@@ -108,18 +108,16 @@ class _Restricted:
         order = reached[torch.sort(dist[reached].long(), stable=True).indices]
         self.nodes = order  # new -> Morton index
         m = int(order.numel())
-        new_id = torch.full((graph.num_nodes,), -1, dtype=torch.long, device=dev)
-        new_id[order] = torch.arange(m, device=dev)
+        # neighbours beyond `steps` hops (met only by the outermost layer) all map to one extra
+        # column m, a row of x that stays zero: no filtering pass over the gathered edges
+        new_id = torch.full((graph.num_nodes,), m, dtype=torch.int32, device=dev)
+        new_id[order] = torch.arange(m, dtype=torch.int32, device=dev)
         e = _gather_edges(graph, order)
-        cols = new_id[graph.indices[e].long()]
-        keep = cols >= 0  # edges to nodes beyond `steps` hops only ever meet zeros
-        row_new = new_id[graph.rows[e].long()]
-        self.edges = e[keep]
-        self.col = cols[keep].to(torch.int32)
-        counts = torch.bincount(row_new[keep], minlength=m)
+        self.edges = e
+        self.col = new_id[graph.indices[e].long()]
+        self.counts = graph.indptr[order + 1] - graph.indptr[order]  # rows in the new order
         self.crow = torch.zeros(m + 1, dtype=torch.long, device=dev)
-        self.crow[1:] = torch.cumsum(counts, 0)
-        self.row = row_new[keep]
+        self.crow[1:] = torch.cumsum(self.counts, 0)
         layer_sizes = torch.bincount(dist[order].long(), minlength=steps + 1)[: steps + 1]
         self.n_upto = torch.cumsum(layer_sizes, 0).tolist()  # nodes within t hops, t = 0..steps
         self.nnz_upto = self.crow[self.n_upto].tolist()  # nnz of the leading rows
@@ -130,7 +128,7 @@ class _Restricted:
         """CSR view of the leading ``rows_upto`` rows (a prefix of the renumbered matrix)."""
         n = rows_upto
         nnz = int(self.crow[n])
-        return _csr(self.crow32[: n + 1], self.col[:nnz], values[:nnz], (n, self.size))
+        return _csr(self.crow32[: n + 1], self.col[:nnz], values[:nnz], (n, self.size + 1))
 
 
 TINY = 1e-30
@@ -236,7 +234,7 @@ def _power_restricted(graph, g0, steps, sqrt_p, binarize, sp_bin, eps):
     # few steps for range; the last two steps recover the exact norm ||A^{T-1} g_0|| in x's scale.
     # One prompt folds P into the rows of S (values P_i S_ij), so a step is a bare matrix-vector product.
     P = sp.square() if sp is not None else None
-    values_p = values * P[R.row, 0] if (P is not None and q == 1) else None
+    values_p = values * torch.repeat_interleave(P[:, 0], R.counts) if (P is not None and q == 1) else None
     mats: dict = {}
 
     def mat(rows, vals, key):
@@ -245,7 +243,7 @@ def _power_restricted(graph, g0, steps, sqrt_p, binarize, sp_bin, eps):
         return mats[(rows, key)]
 
     dev = g0.device
-    bufs = [torch.zeros(R.size, q, dtype=torch.float32, device=dev) for _ in range(2)]
+    bufs = [torch.zeros(R.size + 1, q, dtype=torch.float32, device=dev) for _ in range(2)]  # + the zero column
     x = bufs[0]
     cur = R.n_upto[0]
     g_init = g0[R.nodes[:cur]].float()
