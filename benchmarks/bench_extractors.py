@@ -97,7 +97,7 @@ def build(name: str, device: str, tmp: Path, tiny: bool, via_file: bool = False)
         del model, sd
         return cls(variant=variant, weights=str(path), device=device, **kw), {"prompted": prompted}
     ext = cls(variant=variant, tiny=True, device=device, **kw)
-    model = model.eval().requires_grad_(False)
+    model = model.to(ext.device).eval().requires_grad_(False)  # the random model replaces the tiny one, on its device
     if name.startswith("dinov2_"):
         from fulcra_plugins.backbones import BACKBONES, TimmBackbone
 
