@@ -87,15 +87,14 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``: a reader (or
-    a resume after SIGKILL) sees the old complete file or the new complete file, never half of one."""
+def _atomic_write(path: str | Path, write: Any, mode: str) -> Path:
+    """Write through ``write(fh)`` to a temporary file in the same folder, fsync, then ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -104,24 +103,17 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` atomically: a reader (or a resume after SIGKILL) sees the old complete file or
+    the new complete file, never half of one."""
+    return _atomic_write(path, lambda fh: torch.save(obj, fh), "wb")
 
 
 def atomic_write_text(text: str, path: str | Path) -> Path:
     """Write a text file (JSON results, policies) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return _atomic_write(path, lambda fh: fh.write(text), "w")
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
