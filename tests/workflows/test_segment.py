@@ -92,3 +92,79 @@ def test_segment_synthetic_ablation(scene_dir, tmp_path):
     for v in ("single_view", "uplift", "uplift_diffusion"):
         assert 0.0 <= res["mean"][f"{v}_iou3d"] <= 1.0
     assert "| mean |" in (out / "results.md").read_text()
+
+
+def _scribble_args(scene_dir, tmp_path, obj=3):
+    """CLI args for a scribble on the view that sees object ``obj`` best, and that view's name."""
+    _, cams, _ = load_scene(scene_dir / "point_cloud.ply", backend="torch", device="cpu")
+    ref = max(cams, key=lambda c: int((_gt(scene_dir, c.name) == obj).sum()))
+    scribble = scribble_from_mask(_gt(scene_dir, ref.name) == obj, erode=1)
+    Image.fromarray(scribble.numpy().astype(np.uint8) * 255).save(tmp_path / "scribble.png")
+    return ["segment", f"scene.ply={scene_dir / 'point_cloud.ply'}", f"scene.cameras={scene_dir / 'cameras.json'}",
+            f"scene.images={scene_dir / 'images'}", "scene.backend=torch", f"prompt.view={ref.name}",
+            f"prompt.scribble={tmp_path / 'scribble.png'}"], ref.name, scribble
+
+
+def test_segment_sam_route_with_tiny_sam(scene_dir, tmp_path, monkeypatch):
+    """method=sam end to end through the real ``sam`` extractor (tiny random model): outputs as the
+    other routes, and every point prompt SAM received lies in its view's reprojected prompt set.
+    A random SAM's masks mean nothing, so no accuracy is asserted (the stand-in test in
+    tests/plugins/ludvig checks the route's accuracy logic)."""
+    import fulcra_plugins.extractors.sam as sam_mod
+    from fulcra_plugins.ludvig.segmentation import reproject_prompt
+
+    calls = []  # (positive pixels [P, 2] handed to SAM, drawn prompts [R, n, 2])
+    real = sam_mod.sample_prompts
+
+    def spy(points, n_points, n_repeats, generator):
+        drawn = real(points, n_points, n_repeats, generator)
+        calls.append((points.clone(), drawn.clone()))
+        return drawn
+
+    monkeypatch.setattr(sam_mod, "sample_prompts", spy)
+    base, ref_name, scribble = _scribble_args(scene_dir, tmp_path)
+    out = tmp_path / "sam"
+    # binarize=false: averaged probabilities, so the random model's scores are not all zero
+    args = [*base, "method=sam", "extractor=sam", "extractor.tiny=true", "extractor.n_repeats=2",
+            "extractor.binarize=false", "threshold=otsu", f"out={out}"]
+    assert _run(args) == 0
+    scene, cams, _ = load_scene(scene_dir / "point_cloud.ply", backend="torch", device="cpu")
+    res = json.loads((out / "results.json").read_text())
+    assert res["method"] == "sam" and res["threshold"] == "otsu"
+    mask3d = np.load(out / "mask3d.npy")
+    assert mask3d.dtype == bool and mask3d.shape == (scene.num_primitives,) and 0 < mask3d.sum() < len(mask3d)
+    assert sorted(p.stem for p in (out / "masks").glob("*.png")) == sorted(c.name for c in cams)
+    for c in cams:
+        m = np.asarray(Image.open(out / "masks" / f"{c.name}.png"))
+        assert m.shape == (c.height, c.width) and set(np.unique(m)) <= {0, 255}
+    assert plyfile.PlyData.read(str(out / "removed.ply"))["vertex"].count == scene.num_primitives - int(mask3d.sum())
+    assert not (out / "features.safetensors").exists()  # no feature uplift on this route
+    # the reprojected prompt sets the workflow wrote are reproject_prompt's (tau 0.4), the scribble on the reference
+    expected = reproject_prompt(scene, next(c for c in cams if c.name == ref_name), scribble, cams, tau=0.4)
+    positive = {}
+    for c in cams:
+        positive[c.name] = torch.from_numpy(np.asarray(Image.open(out / "sam_prompts" / f"{c.name}.png")) > 0)
+        assert torch.equal(positive[c.name], expected[c.name].cpu())
+    assert torch.equal(positive[ref_name], scribble.bool())
+    seen = [c.name for c in cams if positive[c.name].any()]
+    assert len(seen) >= 2  # the reference and at least one other view were prompted
+    # SAM was called once per prompted view (all cameras have images here), in camera order, with that view's set
+    assert len(calls) == len(seen)
+    for name, (points, drawn) in zip(seen, calls):
+        pos = positive[name]
+        assert sorted(map(tuple, points.tolist())) == sorted(map(tuple, torch.nonzero(pos).flip(-1).tolist()))
+        assert drawn.shape == (2, 3, 2)  # n_repeats x n_points x (x, y)
+        xy = drawn.long()
+        assert bool(pos[xy[..., 1], xy[..., 0]].all())  # every prompt inside the reprojected positive set
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["method=sam", "extractor=rgb"], ("method=sam", "'rgb'", "prompted")),
+    (["method=diffusion", "extractor=sam"], ("'sam'", "method=sam")),
+    (["method=grabcut"], ("method", "grabcut")),
+])
+def test_segment_method_extractor_mismatch_is_one_line_error(scene_dir, tmp_path, capsys, extra, words):
+    base, _, _ = _scribble_args(scene_dir, tmp_path)
+    assert _run([*base, *extra, f"out={tmp_path / 'o'}"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any(all(w in line for w in words) for line in err), err

@@ -24,7 +24,7 @@ import torch
 
 from fulcra.camera import Camera
 
-from .thresholds import otsu
+from .thresholds import li, otsu
 
 __all__ = [
     "render_scores", "render_mask", "uplift_mask", "clicks_to_mask", "feature_scorer", "binarise_3d",
@@ -127,15 +127,15 @@ def feature_scorer(ref_features: torch.Tensor, foreground: torch.Tensor, kind: s
 
 
 def binarise_3d(scores: torch.Tensor, threshold: float | str = "otsu") -> torch.Tensor:
-    """A boolean 3D mask from per-Gaussian scores ``[N]``: ``> threshold``, or Otsu among the positive scores."""
+    """A boolean 3D mask from per-Gaussian scores ``[N]``: ``> threshold``, or Otsu (Li) among the positive scores."""
     s = scores.float()
     if isinstance(threshold, str):
-        if threshold != "otsu":
-            raise ValueError(f"threshold must be a number or 'otsu', got {threshold!r}")
+        if threshold not in ("otsu", "li"):
+            raise ValueError(f"threshold must be a number, 'otsu' or 'li', got {threshold!r}")
         pos = s[s > 0]
         if pos.numel() == 0:
             return torch.zeros_like(s, dtype=torch.bool)
-        t = otsu(pos) if pos.numel() > 1 else 0.0
+        t = (otsu(pos) if threshold == "otsu" else li(pos)) if pos.numel() > 1 else 0.0
         # Otsu splits the positive scores in two; when they are all alike keep them all
         return s > t if float(pos.min()) < t else s > 0
     return s > float(threshold)
@@ -159,6 +159,8 @@ class Segmentation3D:
     g0: torch.Tensor | None = None
     unary: torch.Tensor | None = None
     weights: torch.Tensor | None = None
+    #: SAM route: camera name -> ``[H, W]`` bool, the reprojected prompt pixels SAM drew its points from
+    prompts: dict | None = None
 
     def mask(self, threshold: float | str = "otsu") -> torch.Tensor:
         return binarise_3d(self.scores, threshold)
@@ -250,31 +252,55 @@ def reproject_prompt(scene, ref: Camera, prompt: torch.Tensor, cameras: Sequence
 
 
 def segment_sam(scene, cameras: Sequence[Camera], images, ref: Camera, prompt: torch.Tensor, extractor,
-                tau: float = 0.4) -> Segmentation3D:
+                tau: float = 0.4, progress: Callable[[int, int], None] | None = None) -> Segmentation3D:
     """SAM / SAM 2 masks uplifted (§5.4.1, C.1.1): per view, point prompts from the reprojected
     reference prompt, the ``sam``/``sam2`` extractor's averaged masks (random 3-point prompts, repeats
     averaged), then the masks of all views uplifted to per-Gaussian scores in [0, 1].
 
     Args:
-        images: camera name -> ``[3, H, W]`` image in [0, 1].
-        extractor: a ``sam`` or ``sam2`` feature extractor (``positive=`` masks of prompt pixels).
+        cameras: the views whose SAM masks are uplifted (include ``ref``: its own prompt is used there).
+        images: camera name -> ``[3, h, w]`` image in [0, 1]; an image whose size differs from its
+            camera's gets the prompt resized to it (nearest) and its mask resized back (bilinear).
+        ref: the reference view; ``prompt``: ``[H, W]`` bool scribble or mask on it.
+        extractor: a ``sam`` or ``sam2`` feature extractor (``positive=`` masks of prompt pixels); the
+            first channel of its output is used.
+        tau: keep reprojected pixels above ``tau`` times the mean (0.4 SPIn-NeRF, 1.0 NVOS).
+        progress: called as ``progress(i, n)`` after each view.
+
+    Returns:
+        ``Segmentation3D`` with ``scores [N]`` in [0, 1], ``weights [N]`` and ``prompts`` (camera name ->
+        ``[H, W]`` bool, the pixels SAM's point prompts were drawn from; empty for views that do not see
+        the object, which contribute a zero mask).
     """
     import fulcra
+    from fulcra.uplift import resize_to_camera
 
     points = reproject_prompt(scene, ref, prompt, cameras, tau)
+    dev = torch.device(getattr(extractor, "device", None) or "cpu")
 
     def views():
-        for cam in cameras:
-            pos = points[cam.name]
+        for i, cam in enumerate(cameras):
+            pos = points[cam.name].cpu()
             if not bool(pos.any()):
-                yield cam, torch.zeros(cam.height, cam.width)
-                continue
-            with torch.no_grad():
-                m = extractor(images[cam.name][None], positive=pos[None].cpu())[0, 0]
-            yield cam, m.float()
+                m = torch.zeros(cam.height, cam.width)
+            else:
+                img = torch.as_tensor(images[cam.name])
+                if img.shape[-2:] != pos.shape:  # prompt to the image's size (nearest keeps it boolean)
+                    pos = torch.nn.functional.interpolate(pos[None, None].float(), size=tuple(img.shape[-2:]), mode="nearest")[0, 0] > 0.5
+                    if not bool(pos.any()):
+                        pos = None
+                if pos is None:
+                    m = torch.zeros(cam.height, cam.width)
+                else:
+                    with torch.no_grad():
+                        out = extractor(img[None].to(dev), positive=pos[None])  # [1, C, h, w] in [0, 1]
+                    m = resize_to_camera(out[0, :1].float().cpu(), cam)[0]
+            if progress is not None:
+                progress(i + 1, len(cameras))
+            yield cam, m.to(getattr(scene, "device", m.device))
 
     scores, weights = fulcra.uplift(scene, views())
-    return Segmentation3D(scores=scores[:, 0], weights=weights)
+    return Segmentation3D(scores=scores[:, 0], weights=weights, prompts=points)
 
 
 __all__ += ["reproject_prompt", "segment_sam"]

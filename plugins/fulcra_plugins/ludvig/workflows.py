@@ -2,12 +2,14 @@
 
 ``fulcra run segment scene.ply=PLY scene.cameras=CAMERAS scene.images=DIR extractor=NAME
 prompt.view=CAMERA_NAME prompt.scribble=PNG out=OUT`` (or ``prompt.mask=PNG`` for a full reference
-mask, or ``prompt.clicks=[[x,y],...]``) writes
+mask, or ``prompt.clicks=[[x,y],...]``), with ``method=diffusion`` (default), ``uplift`` or ``sam``
+(then ``extractor=sam`` or ``sam2``: SAM masks prompted from the reprojected prompt, uplifted), writes
 
 - ``OUT/mask3d.npy``: one boolean per Gaussian, PLY order;
 - ``OUT/masks/<camera>.png``: the rendered 3D mask on every camera, 0/255;
 - ``OUT/removed.ply``: the scene without the selected Gaussians;
-- ``OUT/features.safetensors``: the uplifted features (reused when the run is repeated);
+- ``OUT/features.safetensors``: the uplifted features (reused when the run is repeated; not with
+  ``method=sam``, which writes ``OUT/sam_prompts/<camera>.png``, the pixels SAM's points were drawn from);
 - ``OUT/overlay.png``: the mask over the reference image; ``OUT/results.json``.
 
 ``fulcra run segment-synthetic`` runs :mod:`.synthetic_benchmark` on the embedded scene.
@@ -28,7 +30,9 @@ from omegaconf import OmegaConf
 
 from fulcra.errors import ConfigError, FormatError
 
-__all__ = ["SegmentWorkflow", "SegmentSyntheticWorkflow", "PromptConfig", "save_overlay", "load_prompt_png"]
+METHODS = ("diffusion", "uplift", "sam")
+
+__all__ = ["METHODS", "SegmentWorkflow", "SegmentSyntheticWorkflow", "PromptConfig", "save_overlay", "load_prompt_png"]
 
 
 def _scene_config():
@@ -113,13 +117,34 @@ def _uplift_cached(scene, views, imgs, extractor, extractor_node, ply, out: Path
     return features, weights, False
 
 
+def _check_extractor(method: str, node) -> None:
+    """One-line ConfigError when ``method`` and the extractor do not fit: ``sam`` needs a prompted
+    extractor (``sam``, ``sam2``), the feature routes one that maps an image alone to features."""
+    import fulcra
+
+    name = node if isinstance(node, str) else (node or {}).get("name")
+    try:
+        cls = fulcra.load_plugin("feature_extractors", name)
+    except Exception:  # unknown or uninstalled: fulcra.create reports it with its own one-line error
+        return
+    prompted = bool(getattr(cls, "needs_prompts", False))
+    if method == "sam" and not prompted:
+        raise ConfigError(f"segment: method=sam needs a prompted extractor (extractor=sam or extractor=sam2), "
+                          f"got extractor={name!r}, which takes no point prompts")
+    if method != "sam" and prompted:
+        raise ConfigError(f"segment: extractor={name!r} needs point prompts; use method=sam with it, "
+                          f"or a feature extractor (dinov2, rgb, ...) with method={method}")
+
+
 class SegmentWorkflow:
     """Segment an object in 3D from a prompt on one view, render its mask everywhere, remove it (LUDVIG §5.4.1).
 
-    Features of ``extractor`` are uplifted to the Gaussians, the prompt (scribble PNG, full mask PNG or
-    clicks) on ``prompt.view`` is uplifted and refined by graph diffusion (or, with
-    ``diffusion=false``, the uplifted features are scored directly), the per-Gaussian scores are
-    binarised in 3D and rendered on every camera.
+    ``method=diffusion`` (default): features of ``extractor`` are uplifted to the Gaussians, the prompt
+    (scribble PNG, full mask PNG or clicks) on ``prompt.view`` is uplifted and refined by graph
+    diffusion; ``method=uplift`` (or ``diffusion=false``): the uplifted features are scored directly;
+    ``method=sam`` (``extractor=sam`` or ``sam2``): the prompt is uplifted and reprojected onto every
+    view, SAM's masks from point prompts drawn there are averaged and uplifted (C.1.1). The
+    per-Gaussian scores are binarised in 3D and rendered on every camera.
     """
 
     @dataclass
@@ -128,10 +153,12 @@ class SegmentWorkflow:
         extractor: Any = field(default_factory=lambda: {"name": "rgb", "patch_size": 4}, metadata={"kind": "feature_extractors", "help": "2D feature extractor"})
         prompt: PromptConfig = field(default_factory=PromptConfig, metadata={"help": "the reference view and its scribble/mask/clicks"})
         refiner: Any = field(default_factory=lambda: {"name": "graph_diffusion"}, metadata={"kind": "refiners", "help": "the graph-diffusion refiner"})
-        diffusion: bool = field(default=True, metadata={"help": "refine by graph diffusion (false: score the uplifted features)"})
+        method: str = field(default="diffusion", metadata={"help": "diffusion (uplift + graph diffusion), uplift (score the uplifted features) or sam (SAM/SAM 2 masks from reprojected prompts, uplifted; extractor=sam or sam2)"})
+        diffusion: bool = field(default=True, metadata={"help": "false turns method=diffusion into method=uplift (kept for older configs)"})
+        tau: float = field(default=0.4, metadata={"help": "method=sam: keep reprojected prompt pixels above tau x their mean (0.4 SPIn-NeRF, 1.0 NVOS)"})
         views: list = field(default_factory=list, metadata={"help": "cameras to uplift from (empty: all with an image)"})
         center: bool = field(default=True, metadata={"help": "subtract the mean 2D feature before uplifting"})
-        threshold: str = field(default="auto", metadata={"help": "3D binarisation of the scores: auto (with diffusion h > 0 for scribbles, h > 0.5 for a mask; Otsu without), otsu, or a number"})
+        threshold: str = field(default="auto", metadata={"help": "3D binarisation of the scores: auto (with diffusion h > 0 for scribbles, h > 0.5 for a mask; Otsu without; 0.5 with sam), otsu, li, or a number"})
         render_threshold: float = field(default=0.5, metadata={"help": "threshold of the rendered 3D mask"})
         save_removed: bool = field(default=True, metadata={"help": "write OUT/removed.ply"})
 
@@ -145,9 +172,17 @@ class SegmentWorkflow:
         from fulcra_plugins.scenes.workflow import resolve_scene_paths
 
         from .editing import save_removed
-        from .segmentation import auto_threshold, binarise_3d, clicks_to_mask, render_mask, segment_diffusion, segment_uplift
+        from .segmentation import (auto_threshold, binarise_3d, clicks_to_mask, render_mask, segment_diffusion,
+                                   segment_sam, segment_uplift)
 
         cfg, out = self.cfg, Path(ctx.out)
+        method = str(cfg.method)
+        if method not in METHODS:
+            raise ConfigError(f"segment: key 'method' must be one of {', '.join(METHODS)}, got {method!r}")
+        if method == "diffusion" and not cfg.diffusion:
+            method = "uplift"
+        extractor_node = OmegaConf.to_container(cfg.extractor, resolve=True)
+        _check_extractor(method, extractor_node)  # before loading the scene: a wrong pairing fails at once
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         ply, cameras, images = resolve_scene_paths(cfg.scene)
@@ -171,25 +206,39 @@ class SegmentWorkflow:
         views = [by_name[v] for v in cfg.views] if cfg.views else [c for c in cams if c.name in imgs]
         if not views:
             raise FormatError(f"{imgs.folder or '(no image folder; set scene.images)'}: no image matches a camera")
-        extractor_node = OmegaConf.to_container(cfg.extractor, resolve=True)
         extractor = fulcra.create("feature_extractors", extractor_node)
-        features, weights, resumed = _uplift_cached(scene, views, imgs, extractor, extractor_node, ply, out, ctx.hooks, cfg.center)
-        if cfg.diffusion:
-            refiner = fulcra.create("refiners", OmegaConf.to_container(cfg.refiner, resolve=True))
-            seg = segment_diffusion(scene, features, ref, prompt, kind, refiner, weights)
+        resumed = False
+        from PIL import Image
+
+        if method == "sam":
+            if getattr(extractor, "dim", 1) != 1:
+                raise ConfigError(f"segment: method=sam uplifts one mask per view; set extractor.mask to single, best, 0, 1 or 2 (got {extractor.mask!r})")
+            if ref.name in imgs and ref.name not in {c.name for c in views}:
+                views = [ref, *views]  # the reference view's own prompt is SAM's best cue there
+            seg = segment_sam(scene, views, imgs, ref, prompt, extractor, tau=cfg.tau,
+                              progress=lambda i, n: ctx.hooks.step(step=i, metrics={"view": float(i - 1)}, total=n, stage="sam"))
+            (out / "sam_prompts").mkdir(exist_ok=True)
+            for name, pos in seg.prompts.items():
+                Image.fromarray(pos.cpu().numpy().astype(np.uint8) * 255).save(out / "sam_prompts" / f"{name}.png")
         else:
-            seg = segment_uplift(scene, features, ref, prompt, kind)
+            features, weights, resumed = _uplift_cached(scene, views, imgs, extractor, extractor_node, ply, out, ctx.hooks, cfg.center)
+            if method == "diffusion":
+                refiner = fulcra.create("refiners", OmegaConf.to_container(cfg.refiner, resolve=True))
+                seg = segment_diffusion(scene, features, ref, prompt, kind, refiner, weights)
+            else:
+                seg = segment_uplift(scene, features, ref, prompt, kind)
         th = str(cfg.threshold)
         if th == "auto":
-            th = auto_threshold(cfg.diffusion, kind)
-        elif th != "otsu":
+            # SAM: the uplifted scores are the share of SAM masks covering a Gaussian; the thesis fixes
+            # the threshold for SAM (Li for SAM 2 on NVOS: threshold=li)
+            th = 0.5 if method == "sam" else auto_threshold(method == "diffusion", kind)
+        elif th not in ("otsu", "li"):
             try:
                 th = float(th)
             except ValueError:
-                raise ConfigError(f"segment: key 'threshold' must be auto, otsu or a number, got {cfg.threshold!r}") from None
+                raise ConfigError(f"segment: key 'threshold' must be auto, otsu, li or a number, got {cfg.threshold!r}") from None
         mask3d = binarise_3d(seg.scores, th)
         np.save(out / "mask3d.npy", mask3d.cpu().numpy())
-        from PIL import Image
 
         (out / "masks").mkdir(exist_ok=True)
         fractions = {}
@@ -202,12 +251,13 @@ class SegmentWorkflow:
                 save_overlay(imgs[ref.name], m, out / "overlay.png", prompt)
         results = {
             "num_gaussians": scene.num_primitives, "selected": int(mask3d.sum()), "prompt": kind,
-            "reference_view": ref.name, "diffusion": bool(cfg.diffusion), "features_resumed": resumed,
+            "reference_view": ref.name, "method": method, "diffusion": method == "diffusion", "features_resumed": resumed,
+            "threshold": th,
             "mask3d": str(out / "mask3d.npy"), "masks": str(out / "masks"), "seconds": round(time.time() - t0, 2),
         }
         if int(mask3d.sum()) == 0:
             raise ConfigError(f"segment: the prompt selects no Gaussian (scores max {float(seg.scores.max()):.3g}); "
-                              "try a larger prompt, diffusion=false or another extractor")
+                              "try a larger prompt, another method or another extractor")
         if cfg.save_removed:
             results["removed"] = str(save_removed(scene, mask3d, out / "removed.ply"))
         (out / "results.json").write_text(json.dumps(results, indent=2))
