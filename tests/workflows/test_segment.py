@@ -105,12 +105,14 @@ def _scribble_args(scene_dir, tmp_path, obj=3):
             f"prompt.scribble={tmp_path / 'scribble.png'}"], ref.name, scribble
 
 
-def test_segment_sam_route_with_tiny_sam(scene_dir, tmp_path, monkeypatch):
-    """method=sam end to end through the real ``sam`` extractor (tiny random model): outputs as the
+@pytest.mark.parametrize("extractor, package", [("sam", "segment_anything"), ("sam2", "sam2")])
+def test_segment_sam_route_with_tiny_sam(scene_dir, tmp_path, monkeypatch, extractor, package):
+    """method=sam end to end through the real ``sam``/``sam2`` extractor (tiny random model): outputs as the
     other routes, and every point prompt SAM received lies in its view's reprojected prompt set.
     A random SAM's masks mean nothing, so no accuracy is asserted (the stand-in test in
     tests/plugins/ludvig checks the route's accuracy logic)."""
-    import fulcra_plugins.extractors.sam as sam_mod
+    pytest.importorskip(package)
+    import fulcra_plugins.extractors.sam as sam_mod  # sam2 shares its prompt sampling
     from fulcra_plugins.ludvig.segmentation import reproject_prompt
 
     calls = []  # (positive pixels [P, 2] handed to SAM, drawn prompts [R, n, 2])
@@ -125,7 +127,7 @@ def test_segment_sam_route_with_tiny_sam(scene_dir, tmp_path, monkeypatch):
     base, ref_name, scribble = _scribble_args(scene_dir, tmp_path)
     out = tmp_path / "sam"
     # binarize=false: averaged probabilities, so the random model's scores are not all zero
-    args = [*base, "method=sam", "extractor=sam", "extractor.tiny=true", "extractor.n_repeats=2",
+    args = [*base, "method=sam", f"extractor={extractor}", "extractor.tiny=true", "extractor.n_repeats=2",
             "extractor.binarize=false", "threshold=otsu", f"out={out}"]
     assert _run(args) == 0
     scene, cams, _ = load_scene(scene_dir / "point_cloud.ply", backend="torch", device="cpu")
