@@ -139,3 +139,37 @@ def test_mask_prompt_and_sam_route(tiny_scene):
     images = {c.name: torch.zeros(3, c.height, c.width) for c in cams}
     seg = segment_sam(scene, cams, images, cam, gt[cam.name] == 2, OracleSAM())
     assert iou(seg.scores > 0.5, labels == 2) > 0.85
+
+
+def test_segment_sam_real_tiny_sam_on_images_of_another_size(tiny_scene, monkeypatch):
+    """segment_sam with the real ``sam`` extractor (tiny, random) on images twice the cameras' size:
+    the prompt is resized to the image, every drawn point lies in it, the masks come back at the
+    camera's size and the scores are a valid uplift (in [0, 1], zero where no view sees a Gaussian)."""
+    pytest.importorskip("segment_anything")
+    import fulcra
+    import fulcra_plugins.extractors.sam as sam_mod
+    from fulcra_plugins.ludvig.segmentation import segment_sam
+
+    scene, cams, labels, gt = tiny_scene
+    cam = max(cams, key=lambda c: int((gt[c.name] == 2).sum()))
+    drawn = []
+    real = sam_mod.sample_prompts
+
+    def spy(points, n_points, n_repeats, generator):
+        out = real(points, n_points, n_repeats, generator)
+        drawn.append(out)
+        return out
+
+    monkeypatch.setattr(sam_mod, "sample_prompts", spy)
+    g = torch.Generator().manual_seed(0)
+    images = {c.name: torch.rand(3, 2 * c.height, 2 * c.width, generator=g) for c in cams}
+    sam = fulcra.create("feature_extractors", "sam", tiny=True, n_repeats=2)
+    seg = segment_sam(scene, cams, images, cam, gt[cam.name] == 2, sam)
+    prompted = [c.name for c in cams if seg.prompts[c.name].any()]
+    assert cam.name in prompted and len(drawn) == len(prompted)
+    for name, pts in zip(prompted, drawn):
+        big = torch.nn.functional.interpolate(seg.prompts[name][None, None].float(), scale_factor=2, mode="nearest")[0, 0] > 0
+        xy = pts.long()
+        assert bool((xy[..., 0] < 128).all() and (xy[..., 1] < 96).all()) and bool(big[xy[..., 1], xy[..., 0]].all())
+    assert seg.scores.shape == labels.shape and float(seg.scores.min()) >= 0 and float(seg.scores.max()) <= 1 + 1e-5
+    assert bool((seg.scores[seg.weights == 0] == 0).all())
