@@ -122,9 +122,12 @@ def _check_extractor(method: str, node) -> None:
     extractor (``sam``, ``sam2``), the feature routes one that maps an image alone to features."""
     import fulcra
 
+    from fulcra.registry import preset
+
     name = node if isinstance(node, str) else (node or {}).get("name")
     try:
-        cls = fulcra.load_plugin("feature_extractors", name)
+        p = preset("feature_extractors", name)  # sam_vit_h, sam2_hiera_large, ... name their plugin
+        cls = fulcra.load_plugin("feature_extractors", p.get("name", name) if p else name)
     except Exception:  # unknown or uninstalled: fulcra.create reports it with its own one-line error
         return
     prompted = bool(getattr(cls, "needs_prompts", False))
