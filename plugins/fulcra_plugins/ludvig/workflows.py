@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from fulcra.errors import ConfigError, FormatError
+from fulcra.errors import ConfigError, FormatError, FulcraError
 
 METHODS = ("diffusion", "uplift", "sam")
 
@@ -128,7 +128,7 @@ def _check_extractor(method: str, node) -> None:
     try:
         p = preset("feature_extractors", name)  # sam_vit_h, sam2_hiera_large, ... name their plugin
         cls = fulcra.load_plugin("feature_extractors", p.get("name", name) if p else name)
-    except Exception:  # unknown or uninstalled: fulcra.create reports it with its own one-line error
+    except (FulcraError, TypeError):  # unknown or uninstalled: fulcra.create reports it with its own one-line error
         return
     prompted = bool(getattr(cls, "needs_prompts", False))
     if method == "sam" and not prompted:
