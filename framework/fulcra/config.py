@@ -57,6 +57,21 @@ class Param:
     required: bool
     help: str = ""
     kind: str | None = None  # for workflow fields holding a component: its plugin kind
+    minimum: float | None = None  # field metadata "min" / "max" / "choices", checked on validation
+    maximum: float | None = None
+    choices: tuple | None = None
+
+    def check(self, owner: str, value: Any) -> None:
+        """Raise a one-line ConfigError when ``value`` is outside the declared range or choices."""
+        if value is None:
+            return
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{owner}: key {self.name!r} must be one of {', '.join(map(repr, self.choices))}, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if self.minimum is not None and value < self.minimum:
+                raise ConfigError(f"{owner}: key {self.name!r} must be >= {self.minimum}, got {value!r}")
+            if self.maximum is not None and value > self.maximum:
+                raise ConfigError(f"{owner}: key {self.name!r} must be <= {self.maximum}, got {value!r}")
 
     @property
     def type_name(self) -> str:
@@ -89,8 +104,10 @@ def _params_cached(obj: Any) -> tuple[tuple[Param, ...], bool]:
         out = []
         for f in dataclasses.fields(cfg):
             default, required = _field_default(f)
+            md = f.metadata
             out.append(
-                Param(f.name, hints.get(f.name, Any), default, required, f.metadata.get("help", ""), f.metadata.get("kind"))
+                Param(f.name, hints.get(f.name, Any), default, required, md.get("help", ""), md.get("kind"),
+                      md.get("min"), md.get("max"), tuple(md["choices"]) if "choices" in md else None)
             )
         return tuple(out), False
     fn = obj.__init__ if inspect.isclass(obj) else obj
@@ -189,6 +206,7 @@ def validate_params(owner: str, obj: Any, params: Mapping[str, Any]) -> dict:
             out[key] = _to_python(value)
             continue
         out[key] = _coerce(owner, p, value)
+        p.check(owner, out[key])
     missing = [p.name for p in declared if p.required and p.name not in out]
     if missing:
         raise ConfigError(f"{owner}: missing required key {missing[0]!r} (declared: {', '.join(by_name)})")
@@ -346,6 +364,7 @@ def _recipe(name: str, _seen: tuple = ()) -> dict:
     if name in _seen:
         raise ConfigError(f"recipe {name!r} extends itself")
     raw = copy.deepcopy(dict(recipes[name]))
+    raw.pop("description", None)  # for `fulcra recipes`, not a workflow key
     parent = raw.pop("extends", None)
     return merge_nodes(_recipe(parent, _seen + (name,)), raw) if parent else raw
 
@@ -370,6 +389,7 @@ def _workflow_config(cls: Any, name: str, raw: Mapping[str, Any]) -> DictConfig:
             values[key] = merge_nodes(values[key], value)
         else:
             values[key] = value
+            p.check(owner, value)
     for p in declared:  # validate component defaults too
         if p.kind is not None and p.name not in raw and values.get(p.name) is not None:
             values[p.name] = _validate_component(p.kind, values[p.name], f"{owner}, key {p.name!r}")

@@ -111,3 +111,20 @@ def test_overrides_apply_in_order_to_components():
     assert out["teacher"] == {"name": "probed", "head": "mlp"}
     out = config.load_run_config({"workflow": "w"}, ["teacher=dinov2_vitl14", "teacher.weights=/w.pth"])
     assert out["teacher"] == {"name": "dinov2_vitl14", "weights": "/w.pth"}
+
+
+def test_declared_ranges_and_choices_are_enforced():
+    class Ranged:
+        @dataclass
+        class Config:
+            seeds: int = field(default=3, metadata={"min": 1})
+            mode: str = field(default="a", metadata={"choices": ["a", "b"]})
+
+        def __init__(self, seeds: int = 3, mode: str = "a"):
+            pass
+
+    assert config.validate_params("r", Ranged, {"seeds": 2, "mode": "b"}) == {"seeds": 2, "mode": "b"}
+    with pytest.raises(ConfigError, match="'seeds' must be >= 1, got 0"):
+        config.validate_params("r", Ranged, {"seeds": 0})
+    with pytest.raises(ConfigError, match="'mode' must be one of 'a', 'b', got 'c'"):
+        config.validate_params("r", Ranged, {"mode": "c"})

@@ -42,11 +42,6 @@ def per_image(value, batch: int, device, dtype=torch.float64) -> torch.Tensor:
     return v
 
 
-def f32(x: torch.Tensor) -> torch.Tensor:
-    """Rounds float64 values to float32 and back: the float32 value a python scalar becomes."""
-    return x.to(torch.float32).to(torch.float64)
-
-
 def fma32(s: torch.Tensor, other: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """``float32(s + other * alpha)`` with a single rounding (float32 fused multiply-add).
 

@@ -146,19 +146,6 @@ def _shard(seq: Sequence) -> list:
     return list(d.shard(seq))
 
 
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    d = _dist()
-    if d is None or d.world_size() == 1:
-        return t
-    return d.all_reduce_sum(t)
-
-
-def _barrier() -> None:
-    d = _dist()
-    if d is not None and d.world_size() > 1:
-        d.barrier()
-
-
 # ----------------------------------------------------------------------------------------------
 # on-disk cache
 

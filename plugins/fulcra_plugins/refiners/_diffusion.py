@@ -151,10 +151,6 @@ def _spmm(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return A @ x
 
 
-def _normalise_columns(g: torch.Tensor, eps: float) -> torch.Tensor:
-    return g / (g.norm(dim=0, keepdim=True) + eps)
-
-
 def power_iteration(
     graph: SceneGraph,
     g0: torch.Tensor,  # [N, Q] (Morton order)

@@ -118,6 +118,12 @@ class UpliftWorkflow:
             features, weights = arrays["features"].to(scene.device), arrays["weights"].to(scene.device)
         else:
             dev = extractor_device(extractor, scene.device)
+            if getattr(extractor, "cache", "n/a") is None:
+                # per-view features cached under OUT: DINOv2's PCA fit and the extraction then encode each
+                # view once, and a run killed mid-uplift re-extracts nothing when resumed
+                from fulcra_plugins.extractors.common import FeatureCache
+
+                extractor.cache = FeatureCache(out / "feature_cache")
             if hasattr(extractor, "fit") and not getattr(extractor, "fitted", True):
                 # extractors with a dataset-level step (DINOv2's PCA, app. C.1.2) fit it over all views first
                 extractor.fit([(lambda n=cam.name: imgs[n]) for cam in views])

@@ -149,6 +149,11 @@ class Slack:
         self.pretrain_steps, self.rounds = int(pretrain_steps), int(rounds)
         self.retrain_steps, self.unrolled_steps = int(retrain_steps), int(unrolled_steps)
         self.batch_size, self.b_aug = int(batch_size), int(b_aug)
+        for key, value, low in (("pretrain_steps", self.pretrain_steps, 0), ("rounds", self.rounds, 0),
+                                ("retrain_steps", self.retrain_steps, 0), ("unrolled_steps", self.unrolled_steps, 0),
+                                ("batch_size", self.batch_size, 1), ("b_aug", self.b_aug, 1)):
+            if value < low:
+                raise ConfigError(f"policy_optimizers 'slack': key {key!r} must be >= {low}, got {value}")
         self.lower_lr, self.upper_lr = float(lower_lr), float(upper_lr)
         self.mu_lr_divisor = float(mu_lr_divisor) or (40.0 if kl else 10.0)
         self.kl_weight = float(kl_weight) if kl else 0.0

@@ -56,8 +56,8 @@ class SearchWorkflow:
         baselines: list = field(default_factory=lambda: ["uniform", "trivialaugment", "randaugment"],
                                 metadata={"help": "policy_optimizers evaluated beside the found policy (names or nodes)"})
         search_val_fraction: float = field(default=0.5, metadata={"help": "fraction of the training split used as D_val by the search"})
-        eval_seeds: int = field(default=4, metadata={"help": "independent trainings from scratch per method"})
-        eval_epochs: float = field(default=200.0, metadata={"help": "epochs of each evaluation training"})
+        eval_seeds: int = field(default=4, metadata={"help": "independent trainings from scratch per method", "min": 1})
+        eval_epochs: float = field(default=200.0, metadata={"help": "epochs of each evaluation training", "min": 0})
         eval_batch_size: int = field(default=128, metadata={"help": "evaluation batch size"})
         eval_lr: float = field(default=0.1, metadata={"help": "evaluation SGD learning rate (cosine schedule)"})
         eval_weight_decay: float = field(default=5e-4, metadata={"help": "evaluation weight decay"})

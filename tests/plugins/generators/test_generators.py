@@ -115,8 +115,14 @@ def test_imagemixer_shapes_determinism_and_conditioning(tiny_mixer_dir):
     assert y.shape == (2, 3, 12, 12) and float(y.min()) >= 0 and float(y.max()) <= 1
     torch.testing.assert_close(mixer.generate(x, _gen(0)), y)
     assert not torch.allclose(mixer.generate(x, _gen(1)), y)
-    # the conditioning is the two inputs' embeddings: swapping the pair's content changes the output
+    # the conditioning is the pair's embeddings, a two-token sequence for cross-attention: other
+    # content changes that pair's image under the same noise (the order does not: attention over
+    # the tokens is permutation-invariant)
     assert mixer.embed(x).shape == (4, 16)
+    other = x.clone()
+    other[0] = torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(5))
+    assert not torch.allclose(mixer.generate(other, _gen(0))[0], y[0])
+    torch.testing.assert_close(mixer.generate(x[[1, 0, 2, 3]], _gen(0)), y, atol=1e-5, rtol=1e-4)
     big = ImageMixer(model=str(tiny_mixer_dir), steps=2, keep_size=False, device="cpu").generate(x, _gen(0))
     assert big.shape == (2, 3, 16, 16)  # UNet sample 8 × VAE factor 2
 
