@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "FormatError",
     "WeightsNotFoundError",
+    "DataNotFoundError",
 ]
 
 
@@ -51,3 +52,7 @@ class FormatError(FulcraError, ValueError):
 
 class WeightsNotFoundError(FulcraError, FileNotFoundError):
     """Pretrained weights are not on disk; says where to put them (nothing is downloaded)."""
+
+
+class DataNotFoundError(FulcraError, FileNotFoundError):
+    """A dataset is not on disk where the config says; says where to put it (nothing is downloaded)."""

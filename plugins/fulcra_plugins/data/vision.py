@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from fulcra.errors import ConfigError, MissingDependencyError
+from fulcra.errors import ConfigError, DataNotFoundError, MissingDependencyError
 
 from .digits import TensorImageDataset
 
@@ -75,10 +75,10 @@ class ImageFolder:
 
     def __init__(self, root: str = "", size: int = 224, seed: int = 0, val_fraction: float = 0.1):
         if not root:
-            raise ConfigError("datasets.imagefolder: set root= to the image folder")
+            raise DataNotFoundError("datasets.imagefolder: set root= to the image folder")
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
-            raise ConfigError(f"datasets.imagefolder: root directory not found: {self.root}")
+            raise DataNotFoundError(f"datasets.imagefolder: root directory not found: {self.root}")
         self.size, self.seed, self.val_fraction = int(size), int(seed), float(val_fraction)
         split_dirs = [d for d in ("train", "val", "test") if (self.root / d).is_dir()]
         self._classes = sorted(p.name for p in ((self.root / "train") if split_dirs else self.root).iterdir() if p.is_dir())
@@ -119,7 +119,7 @@ class _Cifar:
         self.root = Path(root).expanduser()
         self.seed, self.val_fraction = int(seed), float(val_fraction)
         if not (self.root / self._folder).is_dir():
-            raise ConfigError(
+            raise DataNotFoundError(
                 f"datasets.{self._cls_name.lower()}: {self.root / self._folder} not found; "
                 f"download {self._cls_name} there yourself (fulcra never downloads data)"
             )

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fulcra.errors import ConfigError
+from fulcra.errors import ConfigError, DataNotFoundError
 from fulcra_plugins.data import Cifar10, Digits, ImageFolder
 from fulcra_plugins.tasks.classification import Classification
 
@@ -24,9 +24,9 @@ def test_digits_bad_size():
 
 
 def test_missing_paths_name_the_path(tmp_path):
-    with pytest.raises(ConfigError, match=str(tmp_path / "cifar-10-batches-py")):
+    with pytest.raises(DataNotFoundError, match=str(tmp_path / "cifar-10-batches-py")):
         Cifar10(root=str(tmp_path))
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(DataNotFoundError, match="not found"):
         ImageFolder(root=str(tmp_path / "nope"))
 
 
