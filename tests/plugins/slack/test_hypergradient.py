@@ -4,8 +4,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from fulcra.policy import Policy, smoothed_uniform_log_density
-from fulcra_plugins.slack.models import SmallCNN
+from fulcra.policy import Policy
 from fulcra_plugins.slack.slack import hypergradient
 
 torch.set_num_threads(1)
@@ -34,21 +33,13 @@ def _reference(model, policy, logits, mu, x_aug, y_aug, idx, mags, x_val, y_val,
     return g_mean, G_l, G_m
 
 
-def test_batched_hypergradient_equals_per_augmentation_reference():
-    torch.manual_seed(0)
-    model = SmallCNN(num_classes=4, width=4).double()
-    ops = ["identity", "rotate", "invert", "cutout"]
-    pol = Policy.uniform(ops, 2)
-    logits = torch.randn(2, 4, dtype=torch.float64).requires_grad_(True)
-    mu = torch.tensor([0.7, 0.5, 0.9, 0.3], dtype=torch.float64).requires_grad_(True)
-    n_aug, n_t = 3, 5
-    idx, mags = pol.sample(n_aug, torch.Generator().manual_seed(1))
-    x = torch.randn(n_aug * n_t, 3, 12, 12, dtype=torch.float64)
-    y = torch.randint(0, 4, (n_aug * n_t,))
-    xv, yv = torch.randn(6, 3, 12, 12, dtype=torch.float64), torch.randint(0, 4, (6,))
+def test_batched_hypergradient_equals_per_augmentation_reference(hyper_problem):
+    h = hyper_problem
+    model, pol, logits, mu, x, y, idx, xv, yv = h.model, h.pol, h.logits, h.mu, h.x, h.y, h.idx, h.xv, h.yv
+    mags = h.mags
     ce = nn.functional.cross_entropy
-    g, Gl, Gm, _, _ = hypergradient(model, pol, logits, mu, x, y, idx, mags.double(), xv, yv, 0.1, ce)
-    g_ref, Gl_ref, Gm_ref = _reference(model, pol, logits, mu, x, y, idx, mags.double(), xv, yv, 0.1, ce)
+    g, Gl, Gm, _, _ = hypergradient(model, pol, logits, mu, x, y, idx, mags, xv, yv, 0.1, ce)
+    g_ref, Gl_ref, Gm_ref = _reference(model, pol, logits, mu, x, y, idx, mags, xv, yv, 0.1, ce)
     for a, b in zip(g, g_ref):
         assert torch.allclose(a, b, atol=1e-10)
     assert torch.allclose(Gl, Gl_ref, atol=1e-12) and Gl.abs().max() > 0
@@ -107,22 +98,14 @@ def test_reinforce_mean_matches_exact_hypergradient():
     assert (acc_m - gm_exact).abs().max() < 0.08 * scale_m, (acc_m, gm_exact)
 
 
-def test_layerwise_hypergradient_equals_per_augmentation_reference():
+def test_layerwise_hypergradient_equals_per_augmentation_reference(hyper_problem):
     """The one-backward formulation against explicit per-τ gradients (per-group BatchNorm in both)."""
     from fulcra_plugins.slack.layerwise import grouped_batchnorm, layerwise_hypergradient, supports_layerwise
 
-    torch.manual_seed(0)
-    model = SmallCNN(num_classes=4, width=4).double()
+    h = hyper_problem
+    model, pol, logits, mu, x, y, idx, xv, yv = h.model, h.pol, h.logits, h.mu, h.x, h.y, h.idx, h.xv, h.yv
+    mags, n_aug, n_t = h.mags, h.n_aug, h.n_t
     assert supports_layerwise(model)
-    ops = ["identity", "rotate", "invert", "cutout"]
-    pol = Policy.uniform(ops, 2)
-    logits = torch.randn(2, 4, dtype=torch.float64).requires_grad_(True)
-    mu = torch.tensor([0.7, 0.5, 0.9, 0.3], dtype=torch.float64).requires_grad_(True)
-    n_aug, n_t = 3, 5
-    idx, mags = pol.sample(n_aug, torch.Generator().manual_seed(1))
-    x = torch.randn(n_aug * n_t, 3, 12, 12, dtype=torch.float64)
-    y = torch.randint(0, 4, (n_aug * n_t,))
-    xv, yv = torch.randn(6, 3, 12, 12, dtype=torch.float64), torch.randint(0, 4, (6,))
     ce = nn.functional.cross_entropy
     state = {k: v.clone() for k, v in model.state_dict().items()}
     g, Gl, Gm, _, _ = layerwise_hypergradient(model, pol, logits, mu, x, y, idx, mags.double(), xv, yv, 0.1, ce)
