@@ -11,7 +11,6 @@ from fulcra_plugins.data import Digits
 from fulcra_plugins.slack import Slack
 from fulcra_plugins.slack.models import SmallCNN
 
-torch.set_num_threads(1)
 
 
 class _Hooks:

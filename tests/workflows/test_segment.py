@@ -19,19 +19,11 @@ from fulcra_plugins.scenes.synthetic import generate_scene
 
 @pytest.fixture(scope="module")
 def scene_dir(tmp_path_factory):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield generate_scene(tmp_path_factory.mktemp("segment") / "scene", seed=2, width=64, height=48, n_ring=6, n_forward=0, density=0.2)
-    torch.set_num_threads(n)
+    return generate_scene(tmp_path_factory.mktemp("segment") / "scene", seed=2, width=64, height=48, n_ring=6, n_forward=0, density=0.2)
 
 
-def _run(args):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return main(["run", *args, "hooks=[]"])
-    finally:
-        torch.set_num_threads(n)
+def _run(args):  # one intra-op thread is set for the whole suite in tests/conftest.py
+    return main(["run", *args, "hooks=[]"])
 
 
 def _gt(scene_dir, name):

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import plyfile
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from fulcra.cli import main
@@ -16,19 +15,11 @@ from fulcra_plugins.scenes.synthetic import generate_scene
 
 @pytest.fixture(scope="module")
 def scene_dir(tmp_path_factory):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield generate_scene(tmp_path_factory.mktemp("uplift") / "scene", seed=5, width=48, height=36, n_ring=5, n_forward=2, density=0.15)
-    torch.set_num_threads(n)
+    return generate_scene(tmp_path_factory.mktemp("uplift") / "scene", seed=5, width=48, height=36, n_ring=5, n_forward=2, density=0.15)
 
 
-def _run(args):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return main(["run", "uplift", *args, "hooks=[]"])
-    finally:
-        torch.set_num_threads(n)
+def _run(args):  # one intra-op thread is set for the whole suite in tests/conftest.py
+    return main(["run", "uplift", *args, "hooks=[]"])
 
 
 def test_rgb_round_trip_through_the_cli(scene_dir, tmp_path):

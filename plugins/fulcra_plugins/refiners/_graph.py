@@ -213,6 +213,7 @@ def build_scene_graph(
     self_loops: bool = True,
     device: torch.device | str = "cpu",
     chunk: int = 1 << 20,
+    fp: tuple | None = None,
 ) -> SceneGraph:
     """Build the scene graph: Morton order, exact kNN, symmetrisation, ``S_f`` on every edge.
 
@@ -224,6 +225,7 @@ def build_scene_graph(
         self_loops: keep ``A_ii = P_i`` (the lazy power iteration of the reference code).
         device: where the returned graph lives (the neighbour search runs on the CPU).
         chunk: edges per block when computing feature distances (bounds memory).
+        fp: the :func:`fingerprint` of (positions, features) when the caller already has it.
 
     Returns:
         A :class:`SceneGraph`.
@@ -235,7 +237,7 @@ def build_scene_graph(
             f"graph_diffusion: features must be [N, D] with N={positions.shape[0]}, got {list(features.shape)}"
         )
     dev = torch.device(device)
-    fp = fingerprint(positions, features)
+    fp = fingerprint(positions, features) if fp is None else fp
     pos = positions.detach().float().cpu().numpy()
     perm_np = morton_order(pos)
     inv_np = np.empty_like(perm_np)

@@ -117,7 +117,7 @@ class GraphDiffusion:
         g = self._graph
         if g is None or g.fingerprint != fp or g.k != self.k:
             g = build_scene_graph(positions, features, k=self.k, bandwidth=self.bandwidth,
-                                  self_loops=self.self_loops, device=self._device(positions))
+                                  self_loops=self.self_loops, device=self._device(positions), fp=fp)
             self._graph = g
         elif g.bandwidth != self.bandwidth:
             g = self._graph = g.with_bandwidth(self.bandwidth)

@@ -7,7 +7,6 @@ from torch.func import functional_call
 from fulcra.policy import Policy
 from fulcra_plugins.slack.slack import hypergradient
 
-torch.set_num_threads(1)
 
 
 def _reference(model, policy, logits, mu, x_aug, y_aug, idx, mags, x_val, y_val, eta, loss_fn):
