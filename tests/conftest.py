@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 
 import pytest
 import torch
 
 # One intra-op thread for the whole suite: test tensors are tiny, and on a 2-core machine a second
 # thread costs more in synchronisation than it computes (measured 5-10x slower under load). Tests
-# that need more threads (benchmark-like checks) set them themselves.
-torch.set_num_threads(1)
+# that need more threads (benchmark-like checks) set them themselves. FULCRA_TEST_THREADS overrides
+# it, so that CI can run the thread-sensitive suites (ops, policies) with 2 threads too.
+torch.set_num_threads(int(os.environ.get("FULCRA_TEST_THREADS", "1")))
 
 
 def pytest_addoption(parser):

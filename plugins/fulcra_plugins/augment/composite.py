@@ -120,8 +120,6 @@ class CompositeAugment:
     #: values (pixels × channels) per kernel call on CPU: one image at 224×224 (read in place, no
     #: gather copy), whole groups at 32×32 (few calls)
     chunk_values = 1 << 17
-    #: images whose affine sampling grids share one GEMM
-    grid_images = 1
 
     def _stage(self, x, perm, mags, counts, generator):
         """One stage: ``perm[starts[r]:starts[r + 1]]`` are the original indices of the images that get
@@ -177,13 +175,9 @@ class CompositeAugment:
                 mats = K.inverse_affine(*(torch.cat(a) for a in zip(*aff_mats)))
             else:
                 mats = torch.cat([K.inverse_affine(*m) if isinstance(m, tuple) else m for m in aff_mats])
-            # grids of up to 8 images per GEMM (a [HW, 3] × [3, 2] product is mostly call overhead)
-            gstep = max(step, self.grid_images)
-            for a in range(0, idx.numel(), gstep):
-                grid = K.affine_grid(mats[a:a + gstep], H, W)
-                for c in range(0, grid.shape[0], step):
-                    ci = idx[a + c:a + c + step]
-                    y.put(ci, K.warp_nearest_grid(_take(x, ci), grid[c:c + step]))
+            for a in range(0, idx.numel(), step):
+                ci = idx[a:a + step]
+                y.put(ci, K.warp_nearest(_take(x, ci), mats[a:a + step]))
         if lut_segs:
             self._luts(x, y, lut_segs, step)
         return y.finish()

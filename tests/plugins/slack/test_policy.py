@@ -10,8 +10,6 @@ import torch
 from fulcra.errors import FormatError
 from fulcra.policy import Policy, smoothed_uniform_log_density
 
-torch.set_num_threads(1)
-
 
 def test_sampling_frequencies_match_pi():
     probs = torch.tensor([[0.5, 0.2, 0.2, 0.1, 0.0], [0.05, 0.05, 0.1, 0.3, 0.5]])
