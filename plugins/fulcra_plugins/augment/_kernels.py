@@ -146,8 +146,7 @@ _CACHE: dict = {}
 
 
 def _cached(key, make):
-    """Small constant tensors (base grids, pixel ids) built once per size and device: rebuilding them
-    cost as much as the warp itself for a few 224×224 images."""
+    """Small constant tensors (pixel-centre coordinates) built once per size and device."""
     t = _CACHE.get(key)
     if t is None:
         if len(_CACHE) > 64:
@@ -157,8 +156,7 @@ def _cached(key, make):
 
 
 def _centres(n: int, dev) -> torch.Tensor:
-    """Centred pixel coordinates ``j + 0.5 - n / 2`` ``[n]`` float64 (torchvision's base grid: exact
-    half-integers, so float32 or float64 makes no difference)."""
+    """Centred pixel coordinates ``j + 0.5 - n / 2`` ``[n]`` float64 (torchvision's base grid)."""
     return _cached(("centres", n, str(dev)),
                    lambda: torch.arange(n, dtype=torch.float64, device=dev).add_(0.5 - 0.5 * n))
 
@@ -168,54 +166,59 @@ def source_index(theta: torch.Tensor, H: int, W: int) -> torch.Tensor:
 
     torchvision computes the sampling grid with one float32 GEMM ``[HW, 3] × [3, 2]`` and lets
     ``grid_sample`` round it to the nearest pixel. How a GEMM rounds depends on the BLAS code path
-    (MKL's AVX2/AVX-512/SSE kernels, FMA or not, the batch size that selects the kernel), so the
-    nearest pixel flips where the exact coordinate is within a few float32 ulps of a half-integer,
-    and the same image would warp differently alone and in a batch, or on another CPU. Here every
-    step is elementwise with one documented rounding, on CPU and CUDA alike:
+    (MKL's AVX2/AVX-512/SSE kernels, the batch size that selects one), so the nearest pixel flips
+    where the exact coordinate is within a few float32 ulps of a half-integer, and the same image
+    warped differently alone and in a batch, or on another CPU. Here every step is elementwise with
+    a fixed rounding, on CPU and CUDA alike:
 
-    1. the rescaled inverse matrix in float32, exactly as torchvision forms it (``theta / (size / 2)``);
-    2. the grid value ``x·r0 + y·r1 + r2`` summed in float64 (the products of half-integers and
-       float32 values are exact there) and rounded once to float32: the float32 grid a correctly
-       rounding GEMM would give;
-    3. ``grid_sample``'s unnormalisation ``(g + 1) · size / 2 − 0.5`` in float32, one rounding per
-       operation, then round-half-to-even and the zero-padding bounds test, as its CPU kernel does.
+    1. the rescaled inverse matrix in float32, as torchvision forms it (``theta / (size / 2)``);
+    2. the source pixel coordinate ``(x·r0 + y·r1 + r2 + 1) · size / 2 − 0.5`` split into a column
+       part and a row part, each computed in float64 (``[B, W]`` and ``[B, H]`` values) and rounded
+       to float32; their float32 sum (one rounding) is the coordinate, within 2 ulps of exact;
+    3. round half to even (``grid_sample``'s nearest rule), then clamp to the one-pixel zero border
+       of a padded image, so that out-of-image sources read zeros.
+
+    A pixel can differ from torchvision's only where the exact coordinate lies within a few float32
+    ulps of a half-integer (a tie, e.g. a shear of exactly 1), where torchvision's own answer
+    depends on its GEMM's code path.
 
     Args:
         theta: ``[B, 2, 3]`` inverse matrices in centred pixel coordinates (:func:`inverse_affine`).
         H, W: image size.
 
     Returns:
-        ``[B, H * W]`` int64: ``1 + source pixel index`` (row-major), or 0 where the source falls
-        outside the image (zero fill).
+        ``[B, H * W]`` int64: for every output pixel, the row-major index of its source in the image
+        zero-padded by one pixel on each side (``(H + 2) × (W + 2)``, see :func:`warp_index`).
     """
     B = theta.shape[0]
     dev = theta.device
     scale = torch.tensor([0.5 * W, 0.5 * H], dtype=torch.float32, device=dev).view(1, 2, 1)
     r = theta.to(torch.float32).div(scale).to(torch.float64)  # [B, 2, 3]: torchvision's rescaled theta, transposed
-    xs = _centres(W, dev).view(1, 1, W)
-    ys = _centres(H, dev).view(1, H, 1)
+    xs = _centres(W, dev).view(1, W)
+    ys = _centres(H, dev).view(1, H)
     pix = []
     for c, size in ((0, W), (1, H)):
-        col = xs * r[:, c, 0].view(B, 1, 1)  # [B, 1, W], exact
-        row = (ys * r[:, c, 1].view(B, 1, 1)).add_(r[:, c, 2].view(B, 1, 1))  # [B, H, 1]
-        g = torch.add(col, row).to(torch.float32)  # [B, H, W]
-        pix.append(g.add_(1.0).mul_(0.5 * size).sub_(0.5).round_())
+        half = 0.5 * size
+        col = (xs * r[:, c, 0:1]).mul_(half).to(torch.float32).view(B, 1, W)
+        row = (ys * r[:, c, 1:2]).add_(r[:, c, 2:3] + 1.0).mul_(half).sub_(0.5).to(torch.float32).view(B, H, 1)
+        # padded coordinates: -1 and size are the zero border
+        pix.append(torch.add(col, row).round_().clamp_(-1.0, float(size)).add_(1.0))
     px, py = pix
-    valid = (px >= 0).logical_and_(px <= W - 1).logical_and_(py >= 0).logical_and_(py <= H - 1)
-    if H * W < (1 << 24):  # exact in float32
-        lin = py.mul_(W).add_(px).add_(1.0)
+    Wp = W + 2
+    if (H + 2) * Wp < (1 << 24):  # exact in float32
+        lin = py.mul_(Wp).add_(px)
     else:
-        lin = py.to(torch.int64).mul_(W).add_(px.to(torch.int64)).add_(1)
-    return torch.where(valid, lin, 0).to(torch.int64).view(B, H * W)
+        lin = py.to(torch.int64).mul_(Wp).add_(px.to(torch.int64))
+    return lin.to(torch.int64).view(B, H * W)
 
 
 def warp_index(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Moves pixels by ``index`` ``[B, H * W]`` from :func:`source_index` (0 = zero fill): one gather
-    per image, without any float conversion of the ``C`` channels. ``images`` ``[B, C, H, W]``, any
-    dtype; returns the same shape and dtype."""
+    """Moves pixels by ``index`` ``[B, H * W]`` from :func:`source_index` (indices into the image
+    zero-padded by one pixel): one gather per image, without any float conversion of the ``C``
+    channels. ``images`` ``[B, C, H, W]``, any dtype; returns the same shape and dtype."""
     B, C, H, W = images.shape
-    flat = torch.cat([images.new_zeros(B, C, 1), images.reshape(B, C, H * W)], dim=2)
-    return flat.gather(2, index.view(B, 1, H * W).expand(B, C, H * W)).view(B, C, H, W)
+    padded = F.pad(images, (1, 1, 1, 1)).view(B, C, (H + 2) * (W + 2))
+    return padded.gather(2, index.view(B, 1, H * W).expand(B, C, H * W)).view(B, C, H, W)
 
 
 def warp_nearest(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
