@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,3 +36,21 @@ def device(request) -> torch.device:
     if spec.startswith("cuda") and not torch.cuda.is_available():
         pytest.skip("CUDA not available")
     return torch.device(spec)
+
+
+EXAMPLE_PLUGIN = Path(__file__).resolve().parent / "example_plugin"
+
+
+@pytest.fixture
+def example(tmp_path):
+    """The example third-party distribution (tests/example_plugin) installed for one test: its entry
+    points and modules on a temporary site path, exactly as pip would register them."""
+    import tomllib
+
+    from fulcra.testing import fake_distribution
+
+    meta = tomllib.loads((EXAMPLE_PLUGIN / "pyproject.toml").read_text())
+    src = EXAMPLE_PLUGIN / "src"
+    modules = {str(p.relative_to(src)): p.read_text() for p in src.rglob("*.py")}
+    with fake_distribution(tmp_path / "site", "fulcra-example", meta["project"]["entry-points"], modules) as root:
+        yield root

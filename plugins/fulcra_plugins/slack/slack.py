@@ -313,7 +313,7 @@ class Slack:
         loss.backward()
         opt.step()
         sched.step()
-        return float(loss)
+        return float(loss.detach())
 
     def _bilevel_step(self, model, opt, sched, policy, cur, aug, logits, mu, anchor, upper,
                       Xtr, Ytr, Xva, Yva, seed, key, eta, device, world) -> dict:
