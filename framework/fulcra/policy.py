@@ -27,7 +27,6 @@ The policy file is JSON, readable by hand::
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 

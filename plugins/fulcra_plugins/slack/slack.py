@@ -30,8 +30,6 @@ policy gradients are averaged with ``all_reduce_sum`` (app. A.3.4).
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any, Callable, Optional
 

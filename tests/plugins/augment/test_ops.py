@@ -9,7 +9,6 @@ import torch
 
 import fulcra
 from fulcra_plugins.augment import BUILTIN_OPS, CompositeAugment, build_ops
-from fulcra_plugins.augment import _kernels as K
 
 F = pytest.importorskip("torchvision.transforms.v2.functional")
 
