@@ -57,6 +57,12 @@ class HookSpecs:
         """A checkpoint was written atomically at ``path`` (complete on disk when called)."""
 
     @hookspec
+    def fulcra_message(self, workflow: str, message: str) -> None:
+        """A one-line note for the person running the workflow: a stage reused or recomputed (and
+        why), an optional step skipped because a plugin lacks an optional interface, a warning about
+        the inputs. ``message`` has no trailing newline."""
+
+    @hookspec
     def fulcra_run_end(self, workflow: str, results: Mapping[str, Any], out: Path, error: str | None) -> None:
         """The run ended; ``error`` is the one-line cause when it failed, else None."""
 
@@ -86,6 +92,10 @@ class HookRelay:
     def checkpoint(self, path: Path | str, step: int | None = None) -> None:
         if self.enabled:
             self.pm.hook.fulcra_checkpoint_saved(workflow=self.workflow, path=Path(path), step=step)
+
+    def message(self, message: str) -> None:
+        if self.enabled:
+            self.pm.hook.fulcra_message(workflow=self.workflow, message=str(message))
 
     def end(self, results: Mapping[str, Any], out: Path, error: str | None = None) -> None:
         if self.enabled:

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from . import config as _config
 from . import registry
+from .errors import ConfigError
 from .engine import dist
 from .engine.core import atomic_write_text, seed_everything, select_device
 from .hooks import make_hook_relay
@@ -32,6 +33,28 @@ def _default_out(source: Any, workflow: str) -> Path:
     return Path("runs") / f"{Path(str(label)).stem}"
 
 
+def _out_dir(common: Mapping, source: Any, workflow: str) -> Path:
+    """The run folder: ``out=`` (a path) or ``runs/<recipe>``; a folder holding another workflow's run
+    is refused, so that one run never overwrites another's results."""
+    if "out" in common and not isinstance(common["out"], (str, Path)):
+        raise ConfigError(f"key 'out': expected a folder path, got {common['out']!r}")
+    out = Path(common.get("out") or _default_out(source, workflow)).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"key 'out': {out} exists and is not a folder")
+    previous = out / "config.yaml"
+    if previous.is_file():
+        try:
+            import yaml
+
+            other = (yaml.safe_load(previous.read_text(encoding="utf-8")) or {}).get("workflow")
+        except Exception:  # an unreadable config.yaml is not a reason to refuse
+            other = None
+        if other and other != workflow:
+            raise ConfigError(f"key 'out': {out} holds a {other!r} run (config.yaml); choose another out= "
+                              f"for this {workflow!r} run, or delete that folder")
+    return out
+
+
 def run(source: str | Mapping | None, overrides: Iterable[str] = (), *, hooks: Iterable[Any] | None = None) -> dict:
     """Run a recipe (name in ``registry.yaml``) or a config (YAML path or mapping) with overrides.
 
@@ -40,7 +63,7 @@ def run(source: str | Mapping | None, overrides: Iterable[str] = (), *, hooks: I
     Returns the workflow's results dict. Under ``torchrun`` every rank runs this; only rank 0 reports.
     """
     name, cfg, common = prepare(source, overrides)
-    out = Path(common.get("out") or _default_out(source, name)).expanduser()
+    out = _out_dir(common, source, name)
     seed = int(common.get("seed", 0))
     dist.init_distributed()
     device = select_device(common.get("device", "auto"))

@@ -81,6 +81,13 @@ class ProgressHook:
             print(f"[fulcra] {workflow} {stage or ''} eval {text}".replace("  ", " "), file=sys.stderr, flush=True)
 
     @hookimpl
+    def fulcra_message(self, workflow, message) -> None:
+        if self._bar is not None:
+            self._bar.write(f"[fulcra] {workflow}: {message}", file=sys.stderr)
+        else:
+            print(f"[fulcra] {workflow}: {message}", file=sys.stderr, flush=True)
+
+    @hookimpl
     def fulcra_run_end(self, workflow, results, out, error) -> None:
         self._close()
         state = f"failed: {error}" if error else "done"
@@ -119,6 +126,10 @@ class JsonlMetricsHook:
     @hookimpl
     def fulcra_checkpoint_saved(self, workflow, path, step) -> None:
         self._write({"event": "checkpoint", "workflow": workflow, "path": str(path), "step": step})
+
+    @hookimpl
+    def fulcra_message(self, workflow, message) -> None:
+        self._write({"event": "message", "workflow": workflow, "message": message})
 
     @hookimpl
     def fulcra_run_end(self, workflow, results, out, error) -> None:

@@ -4,6 +4,7 @@ from . import dist
 from .core import (atomic_save, atomic_write_text, load_checkpoint, mean_ci, over_seeds, rng_state,
                    seed_everything, select_device, select_dtype, set_rng_state)
 from .optim import EpochSampler, make_optimizer, make_scheduler, step_generator
+from .stages import Stage, file_identity, fingerprint
 from .trainer import Trainer, collate_batch, unwrap
 
 __all__ = [
@@ -22,6 +23,9 @@ __all__ = [
     "make_optimizer",
     "make_scheduler",
     "step_generator",
+    "Stage",
+    "file_identity",
+    "fingerprint",
     "Trainer",
     "collate_batch",
     "unwrap",

@@ -7,6 +7,11 @@ Outputs under ``out``:
 * ``results.json``: per method ``{"values" (per-seed test accuracies), "mean", "ci95", "n", "seeds"}``,
   and ``results.md``, the same as a table;
 * ``search/`` checkpoints and ``eval/`` per-seed results, from which a killed run resumes.
+
+Each stage (the search, each method's evaluation) is fingerprinted (:class:`fulcra.engine.Stage`):
+a rerun into the same ``out=`` reuses a stage only when its config is unchanged, recomputes it
+otherwise, and says which in one line. Changing ``eval_seeds`` only adds or drops seeds: finished
+seeds are kept.
 """
 
 from __future__ import annotations
@@ -20,10 +25,10 @@ import torch
 from omegaconf import OmegaConf
 
 import fulcra
-from fulcra.engine import atomic_write_text, over_seeds
+from fulcra.engine import Stage, atomic_write_text, over_seeds
 
-from .plots import plot_evolution, plot_pie
 from .common import TensorSplit, as_tensors, evaluate, train_with_policy
+from .plots import plot_evolution, plot_pie
 
 __all__ = ["SearchWorkflow"]
 
@@ -96,10 +101,17 @@ class SearchWorkflow:
         searcher = fulcra.create("policy_optimizers", opt_node)
         policy_path = out / "policy.json"
         done_flag = out / "search" / "DONE"
-        if done_flag.is_file() and policy_path.is_file():
+        common = {"data": _node(cfg.data), "model": model_node, "seed": int(ctx.seed),
+                  "search_val_fraction": float(cfg.search_val_fraction)}
+        search_stage = Stage(out, "search", {**common, "optimizer": opt_node, "world_size": int(ctx.world_size)},
+                             [out / "search", policy_path, out / "policy.png", out / "policy_evolution.png"],
+                             ctx.hooks.message, writer=ctx.rank == 0)
+        if not search_stage.begin() and done_flag.is_file() and policy_path.is_file():
             policy = fulcra.Policy.load(policy_path)
             history = json.loads((out / "search" / "history.json").read_text()) if (out / "search" / "history.json").is_file() else None
         else:
+            if ctx.world_size > 1:
+                torch.distributed.barrier()  # rank 0 has cleared stale search state
             policy = searcher.search(d_train, d_val, factory, ctx)
             history = getattr(searcher, "history", None)
             if ctx.rank == 0:
@@ -110,6 +122,7 @@ class SearchWorkflow:
                     plot_evolution(policy, history, out / "policy_evolution.png")
                 (out / "search").mkdir(exist_ok=True)
                 done_flag.write_text("search finished\n")
+                search_stage.complete()
 
         # --- evaluation from scratch over seeds ----------------------------------------------------
         if ctx.world_size > 1 and ctx.rank != 0:
@@ -126,7 +139,14 @@ class SearchWorkflow:
         results = {}
         (out / "eval").mkdir(exist_ok=True)
         seeds = [int(ctx.seed) * 100 + s for s in range(int(cfg.eval_seeds))]
+        eval_cfg = {k: (float(v) if isinstance(v, float) else v) for k, v in (
+            ("eval_epochs", cfg.eval_epochs), ("eval_batch_size", cfg.eval_batch_size), ("eval_lr", cfg.eval_lr),
+            ("eval_weight_decay", cfg.eval_weight_decay), ("flip", cfg.flip))}
         for name, pol in methods.items():
+            stage = Stage(out, f"eval/{name}", {**common, **eval_cfg, "policy": pol.to_dict() if pol is not None else None},
+                          [out / "eval" / f"{name}.json", out / "eval" / f"{name}_policy.json"], ctx.hooks.message)
+            # finished seeds are reused when only eval_seeds changed (they are keyed by seed)
+            stage.begin()
             if pol is not None and ctx.rank == 0 and name != _label(opt_node):
                 pol.save(out / "eval" / f"{name}_policy.json")
 
@@ -140,6 +160,7 @@ class SearchWorkflow:
                 return {"accuracy": acc}
 
             r = over_seeds(one, seeds, path=out / "eval" / f"{name}.json", key="accuracy")
+            stage.complete()
             results[name] = {k: r[k] for k in ("values", "mean", "ci95", "n", "seeds")}
         if ctx.rank == 0:
             atomic_write_text(json.dumps(results, indent=1), out / "results.json")
