@@ -4,10 +4,11 @@
     fulcra plugins show KIND NAME             parameters, defaults and docs of one plugin
     fulcra run RECIPE_OR_CONFIG [k=v ...]     run a workflow (resumes from out=DIR)
     fulcra config show RECIPE_OR_CONFIG [k=v ...]   the resolved, validated config
-    fulcra recipes                            the runnable recipes
-    fulcra demo [--out DIR]                   every workflow on embedded data, with a report
+    fulcra run RECIPE --help                  the recipe's keys: types, values, help
+    fulcra recipes [--json]                   the runnable recipes
+    fulcra demo [out=DIR] [--only a,b]        every workflow on embedded data, with a report
 
-Bad input exits with status 2 and one line on stderr; set FULCRA_DEBUG=1 for tracebacks.
+Bad input exits with status 2 and one line on stderr; --debug (or FULCRA_DEBUG=1) shows tracebacks.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def cmd_plugins_show(args: argparse.Namespace) -> int:
     if not args.kind or not args.name:
         raise SystemExit("usage: fulcra plugins show KIND NAME")
     kind = registry.resolve_kind(args.kind)
+    preset = registry.preset(kind, args.name)
+    if preset is not None and args.name not in registry.discover()[kind]:
+        return _show_preset(kind, args.name, preset)
     obj = registry.load_plugin(kind, args.name)
     spec = next((s for s in registry.plugin_specs(kind) if s.name == args.name), None)
     print(f"{kind}/{args.name}  ({getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', '')})")
@@ -76,6 +80,53 @@ def cmd_plugins_show(args: argparse.Namespace) -> int:
     mine = [k for k, v in presets.items() if isinstance(v, dict) and v.get("name") == args.name]
     if mine:
         print(f"\npresets: {', '.join(mine)}")
+    return 0
+
+
+def _show_preset(kind: str, name: str, preset) -> int:
+    """A preset: the plugin it configures and the values it sets (overridable as usual)."""
+    from .config import to_yaml
+
+    values = dict(preset)
+    print(f"{kind}/{name}: preset of {kind} plugin {values.get('name')!r} (registry.yaml); "
+          f"use it as {kind.rstrip('s')}={name} and override any key")
+    print(to_yaml(values), end="")
+    return 0
+
+
+def _recipe_help(source: str) -> int:
+    """``fulcra run SOURCE --help``: the recipe's description and every key with type, value and help."""
+    from omegaconf import OmegaConf
+
+    from . import config, registry
+    from .runner import prepare
+
+    name, cfg, common = prepare(source, [])
+    recipe = registry.catalogue()["recipes"].get(source) or {}
+    print(f"fulcra run {source} [key=value ...]   (workflow {name!r})")
+    if recipe.get("description"):
+        print(f"  {recipe['description']}")
+    values = OmegaConf.to_container(cfg, resolve=True)
+    print("\nkeys (value in this recipe):")
+    print("  out: path = runs/<recipe>   output folder; a rerun reuses what is unchanged")
+    print(f"  seed: int = {common.get('seed', 0)}   device: str = {common.get('device', 'auto')}   hooks: list = {list(common.get('hooks', ['progress', 'jsonl']))}")
+    for p in config.plugin_params(registry.load_plugin("workflows", name)):
+        v = values.get(p.name, p.default)
+        node = {"name": v} if p.kind and isinstance(v, str) else v
+        if p.kind and isinstance(node, dict) and "name" in node:
+            print(f"  {p.name}: {p.kind} plugin = {node['name']}   ({p.help})" if p.help else f"  {p.name}: {p.kind} plugin = {node['name']}")
+            try:
+                sub = config.plugin_params(registry.load_plugin(p.kind, str(node["name"])))
+            except Exception as exc:  # a plugin that cannot load here: say why, keep listing
+                print(f"      ({str(exc).splitlines()[0]})")
+                continue
+            for q in sub:
+                val = node.get(q.name, "(required)" if q.required else q.default)
+                text = json.dumps(val) if not isinstance(val, str) else val
+                print(f"    {p.name}.{q.name}: {q.type_name} = {text}" + (f"   {q.help}" if q.help else ""))
+            continue
+        text = json.dumps(v) if not isinstance(v, str) else v
+        print(f"  {p.name}: {p.type_name} = {text}" + (f"   {p.help}" if p.help else ""))
     return 0
 
 
@@ -105,6 +156,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     from .registry import catalogue
 
     recipes = catalogue()["recipes"]
+    if args.json:
+        print(json.dumps([{"recipe": k, "workflow": v.get("workflow"), "description": v.get("description", ""),
+                           "extends": v.get("extends")} for k, v in sorted(recipes.items())], indent=2))
+        return 0
     _print_table([[k, str(v.get("workflow", "?")), str(v.get("description", ""))] for k, v in sorted(recipes.items())],
                  ["recipe", "workflow", "description"])
     return 0
@@ -112,15 +167,28 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run every demo stage listed in registry.yaml (``demo:``) and write OUT/report.md."""
-    from .errors import MissingDependencyError
+    import difflib
+
+    from .errors import ConfigError, MissingDependencyError
     from .registry import catalogue
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    for item in args.overrides:
+        key, eq, value = item.partition("=")
+        if key != "out" or not eq or not value:
+            raise ConfigError(f"demo: unknown argument {item!r} (demo takes out=DIR and --only a,b)")
+        out = Path(value).expanduser()
     stages = catalogue().get("demo") or []
     if args.only:
-        wanted = set(args.only.split(","))
+        names = [s["stage"] for s in stages]
+        wanted = [w for w in args.only.split(",") if w]
+        for w in wanted:
+            if w not in names:
+                close = difflib.get_close_matches(w, names, n=3, cutoff=0.5)
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                raise ConfigError(f"demo --only: unknown stage {w!r}{hint} (stages: {', '.join(names)})")
         stages = [s for s in stages if s["stage"] in wanted]
+    out.mkdir(parents=True, exist_ok=True)
     lines = ["# fulcra demo report", ""]
     failed = 0
     for stage in stages:
@@ -152,7 +220,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="fulcra", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fulcra {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks (same as FULCRA_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plugins", help="list plugins (or: plugins show KIND NAME)")
@@ -162,9 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_plugins)
 
-    p = sub.add_parser("run", help="run a recipe or config file with key=value overrides")
-    p.add_argument("source")
-    p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("run", help="run a recipe or config file with key=value overrides",
+                       description="Run a recipe (see `fulcra recipes`) or a YAML config with key=value overrides; "
+                                   "`fulcra run RECIPE --help` lists the recipe's keys.")
+    p.add_argument("source", help="a recipe name or a YAML config file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (out=DIR, seed=N, a.b=c, ...)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("config", help="config show RECIPE_OR_CONFIG [key=value ...]")
@@ -174,10 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_config)
 
     p = sub.add_parser("recipes", help="list runnable recipes")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_recipes)
 
     p = sub.add_parser("demo", help="run every workflow on embedded data")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("overrides", nargs="*", help="out=DIR (default runs/demo)")
+    p.add_argument("--out", default="runs/demo", help="same as out=DIR")
     p.add_argument("--only", default=None, help="comma-separated stages")
     p.set_defaults(fn=cmd_demo)
     return parser
@@ -186,8 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from .errors import FulcraError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    # `fulcra run SOURCE --help`: the recipe's keys rather than argparse's usage line
+    if len(argv) >= 3 and argv[0] == "run" and any(a in ("-h", "--help") for a in argv[2:]):
+        argv_run = [a for a in argv[1:] if a not in ("-h", "--help")]
+        try:
+            return _recipe_help(argv_run[0])
+        except FulcraError as exc:
+            print(f"fulcra: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
+    if args.debug:
+        os.environ["FULCRA_DEBUG"] = "1"
     if args.command == "plugins":
         names = list(args.name_args)
         if args.action == "show":
@@ -211,6 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fulcra: interrupted (run again with the same out= to resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `fulcra plugins | head`: the reader left; stay quiet (and keep Python from complaining at exit)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except Exception as exc:
         if os.environ.get("FULCRA_DEBUG"):
             raise

@@ -78,7 +78,17 @@ class Param:
         a = self.annotation
         if a is Any or a is _EMPTY:
             return "any"
-        return getattr(a, "__name__", None) or str(a).replace("typing.", "")
+        return _type_text(a)
+
+
+def _type_text(a: Any) -> str:
+    """``int``, ``list | None``, ``Sequence[float] | None``: a type as a user would write it."""
+    args = typing.get_args(a)
+    if args and type(None) in args:  # Optional[X] and X | None
+        return " | ".join(_type_text(x) for x in args if x is not type(None)) + " | None"
+    if args:
+        return str(a).replace("typing.", "").replace("collections.abc.", "")
+    return getattr(a, "__name__", None) or str(a).replace("typing.", "")
 
 
 def _field_default(f: dataclasses.Field) -> tuple[Any, bool]:
@@ -116,6 +126,7 @@ def _params_cached(obj: Any) -> tuple[tuple[Param, ...], bool]:
     except (TypeError, ValueError):
         return (), True
     hints = _hints(fn)
+    helps = _docstring_args(obj)
     out, var_kw = [], False
     params = list(sig.parameters.values())
     if inspect.isclass(obj) and params and params[0].name in ("self", "cls"):
@@ -126,8 +137,44 @@ def _params_cached(obj: Any) -> tuple[tuple[Param, ...], bool]:
             continue
         if p.kind is p.VAR_POSITIONAL:
             continue
-        out.append(Param(p.name, hints.get(p.name, Any), None if p.default is _EMPTY else p.default, p.default is _EMPTY))
+        out.append(Param(p.name, hints.get(p.name, Any), None if p.default is _EMPTY else p.default, p.default is _EMPTY,
+                         helps.get(p.name, "")))
     return tuple(out), var_kw
+
+
+def _docstring_args(obj: Any) -> dict[str, str]:
+    """Parameter help from a Google-style ``Args:`` section of the class or ``__init__`` docstring
+    (``name: text`` or ``a, b: text``, continuation lines indented), for plugins that declare their
+    parameters by a typed signature rather than a ``Config`` dataclass."""
+    import re
+
+    out: dict[str, str] = {}
+    for doc in (inspect.getdoc(obj), inspect.getdoc(getattr(obj, "__init__", None)) if inspect.isclass(obj) else None):
+        if not doc:
+            continue
+        lines = doc.splitlines()
+        try:
+            start = next(i for i, line in enumerate(lines) if line.strip() == "Args:")
+        except StopIteration:
+            continue
+        indent, names = None, []
+        for line in lines[start + 1:]:
+            if not line.strip():
+                continue
+            ind = len(line) - len(line.lstrip())
+            if indent is None:
+                indent = ind
+            if ind < indent or (ind == indent and re.match(r"^\s*[A-Z][a-z]+:\s*$", line)):
+                break
+            m = re.match(r"^\s*([A-Za-z_][\w, ]*?)\s*(\([^)]*\))?:\s+(.*)$", line) if ind == indent else None
+            if m:
+                names = [n.strip() for n in m.group(1).split(",") if n.strip()]
+                for n in names:
+                    out.setdefault(n, m.group(3).strip())
+            elif names:
+                for n in names:
+                    out[n] = (out[n] + " " + line.strip()).strip()
+    return out
 
 
 def plugin_params(obj: Any) -> list[Param]:

@@ -90,8 +90,9 @@ class ProgressHook:
     @hookimpl
     def fulcra_run_end(self, workflow, results, out, error) -> None:
         self._close()
-        state = f"failed: {error}" if error else "done"
-        print(f"[fulcra] {workflow}: {state}", file=sys.stderr, flush=True)
+        # a failure is reported once, by whoever catches it (the CLI prints one line)
+        if not error:
+            print(f"[fulcra] {workflow}: done", file=sys.stderr, flush=True)
 
 
 class JsonlMetricsHook:

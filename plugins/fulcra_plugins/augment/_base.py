@@ -26,6 +26,11 @@ class Op(BaseAugmentationOp):
     has_magnitude = True
 
     def __init__(self, value_range: Sequence[float] | None = None):
+        """
+        Args:
+            value_range: ``[v0, v1]``, the op's value at magnitude 0 and at magnitude 1 (default: the
+                op's Table A.2 range; written high-to-low for ops that weaken as the value grows).
+        """
         super().__init__(value_range)
 
     def __repr__(self) -> str:
