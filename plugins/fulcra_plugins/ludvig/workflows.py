@@ -7,12 +7,16 @@ mask, or ``prompt.clicks=[[x,y],...]``), with ``method=diffusion`` (default), ``
 
 - ``OUT/mask3d.npy``: one boolean per Gaussian, PLY order;
 - ``OUT/masks/<camera>.png``: the rendered 3D mask on every camera, 0/255;
-- ``OUT/removed.ply``: the scene without the selected Gaussians;
-- ``OUT/features.safetensors``: the uplifted features (reused when the run is repeated; not with
-  ``method=sam``, which writes ``OUT/sam_prompts/<camera>.png``, the pixels SAM's points were drawn from);
+- ``OUT/removed.ply``: the scene without the selected Gaussians, when the scene plugin is an
+  ``EditableScene`` (else one line says removal needs it, and ``results.json`` gets it in ``notes``);
+- ``OUT/features.safetensors`` + ``OUT/features.json``: the uplifted features and their fingerprint
+  (reused when the run is repeated; :func:`.lifting.uplift_views`), ``OUT/feature_cache/``: the
+  per-view maps of a caching extractor; not with ``method=sam``, which writes
+  ``OUT/sam_prompts/<camera>.png``, the pixels SAM's points were drawn from;
 - ``OUT/overlay.png``: the mask over the reference image; ``OUT/results.json``.
 
-``fulcra run segment-synthetic`` runs :mod:`.synthetic_benchmark` on the embedded scene.
+``fulcra run segment-synthetic`` runs :mod:`.synthetic_benchmark` on the embedded scene. Both work
+with any scenes plugin (``scene.backend=NAME``) and any refiners plugin (``refiner=NAME``).
 """
 
 from __future__ import annotations
@@ -182,7 +186,7 @@ class SegmentWorkflow:
 
         if method == "sam":
             if getattr(extractor, "dim", 1) != 1:
-                raise ConfigError(f"segment: method=sam uplifts one mask per view; set extractor.mask to single, best, 0, 1 or 2 (got {extractor.mask!r})")
+                raise ConfigError(f"segment: method=sam uplifts one mask per view; set extractor.mask to single, best, 0, 1 or 2 (got {getattr(extractor, 'mask', '?')!r})")
             if ref.name in imgs and ref.name not in {c.name for c in views}:
                 views = [ref, *views]  # the reference view's own prompt is SAM's best cue there
             seg = segment_sam(scene, views, imgs, ref, prompt, extractor, tau=cfg.tau,
