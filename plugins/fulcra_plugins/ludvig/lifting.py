@@ -22,7 +22,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -136,7 +136,8 @@ def _fingerprint(ply: str, views: Sequence[Any], extractor_node: Any, center: bo
 
 def uplift_views(scene: Any, views: Sequence[Any], images: Any, extractor: Any, *, out: Path | None,
                  ply: str = "", extractor_node: Any = None, hooks: Any = None, center: bool = False,
-                 dim_chunk: int | None = None, stage: str = "uplift", is_main: bool = True) -> Uplifted:
+                 dim_chunk: int | None = None, stage: str = "uplift", is_main: bool = True,
+                 view_map: Callable[[int, Any], torch.Tensor] | None = None) -> Uplifted:
     """Extract every view's feature map and uplift it into ``scene`` (Eq. 5.3), streaming, resumable.
 
     Args:
@@ -154,6 +155,8 @@ def uplift_views(scene: Any, views: Sequence[Any], images: Any, extractor: Any, 
         dim_chunk: feature channels per adjoint pass (``None``: all).
         stage: the ``stage`` of the per-view ``step`` hook calls.
         is_main: whether this process writes the files (rank 0).
+        view_map: ``view_map(i, camera) -> [D, h, w]`` replaces the extractor call for view ``i`` (the
+            SAM route's prompted masks); ``extractor`` is then neither prepared nor called.
 
     Returns:
         :class:`Uplifted`.
@@ -177,12 +180,18 @@ def uplift_views(scene: Any, views: Sequence[Any], images: Any, extractor: Any, 
             if mean.numel() != arr["features"].shape[1]:
                 mean = torch.zeros(arr["features"].shape[1])
             return Uplifted(arr["features"].to(dev), arr["weights"].to(dev), mean.to(dev), resumed=True)
-    prepare_extractor(extractor, views, images, out)
+    if view_map is None:
+        prepare_extractor(extractor, views, images, out)
     sums: dict = {"mean": None, "count": 0}
 
     def loader(i: int, cam: Any):  # evaluated only by the rank that uplifts view i
         def load() -> torch.Tensor:
-            fmap = extract_map(extractor, images[cam.name], cam, dev)  # [D, H, W]
+            if view_map is None:
+                fmap = extract_map(extractor, images[cam.name], cam, dev)  # [D, H, W]
+            else:
+                from fulcra.uplift import resize_to_camera
+
+                fmap = resize_to_camera(torch.as_tensor(view_map(i, cam)).float().to(dev), cam)
             m = fmap.mean((1, 2))
             sums["mean"] = m if sums["mean"] is None else sums["mean"] + m
             sums["count"] += 1

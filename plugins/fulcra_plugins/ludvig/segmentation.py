@@ -305,34 +305,30 @@ def segment_sam(scene, cameras: Sequence[Camera], images, ref: Camera, prompt: t
         ``[H, W]`` bool, the pixels SAM's point prompts were drawn from; empty for views that do not see
         the object, which contribute a zero mask).
     """
-    import fulcra
     from fulcra.uplift import resize_to_camera
+
+    from .lifting import uplift_views
 
     points = reproject_prompt(scene, ref, prompt, cameras, tau)
     dev = torch.device(getattr(extractor, "device", None) or "cpu")
 
-    def views():
-        for i, cam in enumerate(cameras):
-            pos = points[cam.name].cpu()
-            if not bool(pos.any()):
-                m = torch.zeros(cam.height, cam.width)
-            else:
-                img = torch.as_tensor(images[cam.name])
-                if img.shape[-2:] != pos.shape:  # prompt to the image's size (nearest keeps it boolean)
-                    pos = torch.nn.functional.interpolate(pos[None, None].float(), size=tuple(img.shape[-2:]), mode="nearest")[0, 0] > 0.5
-                    if not bool(pos.any()):
-                        pos = None
-                if pos is None:
-                    m = torch.zeros(cam.height, cam.width)
-                else:
-                    with torch.no_grad():
-                        out = extractor(img[None].to(dev), positive=pos[None])  # [1, C, h, w] in [0, 1]
-                    m = resize_to_camera(out[0, :1].float().cpu(), cam)[0]
-            if progress is not None:
-                progress(i + 1, len(cameras))
-            yield cam, m.to(getattr(scene, "device", m.device))
+    def sam_mask(i: int, cam: Camera) -> torch.Tensor:  # [1, H, W]: SAM's averaged mask from this view's prompts
+        pos = points[cam.name].cpu()
+        m = torch.zeros(cam.height, cam.width)
+        if bool(pos.any()):
+            img = torch.as_tensor(images[cam.name])
+            if img.shape[-2:] != pos.shape:  # prompt to the image's size (nearest keeps it boolean)
+                pos = torch.nn.functional.interpolate(pos[None, None].float(), size=tuple(img.shape[-2:]), mode="nearest")[0, 0] > 0.5
+            if bool(pos.any()):
+                with torch.no_grad():
+                    out = extractor(img[None].to(dev), positive=pos[None])  # [1, C, h, w] in [0, 1]
+                m = resize_to_camera(out[0, :1].float().cpu(), cam)[0]
+        if progress is not None:
+            progress(i + 1, len(cameras))
+        return m[None]
 
-    scores, weights = fulcra.uplift(scene, views())
+    up = uplift_views(scene, cameras, images, extractor, out=None, view_map=sam_mask)
+    scores, weights = up.features, up.weights
     return Segmentation3D(scores=scores[:, 0], weights=weights, prompts=points)
 
 
