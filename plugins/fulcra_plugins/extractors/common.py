@@ -17,7 +17,7 @@ import torch
 from fulcra.engine import select_device
 
 from .cache import FeatureCache, image_hash, jsonable as _jsonable, params_key as _params_key
-from .views import _dist, _load_view, _rank_world, _shard, as_float_images, extract_views, iter_feature_maps, progress
+from .views import _load_view, _shard, as_float_images, extract_views, iter_feature_maps, progress  # noqa: F401 (dinov2)
 from .windows import PCA, aggregate_windows, sliding_windows, window_starts, window_weights
 
 __all__ = [
