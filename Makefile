@@ -14,7 +14,7 @@ STAMP     := $(VENV)/.fulcra-installed-$(EXTRAS)
 OUT       ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-portability clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,17 @@ demo: $(STAMP)
 # the slow tests (2-process torchrun checks) fit the budget, so the suite runs them too
 test: $(STAMP)
 	$(PY) -m pytest -q --timeout=900 --run-slow $(PYTEST_ARGS)
+
+# the suites whose results must not depend on the machine (ops, composite, policies, search steps),
+# again under other MKL code paths and with 2 intra-op threads: a result that changes with the BLAS
+# kernel or the thread count fails here on any machine, Intel or AMD
+PORTABLE_TESTS ?= tests/plugins/augment tests/plugins/slack
+test-portability: $(STAMP)
+	@set -e; for cbwr in AVX2 COMPATIBLE; do for threads in 1 2; do \
+	  echo "== MKL_CBWR=$$cbwr FULCRA_TEST_THREADS=$$threads"; \
+	  MKL_CBWR=$$cbwr FULCRA_TEST_THREADS=$$threads $(PY) -m pytest -q -p no:cacheprovider --timeout=900 \
+	    $(PORTABLE_TESTS) --deselect tests/plugins/augment/test_machine_independence.py; \
+	done; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -25,6 +25,7 @@ __all__ = [
     "FeatureExtractor",
     "AugmentationOp",
     "BaseAugmentationOp",
+    "PolicyApplier",
     "PolicyOptimizer",
     "Teacher",
     "Student",
@@ -124,6 +125,13 @@ class AugmentationOp(Protocol):
       in the same units as ``torchvision.transforms.v2.functional``.
     - ``__call__(images, magnitude, generator=None)``: draws any remaining randomness (sign, position)
       per image from ``generator``; ``magnitude`` a float or ``[B]`` in [0, 1].
+    - optional ``has_magnitude`` (default True): False for parameter-free ops (Invert, Equalize);
+      a policy then gives the op no magnitude range and learns no μ for it.
+
+    That is all a policy search needs: a SLACK search space takes the op's ``value_range`` through
+    the registry, and appliers call ``__call__`` on the images that drew the op. Ops that also
+    implement ``sample_params``/``apply_params`` (as :class:`BaseAugmentationOp` does) can have
+    their draws replayed, and the bundled applier fuses its own op families.
     """
 
     name: str
@@ -179,6 +187,23 @@ class BaseAugmentationOp(ABC):
         if mag.ndim == 0:
             mag = mag.expand(images.shape[0])
         return self.apply_params(images, self.sample_params(images, mag, generator))
+
+
+@runtime_checkable
+class PolicyApplier(Protocol):
+    """Applies per-image compositions of augmentation ops to a batch (a policy's sampled ``τ``).
+
+    Constructed with ``ops``, the ``N`` op instances (any :class:`AugmentationOp`);
+    ``__call__(images, op_index, magnitude, generator=None)``: ``images`` ``[B, C, H, W]`` uint8 or
+    float in [0, 1], ``op_index`` ``[B, K]`` int64 indices into ``ops``, ``magnitude`` ``[B, K]`` in
+    [0, 1]; returns the augmented ``[B, C, H, W]``, same dtype and device, stage ``k`` applied
+    before stage ``k + 1``. Remaining randomness (signs, positions) comes from ``generator``, and
+    the result must not depend on how the implementation chunks or groups the batch.
+    :meth:`fulcra.policy.Policy.augmenter` builds one by name (default ``composite``).
+    """
+
+    def __call__(self, images: torch.Tensor, op_index: torch.Tensor, magnitude: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -376,6 +401,7 @@ class Workflow(Protocol):
 KINDS: dict[str, tuple[str, type, tuple[str, ...]]] = {
     "feature_extractors": ("fulcra.feature_extractors", FeatureExtractor, ("__call__",)),
     "augmentations": ("fulcra.augmentations", AugmentationOp, ("apply", "__call__", "value_range")),
+    "appliers": ("fulcra.appliers", PolicyApplier, ("__call__",)),
     "policy_optimizers": ("fulcra.policy_optimizers", PolicyOptimizer, ("search",)),
     "teachers": ("fulcra.teachers", Teacher, ("__call__", "encode")),
     "students": ("fulcra.students", Student, ("__call__",)),

@@ -27,7 +27,6 @@ The policy file is JSON, readable by hand::
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -180,12 +179,20 @@ class Policy:
         return p * (d - (p * d).sum(-1, keepdim=True))
 
     # --- application -------------------------------------------------------------------------------
-    def augmenter(self):
-        """A :class:`fulcra_plugins.augment.CompositeAugment` over this policy's ops and ranges."""
-        from fulcra_plugins.augment import CompositeAugment, build_ops
+    def build_ops(self) -> list:
+        """The policy's ``N`` ops, built through the registry with this policy's value ranges."""
+        from .config import create
 
-        rng = {o: r for o, r in self.ranges.items() if r is not None}
-        return CompositeAugment(build_ops(self.ops, rng))
+        return [create("augmentations", o, **({"value_range": list(r)} if (r := self.ranges.get(o)) is not None else {}))
+                for o in self.ops]
+
+    def augmenter(self, applier: str = "composite"):
+        """A :class:`~fulcra.interfaces.PolicyApplier` (an ``appliers`` plugin, by name) over this
+        policy's ops and ranges; the bundled ``composite`` fuses the bundled ops' families and calls
+        any other op's own ``__call__``."""
+        from .registry import load_plugin
+
+        return load_plugin("appliers", applier)(self.build_ops())
 
     def augment(self, images: torch.Tensor, generator: torch.Generator | None = None,
                 augmenter=None) -> torch.Tensor:
@@ -267,93 +274,21 @@ class Policy:
             raise FormatError(f"{path}: expected a JSON object")
         return cls.from_dict(d, str(path))
 
-    # --- plots -------------------------------------------------------------------------------------
-    def plot_pie(self, path: str | Path | None = None, initial_mu: float = 0.75, title: str | None = None):
-        """The pie chart of thesis Fig. 3.3: slice angle = probability averaged over the K stages,
-        slice radius = μ (parameter-free transforms drawn at radius 1), grey circle = ``initial_mu``.
-
-        Returns the matplotlib figure; saves it when ``path`` is given.
-        """
-        plt = _pyplot()
-        p = self.probs().mean(0).numpy()
-        r = [1.0 if self.ranges.get(o) is None else float(m) for o, m in zip(self.ops, self.mu.tolist())]
-        fig, ax = plt.subplots(figsize=(6, 6))
-        ax.add_patch(plt.Circle((0, 0), initial_mu, color="0.85", zorder=0))
-        cmap = plt.get_cmap("tab20")
-        start = 90.0
-        from matplotlib.patches import Wedge
-
-        for i, (o, pi, ri) in enumerate(zip(self.ops, p, r)):
-            sweep = 360.0 * float(pi)
-            ax.add_patch(Wedge((0, 0), ri, start, start + sweep, facecolor=cmap(i % 20), edgecolor="white", lw=0.5))
-            if pi > 0.02:
-                mid = math.radians(start + sweep / 2)
-                ax.text(1.08 * math.cos(mid), 1.08 * math.sin(mid), o, ha="center", va="center", fontsize=7)
-            start += sweep
-        ax.set_xlim(-1.3, 1.3)
-        ax.set_ylim(-1.3, 1.3)
-        ax.set_aspect("equal")
-        ax.axis("off")
-        ax.set_title(title or "policy: angle = π (mean over stages), radius = μ")
-        if path is not None:
-            fig.savefig(path, dpi=120, bbox_inches="tight")
-            plt.close(fig)
-        return fig
-
-    def plot_evolution(self, history: Sequence[Any], path: str | Path | None = None):
-        """Fig. A.1 (left): stacked probabilities per stage (and their mean) over search steps.
-
-        Args:
-            history: sequence of ``[K, N]`` probability arrays (or Policies), one per recorded step.
-        """
-        import numpy as np
-
-        plt = _pyplot()
-        h = np.stack([np.asarray(x.probs() if isinstance(x, Policy) else x, dtype=float) for x in history])  # [T, K, N]
-        T, K, N = h.shape
-        fig, axes = plt.subplots(1, K + 1, figsize=(3.2 * (K + 1), 3), sharey=True)
-        cmap = plt.get_cmap("tab20")
-        colors = [cmap(i % 20) for i in range(N)]
-        for k in range(K + 1):
-            data = h[:, k, :] if k < K else h.mean(1)
-            axes[k].stackplot(np.arange(T), data.T, colors=colors, labels=self.ops)
-            axes[k].set_title(f"stage {k + 1}" if k < K else "mean")
-            axes[k].set_xlim(0, max(T - 1, 1))
-            axes[k].set_ylim(0, 1)
-        axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=6)
-        if path is not None:
-            fig.savefig(path, dpi=120, bbox_inches="tight")
-            plt.close(fig)
-        return fig
-
     def __repr__(self) -> str:
         return f"Policy(K={self.num_stages}, N={self.num_ops}, ops={self.ops})"
 
 
 def default_ranges(ops: Sequence[str]) -> dict[str, list[float] | None]:
-    """The bundled ops' Table A.2 ranges (``None`` for parameter-free ops and unknown names)."""
-    try:
-        from fulcra_plugins.augment import BUILTIN_OPS
-    except ImportError:  # pragma: no cover
-        BUILTIN_OPS = {}
+    """Each op's own default ``value_range`` (Table A.2 for the bundled ones), read from its
+    ``augmentations`` plugin through the registry; ``None`` for parameter-free ops
+    (``has_magnitude = False``). An unknown name raises the registry's one-line error."""
+    from .config import create
+
     out: dict[str, list[float] | None] = {}
     for o in ops:
-        cls = BUILTIN_OPS.get(o)
-        out[o] = list(cls.value_range) if cls is not None and cls.has_magnitude else None
+        op = create("augmentations", o)
+        out[o] = [float(v) for v in op.value_range] if getattr(op, "has_magnitude", True) else None
     return out
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as e:  # pragma: no cover
-        from .errors import MissingDependencyError
-
-        raise MissingDependencyError("plots need matplotlib: pip install 'fulcra[plots]'", extra="plots") from e
-    return plt
 
 
 class PolicyTransform:

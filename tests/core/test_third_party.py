@@ -6,31 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
-from pathlib import Path
 
 import pytest
 
 import fulcra
-from fulcra.testing import check_plugin, fake_distribution
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "example_plugin"
-
-
-def _entry_points() -> dict:
-    meta = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())
-    return meta["project"]["entry-points"]
-
-
-def _modules() -> dict:
-    src = EXAMPLE / "src"
-    return {str(p.relative_to(src)): p.read_text() for p in src.rglob("*.py")}
-
-
-@pytest.fixture
-def example(tmp_path):
-    with fake_distribution(tmp_path / "site", "fulcra-example", _entry_points(), _modules()) as root:
-        yield root
+from fulcra.testing import check_plugin
 
 
 def test_listed_with_its_distribution(example):

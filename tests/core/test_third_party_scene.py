@@ -1,11 +1,10 @@
 """A third party's scene and refiner (tests/example_plugin: ``point_splats``, ``neighbour_vote``),
-written only against the interfaces, run in ``uplift``, ``segment`` and ``segment-synthetic`` end to end."""
+written only against the interfaces, run in ``uplift``, ``segment`` and ``segment-synthetic`` end to end
+(``example``: the shared fixture of tests/conftest.py that installs the distribution)."""
 
 from __future__ import annotations
 
 import json
-import tomllib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,18 +15,7 @@ from safetensors.torch import load_file
 import fulcra
 from fulcra.cli import main
 from fulcra.interfaces import AdjointScene, AlphaScene, EditableScene, RGBScene, SceneRepresentation
-from fulcra.testing import check_plugin, fake_distribution
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "example_plugin"
-
-
-def _entry_points() -> dict:
-    return tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]["entry-points"]
-
-
-def _modules() -> dict:
-    src = EXAMPLE / "src"
-    return {str(p.relative_to(src)): p.read_text() for p in src.rglob("*.py")}
+from fulcra.testing import check_plugin
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +23,6 @@ def scene_dir(tmp_path_factory):
     from fulcra_plugins.scenes.synthetic import generate_scene
 
     return generate_scene(tmp_path_factory.mktemp("tp") / "scene", seed=2, width=40, height=30, n_ring=5, n_forward=0, density=0.15)
-
-
-@pytest.fixture
-def example(tmp_path):
-    with fake_distribution(tmp_path / "site", "fulcra-example", _entry_points(), _modules()) as root:
-        yield root
 
 
 def _scene_args(scene_dir):

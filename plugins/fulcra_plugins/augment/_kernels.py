@@ -25,7 +25,8 @@ __all__ = [
     "identity_lut",
     "gray_uint8_exact",
     "inverse_affine",
-    "affine_grid",
+    "source_index",
+    "warp_index",
     "warp_nearest",
     "crop_resize_bilinear",
     "rgb_to_hsv",
@@ -145,8 +146,7 @@ _CACHE: dict = {}
 
 
 def _cached(key, make):
-    """Small constant tensors (base grids, pixel ids) built once per size and device: rebuilding them
-    cost as much as the warp itself for a few 224×224 images."""
+    """Small constant tensors (pixel-centre coordinates) built once per size and device."""
     t = _CACHE.get(key)
     if t is None:
         if len(_CACHE) > 64:
@@ -155,31 +155,70 @@ def _cached(key, make):
     return t
 
 
-def _base_grid(H: int, W: int, dev) -> torch.Tensor:
-    """torchvision's base grid ``[1, H, W, 3]`` float32 (centred pixel coordinates, 1)."""
-    def make():
-        base = torch.empty(1, H, W, 3, dtype=torch.float32, device=dev)
-        base[..., 0].copy_(torch.linspace((1.0 - W) * 0.5, (W - 1.0) * 0.5, steps=W, device=dev))
-        base[..., 1].copy_(torch.linspace((1.0 - H) * 0.5, (H - 1.0) * 0.5, steps=H, device=dev).unsqueeze_(-1))
-        base[..., 2].fill_(1)
-        return base
-    return _cached(("base", H, W, str(dev)), make)
+def _centres(n: int, dev) -> torch.Tensor:
+    """Centred pixel coordinates ``j + 0.5 - n / 2`` ``[n]`` float64 (torchvision's base grid)."""
+    return _cached(("centres", n, str(dev)),
+                   lambda: torch.arange(n, dtype=torch.float64, device=dev).add_(0.5 - 0.5 * n))
 
 
-def affine_grid(theta: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """torchvision's ``_affine_grid`` for a batch of inverse matrices ``theta [B, 2, 3]``.
+def source_index(theta: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Nearest source pixel of every output pixel of an affine warp, decided with fixed rounding.
 
-    Returns the normalised sampling grid ``[B, H, W, 2]`` float32, computed with the same float32
-    operations (rescaled matrix, then one ``bmm``) so that rounding matches torchvision's.
+    torchvision computes the sampling grid with one float32 GEMM ``[HW, 3] × [3, 2]`` and lets
+    ``grid_sample`` round it to the nearest pixel. How a GEMM rounds depends on the BLAS code path
+    (MKL's AVX2/AVX-512/SSE kernels, the batch size that selects one), so the nearest pixel flips
+    where the exact coordinate is within a few float32 ulps of a half-integer, and the same image
+    warped differently alone and in a batch, or on another CPU. Here every step is elementwise with
+    a fixed rounding, on CPU and CUDA alike:
+
+    1. the rescaled inverse matrix in float32, as torchvision forms it (``theta / (size / 2)``);
+    2. the source pixel coordinate ``(x·r0 + y·r1 + r2 + 1) · size / 2 − 0.5`` split into a column
+       part and a row part, each computed in float64 (``[B, W]`` and ``[B, H]`` values) and rounded
+       to float32; their float32 sum (one rounding) is the coordinate, within 2 ulps of exact;
+    3. round half to even (``grid_sample``'s nearest rule), then clamp to the one-pixel zero border
+       of a padded image, so that out-of-image sources read zeros.
+
+    A pixel can differ from torchvision's only where the exact coordinate lies within a few float32
+    ulps of a half-integer (a tie, e.g. a shear of exactly 1), where torchvision's own answer
+    depends on its GEMM's code path.
+
+    Args:
+        theta: ``[B, 2, 3]`` inverse matrices in centred pixel coordinates (:func:`inverse_affine`).
+        H, W: image size.
+
+    Returns:
+        ``[B, H * W]`` int64: for every output pixel, the row-major index of its source in the image
+        zero-padded by one pixel on each side (``(H + 2) × (W + 2)``, see :func:`warp_index`).
     """
     B = theta.shape[0]
     dev = theta.device
-    base = _base_grid(H, W, dev)
-    scale = torch.tensor([0.5 * W, 0.5 * H], dtype=torch.float32, device=dev)
-    rescaled = theta.to(torch.float32).transpose(1, 2).div(scale)  # [B, 3, 2]
-    # one GEMM [HW, 3] x [3, 2B] instead of a bmm over B expanded copies of the base grid
-    out = base.view(H * W, 3).mm(rescaled.permute(1, 0, 2).reshape(3, 2 * B))  # [HW, B*2]
-    return out.view(H, W, B, 2).permute(2, 0, 1, 3).contiguous()
+    scale = torch.tensor([0.5 * W, 0.5 * H], dtype=torch.float32, device=dev).view(1, 2, 1)
+    r = theta.to(torch.float32).div(scale).to(torch.float64)  # [B, 2, 3]: torchvision's rescaled theta, transposed
+    xs = _centres(W, dev).view(1, W)
+    ys = _centres(H, dev).view(1, H)
+    pix = []
+    for c, size in ((0, W), (1, H)):
+        half = 0.5 * size
+        col = (xs * r[:, c, 0:1]).mul_(half).to(torch.float32).view(B, 1, W)
+        row = (ys * r[:, c, 1:2]).add_(r[:, c, 2:3] + 1.0).mul_(half).sub_(0.5).to(torch.float32).view(B, H, 1)
+        # padded coordinates: -1 and size are the zero border
+        pix.append(torch.add(col, row).round_().clamp_(-1.0, float(size)).add_(1.0))
+    px, py = pix
+    Wp = W + 2
+    if (H + 2) * Wp < (1 << 24):  # exact in float32
+        lin = py.mul_(Wp).add_(px)
+    else:
+        lin = py.to(torch.int64).mul_(Wp).add_(px.to(torch.int64))
+    return lin.to(torch.int64).view(B, H * W)
+
+
+def warp_index(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Moves pixels by ``index`` ``[B, H * W]`` from :func:`source_index` (indices into the image
+    zero-padded by one pixel): one gather per image, without any float conversion of the ``C``
+    channels. ``images`` ``[B, C, H, W]``, any dtype; returns the same shape and dtype."""
+    B, C, H, W = images.shape
+    padded = F.pad(images, (1, 1, 1, 1)).view(B, C, (H + 2) * (W + 2))
+    return padded.gather(2, index.view(B, 1, H * W).expand(B, C, H * W)).view(B, C, H, W)
 
 
 def warp_nearest(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -189,26 +228,27 @@ def warp_nearest(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         images: ``[B, C, H, W]`` uint8 or float.
         theta: ``[B, 2, 3]`` inverse matrices in centred pixel coordinates (:func:`inverse_affine`).
 
-    Returns ``[B, C, H, W]`` of the input dtype. The source index of every output pixel is found by
-    ``grid_sample`` (the very kernel torchvision uses, so ties round the same way) on a one-channel
-    image of pixel indices; the images themselves are then moved by a gather, without any float
-    conversion of their C channels.
+    Returns ``[B, C, H, W]`` of the input dtype. Each image's result depends only on that image and
+    its matrix (not on the batch, the thread count, the BLAS library or the device): see
+    :func:`source_index` for how the nearest pixel is decided.
     """
-    return warp_nearest_grid(images, affine_grid(theta, images.shape[-2], images.shape[-1]))
+    return warp_index(images, source_index(theta, images.shape[-2], images.shape[-1]))
 
 
-def warp_nearest_grid(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """:func:`warp_nearest` with the sampling grid ``[B, H, W, 2]`` from :func:`affine_grid` given
-    (so that one GEMM can serve the grids of many images processed one at a time)."""
-    B, C, H, W = images.shape
-    # index 0 is the zero-fill sentinel; 1..HW are pixels (exact in float32 up to 2**24 pixels)
-    ids = _cached(("ids", H, W, str(images.device)),
-                  lambda: torch.arange(1, H * W + 1, dtype=torch.float32, device=images.device).view(1, 1, H, W))
-    ids = ids.expand(B, 1, H, W)
-    src = F.grid_sample(ids, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    idx = src.view(B, 1, H * W).to(torch.int64).expand(B, C, H * W)
-    flat = torch.cat([images.new_zeros(B, C, 1), images.reshape(B, C, H * W)], dim=2)
-    return flat.gather(2, idx).view(B, C, H, W)
+def _crop_axis(n: int, start: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear sampling along one axis of a per-image crop resized back to ``n`` pixels: half-pixel
+    centres, source coordinates clamped to the crop. ``start``, ``length`` ``[B]``; returns the two
+    source indices ``[B, n]`` int64 and the weight of the second ``[B, n]`` float32."""
+    B = start.shape[0]
+    start, length = start.to(torch.float32).view(B, 1), length.to(torch.float32).view(B, 1)
+    j = torch.arange(n, device=start.device, dtype=torch.float32).view(1, n)
+    s = ((j + 0.5) * (length / n) - 0.5).clamp(min=0)
+    s = torch.minimum(s, length - 1) + start  # [B, n], within [start, start + length - 1]
+    i0 = s.floor()
+    w1 = s - i0
+    i0 = i0.to(torch.int64)
+    i1 = torch.minimum(i0 + 1, (start + length - 1).to(torch.int64))
+    return i0, i1, w1
 
 
 def crop_resize_bilinear(
@@ -217,27 +257,33 @@ def crop_resize_bilinear(
     """Per-image crop ``[top:top+height, left:left+width]`` resized bilinearly back to ``H, W``.
 
     Matches ``resized_crop(..., antialias=True)`` for crops no larger than the image (upsampling,
-    where antialiasing does nothing): half-pixel centres, source coordinates clamped to the crop.
+    where antialiasing does nothing) to within one level for uint8 (torchvision's uint8 resize
+    uses fixed-point arithmetic): half-pixel centres, source coordinates clamped to the crop.
+    Separable, with elementwise float32 arithmetic in a fixed order (rows, then columns), so an
+    image's result depends on nothing but that image and its box (``grid_sample``'s bilinear kernel
+    rounds differently in its scalar and vector builds).
 
     Args:
         images: ``[B, C, H, W]`` uint8 or float.
         top, left, height, width: ``[B]`` integer-valued tensors (pixels).
     """
     B, C, H, W = images.shape
-    dev = images.device
-    top, left, height, width = (v.to(torch.float32).view(B, 1) for v in (top, left, height, width))
-    j = torch.arange(W, device=dev, dtype=torch.float32).view(1, W)
-    i = torch.arange(H, device=dev, dtype=torch.float32).view(1, H)
-    xs = ((j + 0.5) * (width / W) - 0.5).clamp(min=0)
-    xs = torch.minimum(xs, width - 1) + left  # [B, W]
-    ys = ((i + 0.5) * (height / H) - 0.5).clamp(min=0)
-    ys = torch.minimum(ys, height - 1) + top  # [B, H]
-    gx = (xs + 0.5) * (2.0 / W) - 1
-    gy = (ys + 0.5) * (2.0 / H) - 1
-    grid = torch.stack([gx.view(B, 1, W).expand(B, H, W), gy.view(B, H, 1).expand(B, H, W)], dim=-1)
+    y0, y1, wy = _crop_axis(H, top, height)
+    x0, x1, wx = _crop_axis(W, left, width)
     fp = images.is_floating_point()
-    out = F.grid_sample(images if fp else images.to(torch.float32), grid, mode="bilinear",
-                        padding_mode="border", align_corners=False)
+
+    def rows(i):
+        r = images.gather(2, i.view(B, 1, H, 1).expand(B, C, H, W))
+        return r if fp else r.to(torch.float32)
+
+    wy = wy.view(B, 1, H, 1)
+    v = rows(y0).mul_(1 - wy).add_(rows(y1).mul_(wy))  # [B, C, H, W]: rows interpolated
+
+    def cols(i):
+        return v.gather(3, i.view(B, 1, 1, W).expand(B, C, H, W))
+
+    wx = wx.view(B, 1, 1, W)
+    out = cols(x0).mul_(1 - wx).add_(cols(x1).mul_(wx))
     return out if fp else out.round_().clamp_(0, 255).to(torch.uint8)
 
 

@@ -24,38 +24,33 @@ BUILTIN_OPS: dict[str, type[Op]] = {cls.name: cls for cls in ALL_OPS}
 
 
 def build_ops(names: Sequence[str], ranges: Mapping[str, Sequence[float]] | None = None) -> list:
-    """Instantiate ops by name, with optional ``{name: [v0, v1]}`` value-range overrides.
+    """Instantiate ``augmentations`` plugins by name through the registry (bundled or third-party
+    alike), with optional ``{name: [v0, v1]}`` value-range overrides."""
+    from fulcra.config import create
 
-    Bundled ops are built directly; any other name is looked up as an ``augmentations`` plugin,
-    so a third-party op joins a search space from the config alone.
-    """
     ranges = dict(ranges or {})
-    ops = []
-    for n in names:
-        vr = ranges.get(n)
-        if n in BUILTIN_OPS:
-            ops.append(BUILTIN_OPS[n](value_range=vr))
-        else:
-            import fulcra
-
-            ops.append(fulcra.create("augmentations", n, **({"value_range": list(vr)} if vr is not None else {})))
-    return ops
+    return [create("augmentations", n, **({"value_range": list(vr)} if (vr := ranges.get(n)) is not None else {}))
+            for n in names]
 
 
 _KIND_RANK = {"identity": 0, "affine": 1, "lut": 2, "other": 3}
 
 
 class CompositeAugment:
-    """Applies per-image compositions of ops in grouped calls.
+    """Applies per-image compositions of ops in grouped calls (the ``composite`` applier plugin).
 
     Args:
-        ops: the N op instances (index ``n`` in ``op_index`` refers to ``ops[n]``).
+        ops: the N op instances (index ``n`` in ``op_index`` refers to ``ops[n]``): any
+            :class:`~fulcra.interfaces.AugmentationOp`. Ops with ``sample_params``/``apply_params``
+            are replayable and chunked; the bundled affine and table ops are fused; an op with only
+            the protocol's ``__call__`` is called once per stage on the images that drew it.
     """
 
     def __init__(self, ops: Sequence):
         self.ops = list(ops)
         n = len(self.ops)
-        kinds = [getattr(op, "kind", "other") for op in self.ops]
+        # only the bundled ops' fusion hooks are trusted; any other op is applied through its own call
+        kinds = [op.kind if isinstance(op, Op) else "other" for op in self.ops]
         # processing order: identity, affine run, lut run, others (ties by position)
         self._order = sorted(range(n), key=lambda i: (_KIND_RANK.get(kinds[i], 3), i))
         rank = torch.empty(n, dtype=torch.int64)
@@ -120,8 +115,6 @@ class CompositeAugment:
     #: values (pixels × channels) per kernel call on CPU: one image at 224×224 (read in place, no
     #: gather copy), whole groups at 32×32 (few calls)
     chunk_values = 1 << 17
-    #: images whose affine sampling grids share one GEMM
-    grid_images = 1
 
     def _stage(self, x, perm, mags, counts, generator):
         """One stage: ``perm[starts[r]:starts[r + 1]]`` are the original indices of the images that get
@@ -143,6 +136,10 @@ class CompositeAugment:
             gidx = perm[lo:hi]
             if kind == "identity":
                 y.put(gidx, x, gidx)
+                continue
+            if not _replayable(op):
+                # only the AugmentationOp protocol: the op draws its own randomness from `generator`
+                y.put(gidx, op(x.index_select(0, gidx), mags[lo:hi], generator))
                 continue
             # the bundled ops only read the batch's shape and device to draw their parameters
             if type(op) in _SHAPE_ONLY:
@@ -177,13 +174,9 @@ class CompositeAugment:
                 mats = K.inverse_affine(*(torch.cat(a) for a in zip(*aff_mats)))
             else:
                 mats = torch.cat([K.inverse_affine(*m) if isinstance(m, tuple) else m for m in aff_mats])
-            # grids of up to 8 images per GEMM (a [HW, 3] × [3, 2] product is mostly call overhead)
-            gstep = max(step, self.grid_images)
-            for a in range(0, idx.numel(), gstep):
-                grid = K.affine_grid(mats[a:a + gstep], H, W)
-                for c in range(0, grid.shape[0], step):
-                    ci = idx[a + c:a + c + step]
-                    y.put(ci, K.warp_nearest_grid(_take(x, ci), grid[c:c + step]))
+            for a in range(0, idx.numel(), step):
+                ci = idx[a:a + step]
+                y.put(ci, K.warp_nearest(_take(x, ci), mats[a:a + step]))
         if lut_segs:
             self._luts(x, y, lut_segs, step)
         return y.finish()
@@ -258,6 +251,11 @@ class _Out:
         inv[idx] = torch.arange(idx.numel(), device=idx.device)
         out = self.parts[0] if len(self.parts) == 1 else torch.cat(self.parts)
         return out.index_select(0, inv)
+
+
+def _replayable(op) -> bool:
+    """Whether an op splits its draws from their application (``BaseAugmentationOp``'s contract)."""
+    return callable(getattr(op, "sample_params", None)) and callable(getattr(op, "apply_params", None))
 
 
 def _sliceable(params: Mapping, n: int) -> bool:

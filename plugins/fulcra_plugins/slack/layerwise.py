@@ -209,7 +209,6 @@ def layerwise_hypergradient(model, policy, logits, mu, x_aug, y_aug, op_index, m
                     w += (d * v[pname[m.bias]]).sum(dim=(1, 2))
             elif isinstance(m, nn.BatchNorm2d) and m.affine and m in bn_out:
                 d = bn_out[m]
-                C = d.shape[1]
                 # Σ_hw (x̂ v_w + v_b) d per sample, without materialising z: v_w Σ x̂ d + v_b Σ d
                 w += _xhat_dot(xhats[m], d) @ v[pname[m.weight]] + d.sum(dim=(2, 3)) @ v[pname[m.bias]]
     w_tau = w.view(n_aug, per_group).sum(1) + w_groups  # = (1/B_aug) vᵀ ∇θ l_τ

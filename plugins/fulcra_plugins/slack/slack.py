@@ -30,8 +30,6 @@ policy gradients are averaged with ``all_reduce_sum`` (app. A.3.4).
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -313,7 +311,7 @@ class Slack:
         loss.backward()
         opt.step()
         sched.step()
-        return float(loss)
+        return float(loss.detach())
 
     def _bilevel_step(self, model, opt, sched, policy, cur, aug, logits, mu, anchor, upper,
                       Xtr, Ytr, Xva, Yva, seed, key, eta, device, world) -> dict:

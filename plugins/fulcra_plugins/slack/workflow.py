@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 import fulcra
 from fulcra.engine import atomic_write_text, over_seeds
 
+from .plots import plot_evolution, plot_pie
 from .common import TensorSplit, as_tensors, evaluate, train_with_policy
 
 __all__ = ["SearchWorkflow"]
@@ -103,10 +104,10 @@ class SearchWorkflow:
             history = getattr(searcher, "history", None)
             if ctx.rank == 0:
                 policy.save(policy_path)
-                policy.plot_pie(out / "policy.png")
+                plot_pie(policy, out / "policy.png")
                 if history:
                     atomic_write_text(json.dumps(history), out / "search" / "history.json")
-                    policy.plot_evolution(history, out / "policy_evolution.png")
+                    plot_evolution(policy, history, out / "policy_evolution.png")
                 (out / "search").mkdir(exist_ok=True)
                 done_flag.write_text("search finished\n")
 
