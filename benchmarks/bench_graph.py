@@ -96,8 +96,8 @@ def bench(n: int, k: int, steps: int, prompts: int, repeats: int, threads: int, 
     import scipy.sparse as sp
     from scipy.spatial import cKDTree
 
-    from fulcra_plugins.refiners._diffusion import power_iteration, power_iteration_full
-    from fulcra_plugins.refiners._graph import build_scene_graph, knn_indices, morton_order, symmetric_csr
+    from fulcra_plugins.refiners.graph_diffusion._diffusion import power_iteration, power_iteration_full
+    from fulcra_plugins.refiners.graph_diffusion._graph import build_scene_graph, knn_indices, morton_order, symmetric_csr
 
     torch.set_num_threads(threads)
     pts, labels, feats = scene_points(n)

@@ -30,7 +30,14 @@ __all__ = [
     "Teacher",
     "Student",
     "SceneRepresentation",
+    "EditableScene",
+    "AlphaScene",
+    "RGBScene",
+    "AdjointScene",
     "Refiner",
+    "FittableExtractor",
+    "PromptedExtractor",
+    "CachingExtractor",
     "Task",
     "Workflow",
     "Dataset",
@@ -55,6 +62,53 @@ class FeatureExtractor(Protocol):
     dim: int | None
 
     def __call__(self, images: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
+
+
+# Optional extractor capabilities. A workflow tests for them with ``isinstance`` and does without
+# when an extractor lacks one; nothing is ever set on an extractor from outside.
+
+
+@runtime_checkable
+class FittableExtractor(Protocol):
+    """An extractor with a dataset-level step run over all views before extracting (DINOv2's PCA
+    over the views of a scene, app. C.1.2).
+
+    ``fit(views)``: ``views`` a sequence of images ``[3, H, W]`` float in [0, 1] or zero-argument
+    callables returning one (so a large scene is never in memory at once); returns the extractor.
+    ``fitted``: False until ``fit`` ran (or when the extractor needs no fit with its settings).
+    The workflows call ``fit`` over the views they uplift when ``fitted`` is False.
+    """
+
+    fitted: bool
+
+    def fit(self, views: Sequence[Any]) -> Any: ...
+
+
+@runtime_checkable
+class PromptedExtractor(Protocol):
+    """An extractor that maps an image *and point prompts* to masks (SAM, SAM 2).
+
+    ``needs_prompts``: True (a class attribute, so a workflow can check it before building the
+    plugin). ``__call__(images [B, 3, H, W], positive=[B] of [H, W] bool)`` returns ``[B, C, h, w]``
+    masks in [0, 1]. ``segment method=sam`` needs one; the feature routes refuse one.
+    """
+
+    needs_prompts: bool
+
+
+@runtime_checkable
+class CachingExtractor(Protocol):
+    """An extractor that keeps its per-view outputs on disk, keyed by image content and settings.
+
+    ``cache_dir``: the folder in use (``None``: no cache), normally given at construction.
+    ``set_cache(directory)``: use ``directory`` from now on (``None`` turns caching off). The
+    workflows give an extractor without a cache ``OUT/feature_cache``, so that a fit over the views
+    and the extraction encode each view once and a resumed run re-extracts nothing.
+    """
+
+    cache_dir: Any
+
+    def set_cache(self, directory: str | Path | None) -> None: ...
 
 
 @runtime_checkable
@@ -200,24 +254,82 @@ class SceneRepresentation(Protocol):
     ``render(features, camera)``: ``features`` ``[N, D]`` float32, any ``D`` -> ``[H, W, D]`` float32,
     the alpha-composited features. It must be **linear in** ``features`` and differentiable with
     respect to them (autograd), so that :func:`fulcra.uplift` can compute ``Wᵀ F`` generically.
-    Optionally ``render_adjoint(images [H, W, D], camera) -> [N, D]`` provides a fused ``Wᵀ F``.
+
+    This is all the workflows (``uplift``, ``segment``, ``segment-synthetic``), the ``Selector`` and
+    :func:`fulcra.uplift` need. A plugin is built as ``create("scenes", NAME, ply=PATH, device=...)``
+    (``ply`` the scene file, whatever its format; ``device`` ``auto``/``cpu``/``cuda``). What only
+    some scenes can do is a separate protocol: :class:`EditableScene` (removal, extraction to PLY),
+    :class:`AlphaScene`, :class:`RGBScene`, :class:`AdjointScene` (a fused ``Wᵀ F``).
 
     Attributes:
         num_primitives: ``N``.
-        device: where the scene's tensors live.
+        positions: ``[N, 3]`` float32 primitive centres in world coordinates (the graph of the
+            refiners, 3D selection).
+        device: optional; where the scene's tensors live (default: CPU).
     """
 
     num_primitives: int
+    positions: torch.Tensor  # [N, 3]
 
     def render(self, features: torch.Tensor, camera: Camera) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class EditableScene(Protocol):
+    """A scene that can be cut and saved (object removal and extraction, pruning).
+
+    ``subset(index)``: ``index`` ``[N]`` bool or ``[M]`` long -> a scene of the same plugin keeping
+    those primitives (in their order). ``save_ply(path)``: write the scene as a file (an INRIA 3DGS
+    PLY for Gaussian scenes) and return its path. Without it, ``segment`` still writes ``mask3d.npy``
+    and the masks and says that removal needs this protocol; ``uplift`` skips ``prune.keep``.
+    """
+
+    def subset(self, index: torch.Tensor) -> Any: ...
+
+    def save_ply(self, path: str | Path) -> Path: ...
+
+
+@runtime_checkable
+class AlphaScene(Protocol):
+    """``render_alpha(camera) -> [H, W]`` float32 accumulated opacity in [0, 1]. Without it the
+    workflows render a constant feature 1 (the same thing for a linear renderer)."""
+
+    def render_alpha(self, camera: Camera) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class RGBScene(Protocol):
+    """``render_rgb(camera) -> [H, W, 3]`` float32: the scene's own colours (spherical harmonics for
+    3DGS), used by demos to show an edited scene."""
+
+    def render_rgb(self, camera: Camera) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class AdjointScene(Protocol):
+    """``render_adjoint(images [H, W, D], camera) -> [N, D]``: a fused ``Wᵀ F``, the transpose of
+    ``render``. :func:`fulcra.uplift.adjoint` uses it when present, else autograd through ``render``."""
+
+    def render_adjoint(self, images: torch.Tensor, camera: Camera) -> torch.Tensor: ...
 
 
 @runtime_checkable
 class Refiner(Protocol):
     """Improves per-primitive scores with 3D geometry and feature similarity.
 
-    ``refine(positions [N, 3], features [N, D], scores [N, Q], **prompt) -> [N, Q]`` float32 scores,
-    one column per prompt (query), in [0, 1] unless stated otherwise by the plugin.
+    ``refine(positions [N, 3], features [N, D], scores [N, Q], **kwargs) -> [N, Q]`` float32 scores,
+    one column per prompt (query), in [0, 1] unless stated otherwise by the plugin; ``scores`` may
+    also be ``[N]`` (then the result is ``[N]``). ``scores`` are non-negative initial scores: the
+    uplifted prompt (scribble or mask, ``Wᵀ M`` unnormalised) or 3D relevancies.
+
+    Keyword arguments the workflows pass (a refiner may ignore any of them, and must accept them):
+
+    - ``prompt``: ``"scribble"``, ``"mask"`` or ``"relevancy"``, what ``scores`` holds;
+    - ``weights``: ``[N]`` float32 per-primitive rendering-weight sums from the uplift (how well each
+      primitive is seen), or ``None``.
+
+    The workflows binarise the result at ``> 0`` (scribbles) or ``> 0.5`` (mask) unless told
+    otherwise (``threshold=``), so a refiner returns 0 for primitives it rules out.
     """
 
     def refine(self, positions: torch.Tensor, features: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...

@@ -29,7 +29,13 @@ __all__ = [
     "check_feature_extractor",
     "check_augmentation_op",
     "check_scene",
+    "check_editable_scene",
+    "check_alpha_scene",
+    "check_adjoint_scene",
+    "check_rgb_scene",
     "check_refiner",
+    "check_fittable_extractor",
+    "check_caching_extractor",
     "check_task",
     "check_generator",
     "check_dataset",
@@ -83,6 +89,12 @@ def check_feature_extractor(ext: Any, size: int = 28) -> None:
     assert torch.allclose(out, again, atol=1e-5), f"{type(ext).__name__}: not deterministic"
     one = ext(images[:1], **{k: v[:1] for k, v in kw.items()})
     assert torch.allclose(out[:1], one, atol=1e-4), f"{type(ext).__name__}: result depends on the batch"
+    from .interfaces import CachingExtractor, FittableExtractor
+
+    if isinstance(ext, FittableExtractor):
+        check_fittable_extractor(ext, size)
+    if isinstance(ext, CachingExtractor):
+        check_caching_extractor(ext)
 
 
 def check_augmentation_op(op: Any) -> None:
@@ -105,11 +117,19 @@ def check_augmentation_op(op: Any) -> None:
         assert z.shape == x.shape and z.dtype == x.dtype, f"{name}: apply() changed shape or dtype"
 
 
-def check_scene(scene: Any, dim: int = 3) -> None:
+def check_scene(scene: Any, dim: int = 3, camera: Camera | None = None) -> None:
+    """The SceneRepresentation contract: ``num_primitives``, ``positions [N, 3]``, ``render`` of shape
+    ``[H, W, D]``, linear and differentiable in the features; then every optional protocol the scene
+    claims (:func:`check_editable_scene`, :func:`check_alpha_scene`, :func:`check_adjoint_scene`,
+    :func:`check_rgb_scene`)."""
+    from .interfaces import AdjointScene, AlphaScene, EditableScene, RGBScene
+
     name = type(scene).__name__
     n = scene.num_primitives
-    cams = getattr(scene, "cameras", None)
-    cam = cams[0] if cams else tiny_camera()
+    pos = getattr(scene, "positions", None)
+    assert isinstance(pos, torch.Tensor) and tuple(pos.shape) == (n, 3), \
+        f"{name}: positions must be a [N={n}, 3] tensor, got {None if pos is None else list(getattr(pos, 'shape', []))}"
+    cam = camera or _scene_camera(scene)
     g = torch.Generator().manual_seed(0)
     dev = getattr(scene, "device", torch.device("cpu"))
     f1 = torch.rand(n, dim, generator=g).to(dev)
@@ -121,9 +141,121 @@ def check_scene(scene: Any, dim: int = 3) -> None:
     f = f1.clone().requires_grad_(True)
     scene.render(f, cam).sum().backward()
     assert f.grad is not None and f.grad.shape == f.shape, f"{name}: render is not differentiable in the features"
+    if isinstance(scene, EditableScene):
+        check_editable_scene(scene, cam)
+    if isinstance(scene, AlphaScene):
+        check_alpha_scene(scene, cam)
+    if isinstance(scene, AdjointScene):
+        check_adjoint_scene(scene, cam)
+    if isinstance(scene, RGBScene):
+        check_rgb_scene(scene, cam)
+
+
+def _scene_camera(scene: Any) -> Camera:
+    cams = getattr(scene, "cameras", None)
+    return cams[0] if cams else tiny_camera()
+
+
+def check_editable_scene(scene: Any, camera: Camera | None = None, tmp_dir: str | Path | None = None) -> None:
+    """EditableScene: ``subset`` keeps the chosen primitives (count, positions, rendering of a kept
+    feature) and ``save_ply`` writes a file."""
+    import tempfile
+
+    name = type(scene).__name__
+    cam = camera or _scene_camera(scene)
+    n = scene.num_primitives
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[: max(1, n // 2)] = True
+    sub = scene.subset(keep.to(getattr(scene, "device", "cpu")))
+    assert sub.num_primitives == int(keep.sum()), f"{name}: subset kept {sub.num_primitives} of {int(keep.sum())} primitives"
+    assert torch.allclose(torch.as_tensor(sub.positions).cpu(), torch.as_tensor(scene.positions).cpu()[keep]), \
+        f"{name}: subset changed the positions or their order"
+    dev = getattr(scene, "device", torch.device("cpu"))
+    ones = sub.render(torch.ones(sub.num_primitives, 1, device=dev), cam)
+    assert ones.shape == (cam.height, cam.width, 1), f"{name}: the subset renders {list(ones.shape)}"
+    with tempfile.TemporaryDirectory(dir=tmp_dir) as d:
+        path = Path(sub.save_ply(Path(d) / "subset.ply"))
+        assert path.is_file() and path.stat().st_size > 0, f"{name}: save_ply wrote no file"
+
+
+def check_alpha_scene(scene: Any, camera: Camera | None = None) -> None:
+    """AlphaScene: ``render_alpha`` is ``[H, W]`` in [0, 1] and equals the render of a constant 1."""
+    name = type(scene).__name__
+    cam = camera or _scene_camera(scene)
+    alpha = scene.render_alpha(cam)
+    assert alpha.shape == (cam.height, cam.width), f"{name}: render_alpha gave {list(alpha.shape)}"
+    assert float(alpha.min()) >= -1e-5 and float(alpha.max()) <= 1 + 1e-5, f"{name}: alpha leaves [0, 1]"
+    dev = getattr(scene, "device", torch.device("cpu"))
+    with torch.no_grad():
+        ones = scene.render(torch.ones(scene.num_primitives, 1, device=dev), cam)[..., 0]
+    assert torch.allclose(alpha.float(), ones.float(), atol=1e-4), f"{name}: render_alpha differs from rendering ones"
+
+
+def check_adjoint_scene(scene: Any, camera: Camera | None = None, dim: int = 3) -> None:
+    """AdjointScene: ``render_adjoint`` is the transpose of ``render``: ``<render(f), F> = <f, render_adjoint(F)>``."""
+    name = type(scene).__name__
+    cam = camera or _scene_camera(scene)
+    g = torch.Generator().manual_seed(1)
+    dev = getattr(scene, "device", torch.device("cpu"))
+    f = torch.rand(scene.num_primitives, dim, generator=g).to(dev)
+    img = torch.rand(cam.height, cam.width, dim, generator=g).to(dev)
+    with torch.no_grad():
+        lhs = float((scene.render(f, cam) * img).sum())
+        adj = scene.render_adjoint(img, cam)
+    assert adj.shape == (scene.num_primitives, dim), f"{name}: render_adjoint gave {list(adj.shape)}"
+    rhs = float((f * adj).sum())
+    assert abs(lhs - rhs) <= 1e-3 * max(1.0, abs(lhs)), f"{name}: render_adjoint is not the transpose of render ({lhs} vs {rhs})"
+
+
+def check_rgb_scene(scene: Any, camera: Camera | None = None) -> None:
+    """RGBScene: ``render_rgb`` is ``[H, W, 3]`` and finite."""
+    name = type(scene).__name__
+    cam = camera or _scene_camera(scene)
+    rgb = scene.render_rgb(cam)
+    assert rgb.shape == (cam.height, cam.width, 3) and torch.isfinite(rgb).all(), f"{name}: render_rgb gave {list(rgb.shape)}"
+
+
+def check_fittable_extractor(ext: Any, size: int = 28) -> None:
+    """FittableExtractor: ``fit`` over views (images and zero-argument callables) leaves it ``fitted``
+    and its outputs deterministic."""
+    name = type(ext).__name__
+    views = [tiny_images(1, size, size, seed=s)[0] for s in range(3)]
+    out = ext.fit([views[0], lambda: views[1], views[2]])
+    assert ext.fitted, f"{name}: still not fitted after fit()"
+    assert out is None or out is ext, f"{name}: fit() should return the extractor"
+    a, b = ext(views[0][None]), ext(views[0][None])
+    assert torch.allclose(a, b, atol=1e-5), f"{name}: not deterministic after fit()"
+
+
+def check_caching_extractor(ext: Any, size: int = 20, tmp_dir: str | Path | None = None) -> None:
+    """CachingExtractor: ``set_cache(dir)`` sets ``cache_dir``, writes files there, and a second call
+    reads the same values back; ``set_cache(None)`` turns it off."""
+    import tempfile
+
+    name = type(ext).__name__
+    x = tiny_images(2, size, size, seed=3)
+    kw: dict = {}
+    if getattr(ext, "needs_prompts", False):
+        c = size // 2
+        pts = torch.tensor([[c, c], [c + 1, c]])
+        kw = {"prompts": [pts, pts]}
+    before = ext.cache_dir
+    with tempfile.TemporaryDirectory(dir=tmp_dir) as d:
+        ext.set_cache(d)
+        assert ext.cache_dir is not None and Path(ext.cache_dir) == Path(d), f"{name}: cache_dir is {ext.cache_dir!r} after set_cache({d!r})"
+        first = ext(x, **kw)
+        assert any(Path(d).rglob("*")), f"{name}: set_cache({d!r}) but nothing was written there"
+        again = ext(x, **kw)
+        assert torch.allclose(first, again, atol=1e-5), f"{name}: the cached outputs differ from the computed ones"
+        ext.set_cache(None)
+        assert ext.cache_dir is None, f"{name}: set_cache(None) left cache_dir={ext.cache_dir!r}"
+    ext.set_cache(before)
 
 
 def check_refiner(refiner: Any) -> None:
+    """The Refiner contract: ``refine`` keeps the shape (``[N, Q]`` and ``[N]``), gives finite scores,
+    and accepts the keyword arguments the workflows pass (``prompt=``, ``weights=``)."""
+    name = type(refiner).__name__
     g = torch.Generator().manual_seed(0)
     pos = torch.rand(60, 3, generator=g)
     feats = torch.randn(60, 8, generator=g)
@@ -131,8 +263,11 @@ def check_refiner(refiner: Any) -> None:
     scores[:3, 0] = 1
     scores[-3:, 1] = 1
     out = refiner.refine(pos, feats, scores)
-    assert out.shape == scores.shape, f"{type(refiner).__name__}: refine gave {list(out.shape)}"
-    assert torch.isfinite(out).all(), f"{type(refiner).__name__}: non-finite scores"
+    assert out.shape == scores.shape, f"{name}: refine gave {list(out.shape)}"
+    assert torch.isfinite(out).all(), f"{name}: non-finite scores"
+    one = refiner.refine(pos, feats, scores[:, 0], prompt="scribble", weights=torch.ones(60))
+    assert one.shape == (60,), f"{name}: refine of [N] scores with prompt=, weights= gave {list(one.shape)}"
+    assert torch.isfinite(one).all(), f"{name}: non-finite scores with prompt=, weights="
 
 
 def check_task(task: Any) -> None:

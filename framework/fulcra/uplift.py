@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .camera import Camera
 from .engine import dist
+from .interfaces import AdjointScene
 
 __all__ = ["uplift", "adjoint", "resize_to_camera"]
 
@@ -35,10 +36,10 @@ def resize_to_camera(fmap: torch.Tensor, camera: Camera) -> torch.Tensor:
 def adjoint(scene, images: torch.Tensor, camera: Camera) -> torch.Tensor:
     """``Wᵀ F`` for one view: ``images`` ``[H, W, D]`` -> ``[N, D]``.
 
-    Uses the scene's fused ``render_adjoint`` when it has one, else autograd through ``render``."""
-    fused = getattr(scene, "render_adjoint", None)
-    if fused is not None:
-        return fused(images, camera)
+    Uses the scene's fused ``render_adjoint`` when it is an :class:`~fulcra.interfaces.AdjointScene`,
+    else autograd through ``render`` (the one autograd adjoint of fulcra)."""
+    if isinstance(scene, AdjointScene):
+        return scene.render_adjoint(images, camera)
     n = scene.num_primitives
     with torch.enable_grad():
         f = torch.zeros(n, images.shape[-1], device=images.device, dtype=images.dtype, requires_grad=True)

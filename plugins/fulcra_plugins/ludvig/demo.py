@@ -35,7 +35,6 @@ def run_demo(out_dir: str | Path, scene_dir: str | Path | None = None, views: in
     from PIL import Image
     from safetensors.torch import load_file
 
-    from fulcra_plugins.refiners import GraphDiffusion
     from fulcra_plugins.scenes import load_scene
     from fulcra_plugins.scenes.synthetic import generate_scene
 
@@ -73,7 +72,7 @@ def run_demo(out_dir: str | Path, scene_dir: str | Path | None = None, views: in
             gt[c.name] = torch.from_numpy(np.asarray(im).astype(np.int64))
     ref = max(use, key=lambda c: int((gt[c.name] == o).sum()))
     scribble = scribble_from_mask(gt[ref.name] == o)
-    sel = Selector(scene, features, weights, refiner=GraphDiffusion(k=16, steps=100)).select(ref, scribble)
+    sel = Selector(scene, features, weights, refiner=fulcra.create("refiners", "graph_diffusion", k=16, steps=100)).select(ref, scribble)
     mask2d = sel.render(ref)
     overlay = save_overlay(imgs[ref.name], mask2d, out / "segment_overlay.png", scribble)
     removed_ply = sel.save_removed(out / "removed.ply")

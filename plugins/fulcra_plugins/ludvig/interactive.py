@@ -21,7 +21,8 @@ from fulcra.camera import Camera
 
 from .editing import extract, remove, save_extracted, save_removed
 from .segmentation import (
-    Segmentation3D, auto_threshold, binarise_3d, clicks_to_mask, render_mask, render_scores, segment_diffusion, segment_uplift,
+    Segmentation3D, auto_threshold, binarise_3d, build_refiner, clicks_to_mask, render_mask, render_scores, segment_diffusion,
+    segment_uplift,
 )
 
 __all__ = ["Selector", "Selection"]
@@ -77,8 +78,8 @@ class Selector:
         features: ``[N, D]`` uplifted features (e.g. ``fulcra.uplift`` of DINOv2 maps).
         weights: ``[N]`` weight sums from the uplift (optional).
         diffusion: refine by graph diffusion (True) or score the uplifted features directly (False).
-        refiner: a ``graph_diffusion`` refiner (built with defaults when None); its kNN graph is built
-            on the first click and reused for every later one.
+        refiner: a refiners plugin, an instance or a name (default: ``graph_diffusion``, whose kNN
+            graph is built on the first click and reused for every later one); only ``refine`` is called.
         threshold: how the per-Gaussian scores become a 3D mask: ``"auto"`` (see
             :func:`~.segmentation.auto_threshold`), ``"otsu"`` or a number.
     """
@@ -89,11 +90,8 @@ class Selector:
             raise ValueError(f"features must be [N={scene.num_primitives}, D], got {list(features.shape)}")
         self.scene, self.features, self.weights = scene, features, weights
         self.diffusion, self.threshold = bool(diffusion), threshold
-        if refiner is None and diffusion:
-            from fulcra_plugins.refiners import GraphDiffusion
-
-            refiner = GraphDiffusion(k=16, steps=100)
-        self.refiner = refiner
+        # any refiners plugin: an instance, a name or a config node, built through the registry
+        self.refiner = build_refiner(refiner) if diffusion else refiner
 
     def select(self, camera: Camera, prompt: torch.Tensor, kind: str = "scribble") -> Selection:
         """Select from a 2D prompt ``[H, W]`` (bool scribbles, or a full mask with ``kind="mask"``)."""

@@ -29,6 +29,7 @@ from .thresholds import li, otsu
 __all__ = [
     "render_scores", "render_mask", "uplift_mask", "clicks_to_mask", "feature_scorer", "binarise_3d",
     "segment_uplift", "segment_diffusion", "segment_single_view", "Segmentation3D", "auto_threshold",
+    "build_refiner", "scene_positions", "render_alpha",
 ]
 
 
@@ -41,6 +42,17 @@ def render_scores(scene, scores: torch.Tensor, camera: Camera) -> torch.Tensor:
     with torch.no_grad():
         img = scene.render(s.to(dev), camera)
     return img[..., 0] if squeeze else img
+
+
+def render_alpha(scene, camera: Camera) -> torch.Tensor:
+    """Accumulated opacity ``[H, W]``: the scene's own ``render_alpha`` (an ``AlphaScene``), else the
+    render of a constant feature 1 (the same for a linear renderer)."""
+    from fulcra.interfaces import AlphaScene
+
+    if isinstance(scene, AlphaScene):
+        with torch.no_grad():
+            return scene.render_alpha(camera)
+    return render_scores(scene, torch.ones(scene.num_primitives), camera)
 
 
 def render_mask(scene, mask3d: torch.Tensor, camera: Camera, threshold: float = 0.5) -> torch.Tensor:
@@ -157,7 +169,6 @@ class Segmentation3D:
 
     scores: torch.Tensor
     g0: torch.Tensor | None = None
-    unary: torch.Tensor | None = None
     weights: torch.Tensor | None = None
     #: SAM route: camera name -> ``[H, W]`` bool, the reprojected prompt pixels SAM drew its points from
     prompts: dict | None = None
@@ -182,7 +193,7 @@ def segment_uplift(scene, features3d: torch.Tensor, camera: Camera, prompt: torc
         camera: the reference view; ``prompt``: ``[H, W]`` bool scribbles or mask on it.
     """
     ref = _reference_pixels(scene, features3d, camera)
-    alpha = render_scores(scene, torch.ones(features3d.shape[0]), camera).flatten() > 0.5
+    alpha = render_alpha(scene, camera).flatten() > 0.5
     fg = torch.as_tensor(prompt).bool().flatten()
     P = feature_scorer(ref[alpha], fg[alpha], kind)
     return Segmentation3D(scores=P(features3d.to(ref.device)))
@@ -193,20 +204,42 @@ def segment_diffusion(scene, features3d: torch.Tensor, camera: Camera, prompt: t
     """Uplifting + graph diffusion route (C.1.3): ``g_0`` = the uplifted prompt, refined by ``refiner``.
 
     Args:
+        scene: any scene plugin (``positions``, ``render``).
         features3d: ``[N, D]`` uplifted features (the similarity of the graph).
-        refiner: a ``graph_diffusion`` instance (default: one with the default parameters); its graph
-            is cached, so reuse one refiner across prompts of the same scene.
+        refiner: any ``refiners`` plugin, an instance or a name (default: ``graph_diffusion`` with its
+            default parameters); only its ``refine`` is called, with ``prompt=kind`` and ``weights=``.
+            ``graph_diffusion`` caches its graph, so reuse one refiner across prompts of the same scene.
         weights: ``[N]`` rendering-weight sums (sample weights of the logistic regression, mask prompts).
-    """
-    if refiner is None:
-        from fulcra_plugins.refiners import GraphDiffusion
 
-        refiner = GraphDiffusion()
+    Returns:
+        ``Segmentation3D`` with the refined ``scores [N]`` and ``g0 [N]``, the uplifted prompt.
+    """
+    refiner = build_refiner(refiner)
     # g_0: each Gaussian's contribution to the rendered prompt (Wᵀ M, unnormalised), see uplift_mask
     g0, _ = uplift_mask(scene, camera, torch.as_tensor(prompt).float(), normalize=False)
-    positions = scene.positions if hasattr(scene, "positions") else scene.gaussians.means
-    res = refiner.run(positions, features3d, g0[:, None], prompt=kind, weights=weights)
-    return Segmentation3D(scores=res.scores[:, 0], g0=res.g0[:, 0], unary=res.unary[:, 0], weights=weights)
+    scores = refiner.refine(scene_positions(scene), features3d, g0[:, None], prompt=kind, weights=weights)
+    return Segmentation3D(scores=torch.as_tensor(scores)[:, 0].float(), g0=g0, weights=weights)
+
+
+def build_refiner(refiner=None):
+    """A refiner instance: ``refiner`` itself, or the ``refiners`` plugin of that name (or config node
+    ``{name: ..., params}``) built through the registry; ``None``: ``graph_diffusion``."""
+    if refiner is None or isinstance(refiner, (str, dict)) or hasattr(refiner, "keys"):
+        import fulcra
+
+        return fulcra.create("refiners", "graph_diffusion" if refiner is None else refiner)
+    return refiner
+
+
+def scene_positions(scene) -> torch.Tensor:
+    """``scene.positions`` ``[N, 3]`` (declared by SceneRepresentation), checked; one-line error naming the plugin."""
+    pos = getattr(scene, "positions", None)
+    if pos is None:
+        raise TypeError(f"scene {type(scene).__name__} has no 'positions' [N, 3], which SceneRepresentation declares")
+    pos = torch.as_tensor(pos)
+    if pos.shape != (scene.num_primitives, 3):
+        raise ValueError(f"scene {type(scene).__name__}: positions must be [N={scene.num_primitives}, 3], got {list(pos.shape)}")
+    return pos
 
 
 def segment_single_view(ref_map: torch.Tensor, prompt: torch.Tensor, target_maps: Sequence[torch.Tensor],
@@ -272,34 +305,30 @@ def segment_sam(scene, cameras: Sequence[Camera], images, ref: Camera, prompt: t
         ``[H, W]`` bool, the pixels SAM's point prompts were drawn from; empty for views that do not see
         the object, which contribute a zero mask).
     """
-    import fulcra
     from fulcra.uplift import resize_to_camera
+
+    from .lifting import uplift_views
 
     points = reproject_prompt(scene, ref, prompt, cameras, tau)
     dev = torch.device(getattr(extractor, "device", None) or "cpu")
 
-    def views():
-        for i, cam in enumerate(cameras):
-            pos = points[cam.name].cpu()
-            if not bool(pos.any()):
-                m = torch.zeros(cam.height, cam.width)
-            else:
-                img = torch.as_tensor(images[cam.name])
-                if img.shape[-2:] != pos.shape:  # prompt to the image's size (nearest keeps it boolean)
-                    pos = torch.nn.functional.interpolate(pos[None, None].float(), size=tuple(img.shape[-2:]), mode="nearest")[0, 0] > 0.5
-                    if not bool(pos.any()):
-                        pos = None
-                if pos is None:
-                    m = torch.zeros(cam.height, cam.width)
-                else:
-                    with torch.no_grad():
-                        out = extractor(img[None].to(dev), positive=pos[None])  # [1, C, h, w] in [0, 1]
-                    m = resize_to_camera(out[0, :1].float().cpu(), cam)[0]
-            if progress is not None:
-                progress(i + 1, len(cameras))
-            yield cam, m.to(getattr(scene, "device", m.device))
+    def sam_mask(i: int, cam: Camera) -> torch.Tensor:  # [1, H, W]: SAM's averaged mask from this view's prompts
+        pos = points[cam.name].cpu()
+        m = torch.zeros(cam.height, cam.width)
+        if bool(pos.any()):
+            img = torch.as_tensor(images[cam.name])
+            if img.shape[-2:] != pos.shape:  # prompt to the image's size (nearest keeps it boolean)
+                pos = torch.nn.functional.interpolate(pos[None, None].float(), size=tuple(img.shape[-2:]), mode="nearest")[0, 0] > 0.5
+            if bool(pos.any()):
+                with torch.no_grad():
+                    out = extractor(img[None].to(dev), positive=pos[None])  # [1, C, h, w] in [0, 1]
+                m = resize_to_camera(out[0, :1].float().cpu(), cam)[0]
+        if progress is not None:
+            progress(i + 1, len(cameras))
+        return m[None]
 
-    scores, weights = fulcra.uplift(scene, views())
+    up = uplift_views(scene, cameras, images, extractor, out=None, view_map=sam_mask)
+    scores, weights = up.features, up.weights
     return Segmentation3D(scores=scores[:, 0], weights=weights, prompts=points)
 
 

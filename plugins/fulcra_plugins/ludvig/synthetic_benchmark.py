@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .metrics import iou, results_table
-from .segmentation import binarise_3d, render_scores, segment_diffusion, segment_single_view, segment_uplift
+from .segmentation import binarise_3d, build_refiner, render_scores, segment_diffusion, segment_single_view, segment_uplift
 
 __all__ = ["scribble_from_mask", "run_synthetic_benchmark", "VARIANTS"]
 
@@ -55,49 +55,40 @@ def scribble_from_mask(mask: torch.Tensor, erode: int = 2, thickness: int = 1) -
 
 def run_synthetic_benchmark(scene, cameras, images, labels: torch.Tensor, gt_masks: dict, extractor,
                             objects: list[str], out: Path, refiner=None, eval_views: int = 6,
-                            log: Callable[[str], None] = print, features: torch.Tensor | None = None,
-                            weights: torch.Tensor | None = None, center: bool = True, center_precomputed: bool = True) -> dict:
+                            log: Callable[[str], None] = print, uplifted=None, center: bool = True) -> dict:
     """Run the benchmark; write ``results.json``, ``results.md`` and scribble PNGs under ``out``.
 
     Args:
-        scene, cameras, images: as :func:`fulcra_plugins.scenes.load_scene` returns them.
+        scene, cameras, images: as :func:`fulcra_plugins.scenes.load_scene` returns them (any scene plugin).
         labels: ``[N]`` per-Gaussian object label (0 = ground).
         gt_masks: camera name -> ``[H, W]`` long label image (255 = empty).
         extractor: a feature extractor plugin (2D maps of every view).
         objects: object names by label index.
-        features, weights: precomputed uplift of the raw maps (computed here when None).
-        center_precomputed: subtract the maps' mean from precomputed features.
+        refiner: any refiners plugin, an instance or a name (default ``graph_diffusion``); only its
+            ``refine`` is called.
+        uplifted: the :class:`~.lifting.Uplifted` of the views (computed here, with ``center``, when None).
 
     Returns:
         ``{"per_object": {name: {variant_iou3d: ..., variant_iou2d: ...}}, "mean": {...}, ...}``.
     """
     import fulcra
-    from fulcra.uplift import resize_to_camera
 
-    from fulcra_plugins.refiners import GraphDiffusion
+    from .lifting import extract_map, scene_device, uplift_views
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    dev = getattr(scene, "device", torch.device("cpu"))
+    dev = scene_device(scene)
     views = [c for c in cameras if c.name in images]
-    maps = {}
-    for cam in views:
-        with torch.no_grad():
-            maps[cam.name] = resize_to_camera(extractor(images[cam.name][None].to(dev))[0].float(), cam)  # [D, H, W]
-    # centre the features (as the PCA of the DINOv2 maps does): cosine similarities and the RBF of
-    # the graph then compare deviations from the average look, not raw colours that all share a
-    # large common component. Uplifting is weight-normalised, so it commutes with the shift.
-    mu = torch.stack([m.mean((1, 2)) for m in maps.values()]).mean(0)[:, None, None]
-    if not center:
-        mu = torch.zeros_like(mu)
-    maps = {k: m - mu for k, m in maps.items()}
-    if features is None:
-        features, weights = fulcra.uplift(scene, ((c, maps[c.name]) for c in views))
-    elif center_precomputed:
-        features = torch.where(weights[:, None] > 0, features - mu[:, 0, 0].to(features.device), features)
+    if uplifted is None:
+        uplifted = uplift_views(scene, views, images, extractor, out=None, center=center)
+    features, weights = uplifted.features, uplifted.weights
+    # the single-view route compares 2D maps centred like the uplifted features (the same mean); a
+    # caching extractor reads them back from its cache
+    mu = uplifted.mean.to(dev)[:, None, None]
+    maps = {cam.name: extract_map(extractor, images[cam.name], cam, dev) - mu for cam in views}  # [D, H, W]
     log(f"uplifted {len(views)} views in {time.time() - t0:.1f}s")
-    refiner = refiner or GraphDiffusion()
+    refiner = build_refiner(refiner)
     labels = labels.to(features.device)
     step = max(1, len(views) // max(eval_views, 1))
     ev = views[::step][:eval_views]
@@ -152,7 +143,8 @@ def run_synthetic_benchmark(scene, cameras, images, labels: torch.Tensor, gt_mas
     results = {
         "per_object": per_object, "mean": mean, "best_iou3d": best3d, "num_gaussians": int(features.shape[0]),
         "feature_dim": int(features.shape[1]), "views": len(views), "eval_views": [c.name for c in ev],
-        "refiner": {k: getattr(refiner, k) for k in ("k", "steps", "bandwidth", "anchor_fraction")},
+        "refiner": {"type": type(refiner).__name__,
+                    **{k: getattr(refiner, k) for k in ("k", "steps", "bandwidth", "anchor_fraction") if hasattr(refiner, k)}},
         "seconds": round(time.time() - t0, 1),
     }
     table_rows = {n: {c: per_object[n][c] for c in cols3d + cols2d} for n in per_object}

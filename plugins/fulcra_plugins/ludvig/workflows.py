@@ -7,17 +7,20 @@ mask, or ``prompt.clicks=[[x,y],...]``), with ``method=diffusion`` (default), ``
 
 - ``OUT/mask3d.npy``: one boolean per Gaussian, PLY order;
 - ``OUT/masks/<camera>.png``: the rendered 3D mask on every camera, 0/255;
-- ``OUT/removed.ply``: the scene without the selected Gaussians;
-- ``OUT/features.safetensors``: the uplifted features (reused when the run is repeated; not with
-  ``method=sam``, which writes ``OUT/sam_prompts/<camera>.png``, the pixels SAM's points were drawn from);
+- ``OUT/removed.ply``: the scene without the selected Gaussians, when the scene plugin is an
+  ``EditableScene`` (else one line says removal needs it, and ``results.json`` gets it in ``notes``);
+- ``OUT/features.safetensors`` + ``OUT/features.json``: the uplifted features and their fingerprint
+  (reused when the run is repeated; :func:`.lifting.uplift_views`), ``OUT/feature_cache/``: the
+  per-view maps of a caching extractor; not with ``method=sam``, which writes
+  ``OUT/sam_prompts/<camera>.png``, the pixels SAM's points were drawn from;
 - ``OUT/overlay.png``: the mask over the reference image; ``OUT/results.json``.
 
-``fulcra run segment-synthetic`` runs :mod:`.synthetic_benchmark` on the embedded scene.
+``fulcra run segment-synthetic`` runs :mod:`.synthetic_benchmark` on the embedded scene. Both work
+with any scenes plugin (``scene.backend=NAME``) and any refiners plugin (``refiner=NAME``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -36,7 +39,7 @@ __all__ = ["METHODS", "SegmentWorkflow", "SegmentSyntheticWorkflow", "PromptConf
 
 
 def _scene_config():
-    from fulcra_plugins.scenes.workflow import SceneConfig
+    from .lifting import SceneConfig
 
     return SceneConfig
 
@@ -85,38 +88,6 @@ def save_overlay(image: torch.Tensor, mask: torch.Tensor, path: str | Path, prom
     return path
 
 
-def _uplift_cached(scene, views, imgs, extractor, extractor_node, ply, out: Path, hooks, center: bool):
-    """Uplift the extractor's maps of ``views`` (centred when asked); reuse OUT/features.safetensors."""
-    import fulcra
-    from fulcra.uplift import resize_to_camera
-
-    from fulcra_plugins.scenes.prune import load_features, save_features
-    from fulcra_plugins.scenes.workflow import extractor_device
-
-    st = Path(ply).stat()
-    key = json.dumps({"ply": str(Path(ply).resolve()), "size": st.st_size, "mtime": int(st.st_mtime), "center": center,
-                      "views": [c.name for c in views], "extractor": extractor_node}, sort_keys=True)
-    fp = hashlib.sha1(key.encode()).hexdigest()
-    path, state = out / "features.safetensors", out / "features.json"
-    if path.is_file() and state.is_file() and json.loads(state.read_text()).get("fingerprint") == fp:
-        arr = load_features(path, expected=scene.num_primitives)
-        return arr["features"].to(scene.device), arr["weights"].to(scene.device), True
-    dev = extractor_device(extractor, scene.device)
-    maps = {}
-    for i, cam in enumerate(views):
-        with torch.no_grad():
-            maps[cam.name] = resize_to_camera(extractor(imgs[cam.name][None].to(dev))[0].float().to(scene.device), cam)
-        hooks.step(step=i + 1, metrics={"view": float(i)}, total=len(views), stage="features")
-    if center:  # as a PCA would: compare deviations from the average look (see docs/ludvig.md)
-        mu = torch.stack([m.mean((1, 2)) for m in maps.values()]).mean(0)[:, None, None]
-        maps = {k: m - mu for k, m in maps.items()}
-    features, weights = fulcra.uplift(scene, ((c, maps[c.name]) for c in views))
-    save_features(path, {"ply": str(ply), "extractor": extractor_node, "center": center}, features=features, weights=weights)
-    state.write_text(json.dumps({"fingerprint": fp}))
-    hooks.checkpoint(path=path, step=len(views))
-    return features, weights, False
-
-
 def _check_extractor(method: str, node) -> None:
     """One-line ConfigError when ``method`` and the extractor do not fit: ``sam`` needs a prompted
     extractor (``sam``, ``sam2``), the feature routes one that maps an image alone to features."""
@@ -130,7 +101,9 @@ def _check_extractor(method: str, node) -> None:
         cls = fulcra.load_plugin("feature_extractors", p.get("name", name) if p else name)
     except (FulcraError, TypeError):  # unknown or uninstalled: fulcra.create reports it with its own one-line error
         return
-    prompted = bool(getattr(cls, "needs_prompts", False))
+    from fulcra.interfaces import PromptedExtractor
+
+    prompted = isinstance(cls, PromptedExtractor) and bool(cls.needs_prompts)
     if method == "sam" and not prompted:
         raise ConfigError(f"segment: method=sam needs a prompted extractor (extractor=sam or extractor=sam2), "
                           f"got extractor={name!r}, which takes no point prompts")
@@ -155,7 +128,7 @@ class SegmentWorkflow:
         scene: Any = field(default_factory=lambda: _scene_config()(), metadata={"help": "the scene: ply, cameras, images, backend"})
         extractor: Any = field(default_factory=lambda: {"name": "rgb", "patch_size": 4}, metadata={"kind": "feature_extractors", "help": "2D feature extractor"})
         prompt: PromptConfig = field(default_factory=PromptConfig, metadata={"help": "the reference view and its scribble/mask/clicks"})
-        refiner: Any = field(default_factory=lambda: {"name": "graph_diffusion"}, metadata={"kind": "refiners", "help": "the graph-diffusion refiner"})
+        refiner: Any = field(default_factory=lambda: {"name": "graph_diffusion"}, metadata={"kind": "refiners", "help": "the refiner of the uplifted prompt (any refiners plugin; graph diffusion by default)"})
         method: str = field(default="diffusion", metadata={"help": "diffusion (uplift + graph diffusion), uplift (score the uplifted features) or sam (SAM/SAM 2 masks from reprojected prompts, uplifted; extractor=sam or sam2)"})
         diffusion: bool = field(default=True, metadata={"help": "false turns method=diffusion into method=uplift (kept for older configs)"})
         tau: float = field(default=0.4, metadata={"help": "method=sam: keep reprojected prompt pixels above tau x their mean (0.4 SPIn-NeRF, 1.0 NVOS)"})
@@ -170,11 +143,10 @@ class SegmentWorkflow:
 
     def run(self, ctx) -> dict:
         import fulcra
-
-        from fulcra_plugins.scenes import load_scene
-        from fulcra_plugins.scenes.workflow import resolve_scene_paths
+        from fulcra.interfaces import EditableScene
 
         from .editing import save_removed
+        from .lifting import open_scene, say, uplift_views
         from .segmentation import (auto_threshold, binarise_3d, clicks_to_mask, render_mask, segment_diffusion,
                                    segment_sam, segment_uplift)
 
@@ -188,8 +160,7 @@ class SegmentWorkflow:
         _check_extractor(method, extractor_node)  # before loading the scene: a wrong pairing fails at once
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        ply, cameras, images = resolve_scene_paths(cfg.scene)
-        scene, cams, imgs = load_scene(ply, cameras or None, images or None, backend=cfg.scene.backend, device=ctx.device)
+        scene, cams, imgs, ply = open_scene(cfg.scene, ctx.device, "segment")
         by_name = {c.name: c for c in cams}
         pc = cfg.prompt
         if not pc.view:
@@ -215,7 +186,7 @@ class SegmentWorkflow:
 
         if method == "sam":
             if getattr(extractor, "dim", 1) != 1:
-                raise ConfigError(f"segment: method=sam uplifts one mask per view; set extractor.mask to single, best, 0, 1 or 2 (got {extractor.mask!r})")
+                raise ConfigError(f"segment: method=sam uplifts one mask per view; set extractor.mask to single, best, 0, 1 or 2 (got {getattr(extractor, 'mask', '?')!r})")
             if ref.name in imgs and ref.name not in {c.name for c in views}:
                 views = [ref, *views]  # the reference view's own prompt is SAM's best cue there
             seg = segment_sam(scene, views, imgs, ref, prompt, extractor, tau=cfg.tau,
@@ -224,7 +195,9 @@ class SegmentWorkflow:
             for name, pos in seg.prompts.items():
                 Image.fromarray(pos.cpu().numpy().astype(np.uint8) * 255).save(out / "sam_prompts" / f"{name}.png")
         else:
-            features, weights, resumed = _uplift_cached(scene, views, imgs, extractor, extractor_node, ply, out, ctx.hooks, cfg.center)
+            up = uplift_views(scene, views, imgs, extractor, out=out, ply=ply, extractor_node=extractor_node,
+                              hooks=ctx.hooks, center=cfg.center, stage="features", is_main=ctx.is_main)
+            features, weights, resumed = up.features, up.weights, up.resumed
             if method == "diffusion":
                 refiner = fulcra.create("refiners", OmegaConf.to_container(cfg.refiner, resolve=True))
                 seg = segment_diffusion(scene, features, ref, prompt, kind, refiner, weights)
@@ -262,7 +235,11 @@ class SegmentWorkflow:
             raise ConfigError(f"segment: the prompt selects no Gaussian (scores max {float(seg.scores.max()):.3g}); "
                               "try a larger prompt, another method or another extractor")
         if cfg.save_removed:
-            results["removed"] = str(save_removed(scene, mask3d, out / "removed.ply"))
+            if isinstance(scene, EditableScene):
+                results["removed"] = str(save_removed(scene, mask3d, out / "removed.ply"))
+            else:
+                results["notes"] = [say(ctx, "segment", f"removed.ply not written: removal needs a scene with subset() and "
+                                                        f"save_ply() (EditableScene); scenes plugin {type(scene).__name__} has not")]
         (out / "results.json").write_text(json.dumps(results, indent=2))
         ctx.hooks.evaluate(metrics={"selected": float(results["selected"])})
         return results
@@ -276,7 +253,7 @@ class SegmentSyntheticWorkflow:
     class Config:
         scene: Any = field(default_factory=lambda: _scene_config()(synthetic=True), metadata={"help": "the scene (synthetic by default)"})
         extractor: Any = field(default_factory=lambda: {"name": "rgb", "patch_size": 4}, metadata={"kind": "feature_extractors", "help": "2D feature extractor"})
-        refiner: Any = field(default_factory=lambda: {"name": "graph_diffusion"}, metadata={"kind": "refiners", "help": "the graph-diffusion refiner"})
+        refiner: Any = field(default_factory=lambda: {"name": "graph_diffusion"}, metadata={"kind": "refiners", "help": "the refiner of the uplifted prompt (any refiners plugin; graph diffusion by default)"})
         eval_views: int = field(default=6, metadata={"help": "views on which the 2D IoU is averaged"})
         center: bool = field(default=True, metadata={"help": "subtract the mean 2D feature before uplifting"})
 
@@ -288,18 +265,15 @@ class SegmentSyntheticWorkflow:
         from PIL import Image
         from safetensors.torch import load_file
 
-        from fulcra_plugins.scenes import load_scene
-        from fulcra_plugins.scenes.workflow import resolve_scene_paths
-
+        from .lifting import open_scene, resolve_scene_paths, uplift_views
         from .synthetic_benchmark import run_synthetic_benchmark
 
         cfg, out = self.cfg, Path(ctx.out)
         out.mkdir(parents=True, exist_ok=True)
-        ply, cameras, images = resolve_scene_paths(cfg.scene)
-        root = Path(ply).parent
+        root = Path(resolve_scene_paths(cfg.scene, "segment_synthetic")[0]).parent
         if not (root / "labels.safetensors").is_file() or not (root / "masks").is_dir():
             raise FormatError(f"{root}: not a synthetic scene folder (labels.safetensors and masks/ are needed)")
-        scene, cams, imgs = load_scene(ply, cameras or None, images or None, backend=cfg.scene.backend, device=ctx.device)
+        scene, cams, imgs, ply = open_scene(cfg.scene, ctx.device, "segment_synthetic")
         labels = load_file(str(root / "labels.safetensors"))["labels"]
         meta = json.loads((root / "scene.json").read_text()) if (root / "scene.json").is_file() else {}
         objects = meta.get("objects") or [f"object_{i}" for i in range(int(labels.max()) + 1)]
@@ -310,11 +284,11 @@ class SegmentSyntheticWorkflow:
         extractor_node = OmegaConf.to_container(cfg.extractor, resolve=True)
         extractor = fulcra.create("feature_extractors", extractor_node)
         views = [c for c in cams if c.name in imgs]
-        features, weights, _ = _uplift_cached(scene, views, imgs, extractor, extractor_node, ply, out, ctx.hooks, cfg.center)
+        up = uplift_views(scene, views, imgs, extractor, out=out, ply=ply, extractor_node=extractor_node,
+                          hooks=ctx.hooks, center=cfg.center, stage="features", is_main=ctx.is_main)
         refiner = fulcra.create("refiners", OmegaConf.to_container(cfg.refiner, resolve=True))
         res = run_synthetic_benchmark(scene, cams, imgs, labels, gt, extractor, objects, out, refiner=refiner,
-                                      eval_views=cfg.eval_views, features=features, weights=weights,
-                                      center=cfg.center, center_precomputed=False)
+                                      eval_views=cfg.eval_views, uplifted=up)
         ctx.hooks.evaluate(metrics={k: v for k, v in res["mean"].items()})
         print((out / "results.md").read_text())
         return res

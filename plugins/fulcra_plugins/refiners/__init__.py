@@ -1,4 +1,7 @@
-"""Refiners: improve per-primitive scores with 3D geometry and feature similarity."""
+"""Refiners: improve per-primitive scores with 3D geometry and feature similarity.
+
+Workflows build them by name (``fulcra.create("refiners", NAME, ...)``) and call only ``refine``.
+"""
 
 from .graph_diffusion import DiffusionResult, GraphDiffusion
 

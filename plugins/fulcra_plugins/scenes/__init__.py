@@ -19,7 +19,7 @@ import torch
 from fulcra.camera import Camera
 from fulcra.errors import ConfigError, FormatError
 
-__all__ = ["load_scene", "find_cameras", "SceneImages", "make_scene", "IMAGE_EXTENSIONS"]
+__all__ = ["load_scene", "find_cameras", "SceneImages", "make_scene", "AUTO_BACKENDS", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -106,31 +106,31 @@ def _default_images(cameras_path: Path) -> Path | None:
     return None
 
 
+#: ``backend=auto``: the scenes plugins tried in order, by device type (the first that builds wins)
+AUTO_BACKENDS = {"cuda": ("gsplat", "torch"), "cpu": ("torch",)}
+
+
 def make_scene(backend: str = "auto", ply: str | Path = "", device: str | torch.device | None = "auto", **options):
-    """Build a scene plugin by name (``auto``: ``gsplat`` when CUDA and gsplat are there, else ``torch``)."""
-    from .base import resolve_device
+    """Build a scenes plugin by name through the registry: ``fulcra.create("scenes", backend, ply=..., device=...)``.
 
-    dev = resolve_device(device)
-    if backend == "auto":
-        backend = "torch"
-        if dev.type == "cuda":
-            try:
-                import gsplat  # noqa: F401
-
-                backend = "gsplat"
-            except ImportError:
-                pass
-    if backend == "torch":
-        from .torch_backend import TorchScene
-
-        return TorchScene(ply=str(ply), device=str(dev), **options)
-    if backend == "gsplat":
-        from .gsplat_backend import GsplatScene
-
-        return GsplatScene(ply=str(ply), device=str(dev), **options)
+    ``backend="auto"`` tries the names of :data:`AUTO_BACKENDS` for the device (``gsplat`` on CUDA
+    when it is installed, else ``torch``); any other name is any installed ``scenes`` plugin, bundled
+    or third-party, validated by the registry like every plugin.
+    """
     import fulcra
+    from fulcra.engine import select_device
+    from fulcra.errors import MissingDependencyError
 
-    return fulcra.create("scenes", backend, ply=str(ply), device=str(dev), **options)
+    dev = select_device(device)
+    if backend != "auto":
+        return fulcra.create("scenes", backend, ply=str(ply), device=str(dev), **options)
+    names = AUTO_BACKENDS.get(dev.type, ("torch",))
+    for name in names[:-1]:
+        try:
+            return fulcra.create("scenes", name, ply=str(ply), device=str(dev), **options)
+        except MissingDependencyError:  # e.g. gsplat not installed: the next name
+            continue
+    return fulcra.create("scenes", names[-1], ply=str(ply), device=str(dev), **options)
 
 
 def load_scene(ply: str | Path, cameras: str | Path | None = None, images: str | Path | None = None,
@@ -143,7 +143,7 @@ def load_scene(ply: str | Path, cameras: str | Path | None = None, images: str |
             beside the PLY and up to three folders above.
         images: the image folder; default: ``images/`` beside the cameras (when it exists).
         backend: ``auto`` (gsplat on CUDA when installed, else torch), ``torch``, ``gsplat`` or any
-            installed ``scenes`` plugin.
+            installed ``scenes`` plugin (built by :func:`make_scene` through the registry).
         device: ``auto``, ``cpu``, ``cuda``.
     Returns:
         ``(scene, cameras, images)``: the scene plugin, a list of :class:`fulcra.camera.Camera`, and a
@@ -161,5 +161,4 @@ def load_scene(ply: str | Path, cameras: str | Path | None = None, images: str |
         images = _default_images(cam_path)
     cams = load_cameras(cam_path, images)
     scene = make_scene(backend, ply, device)
-    scene.cameras = cams
     return scene, cams, SceneImages(images, cams)

@@ -7,23 +7,20 @@ from pathlib import Path
 import torch
 
 from fulcra.camera import Camera
+from fulcra.engine import select_device
 
 from .gaussians import Gaussians
 
-__all__ = ["GaussianScene", "resolve_device"]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+__all__ = ["GaussianScene"]
 
 
 class GaussianScene:
     """A 3D Gaussian Splatting scene that renders arbitrary per-Gaussian features.
 
-    Subclasses implement :meth:`render` (and optionally :meth:`render_adjoint`); everything else
-    (RGB from spherical harmonics, subsets, saving) is shared. Rendering follows 3DGS "classic"
+    Subclasses implement :meth:`render` (and optionally a fused ``render_adjoint``; without one
+    :func:`fulcra.uplift.adjoint` goes through autograd); everything else (RGB from spherical
+    harmonics, alpha, subsets, saving: the optional protocols ``RGBScene``, ``AlphaScene`` and
+    ``EditableScene`` of :mod:`fulcra.interfaces`) is shared. Rendering follows 3DGS "classic"
     rasterisation as gsplat does it (see ``docs/scenes.md``).
 
     Attributes:
@@ -33,18 +30,10 @@ class GaussianScene:
     """
 
     def __init__(self, ply: str = "", device: str = "auto"):
-        self.device = resolve_device(device)
+        self.device = select_device(device)
         self.source: Path | None = None
         self.gaussians: Gaussians | None = None
-        self.cameras: list | None = None  # set by load_scene / for the synthetic scene
-        if ply.startswith("synthetic"):
-            # "synthetic[:DENSITY]": the embedded scene built in memory (tests, conformance, demos)
-            from .synthetic import build_cameras, build_gaussians
-
-            density = float(ply.split(":", 1)[1]) if ":" in ply else 1.0
-            self.gaussians = build_gaussians(0, density)[0].to(self.device)
-            self.cameras = build_cameras(64, 48, n_ring=4, n_forward=2)
-        elif ply:
+        if ply:
             from .ply import read_ply
 
             self.source = Path(ply).expanduser()
@@ -81,17 +70,6 @@ class GaussianScene:
             ``[H, W, D]`` float32, linear in ``features`` and differentiable with respect to them.
         """
         raise NotImplementedError
-
-    def render_adjoint(self, images: torch.Tensor, camera: Camera) -> torch.Tensor:
-        """``Wᵀ F``: the transpose of :meth:`render` applied to ``images [H, W, D]`` -> ``[N, D]``.
-
-        This default goes through autograd; backends override it with a fused kernel.
-        """
-        images = images.to(self.device, torch.float32)
-        with torch.enable_grad():
-            f = torch.zeros(self.num_primitives, images.shape[-1], device=self.device, requires_grad=True)
-            (grad,) = torch.autograd.grad(self.render(f, camera), f, grad_outputs=images)
-        return grad
 
     # ------------------------------------------------------------------------------ conveniences
     def render_rgb(self, camera: Camera) -> torch.Tensor:

@@ -72,7 +72,7 @@ def save_subset(scene, index: torch.Tensor, folder: str | Path, **arrays: torch.
     ``folder/features.safetensors`` holding the given per-Gaussian arrays restricted to them and
     ``index`` (their rows in the original PLY). Removing Gaussians is keeping the complement."""
     folder = Path(folder)
-    index = torch.as_tensor(index, device=scene.device)
+    index = torch.as_tensor(index, device=getattr(scene, "device", None))
     if index.dtype == torch.bool:
         index = torch.nonzero(index).squeeze(1)
     sub = scene.subset(index)

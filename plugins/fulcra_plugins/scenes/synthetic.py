@@ -36,7 +36,7 @@ from fulcra.camera import Camera
 from .cameras import write_cameras_json
 from .gaussians import Gaussians, rgb_to_sh
 
-__all__ = ["generate_scene", "ensure_synthetic_scene", "build_gaussians", "build_cameras", "look_at", "OBJECTS"]
+__all__ = ["synthetic_ply", "generate_scene", "ensure_synthetic_scene", "build_gaussians", "build_cameras", "look_at", "OBJECTS"]
 
 OBJECTS = ["ground", "red_sphere", "blue_cube", "green_cylinder", "yellow_cone"]
 _VERSION = 1
@@ -254,3 +254,32 @@ def ensure_synthetic_scene(root: str | Path | None = None, seed: int = 0, **opti
     if not (folder / "scene.json").is_file():
         generate_scene(folder, seed=seed, **options)
     return folder
+
+
+def synthetic_ply(density: float = 0.05, seed: int = 0, root: str | Path | None = None) -> Path:
+    """Only the Gaussians of the synthetic scene, as an INRIA 3DGS PLY (no images; cheap), generated on
+    first use. What the bundled scene plugins' ``conformance_params`` build from.
+
+    Args:
+        density: as :func:`build_gaussians` (0.05: a few hundred Gaussians).
+        root: as :func:`ensure_synthetic_scene`.
+    Returns:
+        ``root/synthetic-gaussians-<hash>.ply``.
+    """
+    from .ply import write_ply
+
+    if root is None:
+        root = Path(os.environ.get("FULCRA_CACHE", Path.home() / ".cache" / "fulcra")) / "scenes"
+    key = json.dumps({"v": _VERSION, "seed": seed, "density": density}, sort_keys=True)
+    path = Path(root) / f"synthetic-gaussians-{hashlib.sha1(key.encode()).hexdigest()[:10]}.ply"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".ply", dir=path.parent)
+        os.close(fd)
+        try:
+            write_ply(build_gaussians(seed, density)[0], tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return path

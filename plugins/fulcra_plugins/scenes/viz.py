@@ -64,7 +64,7 @@ def render_pca(scene, features: torch.Tensor, camera: Camera, weights: torch.Ten
     if colors is None:
         colors = pca_colors(features, weights)
     with torch.no_grad():
-        img = scene.render(colors.to(scene.device), camera)
+        img = scene.render(colors.to(getattr(scene, "device", None) or colors.device), camera)
     if path is not None:
         save_png(img, path)
     return img

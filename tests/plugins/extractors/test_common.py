@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fulcra_plugins.extractors import common
+from fulcra_plugins.extractors import common, views
 from fulcra_plugins.extractors.common import (
     PCA,
     aggregate_windows,
@@ -187,7 +187,7 @@ def test_extract_views_shards_round_robin(monkeypatch):
     imgs = [torch.full((3, 4, 4), i / 10) for i in range(5)]
     seen = []
     for r in range(2):
-        monkeypatch.setattr(common, "_dist", lambda r=r: FakeDist(r, 2))
+        monkeypatch.setattr(views, "_dist", lambda r=r: FakeDist(r, 2))
         res = extract_views(RGBExtractor(), imgs, shard=True, show_progress=False)
         seen.append(sorted(res))
         for i, f in res.items():

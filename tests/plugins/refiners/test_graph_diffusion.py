@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fulcra_plugins.refiners import GraphDiffusion
-from fulcra_plugins.refiners._diffusion import power_iteration, power_iteration_full, reachable
-from fulcra_plugins.refiners._graph import build_scene_graph, morton_order
+from fulcra_plugins.refiners.graph_diffusion._diffusion import power_iteration, power_iteration_full, reachable
+from fulcra_plugins.refiners.graph_diffusion._graph import build_scene_graph, morton_order
 
 
 def two_blobs(n=300, d=8, seed=0, same_features=False):
@@ -243,7 +243,7 @@ def test_gpu_matches_cpu():
 
 
 def test_restricted_path_equals_whole_graph_when_few_nodes_are_reached():
-    from fulcra_plugins.refiners._diffusion import _Restricted
+    from fulcra_plugins.refiners.graph_diffusion._diffusion import _Restricted
 
     pos, feats, _ = two_blobs(600)
     G = build_scene_graph(pos, feats, k=5)

@@ -113,4 +113,29 @@ def test_3dgs_output_layout_is_found(tmp_path, tiny_scene):
     shutil.copy(tiny_scene / "cameras.json", out / "cameras.json")
     (out / "cfg_args").write_text(f"Namespace(eval=False, images='images', model_path='{out}', resolution=-1, sh_degree=3, source_path='{tiny_scene}', white_background=False)")
     scene, cams, imgs = load_scene(out / "point_cloud" / "iteration_30000" / "point_cloud.ply", backend="torch", device="cpu")
-    assert len(cams) == 6 and not imgs.missing and scene.cameras is cams
+    assert len(cams) == 6 and not imgs.missing  # cameras are returned, never patched onto the scene
+
+
+def test_backends_are_built_through_the_registry(tiny_scene):
+    from fulcra.errors import UnknownPluginError
+    from fulcra_plugins.scenes import AUTO_BACKENDS, make_scene
+    from fulcra_plugins.scenes.torch_backend import TorchScene
+
+    ply = tiny_scene / "point_cloud.ply"
+    assert AUTO_BACKENDS["cpu"] == ("torch",) and AUTO_BACKENDS["cuda"][0] == "gsplat"
+    assert type(make_scene("auto", ply, "cpu")) is TorchScene
+    # the registry's validation applies to the bundled backends too: unknown options and names fail in one line
+    with pytest.raises(fulcra.errors.ConfigError, match="tile_sise"):
+        make_scene("torch", ply, "cpu", tile_sise=4)
+    with pytest.raises(UnknownPluginError, match="torch"):
+        make_scene("torhc", ply, "cpu")
+
+
+def test_scene_base_imports_neither_the_generator_nor_a_backend():
+    import subprocess
+    import sys
+
+    code = ("import sys, fulcra_plugins.scenes.base; "
+            "bad = [m for m in ('fulcra_plugins.scenes.synthetic', 'fulcra_plugins.scenes.torch_backend') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

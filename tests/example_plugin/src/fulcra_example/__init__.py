@@ -43,6 +43,7 @@ class MatrixScene:
         w = torch.rand(num_cameras, height * width, num_primitives, generator=g)
         w = w * (torch.rand(w.shape, generator=g) > 0.4)  # sparse, like real coverage
         self.matrices = w  # [V, H*W, N]
+        self.positions = torch.rand(num_primitives, 3, generator=g)  # [N, 3], declared by SceneRepresentation
         self.cameras = [fulcra.Camera(torch.eye(4), torch.eye(3), width, height, name=f"v{i}") for i in range(num_cameras)]
 
     def render(self, features: torch.Tensor, camera) -> torch.Tensor:  # features [N, D] -> [H, W, D]

@@ -9,7 +9,6 @@ re-renders the uplifted features into a few views and compares them with the 2D 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -22,35 +21,14 @@ from omegaconf import OmegaConf
 
 from fulcra.errors import ConfigError, FormatError
 
+from .lifting import SceneConfig, extract_map, open_scene, say, scene_device, uplift_views
+
 __all__ = ["UpliftWorkflow", "SceneConfig", "PruneConfig"]
-
-
-@dataclass
-class SceneConfig:
-    ply: str = field(default="", metadata={"help": "3DGS point_cloud.ply"})
-    cameras: str = field(default="", metadata={"help": "cameras.json, a COLMAP sparse folder or transforms.json (default: found near the PLY)"})
-    images: str = field(default="", metadata={"help": "image folder; images are matched to cameras by file stem"})
-    backend: str = field(default="auto", metadata={"help": "scenes plugin: auto (gsplat on CUDA when installed, else torch), torch, gsplat"})
-    synthetic: bool = field(default=False, metadata={"help": "use the embedded synthetic scene (generated on first use) when ply is empty"})
-    synthetic_seed: int = field(default=0, metadata={"help": "seed of the synthetic scene"})
-    cache: str = field(default="", metadata={"help": "where the synthetic scene is generated (default: $FULCRA_CACHE or ~/.cache/fulcra)"})
 
 
 @dataclass
 class PruneConfig:
     keep: float = field(default=0.0, metadata={"help": "0: no pruning; a fraction in (0, 1] or a count > 1 of Gaussians kept by weight sum"})
-
-
-def resolve_scene_paths(sc: Any) -> tuple[str, str, str]:
-    """(ply, cameras, images) of a scene config, generating the synthetic scene when asked."""
-    if not sc.ply:
-        if not sc.synthetic:
-            raise ConfigError("uplift: set scene.ply=PATH (or scene.synthetic=true for the embedded scene)")
-        from .synthetic import ensure_synthetic_scene
-
-        folder = ensure_synthetic_scene(sc.cache or None, seed=int(sc.synthetic_seed))
-        return str(folder / "point_cloud.ply"), str(folder / "cameras.json"), str(folder / "images")
-    return sc.ply, sc.cameras, sc.images
 
 
 class UpliftWorkflow:
@@ -75,23 +53,16 @@ class UpliftWorkflow:
     def __init__(self, config):
         self.cfg = config
 
-    def _fingerprint(self, ply: str, cams: list, extractor_node: dict) -> str:
-        st = Path(ply).stat()
-        key = json.dumps({"ply": str(Path(ply).resolve()), "size": st.st_size, "mtime": int(st.st_mtime),
-                          "views": [c.name for c in cams], "extractor": extractor_node}, sort_keys=True)
-        return hashlib.sha1(key.encode()).hexdigest()
-
     def run(self, ctx) -> dict:
         import fulcra
+        from fulcra.interfaces import EditableScene
 
-        from . import load_scene
-        from .prune import load_features, save_features, save_subset, select_by_weight
-        from .viz import pca_colors, render_pca
+        from fulcra_plugins.scenes.prune import save_subset, select_by_weight
+        from fulcra_plugins.scenes.viz import pca_colors, render_pca
 
         cfg = self.cfg
         out = Path(ctx.out)
-        ply, cameras, images = resolve_scene_paths(cfg.scene)
-        scene, cams, imgs = load_scene(ply, cameras or None, images or None, backend=cfg.scene.backend, device=ctx.device)
+        scene, cams, imgs, ply = open_scene(cfg.scene, ctx.device, "uplift")
         by_name = {c.name: c for c in cams}
         if cfg.views:
             unknown = [v for v in cfg.views if v not in by_name]
@@ -108,45 +79,16 @@ class UpliftWorkflow:
         extractor_node = OmegaConf.to_container(cfg.extractor, resolve=True)
         extractor = fulcra.create("feature_extractors", extractor_node)
         feats_path = out / "features.safetensors"
-        state_path = out / "uplift.json"
-        fp = self._fingerprint(ply, views, extractor_node)
         n = scene.num_primitives
         t0 = time.time()
-        done = state_path.is_file() and json.loads(state_path.read_text()).get("fingerprint") == fp and feats_path.is_file()
-        if done:
-            arrays = load_features(feats_path, expected=n)
-            features, weights = arrays["features"].to(scene.device), arrays["weights"].to(scene.device)
-        else:
-            dev = extractor_device(extractor, scene.device)
-            if getattr(extractor, "cache", "n/a") is None:
-                # per-view features cached under OUT: DINOv2's PCA fit and the extraction then encode each
-                # view once, and a run killed mid-uplift re-extracts nothing when resumed
-                from fulcra_plugins.extractors.common import FeatureCache
-
-                extractor.cache = FeatureCache(out / "feature_cache")
-            if hasattr(extractor, "fit") and not getattr(extractor, "fitted", True):
-                # extractors with a dataset-level step (DINOv2's PCA, app. C.1.2) fit it over all views first
-                extractor.fit([(lambda n=cam.name: imgs[n]) for cam in views])
-
-            def loader(i: int, cam):  # evaluated only by the rank that uplifts view i
-                def load() -> torch.Tensor:
-                    with torch.no_grad():
-                        fmap = extractor(imgs[cam.name][None].to(dev))[0]  # [D, h, w]
-                    ctx.hooks.step(step=i + 1, metrics={"view": float(i)}, total=len(views), stage="uplift")
-                    return fmap.float()
-                return load
-
-            features, weights = fulcra.uplift(scene, [(cam, loader(i, cam)) for i, cam in enumerate(views)],
-                                              dim_chunk=cfg.dim_chunk or None)
-            if ctx.is_main:
-                save_features(feats_path, {"ply": str(ply), "extractor": extractor_node, "views": len(views)},
-                              features=features, weights=weights)
-                state_path.write_text(json.dumps({"fingerprint": fp, "seconds": round(time.time() - t0, 3)}))
-                ctx.hooks.checkpoint(path=feats_path, step=len(views))
+        up = uplift_views(scene, views, imgs, extractor, out=out, ply=ply, extractor_node=extractor_node,
+                          hooks=ctx.hooks, center=False, dim_chunk=cfg.dim_chunk or None, stage="uplift",
+                          is_main=ctx.is_main)
+        features, weights = up.features, up.weights
         results: dict = {
             "features": str(feats_path), "num_gaussians": n, "dim": int(features.shape[1]), "views": len(views),
             "seen_fraction": float((weights > 0).float().mean()), "uplift_seconds": round(time.time() - t0, 3),
-            "resumed": bool(done),
+            "resumed": bool(up.resumed),
         }
         if not ctx.is_main:
             return results
@@ -162,9 +104,13 @@ class UpliftWorkflow:
                 render_pca(scene, features, by_name[name], path=out / "pca" / f"{name}.png", colors=colors)
             results["pca"] = str(out / "pca")
         if cfg.prune.keep:
-            idx = select_by_weight(weights, float(cfg.prune.keep))
-            save_subset(scene, idx, out / "pruned", features=features, weights=weights)
-            results.update(pruned=str(out / "pruned"), kept=int(idx.numel()))
+            if isinstance(scene, EditableScene):
+                idx = select_by_weight(weights, float(cfg.prune.keep))
+                save_subset(scene, idx, out / "pruned", features=features, weights=weights)
+                results.update(pruned=str(out / "pruned"), kept=int(idx.numel()))
+            else:
+                results["notes"] = [say(ctx, "uplift", f"prune.keep skipped: pruning needs a scene with subset() and "
+                                                       f"save_ply() (EditableScene); scenes plugin {type(scene).__name__} has not")]
         (out / "results.json").write_text(json.dumps(results, indent=2))
         return results
 
@@ -172,16 +118,16 @@ class UpliftWorkflow:
     def _round_trip(scene, views, imgs, extractor, features, k) -> dict:
         """Re-render the uplifted features into ``k`` evenly spaced views and compare with their 2D maps
         (resized to the camera): relative L2 error and PSNR (maps scaled by their range) over covered pixels."""
-        from fulcra.uplift import resize_to_camera
+        from .segmentation import render_alpha
 
         picks = [views[round(i * (len(views) - 1) / max(k - 1, 1))] for i in range(min(k, len(views)))]
         errs, psnrs = [], []
+        dev = scene_device(scene)
         for cam in picks:
+            target = extract_map(extractor, imgs[cam.name], cam, dev).permute(1, 2, 0)  # [H, W, D]
             with torch.no_grad():
-                fmap = extractor(imgs[cam.name][None].to(extractor_device(extractor, scene.device)))[0].float()
-                target = resize_to_camera(fmap.to(scene.device), cam).permute(1, 2, 0)  # [H, W, D]
                 pred = scene.render(features, cam)
-                cover = scene.render_alpha(cam) > 0.99
+            cover = render_alpha(scene, cam) > 0.99
             if not bool(cover.any()):
                 continue
             diff = (pred - target)[cover]
@@ -192,7 +138,3 @@ class UpliftWorkflow:
             return {}
         return {"roundtrip_rel_error": sum(errs) / len(errs), "roundtrip_psnr": sum(psnrs) / len(psnrs)}
 
-
-def extractor_device(extractor, default: torch.device) -> torch.device:
-    dev = getattr(extractor, "device", None)
-    return torch.device(dev) if dev is not None else default
