@@ -1,0 +1,106 @@
+"""Building a backbone from a reference, for the plugins that consume one (teachers, students, dense
+extractors) whatever distribution provides it.
+
+A backbone reference is what a config puts under ``backbone:``:
+
+- a name, resolved through the registry (``dinov2_vitg14_reg``, ``clip_vitb16``, a third party's
+  ``my_vit``, a preset of ``presets.backbones``, or ``module:attr``), or
+- a node ``{name: ..., <own keys>}`` for backbones with keys of their own, e.g.
+  ``{name: timm, arch: vit_small_patch16_224}``; on a command line
+  ``teacher.backbone={name:timm,arch:vit_small_patch16_224}``.
+
+The standard keys (:data:`fulcra.interfaces.BACKBONE_KEYS`: ``weights``, ``tiny``, ``pretrained``,
+``device``) belong to the consumer (``teacher.weights=...``), not to the node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+from .interfaces import BACKBONE_KEYS
+
+__all__ = ["backbone_node", "backbone_key", "create_backbone", "locate_backbone_weights"]
+
+def backbone_node(ref: Any, owner: str = "backbone") -> dict:
+    """``ref`` (a name or a node) as a node ``{name: ..., **own_keys}``.
+
+    Raises:
+        ConfigError: ``ref`` is neither, has no name, or carries a standard key.
+    """
+    if isinstance(ref, str):
+        if not ref:
+            raise ConfigError(f"{owner}: empty backbone name")
+        return {"name": ref}
+    if isinstance(ref, Mapping):
+        node = dict(ref)
+        if not isinstance(node.get("name"), str):
+            raise ConfigError(f"{owner}: backbone node {node!r} has no 'name'")
+        clash = [k for k in BACKBONE_KEYS if k in node]
+        if clash:
+            raise ConfigError(f"{owner}: key {clash[0]!r} goes beside 'backbone', not inside it (e.g. teacher.{clash[0]}=...)")
+        return node
+    raise ConfigError(f"{owner}: backbone must be a name or a {{name: ..., ...}} node, got {type(ref).__name__}")
+
+
+def backbone_key(ref: Any) -> str:
+    """A stable string for ``ref`` (cache keys, logs): the name itself, or the node as sorted JSON."""
+    node = backbone_node(ref)
+    if len(node) == 1:
+        return node["name"]
+    return json.dumps(node, sort_keys=True, default=str)
+
+
+def create_backbone(ref: Any, *, weights: str | os.PathLike | None = None, tiny: bool = False,
+                    pretrained: bool = True, device: Any = "cpu", owner: str = "backbone") -> Any:
+    """Build the backbone ``ref`` names through :func:`fulcra.create` (``kind="backbones"``).
+
+    Standard keys are passed only when they differ from their defaults (see
+    :class:`fulcra.interfaces.Backbone`), so a backbone that does not declare, say, ``pretrained``
+    still works where nobody asks for it, and fails with the registry's unknown-key error where
+    somebody does.
+
+    Raises:
+        UnknownPluginError: no such backbone (with close matches). MissingDependencyError: its extra
+        is not installed. ConfigError, WeightsNotFoundError, FormatError: from the plugin.
+    """
+    from .config import create
+
+    node = backbone_node(ref, owner)
+    std: dict[str, Any] = {}
+    if weights is not None and str(weights) != "":
+        std["weights"] = str(weights)
+    if tiny:
+        std["tiny"] = True
+    if not pretrained:
+        std["pretrained"] = False
+    if str(device) != "cpu":
+        std["device"] = str(device)
+    return create("backbones", node, **std)
+
+
+def locate_backbone_weights(ref: Any, weights: str | os.PathLike | None = None, owner: str = "backbone") -> Path | None:
+    """Find the weight file the backbone would load, without building it (fail-fast checks).
+
+    Uses the plugin's optional ``locate_weights(weights=None, **own_keys)`` classmethod; for a
+    plugin without one, only checks that a given ``weights`` file exists (``None`` when none given).
+
+    Raises:
+        WeightsNotFoundError: the file is missing (the message names it and where to put it).
+    """
+    from .config import normalize_node
+    from .registry import load_plugin
+    from .weights import find_weights
+
+    node = normalize_node("backbones", backbone_node(ref, owner))
+    name = node.pop("name")
+    cls = load_plugin("backbones", name)
+    locate = getattr(cls, "locate_weights", None)
+    if callable(locate):
+        return locate(weights=str(weights) if weights else None, **node)
+    if weights:
+        return find_weights(f"backbone {name!r}", weights)
+    return None
