@@ -118,11 +118,10 @@ class TimmBackbone(BaseBackbone):
         self._check_n_last(n_last)
         # norm=True applies the final LayerNorm to each intermediate, as DINOv2's
         # get_intermediate_layers(norm=True) does for its linear-probe protocol.
+        prefix = self.num_prefix_tokens > 0
         inter = self.model.forward_intermediates(
-            images, indices=n_last, return_prefix_tokens=True, norm=True, output_fmt="NCHW", intermediates_only=True
+            images, indices=n_last, return_prefix_tokens=prefix, norm=True, output_fmt="NCHW", intermediates_only=True
         )
-        if self.num_prefix_tokens:
-            cls = [prefix[:, 0] for _, prefix in inter]
-        else:
-            cls = [patch.mean(dim=(2, 3)) for patch, _ in inter]
-        return {"cls": cls, "patch": inter[-1][0]}
+        if not prefix:  # no CLS token (SigLIP, ...): the global embedding is the mean patch token
+            return {"cls": [patch.mean(dim=(2, 3)) for patch in inter], "patch": inter[-1]}
+        return {"cls": [tokens[:, 0] for _, tokens in inter], "patch": inter[-1][0]}
