@@ -38,7 +38,6 @@ __all__ = [
     "iter_feature_maps",
     "extract_views",
     "resolve_device",
-    "resolve_weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,24 +54,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def resolve_weights(weights: str | os.PathLike | None, plugin: str, hint: str) -> Path:
-    """Return the local weights file, or raise :class:`WeightsNotFoundError` saying where to put it.
-
-    Args:
-        weights: a path given by the user (``~`` expanded) or ``None``.
-        plugin: the plugin name, for the message.
-        hint: where the file comes from and where to put it.
-    """
-    from fulcra.errors import WeightsNotFoundError
-
-    if weights is None or str(weights) == "":
-        raise WeightsNotFoundError(f"{plugin}: no weights given; pass weights=PATH ({hint})")
-    path = Path(os.path.expanduser(str(weights)))
-    if not path.is_file():
-        raise WeightsNotFoundError(f"{plugin}: weights file {path} not found; {hint}")
-    return path
 
 
 def as_float_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
