@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fulcra.backbone import create_backbone
+from fulcra.backbone import backbone_key, create_backbone
 from fulcra.errors import ConfigError, FormatError, MissingDependencyError
 from fulcra.weights import load_state_dict_file
 
@@ -64,6 +64,9 @@ class VitStudent(nn.Module, InputSpec):
             self.n_cls, self.avgpool = 1, False
             self.head = LinearSegHead(d, num_classes)
         else:
+            depth = getattr(self.backbone, "depth", None)
+            if n_cls < 1 or (depth is not None and n_cls > depth):
+                raise ConfigError(f"students plugin 'vit_small': n_cls={n_cls} outside 1..{depth} (blocks of backbone '{backbone_key(backbone)}')")
             self.n_cls, self.avgpool = int(n_cls), bool(avgpool)
             n_in = d * (self.n_cls + int(self.avgpool))
             self.head = ClassificationHead(n_in, num_classes, head, hidden_size(n_in, num_classes, d, hidden))
