@@ -100,3 +100,18 @@ def test_dense_vit_extractor_on_it(example, tmp_path):
     first = ext(views[0][None])
     again = fulcra.create("feature_extractors", "vit", **node).fit(views)(views[0][None])
     torch.testing.assert_close(first, again)
+
+
+def test_uplift_command_line_with_it(example, tmp_path):
+    from safetensors.torch import load_file
+
+    from fulcra.cli import main
+    from fulcra_plugins.scenes.synthetic import generate_scene
+
+    scene = generate_scene(tmp_path / "scene", seed=5, width=32, height=24, n_ring=3, n_forward=0, density=0.1)
+    out = tmp_path / "up"
+    assert main(["run", "uplift", f"scene.ply={scene / 'point_cloud.ply'}", f"scene.cameras={scene / 'cameras.json'}",
+                 f"scene.images={scene / 'images'}", "scene.backend=torch", "extractor=vit", "extractor.backbone=patch_mixer",
+                 "extractor.backbone.width=8", "extractor.tiny=true", "extractor.n_components=3", "extractor.resolution=24",
+                 "extractor.crop_size=16", "extractor.stride=8", "check_views=0", f"out={out}", "hooks=[]"]) == 0
+    assert load_file(str(out / "features.safetensors"))["features"].shape[1] == 3
