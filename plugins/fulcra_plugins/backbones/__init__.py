@@ -35,7 +35,6 @@ __all__ = [
     "BACKBONES",
     "BackboneSpec",
     "BaseBackbone",
-    "Backbone",
     "TimmBackbone",
     "ClipBackbone",
     "NamedTimmBackbone",
@@ -45,9 +44,6 @@ __all__ = [
     "resolve_weights",
     "load_state_dict_file",
 ]
-
-#: the former name of :class:`BaseBackbone`
-Backbone = BaseBackbone
 
 # imported on first use: they import timm / open_clip, which a user may not have installed
 _LAZY = {
