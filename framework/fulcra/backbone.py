@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
-from .interfaces import BACKBONE_KEYS
+from .interfaces import BACKBONE_KEYS, Backbone
 
 __all__ = ["backbone_node", "backbone_key", "create_backbone", "locate_backbone_weights"]
 
@@ -55,7 +55,7 @@ def backbone_key(ref: Any) -> str:
 
 
 def create_backbone(ref: Any, *, weights: str | os.PathLike | None = None, tiny: bool = False,
-                    pretrained: bool = True, device: Any = "cpu", owner: str = "backbone") -> Any:
+                    pretrained: bool = True, device: Any = "cpu", owner: str = "backbone") -> Backbone:
     """Build the backbone ``ref`` names through :func:`fulcra.create` (``kind="backbones"``).
 
     Standard keys are passed only when they differ from their defaults (see
