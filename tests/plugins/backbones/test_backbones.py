@@ -211,3 +211,21 @@ class _BrokenGrid(torch.nn.Module):
 def test_conformance_catches_a_wrong_patch_grid():
     with pytest.raises(AssertionError, match=r"patch tokens \[2, 8, 3, 1\].*expected \[2, 8, 3, 2\]"):
         check_backbone(_BrokenGrid())
+
+
+def test_missing_timm_shows_in_the_listing_with_its_extra(monkeypatch):
+    from fulcra import registry
+    from fulcra.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
+    for mod in ("fulcra_plugins.backbones.vit_timm", "fulcra_plugins.backbones.named_timm"):
+        monkeypatch.delitem(sys.modules, mod, raising=False)
+    registry.clear_cache()
+    try:
+        rows = {r["name"]: r for r in fulcra.status("backbones")}
+        assert not rows["dinov2_vitg14_reg"]["available"] and "pip install 'fulcra[timm]'" in rows["dinov2_vitg14_reg"]["reason"]
+        assert not rows["timm"]["available"] and rows["clip_vitb16"]["available"]
+        with pytest.raises(MissingDependencyError, match=r"fulcra\[timm\]"):
+            fulcra.create("teachers", "probed", backbone="dinov2_vits14", tiny=True, image_size=28)
+    finally:
+        registry.clear_cache()
