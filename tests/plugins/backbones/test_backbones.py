@@ -229,3 +229,14 @@ def test_missing_timm_shows_in_the_listing_with_its_extra(monkeypatch):
             fulcra.create("teachers", "probed", backbone="dinov2_vits14", tiny=True, image_size=28)
     finally:
         registry.clear_cache()
+
+
+def test_presets_name_timm_architectures_without_code(tmp_path, monkeypatch):
+    # registry.yaml presets.backbones: DINOv3 and SigLIP through the generic timm backbone
+    bb = check_plugin("backbones", "dinov3_vits16", tiny=True)
+    assert bb.name == "timm:vit_small_patch16_dinov3.lvd1689m" and bb.patch_size == 16 and bb.num_prefix_tokens == 5
+    t = fulcra.create("teachers", "probed", backbone="siglip_vitb16", tiny=True, n_cls=2, image_size=32)
+    assert t.backbone.num_prefix_tokens == 0 and t.backbone_name == "siglip_vitb16"
+    monkeypatch.setenv("FULCRA_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError, match=r"vit_large_patch16_dinov3.lvd1689m.safetensors"):
+        load_backbone("dinov3_vitl16")
