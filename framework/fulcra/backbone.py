@@ -23,7 +23,7 @@ from typing import Any, Mapping
 from .errors import ConfigError
 from .interfaces import BACKBONE_KEYS, Backbone
 
-__all__ = ["backbone_node", "backbone_key", "create_backbone", "locate_backbone_weights"]
+__all__ = ["backbone_node", "backbone_key", "check_backbone_ref", "create_backbone", "locate_backbone_weights"]
 
 def backbone_node(ref: Any, owner: str = "backbone") -> dict:
     """``ref`` (a name or a node) as a node ``{name: ..., **own_keys}``.
@@ -82,6 +82,24 @@ def create_backbone(ref: Any, *, weights: str | os.PathLike | None = None, tiny:
     return create("backbones", node, **std)
 
 
+def check_backbone_ref(ref: Any, owner: str = "backbone") -> tuple[Any, dict]:
+    """Resolve ``ref`` without building anything: the plugin class and its validated own keys.
+
+    Lets a workflow reject a misspelt backbone name or key before any work (the registry's
+    close-match errors).
+
+    Raises:
+        UnknownPluginError, MissingDependencyError, ConfigError: as :func:`create_backbone` would.
+    """
+    from .config import normalize_node, validate_params
+    from .registry import load_plugin
+
+    node = normalize_node("backbones", backbone_node(ref, owner))
+    name = node.pop("name")
+    cls = load_plugin("backbones", name)
+    return cls, validate_params(f"backbones plugin {name!r}", cls, node)
+
+
 def locate_backbone_weights(ref: Any, weights: str | os.PathLike | None = None, owner: str = "backbone") -> Path | None:
     """Find the weight file the backbone would load, without building it (fail-fast checks).
 
@@ -90,17 +108,14 @@ def locate_backbone_weights(ref: Any, weights: str | os.PathLike | None = None, 
 
     Raises:
         WeightsNotFoundError: the file is missing (the message names it and where to put it).
+        UnknownPluginError, ConfigError: see :func:`check_backbone_ref`.
     """
-    from .config import normalize_node
-    from .registry import load_plugin
     from .weights import find_weights
 
-    node = normalize_node("backbones", backbone_node(ref, owner))
-    name = node.pop("name")
-    cls = load_plugin("backbones", name)
+    cls, own = check_backbone_ref(ref, owner)
     locate = getattr(cls, "locate_weights", None)
     if callable(locate):
-        return locate(weights=str(weights) if weights else None, **node)
+        return locate(weights=str(weights) if weights else None, **own)
     if weights:
-        return find_weights(f"backbone {name!r}", weights)
+        return find_weights(f"{owner} {backbone_key(ref)!r}", weights)
     return None

@@ -29,7 +29,7 @@ import torch
 from omegaconf import OmegaConf
 
 import fulcra
-from fulcra.backbone import create_backbone, locate_backbone_weights
+from fulcra.backbone import check_backbone_ref, create_backbone, locate_backbone_weights
 from fulcra.engine import atomic_save, atomic_write_text, dist, load_checkpoint, mean_ci
 from fulcra.errors import ConfigError
 
@@ -161,13 +161,17 @@ class DistillWorkflow:
         return bool(node.get("weights"))
 
     def _preflight(self, tnode: dict, snode: dict, rows: list) -> None:
-        """Fail before any work when a backbone's weight file is missing (nothing is loaded here)."""
+        """Fail before any work when a backbone's name, keys or weight file are wrong (nothing is loaded here)."""
+        params = _params("students", snode["name"])
+        if "backbone" in tnode:
+            check_backbone_ref(tnode["backbone"], owner="teacher.backbone")
+        if "backbone" in params:
+            check_backbone_ref(snode.get("backbone", params["backbone"]), owner="student.backbone")
         if self.cfg.pretrain.enabled:
             return  # the tiny encoders' weights are produced by the pre-training
         if any(r in rows for r in ("teacher_probed", "distilled", "distilled_synthetic")) and "backbone" in tnode:
             if not tnode.get("tiny") or tnode.get("weights"):
                 locate_backbone_weights(tnode["backbone"], tnode.get("weights"), owner="teacher.backbone")
-        params = _params("students", snode["name"])
         if "backbone" in params and any(r in rows for r in ("student_finetuned", "distilled", "distilled_synthetic")):
             pretrained = bool(snode.get("pretrained", params.get("pretrained", True)))
             if pretrained and (not snode.get("tiny") or snode.get("weights")):

@@ -47,3 +47,15 @@ def test_preflight_asks_the_backbone_for_its_file(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFoundError, match=r"nope.pth does not exist"):
         run({**cfg, "teacher": {**cfg["teacher"], "weights": str(tmp_path / "nope.pth")}}, [], hooks=[])
     assert not (tmp_path / "o" / "seed0").exists()
+
+
+def test_misspelt_backbone_fails_before_any_work(tmp_path):
+    from fulcra.errors import UnknownPluginError
+    from fulcra.runner import run
+
+    base = ["seeds=[0]", "data.size=16", "pretrain.epochs=1", "probe.epochs=1", "train.epochs=1"]
+    with pytest.raises(ConfigError, match=r"backbones plugin 'timm': unknown key 'arhc'.*did you mean 'arch'"):
+        run("distill-digits", [f"out={tmp_path / 'a'}", *base, "teacher.backbone=timm", "teacher.backbone.arhc=vit_small_patch16_224"], hooks=[])
+    with pytest.raises(UnknownPluginError, match=r"'dinov2_vits15'.*did you mean 'dinov2_vits14'"):
+        run("distill-digits", [f"out={tmp_path / 'b'}", *base, "student.backbone=dinov2_vits15"], hooks=[])
+    assert not any((tmp_path / d / "synthetic").exists() or (tmp_path / d / "pretrain").exists() for d in "ab")
