@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, MissingDependencyError, UnknownPluginError
 from .interfaces import BACKBONE_KEYS, Backbone
 
 __all__ = ["backbone_node", "backbone_key", "check_backbone_ref", "create_backbone", "locate_backbone_weights"]
@@ -56,7 +56,8 @@ def backbone_key(ref: Any) -> str:
 
 def create_backbone(ref: Any, *, weights: str | os.PathLike | None = None, tiny: bool = False,
                     pretrained: bool = True, device: Any = "cpu", owner: str = "backbone") -> Backbone:
-    """Build the backbone ``ref`` names through :func:`fulcra.create` (``kind="backbones"``).
+    """Build the backbone ``ref`` names through the registry (what ``fulcra.create("backbones", ...)``
+    does, with errors prefixed by ``owner``, e.g. ``"teachers plugin 'probed'"``).
 
     Standard keys are passed only when they differ from their defaults (see
     :class:`fulcra.interfaces.Backbone`), so a backbone that does not declare, say, ``pretrained``
@@ -67,9 +68,9 @@ def create_backbone(ref: Any, *, weights: str | os.PathLike | None = None, tiny:
         UnknownPluginError: no such backbone (with close matches). MissingDependencyError: its extra
         is not installed. ConfigError, WeightsNotFoundError, FormatError: from the plugin.
     """
-    from .config import create
+    from .config import validate_params
 
-    node = backbone_node(ref, owner)
+    name, cls, own = _resolve(ref, owner)
     std: dict[str, Any] = {}
     if weights is not None and str(weights) != "":
         std["weights"] = str(weights)
@@ -79,7 +80,11 @@ def create_backbone(ref: Any, *, weights: str | os.PathLike | None = None, tiny:
         std["pretrained"] = False
     if str(device) != "cpu":
         std["device"] = str(device)
-    return create("backbones", node, **std)
+    try:
+        params = validate_params(f"backbones plugin {name!r}", cls, {**own, **std})
+    except ConfigError as exc:  # e.g. pretrained=False asked of a backbone that does not declare it
+        raise ConfigError(_prefix(owner, exc)) from exc
+    return cls(**params)
 
 
 def check_backbone_ref(ref: Any, owner: str = "backbone") -> tuple[Any, dict]:
@@ -91,13 +96,29 @@ def check_backbone_ref(ref: Any, owner: str = "backbone") -> tuple[Any, dict]:
     Raises:
         UnknownPluginError, MissingDependencyError, ConfigError: as :func:`create_backbone` would.
     """
+    _, cls, own = _resolve(ref, owner)
+    return cls, own
+
+
+def _resolve(ref: Any, owner: str) -> tuple[str, Any, dict]:
+    """(name, class, validated own keys); registry and key errors say which backbone reference."""
     from .config import normalize_node, validate_params
     from .registry import load_plugin
 
-    node = normalize_node("backbones", backbone_node(ref, owner))
-    name = node.pop("name")
-    cls = load_plugin("backbones", name)
-    return cls, validate_params(f"backbones plugin {name!r}", cls, node)
+    try:
+        node = normalize_node("backbones", backbone_node(ref, owner))
+        name = node.pop("name")
+        cls = load_plugin("backbones", name)
+        return name, cls, validate_params(f"backbones plugin {name!r}", cls, node)
+    except MissingDependencyError as exc:
+        raise MissingDependencyError(_prefix(owner, exc), extra=exc.extra) from exc
+    except (UnknownPluginError, ConfigError) as exc:
+        raise type(exc)(_prefix(owner, exc)) from exc
+
+
+def _prefix(owner: str, exc: Exception) -> str:
+    msg = str(exc)
+    return msg if msg.startswith(f"{owner}:") else f"{owner}: {msg}"
 
 
 def locate_backbone_weights(ref: Any, weights: str | os.PathLike | None = None, owner: str = "backbone") -> Path | None:

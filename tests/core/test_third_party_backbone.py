@@ -37,9 +37,9 @@ def test_listed_and_conformant(example):
 def test_registry_errors_name_the_backbone(example, tmp_path, monkeypatch):
     from fulcra.errors import ConfigError, UnknownPluginError, WeightsNotFoundError
 
-    with pytest.raises(UnknownPluginError, match="did you mean 'patch_mixer'"):
+    with pytest.raises(UnknownPluginError, match=r"^teachers plugin 'probed': unknown backbones plugin 'patch_mixr'; did you mean 'patch_mixer'"):
         fulcra.create("teachers", "probed", backbone="patch_mixr", tiny=True, image_size=28)
-    with pytest.raises(ConfigError, match=r"backbones plugin 'patch_mixer': unknown key 'widht'.*did you mean 'width'"):
+    with pytest.raises(ConfigError, match=r"^students plugin 'vit_small': backbones plugin 'patch_mixer': unknown key 'widht'.*did you mean 'width'"):
         fulcra.create("students", "vit_small", backbone={"name": "patch_mixer", "widht": 8}, tiny=True, image_size=28)
     monkeypatch.setenv("FULCRA_WEIGHTS_DIR", str(tmp_path))
     with pytest.raises(WeightsNotFoundError, match=rf"backbone 'patch_mixer'.*patch_mixer.safetensors.*{tmp_path}"):
