@@ -101,7 +101,8 @@ def build(name: str, device: str, tmp: Path, tiny: bool, via_file: bool = False)
     if name.startswith("dinov2_"):
         from fulcra_plugins.backbones import BACKBONES, TimmBackbone
 
-        ext.backbone = TimmBackbone(name, model, BACKBONES[name])
+        spec = BACKBONES[name]
+        ext.backbone = TimmBackbone.from_model(name, model, spec.patch_size, spec.mean, spec.std)
         ext.embed_dim = ext.backbone.embed_dim
     elif name.startswith("clip_"):
         from fulcra_plugins.backbones import BACKBONES, ClipBackbone
@@ -109,7 +110,7 @@ def build(name: str, device: str, tmp: Path, tiny: bool, via_file: bool = False)
         spec = BACKBONES[f"clip_{variant}"]
         import open_clip
 
-        ext.backbone = ClipBackbone(spec.arch, model, open_clip.get_tokenizer(spec.arch), spec)
+        ext.backbone = ClipBackbone.from_model(spec.arch, model, open_clip.get_tokenizer(spec.arch), spec.mean, spec.std)
         ext.dim, size = ext.backbone.clip_embed_dim, model.visual.image_size
         ext.input_size = int(size[0] if isinstance(size, (tuple, list)) else size)
     elif name.startswith("sam_"):

@@ -38,6 +38,8 @@ __all__ = [
     "FittableExtractor",
     "PromptedExtractor",
     "CachingExtractor",
+    "Backbone",
+    "BACKBONE_KEYS",
     "Task",
     "Workflow",
     "Dataset",
@@ -335,6 +337,68 @@ class Refiner(Protocol):
     def refine(self, positions: torch.Tensor, features: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
 
 
+#: the constructor keywords every consumer may pass to a backbone plugin (see :class:`Backbone`)
+BACKBONE_KEYS = ("weights", "tiny", "pretrained", "device")
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A pretrained image encoder with a token interface, used wherever a backbone is named: the
+    encoder of a teacher (``teacher.backbone=``), the initialisation of a student
+    (``student.backbone=``) and a dense ViT feature extractor (``extractor=vit extractor.backbone=``).
+
+    A backbone is a ``torch.nn.Module``: teachers freeze it, students train it end to end (so
+    :meth:`forward_tokens` must be differentiable), ``.to()`` moves it and ``state_dict()`` saves it.
+
+    Attributes:
+        embed_dim: ``D``, the token width (``int``).
+        patch_size: ``p``, pixels per patch side (``int``); the patch grid of an ``H x W`` input is
+            ``H/p x W/p``. A convolutional encoder states its total stride.
+        depth: optional, the number of blocks (the largest ``n_last``); absent or ``None``: unknown.
+
+    ``normalize(images01)``: ``[B, 3, H, W]`` float in [0, 1] (or uint8 in [0, 255]) -> ``[B, 3, H, W]``
+    float, normalised as :meth:`forward_tokens` expects (the encoder's mean/std); same device, same
+    size (callers resize before, to multiples of ``patch_size``).
+
+    ``forward_tokens(images, n_last=1)``: ``images`` ``[B, 3, H, W]`` normalised, ``H`` and ``W``
+    multiples of ``patch_size`` (any size: position embeddings are resampled when needed) ->
+    ``{"cls": [n_last tensors [B, D]], "patch": [B, D, H/p, W/p]}``, float (the input's dtype):
+    ``cls`` holds a global embedding of each of the last ``n_last`` blocks, oldest first (the last
+    entry is the final block's; ViTs give the final-normed CLS token, encoders without one may
+    average-pool the patch tokens); ``patch`` holds the final block's final-normed patch tokens.
+    ``n_last`` outside ``1..depth`` is a :class:`~fulcra.errors.ConfigError`.
+
+    Constructor. A backbone plugin is built as ``cls(**own_keys, weights=..., tiny=..., pretrained=...,
+    device=...)`` where the four standard keys (:data:`BACKBONE_KEYS`) are passed only when they
+    differ from these defaults, so a plugin may leave out those it cannot honour:
+
+    - ``weights: str | None = None``: a local file; ``None`` means the plugin's own caches (or no file
+      when ``tiny`` or not ``pretrained``). A file saved from the backbone's own ``state_dict()``
+      (safetensors) with the same ``tiny`` and own keys must load back exactly: distillation's
+      offline pre-training writes such files and passes them as ``weights``.
+    - ``tiny: bool = False``: a small model of the same family, randomly initialised (deterministic
+      under ``torch.manual_seed``), for tests and offline demos; loads ``weights`` when given.
+    - ``pretrained: bool = True``: ``False`` builds the architecture with random weights and looks
+      for no file (students trained from scratch).
+    - ``device: str = "cpu"``: where the model is put; it comes back in eval mode.
+
+    Weights are read from local files only (safetensors or ``torch.load(weights_only=True)``,
+    :func:`fulcra.weights.load_state_dict_file`); a missing file is a
+    :class:`~fulcra.errors.WeightsNotFoundError` naming it (:func:`fulcra.weights.find_weights`).
+
+    Optional: a classmethod ``locate_weights(weights=None, **own_keys) -> Path`` that finds the file
+    without building the model, so a workflow can fail before any work (raises
+    ``WeightsNotFoundError``).
+    """
+
+    embed_dim: int
+    patch_size: int
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_tokens(self, images: torch.Tensor, n_last: int = 1) -> dict[str, Any]: ...
+
+
 @runtime_checkable
 class Task(Protocol):
     """What is solved and how it is scored.
@@ -407,6 +471,7 @@ KINDS: dict[str, tuple[str, type, tuple[str, ...]]] = {
     "students": ("fulcra.students", Student, ("__call__",)),
     "scenes": ("fulcra.scenes", SceneRepresentation, ("render",)),
     "refiners": ("fulcra.refiners", Refiner, ("refine",)),
+    "backbones": ("fulcra.backbones", Backbone, ("normalize", "forward_tokens")),
     "tasks": ("fulcra.tasks", Task, ("loss", "metric")),
     "datasets": ("fulcra.datasets", Dataset, ("splits",)),
     "generators": ("fulcra.generators", Generator, ("generate",)),

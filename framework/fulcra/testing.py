@@ -42,6 +42,8 @@ __all__ = [
     "check_student",
     "check_teacher",
     "check_policy_optimizer",
+    "check_backbone",
+    "check_backbone_weights_round_trip",
     "fake_distribution",
     "CONFORMANCE",
 ]
@@ -319,6 +321,91 @@ def check_policy_optimizer(opt: Any) -> None:
     assert callable(getattr(opt, "search", None)), f"{type(opt).__name__}: no search()"
 
 
+def check_backbone(bb: Any) -> None:
+    """The :class:`fulcra.interfaces.Backbone` contract on tiny inputs: an ``nn.Module`` with integer
+    ``embed_dim``/``patch_size``; ``normalize`` keeps the shape and takes uint8 as float/255;
+    ``forward_tokens`` gives ``n_last`` CLS tensors ``[B, D]`` and patches ``[B, D, H/p, W/p]`` for
+    non-square inputs, finite, deterministic, independent of the batch, differentiable in the
+    parameters; ``n_last`` beyond ``depth`` (when declared) is a ConfigError."""
+    from .errors import ConfigError
+
+    name = type(bb).__name__
+    assert isinstance(bb, torch.nn.Module), f"{name}: a backbone must be a torch.nn.Module"
+    D, p = bb.embed_dim, bb.patch_size
+    assert isinstance(D, int) and D > 0, f"{name}: embed_dim must be a positive int, got {D!r}"
+    assert isinstance(p, int) and p > 0, f"{name}: patch_size must be a positive int, got {p!r}"
+    depth = getattr(bb, "depth", None)
+    n = 2 if depth is None or depth >= 2 else 1
+    dev = next(iter(bb.parameters()), torch.empty(0)).device
+    x = tiny_images(2, 3 * p, 2 * p, device=dev)
+    xn = bb.normalize(x)
+    assert xn.shape == x.shape and xn.is_floating_point(), f"{name}: normalize gave {xn.dtype} {list(xn.shape)}"
+    xu = bb.normalize(tiny_images(2, 3 * p, 2 * p, dtype=torch.uint8, device=dev))
+    assert torch.allclose(xu, bb.normalize(torch.round(x * 255) / 255), atol=1e-4), f"{name}: normalize(uint8) != normalize(uint8 / 255)"
+    bb.eval()
+    with torch.no_grad():
+        out = bb.forward_tokens(xn, n_last=n)
+        again = bb.forward_tokens(xn, n_last=n)
+        one = bb.forward_tokens(xn[:1], n_last=n)
+    assert isinstance(out, dict) and set(out) >= {"cls", "patch"}, f"{name}: forward_tokens must return {{'cls', 'patch'}}"
+    cls, patch = out["cls"], out["patch"]
+    assert isinstance(cls, (list, tuple)) and len(cls) == n, f"{name}: n_last={n} gave {len(cls) if isinstance(cls, (list, tuple)) else type(cls)} CLS entries"
+    for c in cls:
+        assert tuple(c.shape) == (2, D), f"{name}: a CLS entry is {list(c.shape)}, expected [2, {D}]"
+        assert torch.isfinite(c).all(), f"{name}: non-finite CLS tokens"
+    assert tuple(patch.shape) == (2, D, 3, 2), f"{name}: patch tokens {list(patch.shape)} for a {3 * p}x{2 * p} input, expected [2, {D}, 3, 2]"
+    assert patch.is_floating_point() and torch.isfinite(patch).all(), f"{name}: patch tokens must be finite floats"
+    assert torch.allclose(patch, again["patch"], atol=1e-5), f"{name}: forward_tokens is not deterministic in eval mode"
+    assert torch.allclose(patch[:1], one["patch"], atol=1e-4), f"{name}: patch tokens depend on the batch"
+    assert torch.allclose(cls[-1][:1], one["cls"][-1], atol=1e-4), f"{name}: CLS tokens depend on the batch"
+    other = bb.forward_tokens(bb.normalize(tiny_images(1, 2 * p, 4 * p, device=dev)), n_last=1)["patch"]
+    assert tuple(other.shape) == (1, D, 2, 4), f"{name}: patch tokens {list(other.shape)} for a {2 * p}x{4 * p} input"
+    params = [q for q in bb.parameters() if q.requires_grad]
+    if params:  # students train through the backbone
+        res = bb.forward_tokens(xn, n_last=1)
+        (res["patch"].float().sum() + res["cls"][-1].float().sum()).backward()
+        assert any(q.grad is not None for q in params), f"{name}: no gradient reaches the parameters"
+        bb.zero_grad(set_to_none=True)
+    if depth is not None:
+        try:
+            bb.forward_tokens(xn, n_last=int(depth) + 1)
+        except ConfigError:
+            pass
+        else:
+            raise AssertionError(f"{name}: n_last={int(depth) + 1} > depth={depth} must raise ConfigError")
+
+
+def check_backbone_weights_round_trip(name: str, **params: Any) -> None:
+    """A backbone built with ``params``, saved from its ``state_dict()`` and rebuilt with
+    ``weights=FILE`` (same params) gives the same tokens: what distillation's offline pre-training
+    relies on (see :class:`fulcra.interfaces.Backbone`)."""
+    import tempfile
+
+    from .config import create
+
+    params = dict(params)
+    params.pop("weights", None)
+    bb = create("backbones", name, **params)
+    sd = {k: v.detach().cpu().contiguous().clone() for k, v in bb.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            from safetensors.torch import save_file
+
+            path = Path(tmp) / "weights.safetensors"
+            save_file(sd, str(path))
+        except ImportError:  # the file format the backbone must read either way
+            path = Path(tmp) / "weights.pth"
+            torch.save(sd, path)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(12345)  # a different random init: only the file can make them equal
+            again = create("backbones", name, weights=str(path), **params)
+    p = bb.patch_size
+    x = bb.normalize(tiny_images(1, 2 * p, 2 * p))
+    with torch.no_grad():
+        a, b = bb.eval().forward_tokens(x)["patch"], again.eval().forward_tokens(x)["patch"]
+    assert torch.allclose(a, b, atol=1e-5), f"backbones plugin {name!r}: weights saved from its state_dict() do not load back"
+
+
 CONFORMANCE = {
     "feature_extractors": check_feature_extractor,
     "augmentations": check_augmentation_op,
@@ -330,11 +417,14 @@ CONFORMANCE = {
     "students": check_student,
     "teachers": check_teacher,
     "policy_optimizers": check_policy_optimizer,
+    "backbones": check_backbone,
 }
 
 
 def check_plugin(kind: str, name: str, **params: Any) -> Any:
-    """Build ``kind``/``name`` with ``params`` and run its kind's conformance check; returns it."""
+    """Build ``kind``/``name`` with ``params`` and run its kind's conformance check; returns it.
+
+    Backbones also go through :func:`check_backbone_weights_round_trip` with the same ``params``."""
     from .config import create
     from .registry import resolve_kind
 
@@ -343,6 +433,8 @@ def check_plugin(kind: str, name: str, **params: Any) -> Any:
     check = CONFORMANCE.get(kind)
     if check is not None:
         check(obj)
+    if kind == "backbones":
+        check_backbone_weights_round_trip(name, **params)
     return obj
 
 

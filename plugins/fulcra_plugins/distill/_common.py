@@ -24,7 +24,8 @@ class InputSpec:
     """Mixin: ``prepare(images)`` maps ``[B, 3, H, W]`` float in [0, 1] to what the model reads.
 
     It resizes to ``image_size`` (bilinear, antialiased; ``None`` keeps the size) and normalises with
-    ``mean``/``std``. Teacher and student receive the same augmented batch and each prepares it for
+    :meth:`normalize_resized` (``mean``/``std`` by default; models on a backbone use the backbone's
+    own ``normalize``). Teacher and student receive the same augmented batch and each prepares it for
     itself, so a 518-px DINOv2 teacher and a 224-px ResNet student can be trained together.
     """
 
@@ -38,6 +39,10 @@ class InputSpec:
         if self.image_size and tuple(images.shape[-2:]) != (self.image_size, self.image_size):
             images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
                                    align_corners=False, antialias=True)
+        return self.normalize_resized(images)
+
+    def normalize_resized(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` float in [0, 1] -> what the model reads (per-channel ``mean``/``std``)."""
         mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
         return (images - mean) / std

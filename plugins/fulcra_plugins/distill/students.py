@@ -1,6 +1,6 @@
 """Students: small trainable models with the same call convention as the teachers.
 
-``vit_small`` (DINOv2 ViT-S initialisation or scratch, MLP or linear-seg head as the teachers),
+``vit_small`` (any backbone: DINOv2 ViT-S initialisation by default, or scratch, MLP or linear-seg head as the teachers),
 ``resnet50`` (torchvision, from scratch), ``deeplabv3_resnet50`` (torchvision, from scratch) and
 ``timm`` (any timm model by name). Every student has ``prepare(images01)``, ``forward`` -> logits and
 ``features`` -> the representation used by the PCA plots.
@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fulcra.backbone import backbone_key, create_backbone
 from fulcra.errors import ConfigError, FormatError, MissingDependencyError
+from fulcra.weights import load_state_dict_file
 
-from ..backbones import load_backbone, load_state_dict_file
 from ._common import InputSpec, check_task
 from .heads import ClassificationHead, LinearSegHead, cls_features, hidden_size
 
@@ -31,10 +32,12 @@ def _torchvision():
 
 
 class VitStudent(nn.Module, InputSpec):
-    """A ViT student (DINOv2 ViT-S by default) with the thesis' heads, trained end to end.
+    """A student on any backbone (DINOv2 ViT-S by default) with the thesis' heads, trained end to end.
 
     Args:
-        backbone: backbone name (``dinov2_vits14``, ``dinov2_vits14_reg``, ``eva02_vits14``, ...).
+        backbone: a ``fulcra.backbones`` plugin name (``dinov2_vits14``, ``dinov2_vits14_reg``,
+            ``eva02_vits14``, a third party's) or a node with its own keys
+            (``{name: timm, arch: vit_small_patch16_224}``).
         weights: initial weights file (``None``: the user's caches when ``pretrained``).
         pretrained: start from pretrained weights (DINOv2 init) or from scratch.
         tiny: a tiny model of the family (tests, offline demos); loads ``weights`` if given.
@@ -46,24 +49,30 @@ class VitStudent(nn.Module, InputSpec):
 
     conformance_params = {"tiny": True, "pretrained": False, "image_size": 28}
 
-    def __init__(self, backbone: str = "dinov2_vits14", weights: str | None = None, pretrained: bool = True,
+    def __init__(self, backbone: str | dict = "dinov2_vits14", weights: str | None = None, pretrained: bool = True,
                  tiny: bool = False, num_classes: int = 10, task: str = "classification", head: str = "mlp",
                  n_cls: int = 3, avgpool: bool = False, hidden: str = "auto", image_size: int = 224):
         super().__init__()
         self.task = check_task("students plugin 'vit_small'", task)
-        self.backbone = load_backbone(backbone, weights if pretrained else None, tiny=tiny, pretrained=pretrained)
-        self.mean, self.std = self.backbone.mean, self.backbone.std
+        self.backbone = create_backbone(backbone, weights=weights if pretrained else None, tiny=tiny, pretrained=pretrained,
+                                        owner="students plugin 'vit_small'")
         if image_size % self.backbone.patch_size:
             raise ConfigError(f"students plugin 'vit_small': image_size {image_size} is not a multiple of {self.backbone.patch_size}")
         self.image_size, self.num_classes = int(image_size), int(num_classes)
-        d = self.backbone.embed_dim
+        d = int(self.backbone.embed_dim)
         if self.task == "segmentation":
             self.n_cls, self.avgpool = 1, False
             self.head = LinearSegHead(d, num_classes)
         else:
+            depth = getattr(self.backbone, "depth", None)
+            if n_cls < 1 or (depth is not None and n_cls > depth):
+                raise ConfigError(f"students plugin 'vit_small': n_cls={n_cls} outside 1..{depth} (blocks of backbone '{backbone_key(backbone)}')")
             self.n_cls, self.avgpool = int(n_cls), bool(avgpool)
             n_in = d * (self.n_cls + int(self.avgpool))
             self.head = ClassificationHead(n_in, num_classes, head, hidden_size(n_in, num_classes, d, hidden))
+
+    def normalize_resized(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone.normalize(images)
 
     def _fit(self, images: torch.Tensor) -> torch.Tensor:
         """Inputs not made by ``prepare``: resize to the nearest multiple of the patch size."""

@@ -7,12 +7,14 @@ while ``.to()`` still moves it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
+from fulcra.backbone import backbone_key, create_backbone
 from fulcra.errors import ConfigError
 
-from ..backbones import load_backbone
 from ._common import InputSpec
 from .heads import ClassificationHead, LinearSegHead, cls_features, hidden_size
 
@@ -20,19 +22,21 @@ __all__ = ["ProbedTeacher", "ProbedSegTeacher"]
 
 
 class _Frozen(nn.Module, InputSpec):
-    def __init__(self, backbone: str, weights: str | None, tiny: bool, image_size: int):
+    def __init__(self, owner: str, backbone: Any, weights: str | None, tiny: bool, image_size: int):
         super().__init__()
-        bb = load_backbone(backbone, weights, tiny=tiny)
+        bb = create_backbone(backbone, weights=weights, tiny=tiny, owner=owner)
         for p in bb.parameters():
             p.requires_grad_(False)
         object.__setattr__(self, "backbone", bb.eval())  # unregistered on purpose (see module doc)
-        self.backbone_name = backbone
-        self.mean, self.std = bb.mean, bb.std
-        p = bb.patch_size
+        self.backbone_name = backbone_key(backbone)
+        p = int(bb.patch_size)
         if image_size % p:
-            raise ConfigError(f"teacher image_size {image_size} must be a multiple of the patch size {p} of '{backbone}'")
+            raise ConfigError(f"{owner}: image_size {image_size} must be a multiple of the patch size {p} of backbone '{self.backbone_name}'")
         self.image_size = int(image_size)
-        self.embed_dim = bb.embed_dim
+        self.embed_dim = int(bb.embed_dim)
+
+    def normalize_resized(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone.normalize(images)
 
     def _apply(self, fn, recurse=True):  # keep the unregistered encoder on the head's device/dtype
         super()._apply(fn, recurse)
@@ -53,7 +57,8 @@ class ProbedTeacher(_Frozen):
     4 and ``avgpool`` for DomainNet).
 
     Args:
-        backbone: a name from :func:`fulcra_plugins.backbones.available_backbones`.
+        backbone: a ``fulcra.backbones`` plugin name (``dinov2_vitg14_reg``, ``clip_vitb16``, a third
+            party's) or a node with its own keys (``{name: timm, arch: vit_base_patch16_224}``).
         weights: local weight file (``None``: the user's caches; see docs/distill.md).
         tiny: a tiny random encoder of the same family (tests; or with ``weights`` from the
             ``distill-digits`` recipe's own pre-training).
@@ -70,12 +75,13 @@ class ProbedTeacher(_Frozen):
     task = "classification"
     conformance_params = {"backbone": "dinov2_vits14", "tiny": True, "n_cls": 2, "image_size": 28}
 
-    def __init__(self, backbone: str = "dinov2_vitg14_reg", weights: str | None = None, tiny: bool = False,
+    def __init__(self, backbone: str | dict = "dinov2_vitg14_reg", weights: str | None = None, tiny: bool = False,
                  num_classes: int = 10, head: str = "mlp", n_cls: int = 3, avgpool: bool = False,
                  hidden: str = "auto", image_size: int = 224):
-        super().__init__(backbone, weights, tiny, image_size)
-        if not 1 <= n_cls <= self.backbone.depth:
-            raise ConfigError(f"teachers plugin 'probed': n_cls={n_cls} outside 1..{self.backbone.depth}")
+        super().__init__("teachers plugin 'probed'", backbone, weights, tiny, image_size)
+        depth = getattr(self.backbone, "depth", None)
+        if n_cls < 1 or (depth is not None and n_cls > depth):
+            raise ConfigError(f"teachers plugin 'probed': n_cls={n_cls} outside 1..{depth}")
         self.n_cls, self.avgpool = int(n_cls), bool(avgpool)
         self.n_in = self.embed_dim * (self.n_cls + int(self.avgpool))
         self.head = ClassificationHead(self.n_in, num_classes, head, hidden_size(self.n_in, num_classes, self.embed_dim, hidden))
@@ -108,9 +114,9 @@ class ProbedSegTeacher(_Frozen):
     task = "segmentation"
     conformance_params = {"backbone": "dinov2_vits14", "tiny": True, "image_size": 28}
 
-    def __init__(self, backbone: str = "dinov2_vitg14_reg", weights: str | None = None, tiny: bool = False,
+    def __init__(self, backbone: str | dict = "dinov2_vitg14_reg", weights: str | None = None, tiny: bool = False,
                  num_classes: int = 21, image_size: int = 560):
-        super().__init__(backbone, weights, tiny, image_size)
+        super().__init__("teachers plugin 'probed_seg'", backbone, weights, tiny, image_size)
         self.head = LinearSegHead(self.embed_dim, num_classes)
         self.num_classes = int(num_classes)
 

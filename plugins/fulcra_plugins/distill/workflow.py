@@ -29,10 +29,10 @@ import torch
 from omegaconf import OmegaConf
 
 import fulcra
+from fulcra.backbone import check_backbone_ref, create_backbone, locate_backbone_weights
 from fulcra.engine import atomic_save, atomic_write_text, dist, load_checkpoint, mean_ci
 from fulcra.errors import ConfigError
 
-from ..backbones import load_backbone
 from .training import evaluate, probe_teacher, train_student
 
 log = logging.getLogger(__name__)
@@ -161,19 +161,21 @@ class DistillWorkflow:
         return bool(node.get("weights"))
 
     def _preflight(self, tnode: dict, snode: dict, rows: list) -> None:
-        """Fail before any work when a backbone's weight file is missing (nothing is loaded here)."""
-        from ..backbones import resolve_weights
-
+        """Fail before any work when a backbone's name, keys or weight file are wrong (nothing is loaded here)."""
+        params = _params("students", snode["name"])
+        if "backbone" in tnode:
+            check_backbone_ref(tnode["backbone"], owner="teacher.backbone")
+        if "backbone" in params:
+            check_backbone_ref(snode.get("backbone", params["backbone"]), owner="student.backbone")
         if self.cfg.pretrain.enabled:
             return  # the tiny encoders' weights are produced by the pre-training
         if any(r in rows for r in ("teacher_probed", "distilled", "distilled_synthetic")) and "backbone" in tnode:
             if not tnode.get("tiny") or tnode.get("weights"):
-                resolve_weights(tnode["backbone"], tnode.get("weights"))
-        params = _params("students", snode["name"])
+                locate_backbone_weights(tnode["backbone"], tnode.get("weights"), owner="teacher.backbone")
         if "backbone" in params and any(r in rows for r in ("student_finetuned", "distilled", "distilled_synthetic")):
             pretrained = bool(snode.get("pretrained", params.get("pretrained", True)))
             if pretrained and (not snode.get("tiny") or snode.get("weights")):
-                resolve_weights(snode.get("backbone", params["backbone"]), snode.get("weights"))
+                locate_backbone_weights(snode.get("backbone", params["backbone"]), snode.get("weights"), owner="student.backbone")
 
     # --------------------------------------------------------------------------- pretraining
     def _pretrain(self, ctx, train, num_classes: int, tnode: dict, snode: dict) -> tuple[dict, dict]:
@@ -190,7 +192,10 @@ class DistillWorkflow:
         for who, node, epochs in jobs:
             path = out / f"{who}_encoder.safetensors"
             if not path.is_file():
-                bb = load_backbone(node.get("backbone", "dinov2_vits14"), tiny=bool(node.get("tiny")), pretrained=False)
+                tiny = bool(node.get("tiny"))
+                # a tiny backbone without weights is random already: only a full-size one is asked
+                # for pretrained=False (a backbone plugin may not declare that key)
+                bb = create_backbone(node.get("backbone", "dinov2_vits14"), tiny=tiny, pretrained=tiny, owner=f"{who}.backbone")
                 net = _PretrainNet(bb, num_classes, int(node.get("image_size", 56)))
                 tc = self.cfg.train  # same augmentation as the students (digits: no flips)
                 cfg = TrainConfig(epochs=epochs, batch_size=pc.batch_size, lr=pc.lr, weight_decay=0.05, mixup=0.0, warmup_epochs=1.0,
@@ -346,13 +351,16 @@ class _PretrainNet(torch.nn.Module):
     def __init__(self, backbone, num_classes: int, image_size: int):
         super().__init__()
         self.backbone = backbone
-        self.fc = torch.nn.Linear(backbone.embed_dim, num_classes)
-        self.mean, self.std, self.image_size = backbone.mean, backbone.std, image_size
+        self.fc = torch.nn.Linear(int(backbone.embed_dim), num_classes)
+        self.image_size = image_size
 
     def prepare(self, images):
         from ._common import InputSpec
 
         return InputSpec.prepare(self, images)
+
+    def normalize_resized(self, images):
+        return self.backbone.normalize(images)
 
     def forward(self, x):
         return self.fc(self.backbone.forward_tokens(x)["cls"][-1])

@@ -1,4 +1,5 @@
-"""Bundled 2D feature extractors (``fulcra.feature_extractors``): ``rgb``, ``dinov2``, ``clip``, ``sam``, ``sam2``.
+"""Bundled 2D feature extractors (``fulcra.feature_extractors``): ``rgb``, ``vit`` (any backbone),
+``dinov2`` (``vit`` on DINOv2), ``clip``, ``sam``, ``sam2``.
 
 Plugin modules import their heavy dependencies lazily; :mod:`.common` holds the shared machinery
 (batching, sliding windows, PCA, the on-disk cache, whole-camera-set extraction).

@@ -13,8 +13,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from fulcra.weights import file_identity
+
 from .common import BaseExtractor, aggregate_windows, sliding_windows
-from .dinov2 import _file_identity
 
 __all__ = ["CLIPExtractor", "relevancy", "relevancy_reference", "CANONICAL_PHRASES"]
 
@@ -133,11 +134,11 @@ class CLIPExtractor(BaseExtractor):
             raise ConfigError(f"clip: scales must be fractions in (0, 1], got {scales}")
         if not 0 <= overlap < 1 or grid < 1:
             raise ConfigError(f"clip: overlap must be in [0, 1) and grid >= 1, got {overlap}, {grid}")
-        from ..backbones import load_backbone
+        from fulcra.backbone import create_backbone
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            self.backbone = load_backbone(f"clip_{variant}", weights, tiny=tiny, device=self.device)
+            self.backbone = create_backbone(f"clip_{variant}", weights=weights, tiny=tiny, device=self.device, owner="feature_extractors plugin 'clip'")
         self.backbone.requires_grad_(False)
         self.variant, self.weights, self.tiny, self.mode = variant, weights, bool(tiny), mode
         self.scales, self.overlap, self.grid = scales, float(overlap), int(grid)
@@ -152,7 +153,7 @@ class CLIPExtractor(BaseExtractor):
 
     def cache_params(self) -> dict:
         return {
-            "name": self.name, "variant": self.variant, "weights": _file_identity(self.weights), "tiny": self.tiny,
+            "name": self.name, "variant": self.variant, "weights": file_identity(self.weights), "tiny": self.tiny,
             "mode": self.mode, "scales": self.scales, "overlap": self.overlap, "grid": self.grid,
             **({"dense_resolution": self.dense_resolution} if self.mode == "dense" else {}),
         }

@@ -33,26 +33,7 @@ __all__ = [
     "progress",
     "iter_feature_maps",
     "extract_views",
-    "resolve_weights",
 ]
-
-
-def resolve_weights(weights: str | os.PathLike | None, plugin: str, hint: str) -> Path:
-    """Return the local weights file, or raise :class:`WeightsNotFoundError` saying where to put it.
-
-    Args:
-        weights: a path given by the user (``~`` expanded) or ``None``.
-        plugin: the plugin name, for the message.
-        hint: where the file comes from and where to put it.
-    """
-    from fulcra.errors import WeightsNotFoundError
-
-    if weights is None or str(weights) == "":
-        raise WeightsNotFoundError(f"{plugin}: no weights given; pass weights=PATH ({hint})")
-    path = Path(os.path.expanduser(str(weights)))
-    if not path.is_file():
-        raise WeightsNotFoundError(f"{plugin}: weights file {path} not found; {hint}")
-    return path
 
 
 

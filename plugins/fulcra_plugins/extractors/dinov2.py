@@ -1,85 +1,31 @@
 """``dinov2``: pixel-level DINOv2 feature maps by sliding windows + PCA (thesis §5.4.1, app. C.1.2).
 
-The construction of Fig. C.1: (i) patch tokens of DINOv2 (with registers) over overlapping square
-crops of each image, (ii) a PCA fitted over the patch tokens of *all* views, components re-weighted
-by their eigenvalues, (iii) each crop's reduced token grid upsampled bilinearly to the crop's pixels
-and overlapping crops averaged per pixel.
+The ``vit`` extractor (:mod:`.vit`) with ``backbone=dinov2_<variant>``: the same windows, PCA and
+per-view cache, under the name and keys (``variant=``) that the thesis' command lines use.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from fulcra.errors import ConfigError
 
-import torch
-import torch.nn.functional as F
+from .vit import ViTExtractor, resize_short_side
 
-from .common import (
-    PCA,
-    BaseExtractor,
-    _load_view,
-    _shard,
-    aggregate_windows,
-    as_float_images,
-    progress,
-    sliding_windows,
-)
-
-__all__ = ["DINOv2Extractor", "resize_short_side"]
+__all__ = ["DINOv2Extractor", "resize_short_side", "VARIANTS"]
 
 VARIANTS = ("vits14", "vitb14", "vitl14", "vitg14", "vits14_reg", "vitb14_reg", "vitl14_reg", "vitg14_reg")
 
 
-def resize_short_side(images: torch.Tensor, short: int) -> torch.Tensor:
-    """Resize ``[B, C, H, W]`` so that ``min(H, W) == short`` (aspect kept, antialiased bilinear)."""
-    H, W = images.shape[-2:]
-    s = short / min(H, W)
-    size = (max(short, round(H * s)), max(short, round(W * s)))
-    if size == (H, W):
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-
-def _file_identity(path: Any) -> str | None:
-    import os
-
-    if not path:
-        return None
-    p = os.path.expanduser(str(path))
-    try:
-        st = os.stat(p)
-    except OSError:
-        return str(p)
-    return f"{os.path.abspath(p)}:{st.st_size}:{int(st.st_mtime)}"
-
-
-class DINOv2Extractor(BaseExtractor):
-    """DINOv2 feature maps at pixel level: sliding windows, PCA over all views, eigenvalue re-weighting.
-
-    Each image is resized so its short side is ``resolution``; square crops of ``crop_size`` pixels
-    every ``stride`` pixels (the last crop aligned to the border, so every pixel is covered) go
-    through DINOv2; the patch tokens of all crops are reduced by a PCA to ``n_components`` channels,
-    component ``k`` multiplied by ``λ_k/λ_1`` (``pca_weighting``), upsampled bilinearly to their crop
-    and averaged where crops overlap (each pixel's weights sum to 1).
-
-    The PCA is fitted over all views when :meth:`fit` is given the camera set (what
-    :func:`~fulcra_plugins.extractors.common.extract_views` does, and what the thesis does);
-    otherwise on the first batch this extractor sees, and then kept fixed so that later calls are
-    consistent. :meth:`reset_pca` forgets it. Patch tokens are rounded to float16 (what the cache
-    stores) so cached and fresh results are identical.
+class DINOv2Extractor(ViTExtractor):
+    """DINOv2 feature maps at pixel level: :class:`~fulcra_plugins.extractors.vit.ViTExtractor` on
+    the backbone ``dinov2_<variant>``.
 
     Args:
         variant: ``vits14``, ``vitb14``, ``vitl14``, ``vitg14`` with optional ``_reg`` (4 registers).
         weights: local checkpoint (official ``dinov2_vitX14[_reg4]_pretrain.pth`` or timm
             safetensors); ``None`` looks in ``$FULCRA_WEIGHTS_DIR``, ``~/.cache/fulcra/weights``, the
             torch hub and Hugging Face caches. Never downloads.
-        tiny: a small random model of the family (tests, offline demos; deterministic, seed 0).
-        n_components: PCA output channels; 0 keeps the raw ``embed_dim`` tokens (no PCA).
-        pca_weighting: ``eigenvalue`` (thesis), ``sqrt`` or ``none``.
-        resolution: short side of the processed image (pixels); the output map has this size.
-        crop_size: side of the square windows, a multiple of the patch size (14).
-        stride: step between windows (``crop_size // 2`` when 0).
-        output_stride: average-pool the pixel-level map by this factor (memory; 1 = pixel level).
-        device, batch_size (crops per forward), cache_dir, progress: see ``BaseExtractor``.
+        tiny, n_components, pca_weighting, resolution, crop_size, stride, output_stride, device,
+            batch_size, cache_dir, progress: as for ``vit``.
 
     Shape:
         ``[B, 3, H, W]`` float in [0, 1] -> ``[B, n_components, h, w]`` float32 with
@@ -106,115 +52,16 @@ class DINOv2Extractor(BaseExtractor):
         cache_dir: str | None = None,
         progress: bool = False,
     ):
-        from fulcra.errors import ConfigError
-
-        super().__init__(device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
         if variant not in VARIANTS:
             import difflib
 
             close = difflib.get_close_matches(variant, VARIANTS, n=3)
             raise ConfigError(f"dinov2: unknown variant {variant!r}" + (f"; did you mean {', '.join(close)}?" if close else f"; choose from {', '.join(VARIANTS)}"))
-        if pca_weighting not in ("eigenvalue", "sqrt", "none"):
-            raise ConfigError(f"dinov2: pca_weighting must be 'eigenvalue', 'sqrt' or 'none', got {pca_weighting!r}")
-        from ..backbones import load_backbone
+        self.variant = variant
+        super().__init__(f"dinov2_{variant}", weights=weights, tiny=tiny, n_components=n_components, pca_weighting=pca_weighting,
+                         resolution=resolution, crop_size=crop_size, stride=stride, output_stride=output_stride, device=device,
+                         batch_size=batch_size, cache_dir=cache_dir, progress=progress)
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # a tiny random model must be the same at every construction (cache keys)
-            self.backbone = load_backbone(f"dinov2_{variant}", weights, tiny=tiny, device=self.device)
-        self.backbone.requires_grad_(False)
-        p = self.backbone.patch_size
-        stride = int(stride) or int(crop_size) // 2
-        if crop_size % p or crop_size <= 0:
-            raise ConfigError(f"dinov2: crop_size={crop_size} must be a positive multiple of the patch size {p}")
-        if resolution < crop_size:
-            raise ConfigError(f"dinov2: resolution={resolution} must be >= crop_size={crop_size}")
-        if stride <= 0 or output_stride < 1 or n_components < 0:
-            raise ConfigError("dinov2: stride and output_stride must be >= 1 and n_components >= 0")
-        self.variant, self.weights, self.tiny = variant, weights, bool(tiny)
-        self.n_components, self.pca_weighting = int(n_components), pca_weighting
-        self.resolution, self.crop_size, self.stride, self.output_stride = int(resolution), int(crop_size), stride, int(output_stride)
-        self.embed_dim = self.backbone.embed_dim
-        self.dim = self.n_components or self.embed_dim
-        self.pca: PCA | None = None
-
-    # ----------------------------------------------------------------------------------------
-    def cache_params(self) -> dict:
-        # only what determines the patch tokens: the PCA is refitted from cached tokens
-        return {
-            "name": self.name, "variant": self.variant, "weights": _file_identity(self.weights), "tiny": self.tiny,
-            "resolution": self.resolution, "crop_size": self.crop_size, "stride": self.stride,
-        }
-
-    @property
-    def fitted(self) -> bool:
-        return self.n_components == 0 or (self.pca is not None and self.pca.fitted)
-
-    def reset_pca(self) -> None:
-        self.pca = None
-
-    def boxes(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
-        """The crop boxes ``(y0, x0, y1, x1)`` on the resized image of an ``height x width`` input."""
-        h, w = resize_short_side(torch.empty(1, 1, height, width, device="meta"), self.resolution).shape[-2:]
-        return sliding_windows(h, w, self.crop_size, self.stride)
-
-    def _tokens_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """``[b, 3, H, W]`` -> patch tokens of every crop ``[b, n_crops, D, g, g]`` (float16-rounded)."""
-        x = resize_short_side(images, self.resolution)
-        boxes = sliding_windows(x.shape[-2], x.shape[-1], self.crop_size, self.stride)
-        crops = torch.stack([x[:, :, y0:y1, x0:x1] for (y0, x0, y1, x1) in boxes], 1)  # [b, n, 3, c, c]
-        b, n = crops.shape[:2]
-        flat = self.backbone.normalize(crops.flatten(0, 1))
-        outs = []
-        for s in range(0, flat.shape[0], self.batch_size):
-            outs.append(self.backbone.forward_tokens(flat[s : s + self.batch_size])["patch"].float())
-        tok = torch.cat(outs).half().float()
-        return tok.reshape(b, n, *tok.shape[1:])
-
-    def tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Cached per-view crop tokens: ``[B, 3, H, W]`` -> ``[B, n_crops, D, g, g]``."""
-        images = as_float_images(images)
-        # images per chunk such that about batch_size crops go through the model at once
-        n_crops = len(self.boxes(*images.shape[-2:]))
-        return self._run_cached("tokens", images, self._tokens_batch, {}, images_per_batch=max(1, self.batch_size // n_crops), store_dtype=torch.float16)
-
-    def fit(self, views: Sequence[Any] | torch.Tensor) -> "DINOv2Extractor":
-        """Fit the PCA over the patch tokens of all ``views`` (images ``[3,H,W]``, a ``[B,3,H,W]``
-        batch, or zero-argument loaders). Under ``torchrun`` each rank reads its share of the views
-        and the statistics are all-reduced, so every rank gets the same basis; with ``cache_dir`` the
-        tokens are cached and the following feature extraction does not recompute them."""
-        if self.n_components == 0:
-            return self
-        pca = PCA(self.embed_dim)
-        indices = _shard(list(range(len(views))))
-        for i in progress(indices, total=len(indices), desc="dinov2 PCA", enabled=self.show_progress):
-            tok = self.tokens(_load_view(views[i]))  # [1, n, D, g, g]
-            pca.update(tok.to(self.device).movedim(2, -1))
-        self.pca = pca.fit(self.n_components, distributed=True)
-        return self
-
-    def project(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Reduce crop tokens ``[..., D, g, g]`` to ``[..., k, g, g]`` (identity without PCA)."""
-        if self.n_components == 0:
-            return tokens
-        return self.pca.transform(tokens, self.pca_weighting, channel_dim=-3)
-
-    def __call__(self, images: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """Feature maps ``[B, dim, h, w]`` float32 on the device of ``images`` (see class doc)."""
-        if kwargs:
-            raise TypeError(f"dinov2: unexpected arguments {sorted(kwargs)}")
-        images = as_float_images(images)
-        tok = self.tokens(images)  # [B, n, D, g, g]
-        if not self.fitted:
-            pca = PCA(self.embed_dim)
-            pca.update(tok.movedim(2, -1))
-            self.pca = pca.fit(self.n_components, distributed=False)
-        x_h, x_w = resize_short_side(torch.empty(1, 1, *images.shape[-2:], device="meta"), self.resolution).shape[-2:]
-        boxes = sliding_windows(x_h, x_w, self.crop_size, self.stride)
-        out = []
-        for b in range(tok.shape[0]):
-            red = self.project(tok[b].to(self.device))  # [n, k, g, g]
-            fmap = aggregate_windows(red, boxes, (x_h, x_w))  # [k, h, w]
-            if self.output_stride > 1:
-                fmap = F.avg_pool2d(fmap[None], self.output_stride, ceil_mode=True, count_include_pad=False)[0]
-            out.append(fmap.to(images.device))
-        return torch.stack(out)
+    def _backbone_params(self) -> dict:
+        # the key of the caches written before the vit extractor existed: they stay valid
+        return {"variant": self.variant}

@@ -8,14 +8,15 @@ mask choice, averaging); the subclasses only embed images and decode prompts.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from fulcra.weights import file_identity, find_weights, load_state_dict_file
+from fulcra.weights import weights_dirs as _weights_dirs
+
 from .common import BaseExtractor, as_float_images
-from .dinov2 import _file_identity
 
 __all__ = ["SAMExtractor", "PromptedMaskExtractor", "sample_prompts", "positive_points", "MASK_CHOICES"]
 
@@ -29,12 +30,8 @@ SAM_CHECKPOINTS = {
 
 
 def weights_dirs() -> list[Path]:
-    """Where a checkpoint given by file name only is looked for, in order."""
-    dirs = []
-    if os.environ.get("FULCRA_WEIGHTS_DIR"):
-        dirs.append(Path(os.environ["FULCRA_WEIGHTS_DIR"]).expanduser())
-    dirs.append(Path("~/.cache/fulcra/weights").expanduser())
-    return dirs
+    """Where a checkpoint given by file name only is looked for, in order (:func:`fulcra.weights.weights_dirs`)."""
+    return _weights_dirs()
 
 
 def find_checkpoint(plugin: str, weights: str | None, filename: str, url: str) -> Path:
@@ -43,20 +40,7 @@ def find_checkpoint(plugin: str, weights: str | None, filename: str, url: str) -
     Raises:
         WeightsNotFoundError: naming the file, where it comes from, and where to put it.
     """
-    from fulcra.errors import WeightsNotFoundError
-
-    if weights:
-        p = Path(os.path.expanduser(str(weights)))
-        if p.is_file():
-            return p
-        raise WeightsNotFoundError(f"{plugin}: checkpoint {p} not found (get {filename} from {url}); fulcra never downloads weights")
-    for d in weights_dirs():
-        if (d / filename).is_file():
-            return d / filename
-    raise WeightsNotFoundError(
-        f"{plugin}: no checkpoint; download {filename} from {url} and put it at {weights_dirs()[0] / filename} "
-        f"(or pass weights=PATH); fulcra never downloads weights"
-    )
+    return find_weights(plugin, weights, files=(filename,), url=url)
 
 
 def positive_points(mask: torch.Tensor) -> torch.Tensor:
@@ -256,8 +240,6 @@ class SAMExtractor(PromptedMaskExtractor):
         else:
             path = find_checkpoint("sam", weights, *SAM_CHECKPOINTS[variant])
             model = build_tiny_sam() if tiny else sam_model_registry[variant](checkpoint=None)
-            from ..backbones import load_state_dict_file
-
             try:
                 model.load_state_dict(load_state_dict_file(path))
             except RuntimeError as exc:
@@ -270,7 +252,7 @@ class SAMExtractor(PromptedMaskExtractor):
         self.mask_threshold = float(self.model.mask_threshold)
 
     def cache_params(self) -> dict:
-        return {"name": self.name, "variant": self.variant, "tiny": self.tiny, "weights": _file_identity(self.weights), **self._prompt_params()}
+        return {"name": self.name, "variant": self.variant, "tiny": self.tiny, "weights": file_identity(self.weights), **self._prompt_params()}
 
     def _embed(self, images: torch.Tensor) -> list:
         H, W = images.shape[-2:]

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .dinov2 import _file_identity
+from fulcra.weights import file_identity, load_state_dict_file
+
 from .sam import PromptedMaskExtractor, find_checkpoint
 
 __all__ = ["SAM2Extractor", "build_tiny_sam2", "SAM2_VARIANTS"]
@@ -136,8 +137,6 @@ class SAM2Extractor(PromptedMaskExtractor):
             model = instantiate(OmegaConf.to_container(cfg.model, resolve=True), _recursive_=True, _convert_="all")
         self.weights = None
         if path is not None:
-            from ..backbones import load_state_dict_file
-
             try:
                 model.load_state_dict(load_state_dict_file(path))
             except RuntimeError as exc:
@@ -151,7 +150,7 @@ class SAM2Extractor(PromptedMaskExtractor):
         self.mask_threshold = float(self.predictor.mask_threshold)
 
     def cache_params(self) -> dict:
-        return {"name": self.name, "variant": self.variant, "version": self.version, "tiny": self.tiny, "weights": _file_identity(self.weights), **self._prompt_params()}
+        return {"name": self.name, "variant": self.variant, "version": self.version, "tiny": self.tiny, "weights": file_identity(self.weights), **self._prompt_params()}
 
     def _embed(self, images: torch.Tensor) -> list:
         # SAM2Transforms in torch: square resize to the model size, ImageNet normalisation

@@ -1,9 +1,16 @@
-"""Backbones: tiny random models of every family through the same code path as the real ones."""
+"""Backbones: tiny random models of every family through the same code path as the real ones,
+resolved through the registry (``fulcra.backbones``), plus the generic timm / open_clip backbones."""
+
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from fulcra.errors import ConfigError, FormatError, WeightsNotFoundError
+import fulcra
+from fulcra.errors import ConfigError, FormatError, UnknownPluginError, WeightsNotFoundError
+from fulcra.testing import check_backbone, check_plugin
 from fulcra_plugins.backbones import BACKBONES, load_backbone
 
 FAMILIES = ["dinov2_vits14", "dinov2_vitb14_reg", "eva02_vits14", "clip_vitb16"]
@@ -59,11 +66,11 @@ def test_weights_round_trip_and_errors(tmp_path):
     x = torch.rand(1, 3, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(bb.forward_tokens(x)["patch"], bb2.forward_tokens(x)["patch"])
-    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+    with pytest.raises(WeightsNotFoundError, match=r"backbone 'dinov2_vits14'.*missing.pth does not exist.*dinov2_vits14_pretrain.pth"):
         load_backbone("dinov2_vits14", weights=str(tmp_path / "missing.pth"))
     with pytest.raises(FormatError, match="does not match"):
         load_backbone("dinov2_vits14_reg", weights=str(f), tiny=True)
-    with pytest.raises(ConfigError, match="did you mean"):
+    with pytest.raises(UnknownPluginError, match=r"unknown backbones plugin 'dinov2_vits15'.*did you mean 'dinov2_vits14'"):
         load_backbone("dinov2_vits15", tiny=True)
 
 
@@ -71,7 +78,7 @@ def test_missing_weights_message_names_file(monkeypatch, tmp_path):
     monkeypatch.setenv("FULCRA_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    with pytest.raises(WeightsNotFoundError, match="dinov2_vitl14_reg4_pretrain.pth"):
+    with pytest.raises(WeightsNotFoundError, match=rf"dinov2_vitl14_reg4_pretrain.pth from https://dl.fbaipublicfiles.com/\S+ and put it at {tmp_path}"):
         load_backbone("dinov2_vitl14_reg")
 
 
@@ -107,3 +114,129 @@ def test_official_dinov2_checkpoint_layout_loads(tmp_path):
     official["pos_embed"] = torch.randn(1, 1 + 37 * 37, grid)
     torch.save(official, tmp_path / "big.pth")
     assert load_backbone("dinov2_vits14_reg", weights=str(tmp_path / "big.pth"), tiny=True).embed_dim == grid
+
+
+def test_every_variant_is_a_registered_plugin():
+    names = {s.name for s in fulcra.plugin_specs("backbones")}
+    assert set(BACKBONES) | {"timm", "open_clip"} <= names
+    for name, spec in BACKBONES.items():
+        cls = fulcra.load_plugin("backbones", name)
+        assert cls.spec is spec and cls.variant == name
+    rows = {r["name"]: r for r in fulcra.status("backbones")}
+    assert rows["dinov2_vitg14_reg"]["available"] and rows["dinov2_vitg14_reg"]["extra"] == "timm"
+    assert rows["clip_vitb16"]["extra"] == "clip" and rows["open_clip"]["available"]
+
+
+def test_cli_lists_backbones_with_install_state():
+    res = subprocess.run([sys.executable, "-m", "fulcra", "plugins", "--json", "--kind", "backbones"],
+                         capture_output=True, text=True, check=True)
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert rows["timm"]["available"] is True and rows["dinov2_vits14"]["distribution"] == "fulcra"
+
+
+@pytest.mark.parametrize("name,params", [("dinov2_vits14_reg", {"tiny": True}), ("clip_vitb16", {"tiny": True}),
+                                         ("timm", {"arch": "vit_small_patch16_224", "tiny": True}),
+                                         ("open_clip", {"arch": "ViT-B-32", "tiny": True})])
+def test_conformance_and_weights_round_trip(name, params):
+    check_plugin("backbones", name, **params)
+
+
+def test_generic_timm_matches_timm_and_handles_no_cls_token():
+    bb = load_backbone({"name": "timm", "arch": "vit_small_patch16_224"}, tiny=True)
+    assert (bb.embed_dim, bb.patch_size, bb.depth, bb.name) == (48, 16, 2, "timm:vit_small_patch16_224")
+    x = bb.normalize(torch.rand(1, 3, 32, 48))
+    with torch.no_grad():
+        ref = bb.model.forward_features(x)
+        out = bb.forward_tokens(x)
+    torch.testing.assert_close(out["cls"][-1], ref[:, 0])
+    torch.testing.assert_close(out["patch"].flatten(2).transpose(1, 2), ref[:, 1:])
+    # SigLIP has no CLS token: the global embedding is the mean patch token
+    sig = load_backbone({"name": "timm", "arch": "vit_base_patch16_siglip_224"}, tiny=True)
+    assert sig.num_prefix_tokens == 0 and sig.mean == (0.5, 0.5, 0.5)
+    with torch.no_grad():
+        t = sig.forward_tokens(sig.normalize(torch.rand(2, 3, 32, 32)), n_last=2)
+    torch.testing.assert_close(t["cls"][-1], t["patch"].mean(dim=(2, 3)))
+
+
+def test_generic_backbones_errors_name_the_arch_and_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("FULCRA_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError, match=rf"'timm' \(arch=vit_small_patch16_224\).*vit_small_patch16_224.safetensors.*{tmp_path}"):
+        load_backbone({"name": "timm", "arch": "vit_small_patch16_224"})
+    with pytest.raises(ConfigError, match="did you mean vit_small_patch16_224"):
+        load_backbone({"name": "timm", "arch": "vit_smal_patch16_224"}, tiny=True)
+    with pytest.raises(ConfigError, match="no patch tokens|not a ViT-like"):
+        load_backbone({"name": "timm", "arch": "resnet18"}, tiny=True)
+    with pytest.raises(ConfigError, match="open_clip has no model config 'ViT-B-33'"):
+        load_backbone({"name": "open_clip", "arch": "ViT-B-33"}, tiny=True)
+    with pytest.raises(ConfigError, match=r"backbones plugin 'timm': unknown key 'arhc'.*did you mean 'arch'"):
+        load_backbone({"name": "timm", "arhc": "vit_small_patch16_224"}, tiny=True)
+    with pytest.raises(ConfigError, match="'weights' goes beside 'backbone'"):
+        load_backbone({"name": "timm", "arch": "vit_small_patch16_224", "weights": "x"})
+    # a cached file under the arch's name is found without weights=
+    src = load_backbone({"name": "timm", "arch": "vit_small_patch16_224"}, tiny=True)
+    torch.save(src.model.state_dict(), tmp_path / "vit_small_patch16_224.pth")
+    from fulcra_plugins.backbones import resolve_weights
+
+    assert resolve_weights({"name": "timm", "arch": "vit_small_patch16_224"}) == tmp_path / "vit_small_patch16_224.pth"
+
+
+def test_generic_open_clip_encodes_like_open_clip():
+    bb = load_backbone({"name": "open_clip", "arch": "ViT-B-32"}, tiny=True)
+    assert bb.patch_size == 32 and bb.clip_embed_dim == 32
+    x = bb.normalize(torch.rand(2, 3, 128, 128))  # the tiny model's native size
+    with torch.no_grad():
+        torch.testing.assert_close(bb.encode_image(x), bb.model.encode_image(x))
+        assert bb.encode_text(["a cat"]).shape == (1, 32)
+
+
+class _BrokenGrid(torch.nn.Module):
+    """Patch grid off by one: the conformance check must say so."""
+
+    embed_dim, patch_size, depth = 8, 4, 1
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(3, 8, 4, 4)
+
+    def normalize(self, images):
+        return images.float() / 255.0 if images.dtype == torch.uint8 else images
+
+    def forward_tokens(self, images, n_last=1):
+        if n_last > self.depth:
+            raise ConfigError("n_last")
+        patch = self.proj(images)[..., :-1]
+        return {"cls": [patch.mean(dim=(2, 3))], "patch": patch}
+
+
+def test_conformance_catches_a_wrong_patch_grid():
+    with pytest.raises(AssertionError, match=r"patch tokens \[2, 8, 3, 1\].*expected \[2, 8, 3, 2\]"):
+        check_backbone(_BrokenGrid())
+
+
+def test_missing_timm_shows_in_the_listing_with_its_extra(monkeypatch):
+    from fulcra import registry
+    from fulcra.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
+    for mod in ("fulcra_plugins.backbones.vit_timm", "fulcra_plugins.backbones.named_timm"):
+        monkeypatch.delitem(sys.modules, mod, raising=False)
+    registry.clear_cache()
+    try:
+        rows = {r["name"]: r for r in fulcra.status("backbones")}
+        assert not rows["dinov2_vitg14_reg"]["available"] and "pip install 'fulcra[timm]'" in rows["dinov2_vitg14_reg"]["reason"]
+        assert not rows["timm"]["available"] and rows["clip_vitb16"]["available"]
+        with pytest.raises(MissingDependencyError, match=r"fulcra\[timm\]"):
+            fulcra.create("teachers", "probed", backbone="dinov2_vits14", tiny=True, image_size=28)
+    finally:
+        registry.clear_cache()
+
+
+def test_presets_name_timm_architectures_without_code(tmp_path, monkeypatch):
+    # registry.yaml presets.backbones: DINOv3 and SigLIP through the generic timm backbone
+    bb = check_plugin("backbones", "dinov3_vits16", tiny=True)
+    assert bb.name == "timm:vit_small_patch16_dinov3.lvd1689m" and bb.patch_size == 16 and bb.num_prefix_tokens == 5
+    t = fulcra.create("teachers", "probed", backbone="siglip_vitb16", tiny=True, n_cls=2, image_size=32)
+    assert t.backbone.num_prefix_tokens == 0 and t.backbone_name == "siglip_vitb16"
+    monkeypatch.setenv("FULCRA_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError, match=r"vit_large_patch16_dinov3.lvd1689m.safetensors"):
+        load_backbone("dinov3_vitl16")

@@ -195,10 +195,17 @@ def test_extract_views_shards_round_robin(monkeypatch):
     assert seen == [[0, 2, 4], [1, 3]]
 
 
-def test_missing_weights_error_says_where(tmp_path):
+def test_missing_weights_error_says_where(tmp_path, monkeypatch):
+    # the one weight finder every plugin uses (it replaced extractors.common.resolve_weights)
     from fulcra.errors import WeightsNotFoundError
+    from fulcra.weights import find_weights
 
-    with pytest.raises(WeightsNotFoundError, match="put"):
-        common.resolve_weights(None, "x", "put it at ~/.cache/fulcra/weights/x.pth")
-    with pytest.raises(WeightsNotFoundError, match="not found"):
-        common.resolve_weights(tmp_path / "nope.pth", "x", "put it somewhere")
+    monkeypatch.setenv("FULCRA_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError, match=rf"x: no weights found: download x.pth from https://e.org/x.pth and put it at {tmp_path / 'x.pth'}"):
+        find_weights("x", None, files=("x.pth",), url="https://e.org/x.pth")
+    with pytest.raises(WeightsNotFoundError, match=r"x: no weights given; pass weights=PATH"):
+        find_weights("x", None)
+    with pytest.raises(WeightsNotFoundError, match=r"x: weights file .*nope.pth does not exist \(get x.pth from https://e.org\)"):
+        find_weights("x", tmp_path / "nope.pth", files=("x.pth",), url="https://e.org")
+    (tmp_path / "x.pth").write_bytes(b"")
+    assert find_weights("x", None, files=("y.pth", "x.pth")) == tmp_path / "x.pth"
