@@ -32,8 +32,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fulcra demo --out $(OUT)
 
+LINTED := framework plugins tests benchmarks scripts
+
+# lint and format check, the plugin classes against their kinds' Protocols (mypy), then the suite;
 # the slow tests (2-process torchrun checks) fit the budget, so the suite runs them too
 test: $(STAMP)
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
+	$(PY) scripts/gen_protocol_checks.py --check
+	$(PY) -m mypy tests/typing/protocol_conformance.py
 	$(PY) -m pytest -q --timeout=900 --run-slow $(PYTEST_ARGS)
 
 # the suites whose results must not depend on the machine (ops, composite, policies, search steps),

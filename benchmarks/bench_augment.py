@@ -40,11 +40,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    import torchvision.transforms.v2 as T
+
     from fulcra.policy import Policy
     from fulcra_plugins.slack.baselines import TrivialAugment
     from fulcra_plugins.slack.common import SEARCH_SPACES
-
-    import torchvision.transforms.v2 as T
 
     try:
         from kornia.augmentation.auto import TrivialAugment as KTA
@@ -77,8 +77,13 @@ def main(argv=None):
             fns["kornia_trivialaugment_batched_float"] = lambda: kta(xf)
         t = _interleaved_medians(fns, reps)
         ips = {k: B / v for k, v in t.items()}
-        row = {"shape": list(shape), "threads": args.threads, "images_per_s": ips,
-               "speedup_vs_torchvision": ips["fulcra_trivialaugment_wide"] / ips["torchvision_trivialaugmentwide_per_image"]}
+        row = {
+            "shape": list(shape),
+            "threads": args.threads,
+            "images_per_s": ips,
+            "speedup_vs_torchvision": ips["fulcra_trivialaugment_wide"]
+            / ips["torchvision_trivialaugmentwide_per_image"],
+        }
         if KTA is not None:
             row["speedup_vs_kornia"] = ips["fulcra_trivialaugment_wide"] / ips["kornia_trivialaugment_batched_float"]
         rows.append(row)

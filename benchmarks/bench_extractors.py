@@ -57,14 +57,14 @@ def _random_model(name: str, device: str) -> torch.nn.Module:
         if name.startswith("sam_"):
             from segment_anything import sam_model_registry
 
-            return sam_model_registry[name[len("sam_"):]](checkpoint=None)
+            return sam_model_registry[name[len("sam_") :]](checkpoint=None)
         if name.startswith("sam2_"):
             from hydra.utils import instantiate
             from omegaconf import OmegaConf
 
             from fulcra_plugins.extractors.sam2 import SAM2_VARIANTS, _config
 
-            cfg = _config(SAM2_VARIANTS[("2.1", name[len("sam2_hiera_"):])][0])
+            cfg = _config(SAM2_VARIANTS[("2.1", name[len("sam2_hiera_") :])][0])
             return instantiate(OmegaConf.to_container(cfg.model, resolve=True), _recursive_=True, _convert_="all")
     raise SystemExit(f"unknown extractor {name!r}")
 
@@ -83,10 +83,16 @@ def build(name: str, device: str, tmp: Path, tiny: bool, via_file: bool = False)
     if name.startswith("sam2_"):
         from fulcra_plugins.extractors.sam2 import SAM2Extractor
     prompted = name.startswith("sam")
-    variant = {"dinov2": lambda: name[len("dinov2_"):], "clip": lambda: name.split("_")[1],
-               "sam": lambda: name[len("sam_"):], "sam2": lambda: name[len("sam2_hiera_"):]}[name.split("_")[0]]()
+    variant = {
+        "dinov2": lambda: name[len("dinov2_") :],
+        "clip": lambda: name.split("_")[1],
+        "sam": lambda: name[len("sam_") :],
+        "sam2": lambda: name[len("sam2_hiera_") :],
+    }[name.split("_")[0]]()
     kw = {"mode": "dense" if name.endswith("_dense") else "crops"} if name.startswith("clip_") else {}
-    cls = {"dinov2": DINOv2Extractor, "clip": CLIPExtractor, "sam": SAMExtractor}.get(name.split("_")[0]) or SAM2Extractor
+    cls = {"dinov2": DINOv2Extractor, "clip": CLIPExtractor, "sam": SAMExtractor}.get(
+        name.split("_")[0]
+    ) or SAM2Extractor
     if tiny:
         return cls(variant=variant, tiny=True, device=device, **kw), {"prompted": prompted}
     model = _random_model(name, device)
@@ -110,7 +116,9 @@ def build(name: str, device: str, tmp: Path, tiny: bool, via_file: bool = False)
         spec = BACKBONES[f"clip_{variant}"]
         import open_clip
 
-        ext.backbone = ClipBackbone.from_model(spec.arch, model, open_clip.get_tokenizer(spec.arch), spec.mean, spec.std)
+        ext.backbone = ClipBackbone.from_model(
+            spec.arch, model, open_clip.get_tokenizer(spec.arch), spec.mean, spec.std
+        )
         ext.dim, size = ext.backbone.clip_embed_dim, model.visual.image_size
         ext.input_size = int(size[0] if isinstance(size, (tuple, list)) else size)
     elif name.startswith("sam_"):
@@ -126,8 +134,19 @@ def build(name: str, device: str, tmp: Path, tiny: bool, via_file: bool = False)
     return ext, {"prompted": prompted}
 
 
-ALL = ["rgb", "dinov2_vits14_reg", "dinov2_vitb14_reg", "dinov2_vitl14_reg", "dinov2_vitg14_reg", "clip_vitb16",
-       "clip_vitb16_dense", "sam_vit_b", "sam_vit_h", "sam2_hiera_tiny", "sam2_hiera_large"]
+ALL = [
+    "rgb",
+    "dinov2_vits14_reg",
+    "dinov2_vitb14_reg",
+    "dinov2_vitl14_reg",
+    "dinov2_vitg14_reg",
+    "clip_vitb16",
+    "clip_vitb16_dense",
+    "sam_vit_b",
+    "sam_vit_h",
+    "sam2_hiera_tiny",
+    "sam2_hiera_large",
+]
 
 
 def main() -> None:
@@ -140,7 +159,9 @@ def main() -> None:
     ap.add_argument("--clip-crops", type=int, default=64, help="crops timed for the CLIP crop grid (0 = all)")
     ap.add_argument("--tiny", action="store_true", help="time the tiny random test models instead")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--via-weights-file", action="store_true", help="save the random weights and load them through weights=")
+    ap.add_argument(
+        "--via-weights-file", action="store_true", help="save the random weights and load them through weights="
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     which = ALL if args.which == ["all"] else args.which
@@ -155,11 +176,19 @@ def main() -> None:
             ext, info = build(name, args.device, Path(td), args.tiny, args.via_weights_file)
             build_s = time.perf_counter() - t0
             kw = {"positive": pos} if info.get("prompted") else {}
-            row = {"extractor": name, "device": args.device, "image": [args.height, args.width], "tiny": args.tiny, "build_s": round(build_s, 2)}
+            row = {
+                "extractor": name,
+                "device": args.device,
+                "image": [args.height, args.width],
+                "tiny": args.tiny,
+                "build_s": round(build_s, 2),
+            }
             if name.startswith("clip_") and getattr(ext, "mode", "") == "crops":
                 windows = ext.windows(args.height, args.width)
                 n_crops = sum(len(b) for b in windows.values())
-                crops = torch.rand(min(n_crops, args.clip_crops or n_crops), 3, ext.input_size, ext.input_size, generator=g).to(args.device)
+                crops = torch.rand(
+                    min(n_crops, args.clip_crops or n_crops), 3, ext.input_size, ext.input_size, generator=g
+                ).to(args.device)
                 with torch.inference_mode():
                     ext._embed_crops(crops[: min(8, len(crops))])  # warm-up
                     _sync(args.device)
@@ -167,8 +196,13 @@ def main() -> None:
                     ext._embed_crops(crops)
                     _sync(args.device)
                 per_crop = (time.perf_counter() - t0) / len(crops)
-                row.update(crops_per_image=n_crops, crops_timed=len(crops), s_per_crop=round(per_crop, 5),
-                           s_per_image=round(per_crop * n_crops, 3), note="s_per_image = s_per_crop x crops_per_image (crop resizing not included)")
+                row.update(
+                    crops_per_image=n_crops,
+                    crops_timed=len(crops),
+                    s_per_crop=round(per_crop, 5),
+                    s_per_image=round(per_crop * n_crops, 3),
+                    note="s_per_image = s_per_crop x crops_per_image (crop resizing not included)",
+                )
             else:
                 out = ext(img, **kw)  # warm-up (and DINOv2's PCA fit)
                 _sync(args.device)

@@ -97,12 +97,24 @@ def bench(n: int, k: int, steps: int, prompts: int, repeats: int, threads: int, 
     from scipy.spatial import cKDTree
 
     from fulcra_plugins.refiners.graph_diffusion._diffusion import power_iteration, power_iteration_full
-    from fulcra_plugins.refiners.graph_diffusion._graph import build_scene_graph, knn_indices, morton_order, symmetric_csr
+    from fulcra_plugins.refiners.graph_diffusion._graph import (
+        build_scene_graph,
+        knn_indices,
+        morton_order,
+        symmetric_csr,
+    )
 
     torch.set_num_threads(threads)
     pts, labels, feats = scene_points(n)
-    res: dict = {"n": n, "k": k, "steps": steps, "prompts": prompts, "threads": threads,
-                 "torch": torch.__version__, "device": device}
+    res: dict = {
+        "n": n,
+        "k": k,
+        "steps": steps,
+        "prompts": prompts,
+        "threads": threads,
+        "torch": torch.__version__,
+        "device": device,
+    }
 
     # 1. kNN graph
     t_base, _ = _time(lambda: cKDTree(pts).query(pts, k=k + 1, workers=-1), repeats)

@@ -42,7 +42,9 @@ def main() -> None:
     from fulcra_plugins.tasks.classification import Classification
 
     g = torch.Generator().manual_seed(0)
-    ds = TensorImageDataset((torch.rand(args.n, 3, 32, 32, generator=g) * 255).to(torch.uint8), torch.randint(0, 10, (args.n,), generator=g))
+    ds = TensorImageDataset(
+        (torch.rand(args.n, 3, 32, 32, generator=g) * 255).to(torch.uint8), torch.randint(0, 10, (args.n,), generator=g)
+    )
     task = Classification()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -57,24 +59,47 @@ def main() -> None:
 
         def teacher():
             torch.manual_seed(0)
-            return ProbedTeacher(args.backbone, weights=weights, tiny=args.tiny, num_classes=10, n_cls=3, image_size=args.image_size)
+            return ProbedTeacher(
+                args.backbone, weights=weights, tiny=args.tiny, num_classes=10, n_cls=3, image_size=args.image_size
+            )
 
-        cfg = SimpleNamespace(epochs=args.epochs, batch_size=args.batch_size, optimizer="adamw", lr=1e-3, weight_decay=0.0,
-                              augment="deterministic", cache=True)
+        cfg = SimpleNamespace(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            optimizer="adamw",
+            lr=1e-3,
+            weight_decay=0.0,
+            augment="deterministic",
+            cache=True,
+        )
         res = {}
         for mode in ("cache", "re-encode"):
             t = teacher()
             cfg.cache = mode == "cache"
             t0 = time.perf_counter()
-            probe_teacher(t, task, ds, out_dir=tmp / mode, cfg=cfg, device=torch.device("cpu"), seed=0,
-                          cache_root=tmp / "feature_cache", weights=weights)
+            probe_teacher(
+                t,
+                task,
+                ds,
+                out_dir=tmp / mode,
+                cfg=cfg,
+                device=torch.device("cpu"),
+                seed=0,
+                cache_root=tmp / "feature_cache",
+                weights=weights,
+            )
             res[mode] = {"seconds": time.perf_counter() - t0, "head": [p.detach().clone() for p in t.head.parameters()]}
         agree = max(float((a - b).abs().max()) for a, b in zip(res["cache"]["head"], res["re-encode"]["head"]))
     out = {
-        "backbone": args.backbone + (" (tiny)" if args.tiny else ""), "images": args.n, "image_size": args.image_size,
-        "epochs": args.epochs, "threads": args.threads,
-        "reencode_s": round(res["re-encode"]["seconds"], 2), "cache_s": round(res["cache"]["seconds"], 2),
-        "speedup": round(res["re-encode"]["seconds"] / res["cache"]["seconds"], 1), "max_head_difference": agree,
+        "backbone": args.backbone + (" (tiny)" if args.tiny else ""),
+        "images": args.n,
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "threads": args.threads,
+        "reencode_s": round(res["re-encode"]["seconds"], 2),
+        "cache_s": round(res["cache"]["seconds"], 2),
+        "speedup": round(res["re-encode"]["seconds"] / res["cache"]["seconds"], 1),
+        "max_head_difference": agree,
     }
     print(json.dumps(out, indent=1))
     if args.out:

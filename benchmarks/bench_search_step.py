@@ -53,8 +53,27 @@ def main(argv=None):
         def search_step():
             step[0] += 1
             cur = Policy(policy.ops, logits.detach(), mu.detach(), policy.ranges)
-            search._bilevel_step(model, opt, sched, policy, cur, aug, logits, mu, anchor, upper, X, Y, X, Y,
-                                 0, (3, 0, step[0]), 0.1, torch.device("cpu"), 1)
+            search._bilevel_step(
+                model,
+                opt,
+                sched,
+                policy,
+                cur,
+                aug,
+                logits,
+                mu,
+                anchor,
+                upper,
+                X,
+                Y,
+                X,
+                Y,
+                0,
+                (3, 0, step[0]),
+                0.1,
+                torch.device("cpu"),
+                1,
+            )
 
         def plain_step():
             step[0] += 1
@@ -70,8 +89,15 @@ def main(argv=None):
                 fn()
                 ts[k].append(time.perf_counter() - t)
         med = {k: statistics.median(v) for k, v in ts.items()}
-        row = {"model": name, "images": n_img, "b_aug": args.b_aug, "batch": args.batch, "threads": args.threads,
-               "seconds": med, "ratio_search_over_plain": med["search_step"] / med["plain_step"]}
+        row = {
+            "model": name,
+            "images": n_img,
+            "b_aug": args.b_aug,
+            "batch": args.batch,
+            "threads": args.threads,
+            "seconds": med,
+            "ratio_search_over_plain": med["search_step"] / med["plain_step"],
+        }
         rows.append(row)
         print(json.dumps(row))
     if args.out:

@@ -111,11 +111,19 @@ def measure(scene, cams, dim, repeats=1, autograd=True) -> dict:
         t_up = timed(lambda: fulcra.uplift(scene, maps))
     up_peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if dev.type == "cuda" else up_mem.mb
     row = {
-        "N": scene.num_primitives, "views": len(cams), "D": dim, "H": cams[0].height, "W": cams[0].width,
-        "forward_s": round(t_fwd, 4), "uplift_s": round(t_up, 4), "ratio": round(t_up / t_fwd, 3),
-        "forward_ms_per_view": round(1e3 * t_fwd / len(cams), 3), "uplift_ms_per_view": round(1e3 * t_up / len(cams), 3),
+        "N": scene.num_primitives,
+        "views": len(cams),
+        "D": dim,
+        "H": cams[0].height,
+        "W": cams[0].width,
+        "forward_s": round(t_fwd, 4),
+        "uplift_s": round(t_up, 4),
+        "ratio": round(t_up / t_fwd, 3),
+        "forward_ms_per_view": round(1e3 * t_fwd / len(cams), 3),
+        "uplift_ms_per_view": round(1e3 * t_up / len(cams), 3),
         "uplift_ms_per_view_per_dim": round(1e3 * t_up / len(cams) / dim, 4),
-        "forward_peak_mb": round(fwd_peak, 1), "uplift_peak_mb": round(up_peak, 1),
+        "forward_peak_mb": round(fwd_peak, 1),
+        "uplift_peak_mb": round(up_peak, 1),
     }
     if autograd:
         t_ag = timed(lambda: fulcra.uplift(_NoFused(scene), maps))
@@ -127,16 +135,22 @@ def cpu_suite(quick: bool) -> list[dict]:
     W, H = (128, 96) if quick else (256, 192)
     rows = []
     base_d, base_v, base_n = 16, 4, 1.0
-    for density in ([0.5, 1.0] if quick else [0.5, 1.0, 2.0, 4.0]):
+    for density in [0.5, 1.0] if quick else [0.5, 1.0, 2.0, 4.0]:
         g, _ = build_gaussians(0, density)
         scene = TorchScene.from_gaussians(g, device="cpu")
-        rows.append({"sweep": "gaussians", **measure(scene, build_cameras(W, H, n_ring=base_v, n_forward=0), base_d, repeats=2)})
+        rows.append(
+            {"sweep": "gaussians", **measure(scene, build_cameras(W, H, n_ring=base_v, n_forward=0), base_d, repeats=2)}
+        )
     g, _ = build_gaussians(0, base_n)
     scene = TorchScene.from_gaussians(g, device="cpu")
-    for views in ([2, 4] if quick else [2, 4, 8]):
-        rows.append({"sweep": "views", **measure(scene, build_cameras(W, H, n_ring=views, n_forward=0), base_d, repeats=2)})
-    for dim in ([4, 16] if quick else [4, 16, 64]):
-        rows.append({"sweep": "dims", **measure(scene, build_cameras(W, H, n_ring=base_v, n_forward=0), dim, repeats=2)})
+    for views in [2, 4] if quick else [2, 4, 8]:
+        rows.append(
+            {"sweep": "views", **measure(scene, build_cameras(W, H, n_ring=views, n_forward=0), base_d, repeats=2)}
+        )
+    for dim in [4, 16] if quick else [4, 16, 64]:
+        rows.append(
+            {"sweep": "dims", **measure(scene, build_cameras(W, H, n_ring=base_v, n_forward=0), dim, repeats=2)}
+        )
     return rows
 
 
@@ -175,8 +189,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-           "device": torch.cuda.get_device_name() if args.gpu else "cpu"}
+    env = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if args.gpu else "cpu",
+    }
     if args.gpu:
         try:
             import gsplat

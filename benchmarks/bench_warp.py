@@ -56,13 +56,29 @@ def main() -> None:
             for k, warp in warps.items():
                 t = time.perf_counter()
                 for a in range(0, B, per):
-                    warp(x[a:a + per], th[a:a + per])
+                    warp(x[a : a + per], th[a : a + per])
                 times[k].append(time.perf_counter() - t)
-        changed = sum(int((warps["old"](x[a:a + per], th[a:a + per]) != warps["new"](x[a:a + per], th[a:a + per]))
-                          .any(1).sum()) for a in range(0, B, per))
+        changed = sum(
+            int(
+                (warps["old"](x[a : a + per], th[a : a + per]) != warps["new"](x[a : a + per], th[a : a + per]))
+                .any(1)
+                .sum()
+            )
+            for a in range(0, B, per)
+        )
         t_old, t_new = statistics.median(times["old"]), statistics.median(times["new"])
-        print(json.dumps({"shape": [B, 3, H, W], "old_ms": round(t_old * 1e3, 2), "new_ms": round(t_new * 1e3, 2),
-                          "new_over_old": round(t_new / t_old, 3), "pixels_changed": changed, "pixels": B * H * W}))
+        print(
+            json.dumps(
+                {
+                    "shape": [B, 3, H, W],
+                    "old_ms": round(t_old * 1e3, 2),
+                    "new_ms": round(t_new * 1e3, 2),
+                    "new_over_old": round(t_new / t_old, 3),
+                    "pixels_changed": changed,
+                    "pixels": B * H * W,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

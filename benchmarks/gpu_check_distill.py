@@ -44,7 +44,9 @@ def main() -> int:
         b = gpu.generate(x, torch.Generator().manual_seed(0))
         report["imagemixer_dtype"] = str(gpu._parts["dtype"])
         report["imagemixer_s"] = round(time.perf_counter() - t0, 3)
-        ref = ImageMixer(model=str(tmp / "mixer"), steps=10, device="cpu", dtype="float32").generate(x, torch.Generator().manual_seed(0))
+        ref = ImageMixer(model=str(tmp / "mixer"), steps=10, device="cpu", dtype="float32").generate(
+            x, torch.Generator().manual_seed(0)
+        )
         checks = {
             "imagemixer_finite_in_01": bool(torch.isfinite(a).all() and a.min() >= 0 and a.max() <= 1),
             "imagemixer_deterministic": bool(torch.equal(a, b)),
@@ -52,13 +54,29 @@ def main() -> int:
         }
         checks["imagemixer_close_to_cpu_fp32_ok"] = checks["imagemixer_close_to_cpu_fp32"] < 0.05
         report.update(checks)
-        ok &= checks["imagemixer_finite_in_01"] and checks["imagemixer_deterministic"] and checks["imagemixer_close_to_cpu_fp32_ok"]
+        ok &= (
+            checks["imagemixer_finite_in_01"]
+            and checks["imagemixer_deterministic"]
+            and checks["imagemixer_close_to_cpu_fp32_ok"]
+        )
 
         from fulcra.runner import run
 
         t0 = time.perf_counter()
-        res = run("distill-digits", [f"out={tmp / 'kd'}", f"device={args.device}", "seeds=[0,1]", "pretrain.epochs=3",
-                                     "pretrain.student_epochs=1", "probe.epochs=3", "train.epochs=2", "synthetic.factor=0.5"], hooks=[])
+        res = run(
+            "distill-digits",
+            [
+                f"out={tmp / 'kd'}",
+                f"device={args.device}",
+                "seeds=[0,1]",
+                "pretrain.epochs=3",
+                "pretrain.student_epochs=1",
+                "probe.epochs=3",
+                "train.epochs=2",
+                "synthetic.factor=0.5",
+            ],
+            hooks=[],
+        )
         report["distill_s"] = round(time.perf_counter() - t0, 1)
         report["distill_rows"] = {k: round(v["mean"], 4) for k, v in res["rows"].items()}
         ok &= len(res["rows"]) == 5

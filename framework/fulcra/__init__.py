@@ -17,8 +17,16 @@ from typing import Any
 
 from .camera import Camera
 from .config import create
-from .errors import (ConfigError, DuplicatePluginError, FormatError, FulcraError, MissingDependencyError,
-                     PluginLoadError, UnknownPluginError, WeightsNotFoundError)
+from .errors import (
+    ConfigError,
+    DuplicatePluginError,
+    FormatError,
+    FulcraError,
+    MissingDependencyError,
+    PluginLoadError,
+    UnknownPluginError,
+    WeightsNotFoundError,
+)
 from .registry import available, load_plugin, plugin_specs, status
 from .uplift import uplift
 

@@ -25,6 +25,7 @@ from .interfaces import BACKBONE_KEYS, Backbone
 
 __all__ = ["backbone_node", "backbone_key", "check_backbone_ref", "create_backbone", "locate_backbone_weights"]
 
+
 def backbone_node(ref: Any, owner: str = "backbone") -> dict:
     """``ref`` (a name or a node) as a node ``{name: ..., **own_keys}``.
 
@@ -41,7 +42,9 @@ def backbone_node(ref: Any, owner: str = "backbone") -> dict:
             raise ConfigError(f"{owner}: backbone node {node!r} has no 'name'")
         clash = [k for k in BACKBONE_KEYS if k in node]
         if clash:
-            raise ConfigError(f"{owner}: key {clash[0]!r} goes beside 'backbone', not inside it (e.g. teacher.{clash[0]}=...)")
+            raise ConfigError(
+                f"{owner}: key {clash[0]!r} goes beside 'backbone', not inside it (e.g. teacher.{clash[0]}=...)"
+            )
         return node
     raise ConfigError(f"{owner}: backbone must be a name or a {{name: ..., ...}} node, got {type(ref).__name__}")
 
@@ -54,8 +57,15 @@ def backbone_key(ref: Any) -> str:
     return json.dumps(node, sort_keys=True, default=str)
 
 
-def create_backbone(ref: Any, *, weights: str | os.PathLike | None = None, tiny: bool = False,
-                    pretrained: bool = True, device: Any = "cpu", owner: str = "backbone") -> Backbone:
+def create_backbone(
+    ref: Any,
+    *,
+    weights: str | os.PathLike | None = None,
+    tiny: bool = False,
+    pretrained: bool = True,
+    device: Any = "cpu",
+    owner: str = "backbone",
+) -> Backbone:
     """Build the backbone ``ref`` names through the registry (what ``fulcra.create("backbones", ...)``
     does, with errors prefixed by ``owner``, e.g. ``"teachers plugin 'probed'"``).
 

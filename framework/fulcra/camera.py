@@ -45,10 +45,10 @@ class Camera:
     def center(self) -> torch.Tensor:  # [3]
         return self.camtoworld[:3, 3]
 
-    def to(self, device: torch.device | str) -> "Camera":
+    def to(self, device: torch.device | str) -> Camera:
         return replace(self, viewmat=self.viewmat.to(device), K=self.K.to(device))
 
-    def scaled(self, width: int, height: int) -> "Camera":
+    def scaled(self, width: int, height: int) -> Camera:
         """The same camera rendering at another resolution (intrinsics rescaled)."""
         sx, sy = width / self.width, height / self.height
         K = self.K.clone()

@@ -43,8 +43,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = [[r["kind"], r["name"], r["distribution"] or "-", "yes" if r["available"] else "no",
-              r["summary"] if r["available"] else r["reason"]] for r in rows]
+    table = [
+        [
+            r["kind"],
+            r["name"],
+            r["distribution"] or "-",
+            "yes" if r["available"] else "no",
+            r["summary"] if r["available"] else r["reason"],
+        ]
+        for r in rows
+    ]
     _print_table(table, ["kind", "name", "distribution", "available", "summary / reason"])
     return 0
 
@@ -76,7 +84,7 @@ def cmd_plugins_show(args: argparse.Namespace) -> int:
             print(f"  {p.name}: {p.type_name}{kind_note} = {default}")
             if p.help:
                 print(f"      {p.help}")
-    presets = (registry.catalogue()["presets"].get(kind) or {})
+    presets = registry.catalogue()["presets"].get(kind) or {}
     mine = [k for k, v in presets.items() if isinstance(v, dict) and v.get("name") == args.name]
     if mine:
         print(f"\npresets: {', '.join(mine)}")
@@ -88,8 +96,10 @@ def _show_preset(kind: str, name: str, preset) -> int:
     from .config import to_yaml
 
     values = dict(preset)
-    print(f"{kind}/{name}: preset of {kind} plugin {values.get('name')!r} (registry.yaml); "
-          f"use it as {kind.rstrip('s')}={name} and override any key")
+    print(
+        f"{kind}/{name}: preset of {kind} plugin {values.get('name')!r} (registry.yaml); "
+        f"use it as {kind.rstrip('s')}={name} and override any key"
+    )
     print(to_yaml(values), end="")
     return 0
 
@@ -109,12 +119,18 @@ def _recipe_help(source: str) -> int:
     values = OmegaConf.to_container(cfg, resolve=True)
     print("\nkeys (value in this recipe):")
     print("  out: path = runs/<recipe>   output folder; a rerun reuses what is unchanged")
-    print(f"  seed: int = {common.get('seed', 0)}   device: str = {common.get('device', 'auto')}   hooks: list = {list(common.get('hooks', ['progress', 'jsonl']))}")
+    print(
+        f"  seed: int = {common.get('seed', 0)}   device: str = {common.get('device', 'auto')}   hooks: list = {list(common.get('hooks', ['progress', 'jsonl']))}"
+    )
     for p in config.plugin_params(registry.load_plugin("workflows", name)):
         v = values.get(p.name, p.default)
         node = {"name": v} if p.kind and isinstance(v, str) else v
         if p.kind and isinstance(node, dict) and "name" in node:
-            print(f"  {p.name}: {p.kind} plugin = {node['name']}   ({p.help})" if p.help else f"  {p.name}: {p.kind} plugin = {node['name']}")
+            print(
+                f"  {p.name}: {p.kind} plugin = {node['name']}   ({p.help})"
+                if p.help
+                else f"  {p.name}: {p.kind} plugin = {node['name']}"
+            )
             try:
                 sub = config.plugin_params(registry.load_plugin(p.kind, str(node["name"])))
             except Exception as exc:  # a plugin that cannot load here: say why, keep listing
@@ -147,8 +163,16 @@ def cmd_config(args: argparse.Namespace) -> int:
     from .runner import prepare
 
     name, cfg, common = prepare(args.source, args.overrides)
-    print(to_yaml({"workflow": name, **{k: v for k, v in common.items() if k != "workflow"},
-                   **OmegaConf.to_container(cfg, resolve=True)}), end="")
+    print(
+        to_yaml(
+            {
+                "workflow": name,
+                **{k: v for k, v in common.items() if k != "workflow"},
+                **OmegaConf.to_container(cfg, resolve=True),
+            }
+        ),
+        end="",
+    )
     return 0
 
 
@@ -157,11 +181,25 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
     recipes = catalogue()["recipes"]
     if args.json:
-        print(json.dumps([{"recipe": k, "workflow": v.get("workflow"), "description": v.get("description", ""),
-                           "extends": v.get("extends")} for k, v in sorted(recipes.items())], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "recipe": k,
+                        "workflow": v.get("workflow"),
+                        "description": v.get("description", ""),
+                        "extends": v.get("extends"),
+                    }
+                    for k, v in sorted(recipes.items())
+                ],
+                indent=2,
+            )
+        )
         return 0
-    _print_table([[k, str(v.get("workflow", "?")), str(v.get("description", ""))] for k, v in sorted(recipes.items())],
-                 ["recipe", "workflow", "description"])
+    _print_table(
+        [[k, str(v.get("workflow", "?")), str(v.get("description", ""))] for k, v in sorted(recipes.items())],
+        ["recipe", "workflow", "description"],
+    )
     return 0
 
 
@@ -222,7 +260,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="fulcra", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fulcra", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"fulcra {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks (same as FULCRA_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -234,9 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_plugins)
 
-    p = sub.add_parser("run", help="run a recipe or config file with key=value overrides",
-                       description="Run a recipe (see `fulcra recipes`) or a YAML config with key=value overrides; "
-                                   "`fulcra run RECIPE --help` lists the recipe's keys.")
+    p = sub.add_parser(
+        "run",
+        help="run a recipe or config file with key=value overrides",
+        description="Run a recipe (see `fulcra recipes`) or a YAML config with key=value overrides; "
+        "`fulcra run RECIPE --help` lists the recipe's keys.",
+    )
     p.add_argument("source", help="a recipe name or a YAML config file")
     p.add_argument("overrides", nargs="*", help="key=value overrides (out=DIR, seed=N, a.b=c, ...)")
     p.set_defaults(fn=cmd_run)

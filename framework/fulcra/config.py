@@ -66,7 +66,9 @@ class Param:
         if value is None:
             return
         if self.choices is not None and value not in self.choices:
-            raise ConfigError(f"{owner}: key {self.name!r} must be one of {', '.join(map(repr, self.choices))}, got {value!r}")
+            raise ConfigError(
+                f"{owner}: key {self.name!r} must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
+            )
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if self.minimum is not None and value < self.minimum:
                 raise ConfigError(f"{owner}: key {self.name!r} must be >= {self.minimum}, got {value!r}")
@@ -106,7 +108,7 @@ def _hints(fn: Any) -> dict[str, Any]:
         return {}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _params_cached(obj: Any) -> tuple[tuple[Param, ...], bool]:
     cfg = getattr(obj, "Config", None)
     if cfg is not None and dataclasses.is_dataclass(cfg):
@@ -116,8 +118,17 @@ def _params_cached(obj: Any) -> tuple[tuple[Param, ...], bool]:
             default, required = _field_default(f)
             md = f.metadata
             out.append(
-                Param(f.name, hints.get(f.name, Any), default, required, md.get("help", ""), md.get("kind"),
-                      md.get("min"), md.get("max"), tuple(md["choices"]) if "choices" in md else None)
+                Param(
+                    f.name,
+                    hints.get(f.name, Any),
+                    default,
+                    required,
+                    md.get("help", ""),
+                    md.get("kind"),
+                    md.get("min"),
+                    md.get("max"),
+                    tuple(md["choices"]) if "choices" in md else None,
+                )
             )
         return tuple(out), False
     fn = obj.__init__ if inspect.isclass(obj) else obj
@@ -137,8 +148,15 @@ def _params_cached(obj: Any) -> tuple[tuple[Param, ...], bool]:
             continue
         if p.kind is p.VAR_POSITIONAL:
             continue
-        out.append(Param(p.name, hints.get(p.name, Any), None if p.default is _EMPTY else p.default, p.default is _EMPTY,
-                         helps.get(p.name, "")))
+        out.append(
+            Param(
+                p.name,
+                hints.get(p.name, Any),
+                None if p.default is _EMPTY else p.default,
+                p.default is _EMPTY,
+                helps.get(p.name, ""),
+            )
+        )
     return tuple(out), var_kw
 
 
@@ -158,7 +176,7 @@ def _docstring_args(obj: Any) -> dict[str, str]:
         except StopIteration:
             continue
         indent, names = None, []
-        for line in lines[start + 1:]:
+        for line in lines[start + 1 :]:
             if not line.strip():
                 continue
             ind = len(line) - len(line.lstrip())
@@ -192,7 +210,7 @@ def _plain(value: Any) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _field_schema(name: str, annotation: Any) -> Any:
     """A one-field structured config used to check and coerce a value, or None if OmegaConf can't type it."""
     try:
@@ -276,7 +294,7 @@ def normalize_node(kind: str, node: Any) -> dict:
     if preset_name is not None:
         base = registry.preset(kind, preset_name)
         if base is None:
-            known = sorted((registry.catalogue()["presets"].get(kind) or {}))
+            known = sorted(registry.catalogue()["presets"].get(kind) or {})
             close = difflib.get_close_matches(preset_name, known, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown {kind} preset {preset_name!r}{hint}")
@@ -395,7 +413,9 @@ def load_run_config(source: str | Mapping | None, overrides: Iterable[str] = ())
         elif source in registry.discover()["workflows"]:  # a bare workflow with its defaults
             raw = {"workflow": source}
         else:
-            close = difflib.get_close_matches(source, list(recipes) + list(registry.discover()["workflows"]), n=3, cutoff=0.5)
+            close = difflib.get_close_matches(
+                source, list(recipes) + list(registry.discover()["workflows"]), n=3, cutoff=0.5
+            )
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(
                 f"{source!r} is neither a recipe, a workflow nor a config file{hint} "
@@ -450,7 +470,9 @@ def _workflow_config(cls: Any, name: str, raw: Mapping[str, Any]) -> DictConfig:
             key = getattr(exc, "full_key", None) or "?"
             raise ConfigError(f"{owner}: bad value for key {key!r}: {str(exc).splitlines()[0]}") from exc
     else:
-        validate_params(owner, cls, {k: v for k, v in values.items() if by_name.get(k) is None or by_name[k].kind is None})
+        validate_params(
+            owner, cls, {k: v for k, v in values.items() if by_name.get(k) is None or by_name[k].kind is None}
+        )
         cfg = OmegaConf.create(values)
     OmegaConf.set_struct(cfg, True)
     return cfg

@@ -38,7 +38,9 @@ class HookSpecs:
         """
 
     @hookspec
-    def fulcra_step(self, workflow: str, step: int, metrics: Mapping[str, float], total: int | None, stage: str | None) -> None:
+    def fulcra_step(
+        self, workflow: str, step: int, metrics: Mapping[str, float], total: int | None, stage: str | None
+    ) -> None:
         """One optimisation or processing step finished.
 
         Args:
@@ -120,7 +122,9 @@ def _instantiate(name: str, obj: Any, out: Path | None) -> Any:
     return obj(out=out) if "out" in params else obj()
 
 
-def make_hook_relay(names: Iterable[Any] = (), workflow: str = "", out: Path | None = None, enabled: bool = True) -> HookRelay:
+def make_hook_relay(
+    names: Iterable[Any] = (), workflow: str = "", out: Path | None = None, enabled: bool = True
+) -> HookRelay:
     """Build a relay with the named hook plugins (entry-point names, ``module:attr`` or objects).
 
     Raises:

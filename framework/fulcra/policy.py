@@ -64,9 +64,15 @@ class Policy:
         magnitude_mode: ``"smoothed_uniform"`` (SLACK) or ``"fixed"`` (magnitude = μ, as RandAugment).
     """
 
-    def __init__(self, ops: Sequence[str], logits: torch.Tensor, mu: torch.Tensor,
-                 ranges: Mapping[str, Sequence[float] | None] | None = None, sigma: float = SIGMA,
-                 magnitude_mode: str = "smoothed_uniform"):
+    def __init__(
+        self,
+        ops: Sequence[str],
+        logits: torch.Tensor,
+        mu: torch.Tensor,
+        ranges: Mapping[str, Sequence[float] | None] | None = None,
+        sigma: float = SIGMA,
+        magnitude_mode: str = "smoothed_uniform",
+    ):
         self.ops = [str(o) for o in ops]
         self.logits = torch.as_tensor(logits, dtype=torch.float32).clone()
         self.mu = torch.as_tensor(mu, dtype=torch.float32).clone()
@@ -75,8 +81,11 @@ class Policy:
             raise ValueError(f"logits must be [K, {n}], got {tuple(self.logits.shape)}")
         if self.mu.shape != (n,):
             raise ValueError(f"mu must be [{n}], got {tuple(self.mu.shape)}")
-        self.ranges = {o: (None if (ranges or {}).get(o, None) is None else [float(v) for v in ranges[o]])
-                       for o in self.ops} if ranges is not None else {o: None for o in self.ops}
+        self.ranges = (
+            {o: (None if (ranges or {}).get(o, None) is None else [float(v) for v in ranges[o]]) for o in self.ops}
+            if ranges is not None
+            else {o: None for o in self.ops}
+        )
         self.sigma = float(sigma)
         if magnitude_mode not in ("smoothed_uniform", "fixed"):
             raise ValueError(f"magnitude_mode must be 'smoothed_uniform' or 'fixed', got {magnitude_mode!r}")
@@ -84,8 +93,13 @@ class Policy:
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
-    def uniform(cls, ops: Sequence[str], num_stages: int = 3, mu: float = 0.75,
-                ranges: Mapping[str, Sequence[float] | None] | None = None) -> "Policy":
+    def uniform(
+        cls,
+        ops: Sequence[str],
+        num_stages: int = 3,
+        mu: float = 0.75,
+        ranges: Mapping[str, Sequence[float] | None] | None = None,
+    ) -> Policy:
         """SLACK's initialisation: uniform π over the ``ops`` at each stage, every μ at ``mu``.
 
         Without ``ranges`` the bundled ops' default ranges are used (``None`` for parameter-free ops).
@@ -111,12 +125,13 @@ class Policy:
         """``[K, N]`` stage probabilities ``softmax(π)``."""
         return torch.softmax(self.logits.detach(), dim=-1)
 
-    def clone(self) -> "Policy":
+    def clone(self) -> Policy:
         return Policy(self.ops, self.logits.detach(), self.mu.detach(), self.ranges, self.sigma, self.magnitude_mode)
 
     # --- sampling and densities -------------------------------------------------------------------
-    def sample(self, batch: int, generator: torch.Generator | None = None,
-               device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw ``batch`` composite augmentations.
 
         Returns:
@@ -124,7 +139,11 @@ class Policy:
             uniform draws; ops clamp them to [0, 1]). All randomness comes from ``generator``,
             which must live on ``device`` (default: the generator's device, else CPU).
         """
-        device = torch.device(device) if device is not None else (generator.device if generator is not None else torch.device("cpu"))
+        device = (
+            torch.device(device)
+            if device is not None
+            else (generator.device if generator is not None else torch.device("cpu"))
+        )
         p = self.probs().to(device)
         K = self.num_stages
         u = torch.rand(batch, K, generator=generator, device=device)
@@ -139,8 +158,13 @@ class Policy:
             mags = mags + self.sigma * torch.randn(batch, K, generator=generator, device=device)
         return idx.contiguous(), mags
 
-    def log_prob(self, op_index: torch.Tensor, magnitude: torch.Tensor,
-                 logits: torch.Tensor | None = None, mu: torch.Tensor | None = None) -> torch.Tensor:
+    def log_prob(
+        self,
+        op_index: torch.Tensor,
+        magnitude: torch.Tensor,
+        logits: torch.Tensor | None = None,
+        mu: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``log p_φ(τ)`` of sampled augmentations, differentiable in ``logits`` and ``mu``.
 
         Args:
@@ -183,8 +207,10 @@ class Policy:
         """The policy's ``N`` ops, built through the registry with this policy's value ranges."""
         from .config import create
 
-        return [create("augmentations", o, **({"value_range": list(r)} if (r := self.ranges.get(o)) is not None else {}))
-                for o in self.ops]
+        return [
+            create("augmentations", o, **({"value_range": list(r)} if (r := self.ranges.get(o)) is not None else {}))
+            for o in self.ops
+        ]
 
     def augmenter(self, applier: str = "composite"):
         """A :class:`~fulcra.interfaces.PolicyApplier` (an ``appliers`` plugin, by name) over this
@@ -194,8 +220,7 @@ class Policy:
 
         return load_plugin("appliers", applier)(self.build_ops())
 
-    def augment(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                augmenter=None) -> torch.Tensor:
+    def augment(self, images: torch.Tensor, generator: torch.Generator | None = None, augmenter=None) -> torch.Tensor:
         """Augment a batch ``[B, C, H, W]`` (uint8 or float), one composite augmentation per image."""
         aug = augmenter or self.augmenter()
         idx, mags = self.sample(images.shape[0], generator, images.device)
@@ -232,7 +257,7 @@ class Policy:
         return path
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> "Policy":
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> Policy:
         for key in ("ops", "probs", "mu"):
             if key not in d:
                 raise FormatError(f"{source}: missing field '{key}'")
@@ -261,7 +286,7 @@ class Policy:
         return cls(ops, logits, mu, ranges, float(d.get("sigma", SIGMA)), mode)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Policy":
+    def load(cls, path: str | Path) -> Policy:
         """Read a policy file written by :meth:`save`; a malformed file raises ``FormatError``."""
         path = Path(path)
         try:

@@ -13,18 +13,13 @@ import functools
 import importlib
 import inspect
 import os
-import sys
 from dataclasses import dataclass
+from importlib import metadata as _md
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import DuplicatePluginError, MissingDependencyError, PluginLoadError, UnknownPluginError
 from .interfaces import KINDS
-
-if sys.version_info >= (3, 10):
-    from importlib import metadata as _md
-else:  # pragma: no cover
-    import importlib_metadata as _md
 
 __all__ = [
     "PluginSpec",
@@ -67,7 +62,7 @@ def resolve_kind(kind: str) -> str:
     """Accept ``augmentations``, ``fulcra.augmentations`` or a singular like ``augmentation``."""
     if kind in KINDS:
         return kind
-    k = kind[len("fulcra."):] if kind.startswith("fulcra.") else kind
+    k = kind[len("fulcra.") :] if kind.startswith("fulcra.") else kind
     for cand in (k, k + "s", k + "es"):
         if cand in KINDS:
             return cand
@@ -111,7 +106,7 @@ def discover() -> dict[str, dict[str, list[PluginSpec]]]:
         for ep in dist.entry_points:
             if not ep.group.startswith("fulcra."):
                 continue
-            kind = ep.group[len("fulcra."):]
+            kind = ep.group[len("fulcra.") :]
             if kind not in found:
                 continue
             key = (kind, ep.name, dist_name or "")
@@ -145,7 +140,17 @@ def plugin_specs(kind: str | None = None) -> list[PluginSpec]:
                 out.extend(found[k][name])
             else:
                 meta = cat[k][name]
-                out.append(PluginSpec(k, name, meta.get("entry_point", ""), None, meta.get("extra"), meta.get("summary", ""), installed=False))
+                out.append(
+                    PluginSpec(
+                        k,
+                        name,
+                        meta.get("entry_point", ""),
+                        None,
+                        meta.get("extra"),
+                        meta.get("summary", ""),
+                        installed=False,
+                    )
+                )
     return out
 
 
@@ -153,7 +158,7 @@ def _extra_hint(extra: str | None) -> str:
     return f"pip install 'fulcra[{extra}]'" if extra else "pip install fulcra"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_value(value: str, kind: str, name: str, dist: str | None, extra: str | None) -> Any:
     module_name, _, attr = value.partition(":")
     where = f"{kind} plugin {name!r} ({value}" + (f", from {dist})" if dist else ")")
@@ -208,16 +213,16 @@ def load_plugin(kind: str, name: str) -> Any:
         return obj
     found = discover()[kind].get(name)
     if not found:
-        cat = (catalogue()["plugins"].get(kind) or {})
+        cat = catalogue()["plugins"].get(kind) or {}
         if name in cat:
             extra = cat[name].get("extra")
-            raise MissingDependencyError(
-                f"{kind} plugin {name!r} is not installed: {_extra_hint(extra)}", extra=extra
-            )
+            raise MissingDependencyError(f"{kind} plugin {name!r} is not installed: {_extra_hint(extra)}", extra=extra)
         known = sorted(set(discover()[kind]) | set(cat))
         close = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
         others = [
-            f"{k}/{name}" for k in KINDS if k != kind and (name in discover()[k] or name in (catalogue()["plugins"].get(k) or {}))
+            f"{k}/{name}"
+            for k in KINDS
+            if k != kind and (name in discover()[k] or name in (catalogue()["plugins"].get(k) or {}))
         ]
         msg = f"unknown {kind} plugin {name!r}"
         if close:

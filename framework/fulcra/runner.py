@@ -11,9 +11,9 @@ from omegaconf import OmegaConf
 
 from . import config as _config
 from . import registry
-from .errors import ConfigError
 from .engine import dist
 from .engine.core import atomic_write_text, seed_everything, select_device
+from .errors import ConfigError
 from .hooks import make_hook_relay
 from .interfaces import RunContext
 
@@ -29,7 +29,9 @@ def prepare(source: str | Mapping | None, overrides: Iterable[str] = ()) -> tupl
 
 
 def _default_out(source: Any, workflow: str) -> Path:
-    label = source if isinstance(source, str) and "/" not in source and not source.endswith((".yaml", ".yml")) else workflow
+    label = (
+        source if isinstance(source, str) and "/" not in source and not source.endswith((".yaml", ".yml")) else workflow
+    )
     return Path("runs") / f"{Path(str(label)).stem}"
 
 
@@ -50,8 +52,10 @@ def _out_dir(common: Mapping, source: Any, workflow: str) -> Path:
         except Exception:  # an unreadable config.yaml is not a reason to refuse
             other = None
         if other and other != workflow:
-            raise ConfigError(f"key 'out': {out} holds a {other!r} run (config.yaml); choose another out= "
-                              f"for this {workflow!r} run, or delete that folder")
+            raise ConfigError(
+                f"key 'out': {out} holds a {other!r} run (config.yaml); choose another out= "
+                f"for this {workflow!r} run, or delete that folder"
+            )
     return out
 
 
@@ -71,8 +75,13 @@ def run(source: str | Mapping | None, overrides: Iterable[str] = (), *, hooks: I
     relay = make_hook_relay(hook_names, workflow=name, out=out, enabled=dist.rank() == 0)
     if dist.rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
-        resolved = {"workflow": name, "out": str(out), "seed": seed, "device": str(device),
-                    **OmegaConf.to_container(cfg, resolve=True)}
+        resolved = {
+            "workflow": name,
+            "out": str(out),
+            "seed": seed,
+            "device": str(device),
+            **OmegaConf.to_container(cfg, resolve=True),
+        }
         atomic_write_text(_config.to_yaml(resolved), out / "config.yaml")
     dist.barrier()
     seed_everything(seed)

@@ -49,8 +49,14 @@ __all__ = [
 ]
 
 
-def tiny_images(b: int = 2, h: int = 16, w: int = 16, dtype: torch.dtype = torch.float32, seed: int = 0,
-                device: str | torch.device = "cpu") -> torch.Tensor:
+def tiny_images(
+    b: int = 2,
+    h: int = 16,
+    w: int = 16,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
     """``[b, 3, h, w]`` random images: float in [0, 1] or uint8 in [0, 255]."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(b, 3, h, w, generator=g)
@@ -129,8 +135,9 @@ def check_scene(scene: Any, dim: int = 3, camera: Camera | None = None) -> None:
     name = type(scene).__name__
     n = scene.num_primitives
     pos = getattr(scene, "positions", None)
-    assert isinstance(pos, torch.Tensor) and tuple(pos.shape) == (n, 3), \
+    assert isinstance(pos, torch.Tensor) and tuple(pos.shape) == (n, 3), (
         f"{name}: positions must be a [N={n}, 3] tensor, got {None if pos is None else list(getattr(pos, 'shape', []))}"
+    )
     cam = camera or _scene_camera(scene)
     g = torch.Generator().manual_seed(0)
     dev = getattr(scene, "device", torch.device("cpu"))
@@ -169,9 +176,12 @@ def check_editable_scene(scene: Any, camera: Camera | None = None, tmp_dir: str 
     keep = torch.zeros(n, dtype=torch.bool)
     keep[: max(1, n // 2)] = True
     sub = scene.subset(keep.to(getattr(scene, "device", "cpu")))
-    assert sub.num_primitives == int(keep.sum()), f"{name}: subset kept {sub.num_primitives} of {int(keep.sum())} primitives"
-    assert torch.allclose(torch.as_tensor(sub.positions).cpu(), torch.as_tensor(scene.positions).cpu()[keep]), \
+    assert sub.num_primitives == int(keep.sum()), (
+        f"{name}: subset kept {sub.num_primitives} of {int(keep.sum())} primitives"
+    )
+    assert torch.allclose(torch.as_tensor(sub.positions).cpu(), torch.as_tensor(scene.positions).cpu()[keep]), (
         f"{name}: subset changed the positions or their order"
+    )
     dev = getattr(scene, "device", torch.device("cpu"))
     ones = sub.render(torch.ones(sub.num_primitives, 1, device=dev), cam)
     assert ones.shape == (cam.height, cam.width, 1), f"{name}: the subset renders {list(ones.shape)}"
@@ -206,7 +216,9 @@ def check_adjoint_scene(scene: Any, camera: Camera | None = None, dim: int = 3) 
         adj = scene.render_adjoint(img, cam)
     assert adj.shape == (scene.num_primitives, dim), f"{name}: render_adjoint gave {list(adj.shape)}"
     rhs = float((f * adj).sum())
-    assert abs(lhs - rhs) <= 1e-3 * max(1.0, abs(lhs)), f"{name}: render_adjoint is not the transpose of render ({lhs} vs {rhs})"
+    assert abs(lhs - rhs) <= 1e-3 * max(1.0, abs(lhs)), (
+        f"{name}: render_adjoint is not the transpose of render ({lhs} vs {rhs})"
+    )
 
 
 def check_rgb_scene(scene: Any, camera: Camera | None = None) -> None:
@@ -214,7 +226,9 @@ def check_rgb_scene(scene: Any, camera: Camera | None = None) -> None:
     name = type(scene).__name__
     cam = camera or _scene_camera(scene)
     rgb = scene.render_rgb(cam)
-    assert rgb.shape == (cam.height, cam.width, 3) and torch.isfinite(rgb).all(), f"{name}: render_rgb gave {list(rgb.shape)}"
+    assert rgb.shape == (cam.height, cam.width, 3) and torch.isfinite(rgb).all(), (
+        f"{name}: render_rgb gave {list(rgb.shape)}"
+    )
 
 
 def check_fittable_extractor(ext: Any, size: int = 28) -> None:
@@ -244,7 +258,9 @@ def check_caching_extractor(ext: Any, size: int = 20, tmp_dir: str | Path | None
     before = ext.cache_dir
     with tempfile.TemporaryDirectory(dir=tmp_dir) as d:
         ext.set_cache(d)
-        assert ext.cache_dir is not None and Path(ext.cache_dir) == Path(d), f"{name}: cache_dir is {ext.cache_dir!r} after set_cache({d!r})"
+        assert ext.cache_dir is not None and Path(ext.cache_dir) == Path(d), (
+            f"{name}: cache_dir is {ext.cache_dir!r} after set_cache({d!r})"
+        )
         first = ext(x, **kw)
         assert any(Path(d).rglob("*")), f"{name}: set_cache({d!r}) but nothing was written there"
         again = ext(x, **kw)
@@ -341,19 +357,27 @@ def check_backbone(bb: Any) -> None:
     xn = bb.normalize(x)
     assert xn.shape == x.shape and xn.is_floating_point(), f"{name}: normalize gave {xn.dtype} {list(xn.shape)}"
     xu = bb.normalize(tiny_images(2, 3 * p, 2 * p, dtype=torch.uint8, device=dev))
-    assert torch.allclose(xu, bb.normalize(torch.round(x * 255) / 255), atol=1e-4), f"{name}: normalize(uint8) != normalize(uint8 / 255)"
+    assert torch.allclose(xu, bb.normalize(torch.round(x * 255) / 255), atol=1e-4), (
+        f"{name}: normalize(uint8) != normalize(uint8 / 255)"
+    )
     bb.eval()
     with torch.no_grad():
         out = bb.forward_tokens(xn, n_last=n)
         again = bb.forward_tokens(xn, n_last=n)
         one = bb.forward_tokens(xn[:1], n_last=n)
-    assert isinstance(out, dict) and set(out) >= {"cls", "patch"}, f"{name}: forward_tokens must return {{'cls', 'patch'}}"
+    assert isinstance(out, dict) and set(out) >= {"cls", "patch"}, (
+        f"{name}: forward_tokens must return {{'cls', 'patch'}}"
+    )
     cls, patch = out["cls"], out["patch"]
-    assert isinstance(cls, (list, tuple)) and len(cls) == n, f"{name}: n_last={n} gave {len(cls) if isinstance(cls, (list, tuple)) else type(cls)} CLS entries"
+    assert isinstance(cls, (list, tuple)) and len(cls) == n, (
+        f"{name}: n_last={n} gave {len(cls) if isinstance(cls, (list, tuple)) else type(cls)} CLS entries"
+    )
     for c in cls:
         assert tuple(c.shape) == (2, D), f"{name}: a CLS entry is {list(c.shape)}, expected [2, {D}]"
         assert torch.isfinite(c).all(), f"{name}: non-finite CLS tokens"
-    assert tuple(patch.shape) == (2, D, 3, 2), f"{name}: patch tokens {list(patch.shape)} for a {3 * p}x{2 * p} input, expected [2, {D}, 3, 2]"
+    assert tuple(patch.shape) == (2, D, 3, 2), (
+        f"{name}: patch tokens {list(patch.shape)} for a {3 * p}x{2 * p} input, expected [2, {D}, 3, 2]"
+    )
     assert patch.is_floating_point() and torch.isfinite(patch).all(), f"{name}: patch tokens must be finite floats"
     assert torch.allclose(patch, again["patch"], atol=1e-5), f"{name}: forward_tokens is not deterministic in eval mode"
     assert torch.allclose(patch[:1], one["patch"], atol=1e-4), f"{name}: patch tokens depend on the batch"
@@ -403,7 +427,9 @@ def check_backbone_weights_round_trip(name: str, **params: Any) -> None:
     x = bb.normalize(tiny_images(1, 2 * p, 2 * p))
     with torch.no_grad():
         a, b = bb.eval().forward_tokens(x)["patch"], again.eval().forward_tokens(x)["patch"]
-    assert torch.allclose(a, b, atol=1e-5), f"backbones plugin {name!r}: weights saved from its state_dict() do not load back"
+    assert torch.allclose(a, b, atol=1e-5), (
+        f"backbones plugin {name!r}: weights saved from its state_dict() do not load back"
+    )
 
 
 CONFORMANCE = {
@@ -476,8 +502,13 @@ def fake_distribution(
         yield root
     finally:
         sys.path.remove(str(root))
-        for mod in [m for m in sys.modules if any(m == r.split("/")[0].removesuffix(".py") or
-                                                   m.startswith(r.split("/")[0].removesuffix(".py") + ".")
-                                                   for r in (modules or {}))]:
+        for mod in [
+            m
+            for m in sys.modules
+            if any(
+                m == r.split("/")[0].removesuffix(".py") or m.startswith(r.split("/")[0].removesuffix(".py") + ".")
+                for r in (modules or {})
+            )
+        ]:
             del sys.modules[mod]
         registry.clear_cache()

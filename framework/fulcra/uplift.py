@@ -10,7 +10,7 @@ denominator are sums over views: views shard across processes and meet in one al
 
 from __future__ import annotations
 
-from typing import Iterable, Tuple
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,9 @@ def resize_to_camera(fmap: torch.Tensor, camera: Camera) -> torch.Tensor:
     if fmap.ndim != 3:
         raise ValueError(f"feature map for camera {camera.name!r} must be [D,h,w], got {list(fmap.shape)}")
     if fmap.shape[-2:] != (camera.height, camera.width):
-        fmap = F.interpolate(fmap[None].float(), size=(camera.height, camera.width), mode="bilinear", align_corners=False)[0]
+        fmap = F.interpolate(
+            fmap[None].float(), size=(camera.height, camera.width), mode="bilinear", align_corners=False
+        )[0]
     return fmap
 
 
@@ -50,7 +52,7 @@ def adjoint(scene, images: torch.Tensor, camera: Camera) -> torch.Tensor:
 
 def uplift(
     scene,
-    views: Iterable[Tuple[Camera, torch.Tensor]],
+    views: Iterable[tuple[Camera, torch.Tensor]],
     *,
     dim_chunk: int | None = None,
     normalize: bool = True,

@@ -49,15 +49,28 @@ def hf_cached(repo: str | None, files: Sequence[str] = ()) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    for f in (*files, "model.safetensors", "open_clip_model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin"):
+    for f in (
+        *files,
+        "model.safetensors",
+        "open_clip_model.safetensors",
+        "open_clip_pytorch_model.bin",
+        "pytorch_model.bin",
+    ):
         hit = try_to_load_from_cache(repo, f)
         if isinstance(hit, str) and Path(hit).is_file():
             return Path(hit)
     return None
 
 
-def find_weights(owner: str, weights: str | os.PathLike | None = None, *, files: Sequence[str] = (), url: str = "",
-                 hf_repo: str | None = None, torch_hub: bool = False) -> Path:
+def find_weights(
+    owner: str,
+    weights: str | os.PathLike | None = None,
+    *,
+    files: Sequence[str] = (),
+    url: str = "",
+    hf_repo: str | None = None,
+    torch_hub: bool = False,
+) -> Path:
     """The local weight file for ``owner``: ``weights`` if given, else the first of ``files`` found.
 
     Args:
@@ -89,9 +102,14 @@ def find_weights(owner: str, weights: str | os.PathLike | None = None, *, files:
     if hit is not None:
         return hit
     if not files:
-        raise WeightsNotFoundError(f"{owner}: no weights given; pass weights=PATH" + (f" ({get})" if get else "") + "; fulcra never downloads weights")
+        raise WeightsNotFoundError(
+            f"{owner}: no weights given; pass weights=PATH"
+            + (f" ({get})" if get else "")
+            + "; fulcra never downloads weights"
+        )
     raise WeightsNotFoundError(
-        f"{owner}: no weights found: download {files[0]}" + (f" from {url}" if url else "")
+        f"{owner}: no weights found: download {files[0]}"
+        + (f" from {url}" if url else "")
         + f" and put it at {dirs[0] / files[0]} (or pass weights=PATH); fulcra never downloads weights"
     )
 
@@ -119,7 +137,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a malformed file for the user
-        raise FormatError(f"{p}: not a state dict readable safely ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+        raise FormatError(
+            f"{p}: not a state dict readable safely ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from exc
     for key in ("model", "state_dict", "teacher", "module"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -129,7 +149,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     for k, v in sd.items():
         for prefix in ("module.", "backbone.", "_orig_mod."):
             if k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         out[k] = v
     return out
 

@@ -71,7 +71,11 @@ class ProgressHook:
         if stage != self._stage or now - self._last >= self.min_interval or (total and step >= total):
             self._stage, self._last = stage, now
             of = f"/{total}" if total else ""
-            print(f"[fulcra] {workflow} {stage or ''} step {step}{of} {text}".replace("  ", " "), file=sys.stderr, flush=True)
+            print(
+                f"[fulcra] {workflow} {stage or ''} step {step}{of} {text}".replace("  ", " "),
+                file=sys.stderr,
+                flush=True,
+            )
 
     @hookimpl
     def fulcra_evaluate(self, workflow, metrics, step, stage) -> None:

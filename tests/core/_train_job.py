@@ -37,9 +37,22 @@ class Slow:
 def main():
     ckpt, out = sys.argv[1], sys.argv[2]
     model, data = build()
-    trainer = Trainer(model, data, loss_fn, epochs=4, batch_size=8, lr=0.05, optimizer="sgd", momentum=0.9,
-                      warmup_steps=3, seed=7, ckpt_path=ckpt, ckpt_every=5, batch_transform=noisy,
-                      hooks=Slow() if "--slow" in sys.argv else None)
+    trainer = Trainer(
+        model,
+        data,
+        loss_fn,
+        epochs=4,
+        batch_size=8,
+        lr=0.05,
+        optimizer="sgd",
+        momentum=0.9,
+        warmup_steps=3,
+        seed=7,
+        ckpt_path=ckpt,
+        ckpt_every=5,
+        batch_transform=noisy,
+        hooks=Slow() if "--slow" in sys.argv else None,
+    )
     trainer.fit()
     torch.save(model.state_dict(), out)
 

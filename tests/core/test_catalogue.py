@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
-from fulcra import registry
-from fulcra import create
+from fulcra import create, registry
 from fulcra.errors import DataNotFoundError, MissingDependencyError, WeightsNotFoundError
 from fulcra.interfaces import KINDS
 from fulcra.testing import CONFORMANCE
@@ -20,16 +19,22 @@ CATALOGUE = registry.catalogue()
 
 def _pyproject_plugins() -> dict:
     eps = PYPROJECT["project"].get("entry-points", {})
-    return {(g[len("fulcra."):], n): v for g, table in eps.items() if g.startswith("fulcra.") for n, v in table.items()}
+    return {
+        (g[len("fulcra.") :], n): v for g, table in eps.items() if g.startswith("fulcra.") for n, v in table.items()
+    }
 
 
 def _catalogue_plugins() -> dict:
-    return {(k, n): meta["entry_point"] for k, table in CATALOGUE["plugins"].items() for n, meta in (table or {}).items()}
+    return {
+        (k, n): meta["entry_point"] for k, table in CATALOGUE["plugins"].items() for n, meta in (table or {}).items()
+    }
 
 
 def test_catalogue_and_entry_points_agree():
     py, cat = _pyproject_plugins(), _catalogue_plugins()
-    assert set(py) == set(cat), f"only in pyproject: {sorted(set(py) - set(cat))}; only in registry.yaml: {sorted(set(cat) - set(py))}"
+    assert set(py) == set(cat), (
+        f"only in pyproject: {sorted(set(py) - set(cat))}; only in registry.yaml: {sorted(set(cat) - set(py))}"
+    )
     for key in py:
         assert py[key] == cat[key], f"{key}: pyproject says {py[key]}, registry.yaml says {cat[key]}"
 
@@ -37,7 +42,7 @@ def test_catalogue_and_entry_points_agree():
 def test_every_group_is_a_known_kind():
     for group in PYPROJECT["project"].get("entry-points", {}):
         if group.startswith("fulcra."):
-            assert group[len("fulcra."):] in KINDS, group
+            assert group[len("fulcra.") :] in KINDS, group
 
 
 def test_catalogue_entries_are_complete():
@@ -50,7 +55,9 @@ def test_catalogue_entries_are_complete():
 
 def test_recipes_name_installed_workflows():
     for name, recipe in CATALOGUE["recipes"].items():
-        assert recipe.get("workflow") in registry.discover()["workflows"], f"recipe {name}: no workflow {recipe.get('workflow')!r}"
+        assert recipe.get("workflow") in registry.discover()["workflows"], (
+            f"recipe {name}: no workflow {recipe.get('workflow')!r}"
+        )
 
 
 @pytest.mark.parametrize("kind,name", sorted(k for k in _catalogue_plugins() if k[0] in CONFORMANCE))

@@ -74,8 +74,11 @@ def test_presets_expand_and_are_overridable(monkeypatch):
 
 def test_recipes_extend_and_override(monkeypatch):
     cat = registry.catalogue()
-    monkeypatch.setitem(cat, "recipes", {"base": {"workflow": "w", "lr": 0.1, "model": {"name": "m", "d": 1}},
-                                         "child": {"extends": "base", "lr": 0.2}})
+    monkeypatch.setitem(
+        cat,
+        "recipes",
+        {"base": {"workflow": "w", "lr": 0.1, "model": {"name": "m", "d": 1}}, "child": {"extends": "base", "lr": 0.2}},
+    )
     raw = config.load_run_config("child", ["model.d=5", "epochs=3"])
     assert raw == {"workflow": "w", "lr": 0.2, "model": {"name": "m", "d": 5}, "epochs": 3}
     with pytest.raises(ConfigError, match="did you mean child"):
@@ -97,7 +100,9 @@ def test_yaml_config_file(tmp_path):
 def test_a_bare_workflow_name_runs_with_its_defaults(tmp_path):
     from fulcra.testing import fake_distribution
 
-    mods = {"wf_mod.py": "class W:\n    def __init__(self, config):\n        self.config = config\n    def run(self, ctx):\n        return {}\n"}
+    mods = {
+        "wf_mod.py": "class W:\n    def __init__(self, config):\n        self.config = config\n    def run(self, ctx):\n        return {}\n"
+    }
     with fake_distribution(tmp_path, "wf-dist", {"fulcra.workflows": {"my_wf": "wf_mod:W"}}, mods):
         assert config.load_run_config("my_wf", ["seed=3"]) == {"workflow": "my_wf", "seed": 3}
         with pytest.raises(ConfigError, match="did you mean.*my_wf"):

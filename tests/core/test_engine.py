@@ -12,8 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from fulcra.engine import (EpochSampler, atomic_save, load_checkpoint, make_optimizer, make_scheduler, mean_ci,
-                           rng_state, select_device, set_rng_state)
+from fulcra.engine import (
+    EpochSampler,
+    atomic_save,
+    load_checkpoint,
+    make_optimizer,
+    make_scheduler,
+    mean_ci,
+    rng_state,
+    select_device,
+    set_rng_state,
+)
 from fulcra.errors import ConfigError, FormatError
 
 HERE = Path(__file__).resolve().parent
@@ -112,7 +121,9 @@ def test_sigkill_and_resume_gives_identical_weights(tmp_path):
 
 
 def _ddp_worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     sys.path.insert(0, str(HERE))
     from _train_job import build, loss_fn

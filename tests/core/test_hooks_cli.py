@@ -69,12 +69,15 @@ def test_plugins_show_prints_parameters():
     assert res.returncode == 0 and "filename: str = 'metrics.jsonl'" in res.stdout
 
 
-@pytest.mark.parametrize("args,needle", [
-    (("run", "no-such-recipe"), "neither a recipe, a workflow nor a config file"),
-    (("plugins", "show", "hooks", "jsnol"), "did you mean 'jsonl'"),
-    (("plugins", "show", "scnes", "torch"), "unknown plugin kind 'scnes'"),
-    (("config", "show", "missing.yaml"), "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("run", "no-such-recipe"), "neither a recipe, a workflow nor a config file"),
+        (("plugins", "show", "hooks", "jsnol"), "did you mean 'jsonl'"),
+        (("plugins", "show", "scnes", "torch"), "unknown plugin kind 'scnes'"),
+        (("config", "show", "missing.yaml"), "does not exist"),
+    ],
+)
 def test_bad_input_is_one_line_and_nonzero(args, needle):
     res = _cli(*args)
     assert res.returncode != 0

@@ -3,8 +3,9 @@ and no bundled plugin package imports another one's private modules or names (``
 be replaced by a third party's distribution without touching the others."""
 
 import ast
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "framework" / "fulcra"

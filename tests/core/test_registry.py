@@ -8,7 +8,7 @@ import pytest
 
 import fulcra
 from fulcra import registry
-from fulcra.errors import (DuplicatePluginError, MissingDependencyError, PluginLoadError, UnknownPluginError)
+from fulcra.errors import DuplicatePluginError, MissingDependencyError, PluginLoadError, UnknownPluginError
 from fulcra.testing import fake_distribution
 
 OP_SOURCE = '''
@@ -57,8 +57,14 @@ def test_missing_dependency_names_the_extra(tmp_path):
 
 def test_catalogued_but_uninstalled_plugin_names_its_extra(monkeypatch):
     cat = registry.catalogue()
-    monkeypatch.setitem(cat["plugins"], "scenes", {**(cat["plugins"].get("scenes") or {}),
-                                                   "fancy": {"entry_point": "fancy:Scene", "extra": "fancy3d", "summary": ""}})
+    monkeypatch.setitem(
+        cat["plugins"],
+        "scenes",
+        {
+            **(cat["plugins"].get("scenes") or {}),
+            "fancy": {"entry_point": "fancy:Scene", "extra": "fancy3d", "summary": ""},
+        },
+    )
     with pytest.raises(MissingDependencyError, match=r"pip install 'fulcra\[fancy3d\]'"):
         fulcra.load_plugin("scenes", "fancy")
     rows = {r["name"]: r for r in registry.status("scenes")}
@@ -66,8 +72,12 @@ def test_catalogued_but_uninstalled_plugin_names_its_extra(monkeypatch):
 
 
 def test_two_distributions_claiming_one_name_are_both_named(tmp_path):
-    with fake_distribution(tmp_path / "a", "dist-alpha", {"fulcra.augmentations": {"flip": "dup_a:Flip"}}, {"dup_a.py": OP_SOURCE}):
-        with fake_distribution(tmp_path / "b", "dist-beta", {"fulcra.augmentations": {"flip": "dup_b:Flip"}}, {"dup_b.py": OP_SOURCE}):
+    with fake_distribution(
+        tmp_path / "a", "dist-alpha", {"fulcra.augmentations": {"flip": "dup_a:Flip"}}, {"dup_a.py": OP_SOURCE}
+    ):
+        with fake_distribution(
+            tmp_path / "b", "dist-beta", {"fulcra.augmentations": {"flip": "dup_b:Flip"}}, {"dup_b.py": OP_SOURCE}
+        ):
             with pytest.raises(DuplicatePluginError) as exc:
                 fulcra.load_plugin("augmentations", "flip")
     assert "dist-alpha" in str(exc.value) and "dist-beta" in str(exc.value)
@@ -115,7 +125,9 @@ def test_lazy_import_only_on_use(tmp_path):
 def test_import_fulcra_pulls_no_heavy_dependency():
     import subprocess
 
-    code = ("import sys, fulcra; fulcra.plugin_specs(); heavy = [m for m in ('timm','open_clip','diffusers','gsplat',"
-            "'segment_anything','sam2','scipy','sklearn','skimage','matplotlib','fulcra_plugins') if m in sys.modules];"
-            "print(heavy); assert not heavy, heavy")
+    code = (
+        "import sys, fulcra; fulcra.plugin_specs(); heavy = [m for m in ('timm','open_clip','diffusers','gsplat',"
+        "'segment_anything','sam2','scipy','sklearn','skimage','matplotlib','fulcra_plugins') if m in sys.modules];"
+        "print(heavy); assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -42,20 +42,41 @@ def test_used_in_a_workflow_from_a_config(example, tmp_path):
 
 def test_cli_lists_it_and_rejects_a_misspelt_key(example, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(example), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-m", "fulcra", "plugins", "--json", "--kind", "augmentations"],
-                         capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "fulcra", "plugins", "--json", "--kind", "augmentations"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     names = {r["name"]: r for r in json.loads(out.stdout)}
     assert names["checker_invert"]["distribution"] == "fulcra-example"
     cfg = tmp_path / "toy.yaml"
     cfg.write_text("workflow: toy_train\nmagnitdue: 0.3\n")
-    res = subprocess.run([sys.executable, "-m", "fulcra", "run", str(cfg), f"out={tmp_path / 'r'}"],
-                         capture_output=True, text=True, env=env)
+    res = subprocess.run(
+        [sys.executable, "-m", "fulcra", "run", str(cfg), f"out={tmp_path / 'r'}"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     assert "'magnitdue'" in lines[0] and "toy_train" in lines[0] and "did you mean 'magnitude'" in lines[0]
-    res = subprocess.run([sys.executable, "-m", "fulcra", "run", str(cfg).replace("toy", "toy"), "augmentation=checker_invret",
-                          "magnitdue=0.2"], capture_output=True, text=True, env=env)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fulcra",
+            "run",
+            str(cfg).replace("toy", "toy"),
+            "augmentation=checker_invret",
+            "magnitdue=0.2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
 
 

@@ -5,10 +5,10 @@ extractor, the listing, and the registry's errors."""
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 import fulcra
@@ -37,9 +37,15 @@ def test_listed_and_conformant(example):
 def test_registry_errors_name_the_backbone(example, tmp_path, monkeypatch):
     from fulcra.errors import ConfigError, UnknownPluginError, WeightsNotFoundError
 
-    with pytest.raises(UnknownPluginError, match=r"^teachers plugin 'probed': unknown backbones plugin 'patch_mixr'; did you mean 'patch_mixer'"):
+    with pytest.raises(
+        UnknownPluginError,
+        match=r"^teachers plugin 'probed': unknown backbones plugin 'patch_mixr'; did you mean 'patch_mixer'",
+    ):
         fulcra.create("teachers", "probed", backbone="patch_mixr", tiny=True, image_size=28)
-    with pytest.raises(ConfigError, match=r"^students plugin 'vit_small': backbones plugin 'patch_mixer': unknown key 'widht'.*did you mean 'width'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^students plugin 'vit_small': backbones plugin 'patch_mixer': unknown key 'widht'.*did you mean 'width'",
+    ):
         fulcra.create("students", "vit_small", backbone={"name": "patch_mixer", "widht": 8}, tiny=True, image_size=28)
     monkeypatch.setenv("FULCRA_WEIGHTS_DIR", str(tmp_path))
     with pytest.raises(WeightsNotFoundError, match=rf"backbone 'patch_mixer'.*patch_mixer.safetensors.*{tmp_path}"):
@@ -47,16 +53,31 @@ def test_registry_errors_name_the_backbone(example, tmp_path, monkeypatch):
 
 
 def test_teacher_and_student_on_it(example):
-    teacher = fulcra.create("teachers", "probed", backbone={"name": "patch_mixer", "width": 24}, tiny=True, n_cls=2,
-                            num_classes=3, image_size=28)
+    teacher = fulcra.create(
+        "teachers",
+        "probed",
+        backbone={"name": "patch_mixer", "width": 24},
+        tiny=True,
+        n_cls=2,
+        num_classes=3,
+        image_size=28,
+    )
     assert teacher.backbone.embed_dim == 12 and teacher.n_in == 24
     x = torch.rand(2, 3, 40, 40)
     assert teacher(teacher.prepare(x)).shape == (2, 3)
     # the teacher normalises with the backbone's own normalize (mean 0.5, std 0.25)
     prepared = teacher.prepare(torch.full((1, 3, 28, 28), 0.75))
     torch.testing.assert_close(prepared, torch.ones_like(prepared))
-    student = fulcra.create("students", "vit_small", backbone="patch_mixer", tiny=True, pretrained=False,
-                            num_classes=3, task="segmentation", image_size=28)
+    student = fulcra.create(
+        "students",
+        "vit_small",
+        backbone="patch_mixer",
+        tiny=True,
+        pretrained=False,
+        num_classes=3,
+        task="segmentation",
+        image_size=28,
+    )
     out = student(student.prepare(x))
     assert out.shape == (2, 3, 28, 28)
     out.sum().backward()
@@ -67,13 +88,36 @@ def test_distill_digits_with_it_as_teacher_and_student(example, tmp_path):
     from fulcra.runner import run
 
     out = tmp_path / "kd"
-    res = run("distill-digits", [
-        f"out={out}", "teacher.backbone=patch_mixer", "student.backbone=patch_mixer", "student.backbone.width=16",
-        "data.size=16", "data.val_fraction=0.45", "data.test_fraction=0.4", "teacher.image_size=16",
-        "student.image_size=16", "seeds=[0]", "pretrain.epochs=1", "pretrain.student_epochs=1", "probe.epochs=1",
-        "train.epochs=1", "synthetic.factor=0.1", "synthetic.batch_size=64", "plots=false",
-    ], hooks=[])
-    assert set(res["rows"]) == {"teacher_probed", "student_alone", "student_finetuned", "distilled", "distilled_synthetic"}
+    res = run(
+        "distill-digits",
+        [
+            f"out={out}",
+            "teacher.backbone=patch_mixer",
+            "student.backbone=patch_mixer",
+            "student.backbone.width=16",
+            "data.size=16",
+            "data.val_fraction=0.45",
+            "data.test_fraction=0.4",
+            "teacher.image_size=16",
+            "student.image_size=16",
+            "seeds=[0]",
+            "pretrain.epochs=1",
+            "pretrain.student_epochs=1",
+            "probe.epochs=1",
+            "train.epochs=1",
+            "synthetic.factor=0.1",
+            "synthetic.batch_size=64",
+            "plots=false",
+        ],
+        hooks=[],
+    )
+    assert set(res["rows"]) == {
+        "teacher_probed",
+        "student_alone",
+        "student_finetuned",
+        "distilled",
+        "distilled_synthetic",
+    }
     assert all(0.0 <= r["mean"] <= 1.0 for r in res["rows"].values())
     # the encoders pre-trained offline are patch_mixer state dicts (the teacher tiny: width 16)
     from safetensors.torch import load_file
@@ -87,7 +131,14 @@ def test_distill_digits_with_it_as_teacher_and_student(example, tmp_path):
 
 
 def test_dense_vit_extractor_on_it(example, tmp_path):
-    params = {"backbone": "patch_mixer", "tiny": True, "n_components": 3, "resolution": 24, "crop_size": 16, "stride": 8}
+    params = {
+        "backbone": "patch_mixer",
+        "tiny": True,
+        "n_components": 3,
+        "resolution": 24,
+        "crop_size": 16,
+        "stride": 8,
+    }
     ext = check_plugin("feature_extractors", "vit", **params)
     maps = ext(torch.rand(1, 3, 24, 36))
     assert maps.shape == (1, 3, 24, 36)
@@ -110,8 +161,28 @@ def test_uplift_command_line_with_it(example, tmp_path):
 
     scene = generate_scene(tmp_path / "scene", seed=5, width=32, height=24, n_ring=3, n_forward=0, density=0.1)
     out = tmp_path / "up"
-    assert main(["run", "uplift", f"scene.ply={scene / 'point_cloud.ply'}", f"scene.cameras={scene / 'cameras.json'}",
-                 f"scene.images={scene / 'images'}", "scene.backend=torch", "extractor=vit", "extractor.backbone=patch_mixer",
-                 "extractor.backbone.width=8", "extractor.tiny=true", "extractor.n_components=3", "extractor.resolution=24",
-                 "extractor.crop_size=16", "extractor.stride=8", "check_views=0", f"out={out}", "hooks=[]"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "uplift",
+                f"scene.ply={scene / 'point_cloud.ply'}",
+                f"scene.cameras={scene / 'cameras.json'}",
+                f"scene.images={scene / 'images'}",
+                "scene.backend=torch",
+                "extractor=vit",
+                "extractor.backbone=patch_mixer",
+                "extractor.backbone.width=8",
+                "extractor.tiny=true",
+                "extractor.n_components=3",
+                "extractor.resolution=24",
+                "extractor.crop_size=16",
+                "extractor.stride=8",
+                "check_views=0",
+                f"out={out}",
+                "hooks=[]",
+            ]
+        )
+        == 0
+    )
     assert load_file(str(out / "features.safetensors"))["features"].shape[1] == 3

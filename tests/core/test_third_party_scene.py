@@ -22,12 +22,18 @@ from fulcra.testing import check_plugin
 def scene_dir(tmp_path_factory):
     from fulcra_plugins.scenes.synthetic import generate_scene
 
-    return generate_scene(tmp_path_factory.mktemp("tp") / "scene", seed=2, width=40, height=30, n_ring=5, n_forward=0, density=0.15)
+    return generate_scene(
+        tmp_path_factory.mktemp("tp") / "scene", seed=2, width=40, height=30, n_ring=5, n_forward=0, density=0.15
+    )
 
 
 def _scene_args(scene_dir):
-    return [f"scene.ply={scene_dir / 'point_cloud.ply'}", f"scene.cameras={scene_dir / 'cameras.json'}",
-            f"scene.images={scene_dir / 'images'}", "scene.backend=point_splats"]
+    return [
+        f"scene.ply={scene_dir / 'point_cloud.ply'}",
+        f"scene.cameras={scene_dir / 'cameras.json'}",
+        f"scene.images={scene_dir / 'images'}",
+        "scene.backend=point_splats",
+    ]
 
 
 def _scribble(scene_dir, tmp_path, obj=3):
@@ -50,8 +56,21 @@ def test_the_scene_has_only_the_interface_and_conforms(example, scene_dir):
 
 def test_uplift_into_a_third_party_scene(example, scene_dir, tmp_path, capsys):
     out = tmp_path / "up"
-    assert main(["run", "uplift", *_scene_args(scene_dir), "extractor=rgb", "prune.keep=0.5", "check_views=2",
-                 f"out={out}", "hooks=[]"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "uplift",
+                *_scene_args(scene_dir),
+                "extractor=rgb",
+                "prune.keep=0.5",
+                "check_views=2",
+                f"out={out}",
+                "hooks=[]",
+            ]
+        )
+        == 0
+    )
     arrays = load_file(str(out / "features.safetensors"))
     scene = fulcra.create("scenes", "point_splats", ply=str(scene_dir / "point_cloud.ply"), device="cpu")
     assert arrays["features"].shape == (scene.num_primitives, 3) and float(arrays["weights"].max()) > 0
@@ -66,9 +85,24 @@ def test_uplift_into_a_third_party_scene(example, scene_dir, tmp_path, capsys):
 def test_segment_with_third_party_scene_and_refiner(example, scene_dir, tmp_path, capsys):
     ref, scribble = _scribble(scene_dir, tmp_path)
     out = tmp_path / "seg"
-    assert main(["run", "segment", *_scene_args(scene_dir), "extractor=rgb", "extractor.patch_size=2",
-                 "refiner=neighbour_vote", "refiner.k=6", f"prompt.view={ref}", f"prompt.scribble={scribble}",
-                 f"out={out}", "hooks=[]"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "segment",
+                *_scene_args(scene_dir),
+                "extractor=rgb",
+                "extractor.patch_size=2",
+                "refiner=neighbour_vote",
+                "refiner.k=6",
+                f"prompt.view={ref}",
+                f"prompt.scribble={scribble}",
+                f"out={out}",
+                "hooks=[]",
+            ]
+        )
+        == 0
+    )
     labels = load_file(str(scene_dir / "labels.safetensors"))["labels"]
     mask3d = np.load(out / "mask3d.npy")
     assert mask3d.dtype == bool and mask3d.shape == labels.shape and 0 < mask3d.sum() < mask3d.size
@@ -86,12 +120,27 @@ def test_segment_with_third_party_scene_and_refiner(example, scene_dir, tmp_path
 @pytest.mark.parametrize("backend", ["torch", "point_splats"])
 def test_segment_synthetic_with_third_party_refiner(example, scene_dir, tmp_path, backend):
     out = tmp_path / "bench"
-    assert main(["run", "segment-synthetic", f"scene.ply={scene_dir / 'point_cloud.ply'}", f"scene.backend={backend}",
-                 "refiner=neighbour_vote", "eval_views=2", f"out={out}", "hooks=[]"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "segment-synthetic",
+                f"scene.ply={scene_dir / 'point_cloud.ply'}",
+                f"scene.backend={backend}",
+                "refiner=neighbour_vote",
+                "eval_views=2",
+                f"out={out}",
+                "hooks=[]",
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "results.json").read_text())
     assert res["refiner"]["type"] == "NeighbourVote"
     assert res["per_object"] and all(0.0 <= v["uplift_diffusion_iou3d"] <= 1.0 for v in res["per_object"].values())
-    assert res["mean"]["uplift_diffusion_iou3d"] > (0.4 if backend == "torch" else 0.2)  # the region grown from the scribbles finds the objects
+    assert res["mean"]["uplift_diffusion_iou3d"] > (
+        0.4 if backend == "torch" else 0.2
+    )  # the region grown from the scribbles finds the objects
 
 
 def test_python_api_with_third_party_scene_and_refiner(example, scene_dir):
@@ -109,7 +158,9 @@ def test_python_api_with_third_party_scene_and_refiner(example, scene_dir):
     obj = int(torch.mode(gt[(gt > 0) & (gt < 255)]).values)
     seen = weights > 0
     centred = torch.where(seen[:, None], features - features[seen].mean(0), features)
-    sel = Selector(scene, centred, weights, refiner=fulcra.create("refiners", "neighbour_vote", k=6)).select(cams[0], gt == obj)
+    sel = Selector(scene, centred, weights, refiner=fulcra.create("refiners", "neighbour_vote", k=6)).select(
+        cams[0], gt == obj
+    )
     assert 0 < int(sel.mask3d.sum()) < scene.num_primitives
     assert float((labels[sel.mask3d] == obj).float().mean()) > 0.5
     assert sel.render(cams[1]).shape == (cams[1].height, cams[1].width)

@@ -92,6 +92,7 @@ def _worker(rank, world, port, out):
         def load():
             computed.append(i)
             return maps[i]
+
         return load
 
     f, w = fulcra.uplift(scene, [(c, lazy(i)) for i, c in enumerate(scene.cameras)])

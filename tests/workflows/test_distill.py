@@ -7,7 +7,6 @@ import pytest
 
 from fulcra.runner import run
 
-
 TINY = [
     "data.size=16",
     "data.val_fraction=0.45",
@@ -28,7 +27,13 @@ def test_distill_digits_table_and_resume(tmp_path):
     out = tmp_path / "run"
     res = run("distill-digits", [f"out={out}", *TINY], hooks=[])
     data = json.loads((out / "results.json").read_text())
-    assert set(data["rows"]) == {"teacher_probed", "student_alone", "student_finetuned", "distilled", "distilled_synthetic"}
+    assert set(data["rows"]) == {
+        "teacher_probed",
+        "student_alone",
+        "student_finetuned",
+        "distilled",
+        "distilled_synthetic",
+    }
     for row in data["rows"].values():
         assert len(row["scores"]) == 2 and 0.0 <= row["mean"] <= 1.0 and row["ci95"] >= 0.0
     assert "± " in (out / "results.md").read_text() and res["metric"] == "accuracy"
@@ -52,12 +57,19 @@ def test_distill_digits_table_and_resume(tmp_path):
 def test_distill_segmentation(tmp_path):
     out = tmp_path / "seg"
     cfg = {
-        "workflow": "distill", "out": str(out),
+        "workflow": "distill",
+        "out": str(out),
         "data": {"name": "digits_seg", "size": 28},
         "task": {"name": "semantic_segmentation"},
         "teacher": {"name": "probed_seg", "backbone": "dinov2_vits14", "tiny": True, "image_size": 28},
-        "student": {"name": "vit_small", "backbone": "dinov2_vits14", "tiny": True, "pretrained": False,
-                    "task": "segmentation", "image_size": 28},
+        "student": {
+            "name": "vit_small",
+            "backbone": "dinov2_vits14",
+            "tiny": True,
+            "pretrained": False,
+            "task": "segmentation",
+            "image_size": 28,
+        },
         "generator": {"name": "cutmix"},
         "seeds": [0],
         "rows": ["teacher_probed", "student_alone", "distilled_synthetic"],

@@ -8,9 +8,20 @@ import pytest
 from fulcra.errors import ConfigError
 from fulcra.runner import run
 
-TINY = ["data.size=10", "model.width=4", "optimizer.ops=[identity,rotate,invert,solarize]",
-        "optimizer.pretrain_steps=4", "optimizer.rounds=1", "optimizer.retrain_steps=2", "optimizer.unrolled_steps=2",
-        "optimizer.batch_size=8", "optimizer.b_aug=2", "baselines=[uniform]", "eval_seeds=1", "eval_epochs=0.1"]
+TINY = [
+    "data.size=10",
+    "model.width=4",
+    "optimizer.ops=[identity,rotate,invert,solarize]",
+    "optimizer.pretrain_steps=4",
+    "optimizer.rounds=1",
+    "optimizer.retrain_steps=2",
+    "optimizer.unrolled_steps=2",
+    "optimizer.batch_size=8",
+    "optimizer.b_aug=2",
+    "baselines=[uniform]",
+    "eval_seeds=1",
+    "eval_epochs=0.1",
+]
 
 
 class Notes:

@@ -12,7 +12,6 @@ from fulcra_plugins.slack import Slack
 from fulcra_plugins.slack.models import SmallCNN
 
 
-
 class _Hooks:
     """Records events; raises on the ``stop_at``-th checkpoint to emulate a kill mid-round."""
 
@@ -32,8 +31,17 @@ class _Hooks:
 
 
 def _slack():
-    return Slack(space="cifar", pretrain_steps=6, rounds=2, retrain_steps=3, unrolled_steps=4, batch_size=8,
-                 b_aug=2, upper_lr=50.0, checkpoint_every=2)
+    return Slack(
+        space="cifar",
+        pretrain_steps=6,
+        rounds=2,
+        retrain_steps=3,
+        unrolled_steps=4,
+        batch_size=8,
+        b_aug=2,
+        upper_lr=50.0,
+        checkpoint_every=2,
+    )
 
 
 def _data():
@@ -47,22 +55,30 @@ def _factory():
 
 def test_search_killed_mid_round_resumes_to_same_policy(tmp_path):
     train, val = _data()
-    full = _slack().search(train, val, _factory, RunContext(out=tmp_path / "a", device=torch.device("cpu"), hooks=_Hooks()))
+    full = _slack().search(
+        train, val, _factory, RunContext(out=tmp_path / "a", device=torch.device("cpu"), hooks=_Hooks())
+    )
     # kill during round 1 (the 2nd checkpoint falls inside the pre-training, later ones in the rounds)
     ctx = RunContext(out=tmp_path / "b", device=torch.device("cpu"), hooks=_Hooks(stop_at=6))
     with pytest.raises(KeyboardInterrupt):
         _slack().search(train, val, _factory, ctx)
     state = torch.load(tmp_path / "b" / "search" / "state_rank0.pt", weights_only=True)["state"]
     assert state["phase"] == "rounds" and 0 < state["j"] < 7
-    resumed = _slack().search(train, val, _factory, RunContext(out=tmp_path / "b", device=torch.device("cpu"), hooks=_Hooks()))
+    resumed = _slack().search(
+        train, val, _factory, RunContext(out=tmp_path / "b", device=torch.device("cpu"), hooks=_Hooks())
+    )
     assert torch.equal(resumed.logits, full.logits) and torch.equal(resumed.mu, full.mu)
     assert not torch.equal(full.logits, torch.zeros_like(full.logits))  # the policy did move
 
 
 def test_search_is_deterministic_for_a_seed(tmp_path):
     train, val = _data()
-    a = _slack().search(train, val, _factory, RunContext(out=tmp_path / "a", device=torch.device("cpu"), hooks=_Hooks()))
-    b = _slack().search(train, val, _factory, RunContext(out=tmp_path / "b", device=torch.device("cpu"), hooks=_Hooks()))
+    a = _slack().search(
+        train, val, _factory, RunContext(out=tmp_path / "a", device=torch.device("cpu"), hooks=_Hooks())
+    )
+    b = _slack().search(
+        train, val, _factory, RunContext(out=tmp_path / "b", device=torch.device("cpu"), hooks=_Hooks())
+    )
     assert torch.equal(a.logits, b.logits)
 
 
@@ -70,11 +86,25 @@ def test_search_workflow_outputs(tmp_path):
     from fulcra.runner import run
 
     out = tmp_path / "run"
-    cfg = {"workflow": "search", "data": {"name": "digits", "size": 12}, "model": {"name": "small_cnn", "width": 4},
-           "optimizer": {"name": "slack", "pretrain_steps": 4, "rounds": 1, "retrain_steps": 2, "unrolled_steps": 2,
-                         "batch_size": 8, "b_aug": 2},
-           "baselines": ["uniform", {"name": "trivialaugment", "variant": "ra"}], "eval_seeds": 2, "eval_epochs": 0.2,
-           "include_no_augmentation": False, "out": str(out)}
+    cfg = {
+        "workflow": "search",
+        "data": {"name": "digits", "size": 12},
+        "model": {"name": "small_cnn", "width": 4},
+        "optimizer": {
+            "name": "slack",
+            "pretrain_steps": 4,
+            "rounds": 1,
+            "retrain_steps": 2,
+            "unrolled_steps": 2,
+            "batch_size": 8,
+            "b_aug": 2,
+        },
+        "baselines": ["uniform", {"name": "trivialaugment", "variant": "ra"}],
+        "eval_seeds": 2,
+        "eval_epochs": 0.2,
+        "include_no_augmentation": False,
+        "out": str(out),
+    }
     res = run(cfg, [], hooks=[])
     pol = json.loads((out / "policy.json").read_text())
     assert set(pol) >= {"ops", "probs", "mu", "ranges"} and len(pol["probs"]) == 3

@@ -19,7 +19,9 @@ from fulcra_plugins.scenes.synthetic import generate_scene
 
 @pytest.fixture(scope="module")
 def scene_dir(tmp_path_factory):
-    return generate_scene(tmp_path_factory.mktemp("segment") / "scene", seed=2, width=64, height=48, n_ring=6, n_forward=0, density=0.2)
+    return generate_scene(
+        tmp_path_factory.mktemp("segment") / "scene", seed=2, width=64, height=48, n_ring=6, n_forward=0, density=0.2
+    )
 
 
 def _run(args):  # one intra-op thread is set for the whole suite in tests/conftest.py
@@ -38,9 +40,18 @@ def test_segment_cli_contract_and_removal(scene_dir, tmp_path):
     scribble = scribble_from_mask(_gt(scene_dir, ref.name) == obj, erode=1)
     Image.fromarray(scribble.numpy().astype(np.uint8) * 255).save(tmp_path / "scribble.png")
     out = tmp_path / "out"
-    args = ["segment", f"scene.ply={scene_dir / 'point_cloud.ply'}", f"scene.cameras={scene_dir / 'cameras.json'}",
-            f"scene.images={scene_dir / 'images'}", "scene.backend=torch", "extractor=rgb", "extractor.patch_size=2",
-            f"prompt.view={ref.name}", f"prompt.scribble={tmp_path / 'scribble.png'}", f"out={out}"]
+    args = [
+        "segment",
+        f"scene.ply={scene_dir / 'point_cloud.ply'}",
+        f"scene.cameras={scene_dir / 'cameras.json'}",
+        f"scene.images={scene_dir / 'images'}",
+        "scene.backend=torch",
+        "extractor=rgb",
+        "extractor.patch_size=2",
+        f"prompt.view={ref.name}",
+        f"prompt.scribble={tmp_path / 'scribble.png'}",
+        f"out={out}",
+    ]
     assert _run(args) == 0
     mask3d = np.load(out / "mask3d.npy")
     assert mask3d.dtype == bool and mask3d.shape == (scene.num_primitives,)
@@ -67,8 +78,14 @@ def test_segment_cli_contract_and_removal(scene_dir, tmp_path):
 
 
 def test_segment_bad_prompt_is_one_line_error(scene_dir, tmp_path, capsys):
-    args = ["segment", f"scene.ply={scene_dir / 'point_cloud.ply'}", "scene.backend=torch", "prompt.view=nope",
-            f"prompt.scribble={tmp_path / 'x.png'}", f"out={tmp_path / 'o'}"]
+    args = [
+        "segment",
+        f"scene.ply={scene_dir / 'point_cloud.ply'}",
+        "scene.backend=torch",
+        "prompt.view=nope",
+        f"prompt.scribble={tmp_path / 'x.png'}",
+        f"out={tmp_path / 'o'}",
+    ]
     assert _run(args) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert any("prompt.view" in line and "nope" in line for line in err)
@@ -76,8 +93,14 @@ def test_segment_bad_prompt_is_one_line_error(scene_dir, tmp_path, capsys):
 
 def test_segment_synthetic_ablation(scene_dir, tmp_path):
     out = tmp_path / "syn"
-    args = ["segment-synthetic", f"scene.ply={scene_dir / 'point_cloud.ply'}", "scene.backend=torch",
-            "extractor.patch_size=2", "eval_views=3", f"out={out}"]
+    args = [
+        "segment-synthetic",
+        f"scene.ply={scene_dir / 'point_cloud.ply'}",
+        "scene.backend=torch",
+        "extractor.patch_size=2",
+        "eval_views=3",
+        f"out={out}",
+    ]
     assert _run(args) == 0
     res = json.loads((out / "results.json").read_text())
     assert set(res["per_object"]) == {"red_sphere", "blue_cube", "green_cylinder", "yellow_cone"}
@@ -92,9 +115,19 @@ def _scribble_args(scene_dir, tmp_path, obj=3):
     ref = max(cams, key=lambda c: int((_gt(scene_dir, c.name) == obj).sum()))
     scribble = scribble_from_mask(_gt(scene_dir, ref.name) == obj, erode=1)
     Image.fromarray(scribble.numpy().astype(np.uint8) * 255).save(tmp_path / "scribble.png")
-    return ["segment", f"scene.ply={scene_dir / 'point_cloud.ply'}", f"scene.cameras={scene_dir / 'cameras.json'}",
-            f"scene.images={scene_dir / 'images'}", "scene.backend=torch", f"prompt.view={ref.name}",
-            f"prompt.scribble={tmp_path / 'scribble.png'}"], ref.name, scribble
+    return (
+        [
+            "segment",
+            f"scene.ply={scene_dir / 'point_cloud.ply'}",
+            f"scene.cameras={scene_dir / 'cameras.json'}",
+            f"scene.images={scene_dir / 'images'}",
+            "scene.backend=torch",
+            f"prompt.view={ref.name}",
+            f"prompt.scribble={tmp_path / 'scribble.png'}",
+        ],
+        ref.name,
+        scribble,
+    )
 
 
 @pytest.mark.parametrize("extractor, package", [("sam", "segment_anything"), ("sam2", "sam2")])
@@ -119,8 +152,16 @@ def test_segment_sam_route_with_tiny_sam(scene_dir, tmp_path, monkeypatch, extra
     base, ref_name, scribble = _scribble_args(scene_dir, tmp_path)
     out = tmp_path / "sam"
     # binarize=false: averaged probabilities, so the random model's scores are not all zero
-    args = [*base, "method=sam", f"extractor={extractor}", "extractor.tiny=true", "extractor.n_repeats=2",
-            "extractor.binarize=false", "threshold=otsu", f"out={out}"]
+    args = [
+        *base,
+        "method=sam",
+        f"extractor={extractor}",
+        "extractor.tiny=true",
+        "extractor.n_repeats=2",
+        "extractor.binarize=false",
+        "threshold=otsu",
+        f"out={out}",
+    ]
     assert _run(args) == 0
     scene, cams, _ = load_scene(scene_dir / "point_cloud.ply", backend="torch", device="cpu")
     res = json.loads((out / "results.json").read_text())
@@ -152,11 +193,14 @@ def test_segment_sam_route_with_tiny_sam(scene_dir, tmp_path, monkeypatch, extra
         assert bool(pos[xy[..., 1], xy[..., 0]].all())  # every prompt inside the reprojected positive set
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["method=sam", "extractor=rgb"], ("method=sam", "'rgb'", "prompted")),
-    (["method=diffusion", "extractor=sam"], ("'sam'", "method=sam")),
-    (["method=grabcut"], ("method", "grabcut")),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["method=sam", "extractor=rgb"], ("method=sam", "'rgb'", "prompted")),
+        (["method=diffusion", "extractor=sam"], ("'sam'", "method=sam")),
+        (["method=grabcut"], ("method", "grabcut")),
+    ],
+)
 def test_segment_method_extractor_mismatch_is_one_line_error(scene_dir, tmp_path, capsys, extra, words):
     base, _, _ = _scribble_args(scene_dir, tmp_path)
     assert _run([*base, *extra, f"out={tmp_path / 'o'}"]) != 0

@@ -12,12 +12,25 @@ from fulcra.policy import Policy, default_ranges
 def _run(tmp_path, ops):
     from fulcra.runner import run
 
-    return run("slack-digits", [
-        f"out={tmp_path / 'run'}", f"optimizer.ops=[{','.join(ops)}]", "data.size=12", "model.width=4",
-        "optimizer.pretrain_steps=6", "optimizer.rounds=1", "optimizer.retrain_steps=3", "optimizer.unrolled_steps=4",
-        "optimizer.batch_size=8", "optimizer.b_aug=2", "optimizer.upper_lr=50", "baselines=[]", "eval_seeds=1",
-        "eval_epochs=0.2",
-    ])
+    return run(
+        "slack-digits",
+        [
+            f"out={tmp_path / 'run'}",
+            f"optimizer.ops=[{','.join(ops)}]",
+            "data.size=12",
+            "model.width=4",
+            "optimizer.pretrain_steps=6",
+            "optimizer.rounds=1",
+            "optimizer.retrain_steps=3",
+            "optimizer.unrolled_steps=4",
+            "optimizer.batch_size=8",
+            "optimizer.b_aug=2",
+            "optimizer.upper_lr=50",
+            "baselines=[]",
+            "eval_seeds=1",
+            "eval_epochs=0.2",
+        ],
+    )
 
 
 def test_third_party_ops_in_a_slack_search(example, tmp_path):
@@ -39,8 +52,11 @@ def test_third_party_ops_in_a_slack_search(example, tmp_path):
 
 
 def test_default_ranges_come_from_the_plugins(example):
-    assert default_ranges(["rotate", "stripe_swap", "invert"]) == {"rotate": [0.0, 90.0], "stripe_swap": [1.0, 6.0],
-                                                                  "invert": None}
+    assert default_ranges(["rotate", "stripe_swap", "invert"]) == {
+        "rotate": [0.0, 90.0],
+        "stripe_swap": [1.0, 6.0],
+        "invert": None,
+    }
 
 
 def test_protocol_only_op_through_the_composite_matches_its_own_call(example):
@@ -55,5 +71,5 @@ def test_protocol_only_op_through_the_composite_matches_its_own_call(example):
     mags = torch.linspace(0, 1, 6).view(6, 1)
     out = comp(x, idx, mags, torch.Generator().manual_seed(0))
     for i in range(6):
-        want = op(x[i:i + 1], mags[i]) if idx[i, 0] == 1 else x[i:i + 1]
+        want = op(x[i : i + 1], mags[i]) if idx[i, 0] == 1 else x[i : i + 1]
         assert torch.equal(out[i], want[0]), i

@@ -1,8 +1,18 @@
 """What every workflow shares: devices, seeding, optimisation, checkpoints, statistics, distribution."""
 
 from . import dist
-from .core import (atomic_save, atomic_write_text, load_checkpoint, mean_ci, over_seeds, rng_state,
-                   seed_everything, select_device, select_dtype, set_rng_state)
+from .core import (
+    atomic_save,
+    atomic_write_text,
+    load_checkpoint,
+    mean_ci,
+    over_seeds,
+    rng_state,
+    seed_everything,
+    select_device,
+    select_dtype,
+    set_rng_state,
+)
 from .optim import EpochSampler, make_optimizer, make_scheduler, step_generator
 from .stages import Stage, file_identity, fingerprint
 from .trainer import Trainer, collate_batch, unwrap

@@ -14,8 +14,18 @@ import torch
 
 from ..errors import ConfigError, FormatError
 
-__all__ = ["select_device", "select_dtype", "seed_everything", "rng_state", "set_rng_state",
-           "atomic_save", "atomic_write_text", "load_checkpoint", "mean_ci", "over_seeds"]
+__all__ = [
+    "select_device",
+    "select_dtype",
+    "seed_everything",
+    "rng_state",
+    "set_rng_state",
+    "atomic_save",
+    "atomic_write_text",
+    "load_checkpoint",
+    "mean_ci",
+    "over_seeds",
+]
 
 
 def select_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -35,8 +45,15 @@ def select_device(spec: str | torch.device | None = "auto") -> torch.device:
         raise ConfigError(f"device {spec!r} is not a valid torch device") from exc
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def select_dtype(spec: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -68,8 +85,12 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -124,13 +145,45 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
     except FileNotFoundError:
         raise
     except Exception as exc:
-        raise FormatError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise FormatError(
+            f"{path}: not a loadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
 
 
 # two-sided 97.5% quantiles of Student's t for small n (df = n - 1), so scipy is not a core dependency
-_T975 = [float("nan"), 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-         2.052, 2.048, 2.045, 2.042]
+_T975 = [
+    float("nan"),
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 def _t975(df: int) -> float:

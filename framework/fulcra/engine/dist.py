@@ -9,8 +9,21 @@ from typing import Sequence, TypeVar
 import torch
 import torch.distributed as tdist
 
-__all__ = ["init_distributed", "is_distributed", "rank", "world_size", "local_rank", "barrier",
-           "all_reduce_sum", "all_reduce_max", "all_reduce_mean", "broadcast_object", "shard", "shard_indices", "destroy"]
+__all__ = [
+    "init_distributed",
+    "is_distributed",
+    "rank",
+    "world_size",
+    "local_rank",
+    "barrier",
+    "all_reduce_sum",
+    "all_reduce_max",
+    "all_reduce_mean",
+    "broadcast_object",
+    "shard",
+    "shard_indices",
+    "destroy",
+]
 
 T = TypeVar("T")
 

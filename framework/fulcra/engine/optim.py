@@ -12,12 +12,21 @@ from ..errors import ConfigError
 __all__ = ["make_optimizer", "make_scheduler", "EpochSampler", "step_generator"]
 
 
-def make_optimizer(params: Iterable, name: str = "sgd", lr: float = 0.1, weight_decay: float = 0.0,
-                   momentum: float = 0.9, nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: Iterable,
+    name: str = "sgd",
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> torch.optim.Optimizer:
     """SGD (momentum, optional Nesterov) or AdamW."""
     name = name.lower()
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov and momentum > 0)
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov and momentum > 0
+        )
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
     if name == "adam":
@@ -25,8 +34,13 @@ def make_optimizer(params: Iterable, name: str = "sgd", lr: float = 0.1, weight_
     raise ConfigError(f"optimizer {name!r} unknown (choose sgd, adamw or adam)")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
-                   schedule: str = "cosine", min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_steps: int = 0,
+    schedule: str = "cosine",
+    min_lr_ratio: float = 0.0,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule: linear warm-up over ``warmup_steps`` then cosine decay to
     ``min_lr_ratio``·lr at ``total_steps`` (or constant)."""
     if schedule not in ("cosine", "constant"):

@@ -35,8 +35,10 @@ def file_identity(path: str | os.PathLike) -> dict:
     p = Path(path).expanduser()
     if p.is_dir():
         files = sorted(q for q in p.rglob("*") if q.is_file())
-        return {"path": str(p.resolve()), "files": [[str(q.relative_to(p)), q.stat().st_size, q.stat().st_mtime_ns]
-                                                     for q in files]}
+        return {
+            "path": str(p.resolve()),
+            "files": [[str(q.relative_to(p)), q.stat().st_size, q.stat().st_mtime_ns] for q in files],
+        }
     if p.is_file():
         st = p.stat()
         return {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -72,9 +74,11 @@ def _flat(value: Any, prefix: str = "") -> dict:
 def _changes(old: Mapping, new: Mapping, limit: int = 4) -> str:
     a, b = _flat(_canonical(old)), _flat(_canonical(new))
     keys = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
+
     def show(v: Any) -> str:
         text = json.dumps(v) if not isinstance(v, str) else v
         return text if len(text) <= 40 else text[:37] + "..."
+
     parts = [f"{k} {show(a.get(k, '<unset>'))} -> {show(b.get(k, '<unset>'))}" for k in keys[:limit]]
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(parts) + more if parts else "inputs changed"
@@ -98,8 +102,15 @@ class Stage:
             stage.complete()
     """
 
-    def __init__(self, out: str | os.PathLike, name: str, inputs: Mapping[str, Any], paths: Iterable[str | os.PathLike] = (),
-                 message: Callable[[str], None] | None = None, writer: bool = True):
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        name: str,
+        inputs: Mapping[str, Any],
+        paths: Iterable[str | os.PathLike] = (),
+        message: Callable[[str], None] | None = None,
+        writer: bool = True,
+    ):
         self.out = Path(out)
         self.name = name
         self.inputs = _canonical(inputs)
@@ -152,5 +163,7 @@ class Stage:
 
     def _write(self, complete: bool) -> None:
         self.record_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json.dumps({"fingerprint": self.fingerprint, "inputs": self.inputs, "complete": complete},
-                                     indent=1), self.record_path)
+        atomic_write_text(
+            json.dumps({"fingerprint": self.fingerprint, "inputs": self.inputs, "complete": complete}, indent=1),
+            self.record_path,
+        )

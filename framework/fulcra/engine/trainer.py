@@ -96,8 +96,9 @@ class Trainer:
         if dist.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.optimizer = make_optimizer(params if params is not None else self.model.parameters(), optimizer, lr,
-                                        weight_decay, momentum, nesterov)
+        self.optimizer = make_optimizer(
+            params if params is not None else self.model.parameters(), optimizer, lr, weight_decay, momentum, nesterov
+        )
         self.scheduler = make_scheduler(self.optimizer, self.total_steps, warmup_steps, schedule)
         self.step = 0  # global optimisation steps done
 
@@ -161,7 +162,7 @@ class Trainer:
             gen = step_generator(self.seed, self.step, self.rank, device=self.device)
             inputs, targets = self.batch_transform(inputs, targets, gen)
         out = self.loss_fn(self.train_model, inputs, targets)
-        loss, metrics = (out if isinstance(out, tuple) else (out, {}))
+        loss, metrics = out if isinstance(out, tuple) else (out, {})
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip:

@@ -33,6 +33,7 @@ __all__ = [
     "hsv_to_rgb",
 ]
 
+
 def per_image(value, batch: int, device, dtype=torch.float64) -> torch.Tensor:
     """A float or ``[B]`` tensor as a ``[B]`` tensor of ``dtype`` on ``device``."""
     v = torch.as_tensor(value, dtype=dtype, device=device)
@@ -67,8 +68,9 @@ def fma32_trunc_fast(s: torch.Tensor, other: torch.Tensor, alpha: torch.Tensor) 
     idx = (torch.frac(y + 1e-4) < 2e-4).view(-1).nonzero().squeeze(1)
     if idx.numel():
         shape = y.shape
-        exact = fma32(torch.take(s.expand(shape), idx), torch.take(other.expand(shape), idx),
-                      torch.take(alpha.expand(shape), idx))
+        exact = fma32(
+            torch.take(s.expand(shape), idx), torch.take(other.expand(shape), idx), torch.take(alpha.expand(shape), idx)
+        )
         y.view(-1).index_copy_(0, idx, exact)
     return y
 
@@ -117,8 +119,13 @@ def gray_uint8_exact(images: torch.Tensor) -> torch.Tensor:
 
 
 def inverse_affine(
-    angle: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor, shear_x: torch.Tensor, shear_y: torch.Tensor,
-    cx: torch.Tensor | float = 0.0, cy: torch.Tensor | float = 0.0,
+    angle: torch.Tensor,
+    tx: torch.Tensor,
+    ty: torch.Tensor,
+    shear_x: torch.Tensor,
+    shear_y: torch.Tensor,
+    cx: torch.Tensor | float = 0.0,
+    cy: torch.Tensor | float = 0.0,
 ) -> torch.Tensor:
     """Batched ``torchvision``'s ``_get_inverse_affine_matrix`` (scale 1), in float64.
 
@@ -157,8 +164,9 @@ def _cached(key, make):
 
 def _centres(n: int, dev) -> torch.Tensor:
     """Centred pixel coordinates ``j + 0.5 - n / 2`` ``[n]`` float64 (torchvision's base grid)."""
-    return _cached(("centres", n, str(dev)),
-                   lambda: torch.arange(n, dtype=torch.float64, device=dev).add_(0.5 - 0.5 * n))
+    return _cached(
+        ("centres", n, str(dev)), lambda: torch.arange(n, dtype=torch.float64, device=dev).add_(0.5 - 0.5 * n)
+    )
 
 
 def source_index(theta: torch.Tensor, H: int, W: int) -> torch.Tensor:
@@ -331,4 +339,3 @@ def hsv_to_rgb(img: torch.Tensor) -> torch.Tensor:
 def atan_degrees(v: torch.Tensor) -> torch.Tensor:
     """Shear factor -> shear angle in degrees (torchvision's AutoAugment convention)."""
     return torch.rad2deg(torch.atan(v))
-

@@ -29,8 +29,10 @@ def build_ops(names: Sequence[str], ranges: Mapping[str, Sequence[float]] | None
     from fulcra.config import create
 
     ranges = dict(ranges or {})
-    return [create("augmentations", n, **({"value_range": list(vr)} if (vr := ranges.get(n)) is not None else {}))
-            for n in names]
+    return [
+        create("augmentations", n, **({"value_range": list(vr)} if (vr := ranges.get(n)) is not None else {}))
+        for n in names
+    ]
 
 
 _KIND_RANK = {"identity": 0, "affine": 1, "lut": 2, "other": 3}
@@ -60,7 +62,10 @@ class CompositeAugment:
         self._first = torch.tensor([bool(getattr(op, "first", False)) for op in self.ops])
 
     def __call__(
-        self, images: torch.Tensor, op_index: torch.Tensor, magnitude: torch.Tensor,
+        self,
+        images: torch.Tensor,
+        op_index: torch.Tensor,
+        magnitude: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Apply ``K`` stages per image.
@@ -153,8 +158,11 @@ class CompositeAugment:
                     aff_mats.append(op.affine_args(params, H, W))
                 else:
                     aff_mats.append(op.matrix(params, H, W))
-            elif kind == "lut" and x.dtype == torch.uint8 and _sliceable(params, hi - lo) and (
-                step > 1 or type(op).apply_params is Op.apply_params
+            elif (
+                kind == "lut"
+                and x.dtype == torch.uint8
+                and _sliceable(params, hi - lo)
+                and (step > 1 or type(op).apply_params is Op.apply_params)
             ):
                 # tables fused across ops pay off for many small images; one large image at a time
                 # goes through the op's own uint8 path when it has one (Invert, Posterize, Solarize)
@@ -175,8 +183,8 @@ class CompositeAugment:
             else:
                 mats = torch.cat([K.inverse_affine(*m) if isinstance(m, tuple) else m for m in aff_mats])
             for a in range(0, idx.numel(), step):
-                ci = idx[a:a + step]
-                y.put(ci, K.warp_nearest(_take(x, ci), mats[a:a + step]))
+                ci = idx[a : a + step]
+                y.put(ci, K.warp_nearest(_take(x, ci), mats[a : a + step]))
         if lut_segs:
             self._luts(x, y, lut_segs, step)
         return y.finish()
@@ -199,7 +207,7 @@ class CompositeAugment:
                 lo, hi = max(a, s0), min(b, s1)
                 if lo >= hi:
                     continue
-                tabs.append(op.lut(sub[lo - a:hi - a], _slice(params, lo - s0, hi - s0)).expand(hi - lo, C, 256))
+                tabs.append(op.lut(sub[lo - a : hi - a], _slice(params, lo - s0, hi - s0)).expand(hi - lo, C, 256))
             y.put(ci, K.apply_lut(sub, tabs[0] if len(tabs) == 1 else torch.cat(tabs)))
 
 
@@ -207,7 +215,7 @@ def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``x[idx]`` along the batch dimension; a view (no copy) for a single image."""
     if idx.numel() == 1:
         i = int(idx)
-        return x[i:i + 1]
+        return x[i : i + 1]
     return x.index_select(0, idx)
 
 

@@ -132,7 +132,9 @@ class RandomResizedCrop(Op):
         s = K.per_image(value, B, images.device).clamp(1e-4, 1.0)
         h = (torch.sqrt(s) * H).round().clamp(1, H)
         w = (torch.sqrt(s) * W).round().clamp(1, W)
-        return self.apply_params(images, {"top": ((H - h) / 2).round(), "left": ((W - w) / 2).round(), "height": h, "width": w})
+        return self.apply_params(
+            images, {"top": ((H - h) / 2).round(), "left": ((W - w) / 2).round(), "height": h, "width": w}
+        )
 
     def apply_params(self, images, params):
         return K.crop_resize_bilinear(images, params["top"], params["left"], params["height"], params["width"])

@@ -54,8 +54,9 @@ class Equalize(_Lut):
         B, C, H, W = images.shape
         if B * C <= 8 and images.dtype == torch.uint8:
             # a few large images: one histogram per channel straight from uint8, no int64 copy
-            hist = torch.stack([torch.bincount(ch.reshape(-1), minlength=256)
-                                for ch in images.reshape(B * C, H, W)]).view(B, C, 256)
+            hist = torch.stack(
+                [torch.bincount(ch.reshape(-1), minlength=256) for ch in images.reshape(B * C, H, W)]
+            ).view(B, C, 256)
         else:
             offs = torch.arange(B * C, device=images.device, dtype=torch.int64).view(B, C, 1) * 256
             flat = images.reshape(B, C, H * W).to(torch.int64) + offs

@@ -71,8 +71,14 @@ def available_backbones() -> list[str]:
     return sorted({s.name for s in fulcra.plugin_specs("backbones")})
 
 
-def load_backbone(name: Any, weights: str | os.PathLike | None = None, *, tiny: bool = False,
-                  device: Any = "cpu", pretrained: bool = True) -> Any:
+def load_backbone(
+    name: Any,
+    weights: str | os.PathLike | None = None,
+    *,
+    tiny: bool = False,
+    device: Any = "cpu",
+    pretrained: bool = True,
+) -> Any:
     """Build a backbone by name (or ``{name: ..., <own keys>}`` node) through the registry.
 
     Args:

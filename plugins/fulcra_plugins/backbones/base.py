@@ -70,7 +70,7 @@ class BaseBackbone(nn.Module):
 def strip_wrapper(sd: dict) -> dict:
     """Accept a wrapper's ``state_dict()`` (keys ``model.*``) as well as the bare model's."""
     if sd and all(k.startswith("model.") for k in sd):
-        return {k[len("model."):]: v for k, v in sd.items()}
+        return {k[len("model.") :]: v for k, v in sd.items()}
     return sd
 
 

@@ -38,8 +38,14 @@ class NamedClipBackbone(ClipBackbone):
 
 def _variant(name: str) -> type:
     spec = BACKBONES[name]
-    doc = f"Backbone ``{name}``: {spec.arch}, D={spec.embed_dim}, patch {spec.patch_size}, {spec.depth} blocks.\n\n" + (NamedClipBackbone.__doc__ or "")
-    return type(name, (NamedClipBackbone,), {"variant": name, "spec": spec, "__doc__": doc, "__module__": __name__, "__qualname__": name})
+    doc = f"Backbone ``{name}``: {spec.arch}, D={spec.embed_dim}, patch {spec.patch_size}, {spec.depth} blocks.\n\n" + (
+        NamedClipBackbone.__doc__ or ""
+    )
+    return type(
+        name,
+        (NamedClipBackbone,),
+        {"variant": name, "spec": spec, "__doc__": doc, "__module__": __name__, "__qualname__": name},
+    )
 
 
 clip_vitb16 = _variant("clip_vitb16")

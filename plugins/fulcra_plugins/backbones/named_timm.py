@@ -17,7 +17,22 @@ from .base import BaseBackbone
 from .specs import BACKBONES, BackboneSpec, locate_spec_weights
 from .vit_timm import TimmBackbone, build_timm_model
 
-__all__ = ["NamedTimmBackbone", "dinov2_vits14", "dinov2_vits14_reg", "dinov2_vitb14", "dinov2_vitb14_reg", "dinov2_vitl14", "dinov2_vitl14_reg", "dinov2_vitg14", "dinov2_vitg14_reg", "eva02_vitt14", "eva02_vits14", "eva02_vitb14", "eva02_vitl14", "eva02_vitl14_clip"]
+__all__ = [
+    "NamedTimmBackbone",
+    "dinov2_vits14",
+    "dinov2_vits14_reg",
+    "dinov2_vitb14",
+    "dinov2_vitb14_reg",
+    "dinov2_vitl14",
+    "dinov2_vitl14_reg",
+    "dinov2_vitg14",
+    "dinov2_vitg14_reg",
+    "eva02_vitt14",
+    "eva02_vits14",
+    "eva02_vitb14",
+    "eva02_vitl14",
+    "eva02_vitl14_clip",
+]
 
 
 class NamedTimmBackbone(TimmBackbone):
@@ -51,8 +66,14 @@ class NamedTimmBackbone(TimmBackbone):
 
 def _variant(name: str) -> type:
     spec = BACKBONES[name]
-    doc = f"Backbone ``{name}``: {spec.arch}, D={spec.embed_dim}, patch {spec.patch_size}, {spec.depth} blocks.\n\n" + (NamedTimmBackbone.__doc__ or "")
-    return type(name, (NamedTimmBackbone,), {"variant": name, "spec": spec, "__doc__": doc, "__module__": __name__, "__qualname__": name})
+    doc = f"Backbone ``{name}``: {spec.arch}, D={spec.embed_dim}, patch {spec.patch_size}, {spec.depth} blocks.\n\n" + (
+        NamedTimmBackbone.__doc__ or ""
+    )
+    return type(
+        name,
+        (NamedTimmBackbone,),
+        {"variant": name, "spec": spec, "__doc__": doc, "__module__": __name__, "__qualname__": name},
+    )
 
 
 dinov2_vits14 = _variant("dinov2_vits14")

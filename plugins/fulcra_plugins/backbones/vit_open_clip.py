@@ -30,8 +30,9 @@ __all__ = ["ClipBackbone", "build_clip_model", "GENERIC_TINY"]
 GENERIC_TINY = {"embed_dim": 32, "vision": {"width": 48, "layers": 3}, "text": {"width": 32, "heads": 2, "layers": 1}}
 
 
-def build_clip_model(arch: str, name: str, tiny: dict | None = None, path: Path | None = None,
-                     quick_gelu: bool = False) -> tuple[nn.Module, Any]:
+def build_clip_model(
+    arch: str, name: str, tiny: dict | None = None, path: Path | None = None, quick_gelu: bool = False
+) -> tuple[nn.Module, Any]:
     """An open_clip ``CLIP`` from its model config (never downloads), optionally shrunk, loading
     ``path``; returns ``(model, tokenizer)``.
 
@@ -45,7 +46,10 @@ def build_clip_model(arch: str, name: str, tiny: dict | None = None, path: Path 
         import difflib
 
         close = difflib.get_close_matches(arch, open_clip.list_models(), n=3)
-        raise ConfigError(f"backbone '{name}': open_clip has no model config {arch!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+        raise ConfigError(
+            f"backbone '{name}': open_clip has no model config {arch!r}"
+            + (f"; did you mean {', '.join(close)}?" if close else "")
+        )
     cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg.items()}
     if not isinstance(cfg.get("vision_cfg"), dict) or cfg["vision_cfg"].get("timm_model_name"):
         raise ConfigError(f"backbone '{name}': open_clip config {arch!r} has no ViT image tower")
@@ -77,8 +81,15 @@ class ClipBackbone(BaseBackbone):
 
     conformance_params = {"arch": "ViT-B-32", "tiny": True}
 
-    def __init__(self, arch: str, weights: str | None = None, tiny: bool = False, pretrained: bool = True,
-                 device: str = "cpu", quick_gelu: bool = False):
+    def __init__(
+        self,
+        arch: str,
+        weights: str | None = None,
+        tiny: bool = False,
+        pretrained: bool = True,
+        device: str = "cpu",
+        quick_gelu: bool = False,
+    ):
         super().__init__()
         name = f"open_clip:{arch}"
         path = type(self).locate_weights(weights, arch=arch) if weights or (pretrained and not tiny) else None
@@ -89,11 +100,17 @@ class ClipBackbone(BaseBackbone):
 
     @classmethod
     def locate_weights(cls, weights: str | None = None, arch: str = "", **_: Any) -> Path:
-        return find_weights(f"backbone 'open_clip' (arch={arch})", weights, files=(f"{arch}.safetensors", f"{arch}.bin", f"{arch}.pt"),
-                            url="the open_clip model card of the architecture (open_clip_model.safetensors, renamed)")
+        return find_weights(
+            f"backbone 'open_clip' (arch={arch})",
+            weights,
+            files=(f"{arch}.safetensors", f"{arch}.bin", f"{arch}.pt"),
+            url="the open_clip model card of the architecture (open_clip_model.safetensors, renamed)",
+        )
 
     @classmethod
-    def from_model(cls, name: str, model: nn.Module, tokenizer: Any, mean: tuple = CLIP_MEAN, std: tuple = CLIP_STD) -> "ClipBackbone":
+    def from_model(
+        cls, name: str, model: nn.Module, tokenizer: Any, mean: tuple = CLIP_MEAN, std: tuple = CLIP_STD
+    ) -> ClipBackbone:
         """Wrap an already built open_clip ``CLIP`` (benchmarks, custom loading)."""
         self = cls.__new__(cls)
         BaseBackbone.__init__(self)
@@ -104,7 +121,9 @@ class ClipBackbone(BaseBackbone):
         self.name, self.model, self.tokenizer = name, model, tokenizer
         v = model.visual
         if not hasattr(v, "conv1") or not hasattr(v, "transformer"):
-            raise ConfigError(f"backbone '{name}': the image tower is {type(v).__name__}, not an open_clip VisionTransformer")
+            raise ConfigError(
+                f"backbone '{name}': the image tower is {type(v).__name__}, not an open_clip VisionTransformer"
+            )
         self.embed_dim = int(v.conv1.out_channels)
         self.patch_size = int(v.conv1.kernel_size[0])
         self.num_prefix_tokens = 1
@@ -172,7 +191,9 @@ class ClipBackbone(BaseBackbone):
             attn = last.attn  # nn.MultiheadAttention: v path = in_proj rows [2D:3D]
             D = x.shape[-1]
             y = last.ln_1(x)
-            val = F.linear(y, attn.in_proj_weight[2 * D:], attn.in_proj_bias[2 * D:] if attn.in_proj_bias is not None else None)
+            val = F.linear(
+                y, attn.in_proj_weight[2 * D :], attn.in_proj_bias[2 * D :] if attn.in_proj_bias is not None else None
+            )
             val = attn.out_proj(val)
             flat = v.ln_post((x + last.ls_1(val))[:, 1:])
             B = x.shape[0]

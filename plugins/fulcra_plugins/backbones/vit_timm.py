@@ -19,7 +19,9 @@ from fulcra.weights import find_weights, load_state_dict_file
 try:  # imported here so that `fulcra plugins` shows a missing timm with its extra
     import timm
 except ImportError as exc:
-    raise MissingDependencyError("timm backbones (DINOv2, EVA-02, timm) need timm: pip install 'fulcra[timm]'", extra="timm") from exc
+    raise MissingDependencyError(
+        "timm backbones (DINOv2, EVA-02, timm) need timm: pip install 'fulcra[timm]'", extra="timm"
+    ) from exc
 
 from .base import BaseBackbone, load_strict, strip_wrapper
 from .specs import IMAGENET_MEAN, IMAGENET_STD
@@ -43,14 +45,21 @@ def build_timm_model(arch: str, name: str, tiny: dict | None = None, path: Path 
         import difflib
 
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)
-        raise ConfigError(f"backbone '{name}': unknown timm architecture {arch!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+        raise ConfigError(
+            f"backbone '{name}': unknown timm architecture {arch!r}"
+            + (f"; did you mean {', '.join(close)}?" if close else "")
+        )
     kw: dict[str, Any] = {"pretrained": False, "num_classes": 0, "dynamic_img_size": True, **(tiny or {})}
     try:
         model = timm.create_model(arch, **kw)
     except TypeError as exc:  # an architecture without patch tokens rejects dynamic_img_size / tiny keys
-        raise ConfigError(f"backbone '{name}': timm architecture {arch!r} is not a ViT-like token encoder ({exc})") from exc
+        raise ConfigError(
+            f"backbone '{name}': timm architecture {arch!r} is not a ViT-like token encoder ({exc})"
+        ) from exc
     if not (hasattr(model, "forward_intermediates") and hasattr(model, "patch_embed") and hasattr(model, "blocks")):
-        raise ConfigError(f"backbone '{name}': timm architecture {arch!r} has no patch tokens (needs patch_embed, blocks, forward_intermediates)")
+        raise ConfigError(
+            f"backbone '{name}': timm architecture {arch!r} has no patch tokens (needs patch_embed, blocks, forward_intermediates)"
+        )
     if path is not None:
         sd = strip_wrapper(load_state_dict_file(path))
         module = __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
@@ -80,13 +89,21 @@ class TimmBackbone(BaseBackbone):
 
     conformance_params = {"arch": "vit_small_patch16_224", "tiny": True}
 
-    def __init__(self, arch: str, weights: str | None = None, tiny: bool = False, pretrained: bool = True, device: str = "cpu"):
+    def __init__(
+        self, arch: str, weights: str | None = None, tiny: bool = False, pretrained: bool = True, device: str = "cpu"
+    ):
         super().__init__()
         name = f"timm:{arch}"
         path = type(self).locate_weights(weights, arch=arch) if weights or (pretrained and not tiny) else None
         model = build_timm_model(arch, name, GENERIC_TINY if tiny else None, path)
         cfg = getattr(model, "pretrained_cfg", None) or {}
-        self._wrap(name, model, int(model.patch_embed.patch_size[0]), tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
+        self._wrap(
+            name,
+            model,
+            int(model.patch_embed.patch_size[0]),
+            tuple(cfg.get("mean", IMAGENET_MEAN)),
+            tuple(cfg.get("std", IMAGENET_STD)),
+        )
         self.arch = arch
         self.to(device).eval()
 
@@ -94,12 +111,18 @@ class TimmBackbone(BaseBackbone):
     def locate_weights(cls, weights: str | None = None, arch: str = "", **_: Any) -> Path:
         base = arch.split(".")[0]
         files = tuple(dict.fromkeys((f"{arch}.safetensors", f"{arch}.pth", f"{base}.safetensors", f"{base}.pth")))
-        return find_weights(f"backbone 'timm' (arch={arch})", weights, files=files, url=f"https://huggingface.co/timm/{arch}",
-                            hf_repo=f"timm/{arch}" if "." in arch else None)
+        return find_weights(
+            f"backbone 'timm' (arch={arch})",
+            weights,
+            files=files,
+            url=f"https://huggingface.co/timm/{arch}",
+            hf_repo=f"timm/{arch}" if "." in arch else None,
+        )
 
     @classmethod
-    def from_model(cls, name: str, model: nn.Module, patch_size: int, mean: tuple = IMAGENET_MEAN,
-                   std: tuple = IMAGENET_STD) -> "TimmBackbone":
+    def from_model(
+        cls, name: str, model: nn.Module, patch_size: int, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD
+    ) -> TimmBackbone:
         """Wrap an already built timm ViT (benchmarks, custom loading) without looking for weights."""
         self = cls.__new__(cls)
         BaseBackbone.__init__(self)

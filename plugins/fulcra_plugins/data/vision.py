@@ -22,7 +22,9 @@ def _torchvision():
     try:
         import torchvision
     except ImportError as e:  # pragma: no cover
-        raise MissingDependencyError("this dataset needs torchvision: pip install 'fulcra[vision]'", extra="vision") from e
+        raise MissingDependencyError(
+            "this dataset needs torchvision: pip install 'fulcra[vision]'", extra="vision"
+        ) from e
     return torchvision
 
 
@@ -81,7 +83,9 @@ class ImageFolder:
             raise DataNotFoundError(f"datasets.imagefolder: root directory not found: {self.root}")
         self.size, self.seed, self.val_fraction = int(size), int(seed), float(val_fraction)
         split_dirs = [d for d in ("train", "val", "test") if (self.root / d).is_dir()]
-        self._classes = sorted(p.name for p in ((self.root / "train") if split_dirs else self.root).iterdir() if p.is_dir())
+        self._classes = sorted(
+            p.name for p in ((self.root / "train") if split_dirs else self.root).iterdir() if p.is_dir()
+        )
         if not self._classes:
             raise ConfigError(f"datasets.imagefolder: no class directories in {self.root}")
         self.num_classes = len(self._classes)

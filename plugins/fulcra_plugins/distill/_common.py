@@ -37,8 +37,9 @@ class InputSpec:
         if images.dtype == torch.uint8:
             images = images.float() / 255.0
         if self.image_size and tuple(images.shape[-2:]) != (self.image_size, self.image_size):
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False, antialias=True)
+            images = F.interpolate(
+                images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
+            )
         return self.normalize_resized(images)
 
     def normalize_resized(self, images: torch.Tensor) -> torch.Tensor:

@@ -29,8 +29,15 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator | None, device) 
     return lo + (hi - lo) * torch.rand(n, generator=gen, device=gen.device if gen is not None else device).to(device)
 
 
-def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, mode: str, gen: torch.Generator | None,
-                  scale: tuple[float, float] | None = None, jitter: float = 0.4, flip: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def augment_batch(
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    mode: str,
+    gen: torch.Generator | None,
+    scale: tuple[float, float] | None = None,
+    jitter: float = 0.4,
+    flip: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Augment a batch.
 
     Args:
@@ -96,4 +103,3 @@ def mixup(images: torch.Tensor, alpha: float, gen: torch.Generator | None) -> tu
     lam = float(np.random.default_rng(seed).beta(alpha, alpha))
     perm = torch.randperm(B, generator=gen, device=gen.device if gen is not None else images.device).to(images.device)
     return lam * images + (1 - lam) * images[perm], perm, float(lam)
-

@@ -108,7 +108,12 @@ class FeatureCache:
         del feats, done
         dist.barrier()
         if dist.rank() == 0:
-            atomic_write_text(json.dumps({"key": self.key, "complete": True, "shape": list(np.load(feats_path, mmap_mode="r").shape)}), meta_path)
+            atomic_write_text(
+                json.dumps(
+                    {"key": self.key, "complete": True, "shape": list(np.load(feats_path, mmap_mode="r").shape)}
+                ),
+                meta_path,
+            )
         dist.barrier()
         return np.load(feats_path, mmap_mode="r")
 

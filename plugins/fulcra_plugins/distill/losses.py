@@ -40,7 +40,9 @@ def _mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1)
 
 
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+def kd_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Hinton KD: ``T² · KL(softmax(teacher/T) ‖ softmax(student/T))`` averaged over samples (pixels).
 
     Args:
@@ -62,7 +64,9 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2
     return t * t * _mean(per, _valid_mask(student, mask))
 
 
-def hard_kd_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None, **_: object) -> torch.Tensor:
+def hard_kd_loss(
+    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None, **_: object
+) -> torch.Tensor:
     """Cross-entropy of the student to the teacher's arg-max class (per pixel for dense logits)."""
     s = _flatten(student).float()
     target = _flatten(teacher.detach()).argmax(-1)
@@ -70,8 +74,16 @@ def hard_kd_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
     return _mean(per, _valid_mask(student, mask))
 
 
-def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float = 4.0,
-             alpha: float = 1.0, beta: float = 8.0, mask: torch.Tensor | None = None, **_: object) -> torch.Tensor:
+def dkd_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 4.0,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    mask: torch.Tensor | None = None,
+    **_: object,
+) -> torch.Tensor:
     """Decoupled KD (Zhao et al., 2022), ``α·TCKD + β·NCKD`` with their defaults (T=4, α=1, β=8).
 
     TCKD: ``T²·KL`` between the binary (target, non-target) distributions of teacher and student;
@@ -102,8 +114,15 @@ def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
 LOSSES = {"kd": kd_loss, "hard": hard_kd_loss, "dkd": dkd_loss}
 
 
-def distill_loss(name: str, student: torch.Tensor, teacher: torch.Tensor, *, labels: torch.Tensor | None = None,
-                 temperature: float = 2.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+def distill_loss(
+    name: str,
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    *,
+    labels: torch.Tensor | None = None,
+    temperature: float = 2.0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Dispatch by name: ``kd`` (Hinton), ``hard`` (hard-label KD) or ``dkd`` (needs ``labels``)."""
     if name == "kd":
         return kd_loss(student, teacher, temperature, mask=mask)

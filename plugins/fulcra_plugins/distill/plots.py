@@ -29,8 +29,14 @@ def pca_2d(features: torch.Tensor, extra: torch.Tensor | None = None) -> tuple[t
     return proj, (None if extra is None or extra.numel() == 0 else ((extra.double() - mean) @ basis).float())
 
 
-def patch_points(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = 255,
-                 purity: float = 0.9, max_classes: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+def patch_points(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    ignore_index: int = 255,
+    purity: float = 0.9,
+    max_classes: int = 20,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Patch embeddings ``[N, D, h, w]`` + label maps ``[N, H, W]`` -> points ``[M, D]`` and classes ``[M]``."""
     N, D, h, w = feats.shape
     lab = labels.clone().long()
@@ -50,8 +56,9 @@ def patch_points(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, ig
     return pts[sel], cls[sel]
 
 
-def pca_figure(panels: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None]], path: str | Path,
-               max_points: int = 4000) -> Path:
+def pca_figure(
+    panels: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None]], path: str | Path, max_points: int = 4000
+) -> Path:
     """One scatter per panel ``(title, features [M, D], classes [M], synthetic features or None)``."""
     import matplotlib
 
@@ -69,7 +76,15 @@ def pca_figure(panels: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor 
         proj, sproj = pca_2d(feats, syn)
         if sproj is not None:
             ax.scatter(sproj[:, 0], sproj[:, 1], s=3, c="lightgray", label="synthetic")
-        ax.scatter(proj[:, 0], proj[:, 1], s=3, c=cls.numpy(), cmap="tab20", vmin=0, vmax=max(19, int(cls.max()) if cls.numel() else 19))
+        ax.scatter(
+            proj[:, 0],
+            proj[:, 1],
+            s=3,
+            c=cls.numpy(),
+            cmap="tab20",
+            vmin=0,
+            vmax=max(19, int(cls.max()) if cls.numel() else 19),
+        )
         ax.set_title(title)
         ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
@@ -89,8 +104,18 @@ def _points(model, dataset, device, num_classes, ignore_index, max_classes, limi
     return feats[keep], ys[keep]
 
 
-def distill_pca_plot(workflow: Any, ctx: Any, tnode: dict, snode: dict, K: int, test: Any, train: Any,
-                     synthetic: torch.Tensor | None, rows: list, max_classes: int = 20) -> Path | None:
+def distill_pca_plot(
+    workflow: Any,
+    ctx: Any,
+    tnode: dict,
+    snode: dict,
+    K: int,
+    test: Any,
+    train: Any,
+    synthetic: torch.Tensor | None,
+    rows: list,
+    max_classes: int = 20,
+) -> Path | None:
     """Teacher / finetuned / distilled panels for the first seed, written to ``OUT/pca.png``."""
     from .training import images_features
 
@@ -108,10 +133,17 @@ def distill_pca_plot(workflow: Any, ctx: Any, tnode: dict, snode: dict, K: int, 
         if synthetic is not None and pts.ndim == 2 and synthetic.shape[0] and teacher.task == "classification":
             syn = images_features(teacher, synthetic[:1000], ctx.device)
         panels.append(("teacher (probed)", pts, cls, syn))
-    for row, title in (("student_finetuned", "student finetuned"), ("student_alone", "student alone"),
-                       ("distilled_synthetic", "student distilled (+synthetic)"), ("distilled", "student distilled")):
-        if row not in rows or (row == "student_alone" and "student_finetuned" in rows) or \
-           (row == "distilled" and "distilled_synthetic" in rows):
+    for row, title in (
+        ("student_finetuned", "student finetuned"),
+        ("student_alone", "student alone"),
+        ("distilled_synthetic", "student distilled (+synthetic)"),
+        ("distilled", "student distilled"),
+    ):
+        if (
+            row not in rows
+            or (row == "student_alone" and "student_finetuned" in rows)
+            or (row == "distilled" and "distilled_synthetic" in rows)
+        ):
             continue
         model = workflow.load_row_model(ctx, row, snode, K, seed)
         if model is not None:

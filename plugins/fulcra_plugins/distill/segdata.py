@@ -47,7 +47,12 @@ class DigitsSegmentation:
     def __init__(self, size: int = 32, per_image: int = 2, seed: int = 0, ignore_index: int = 255):
         if size < 16 or size % 4:
             raise ConfigError(f"datasets.digits_seg: size must be a multiple of 4 and >= 16, got {size}")
-        self.size, self.per_image, self.seed, self.ignore_index = int(size), int(per_image), int(seed), int(ignore_index)
+        self.size, self.per_image, self.seed, self.ignore_index = (
+            int(size),
+            int(per_image),
+            int(seed),
+            int(ignore_index),
+        )
         self.num_classes = 11
         self._splits = None
 

@@ -27,7 +27,9 @@ def _torchvision():
     try:
         import torchvision
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependencyError("this student needs torchvision: pip install 'fulcra[vision]'", extra="vision") from exc
+        raise MissingDependencyError(
+            "this student needs torchvision: pip install 'fulcra[vision]'", extra="vision"
+        ) from exc
     return torchvision
 
 
@@ -49,15 +51,33 @@ class VitStudent(nn.Module, InputSpec):
 
     conformance_params = {"tiny": True, "pretrained": False, "image_size": 28}
 
-    def __init__(self, backbone: str | dict = "dinov2_vits14", weights: str | None = None, pretrained: bool = True,
-                 tiny: bool = False, num_classes: int = 10, task: str = "classification", head: str = "mlp",
-                 n_cls: int = 3, avgpool: bool = False, hidden: str = "auto", image_size: int = 224):
+    def __init__(
+        self,
+        backbone: str | dict = "dinov2_vits14",
+        weights: str | None = None,
+        pretrained: bool = True,
+        tiny: bool = False,
+        num_classes: int = 10,
+        task: str = "classification",
+        head: str = "mlp",
+        n_cls: int = 3,
+        avgpool: bool = False,
+        hidden: str = "auto",
+        image_size: int = 224,
+    ):
         super().__init__()
         self.task = check_task("students plugin 'vit_small'", task)
-        self.backbone = create_backbone(backbone, weights=weights if pretrained else None, tiny=tiny, pretrained=pretrained,
-                                        owner="students plugin 'vit_small'")
+        self.backbone = create_backbone(
+            backbone,
+            weights=weights if pretrained else None,
+            tiny=tiny,
+            pretrained=pretrained,
+            owner="students plugin 'vit_small'",
+        )
         if image_size % self.backbone.patch_size:
-            raise ConfigError(f"students plugin 'vit_small': image_size {image_size} is not a multiple of {self.backbone.patch_size}")
+            raise ConfigError(
+                f"students plugin 'vit_small': image_size {image_size} is not a multiple of {self.backbone.patch_size}"
+            )
         self.image_size, self.num_classes = int(image_size), int(num_classes)
         d = int(self.backbone.embed_dim)
         if self.task == "segmentation":
@@ -66,7 +86,9 @@ class VitStudent(nn.Module, InputSpec):
         else:
             depth = getattr(self.backbone, "depth", None)
             if n_cls < 1 or (depth is not None and n_cls > depth):
-                raise ConfigError(f"students plugin 'vit_small': n_cls={n_cls} outside 1..{depth} (blocks of backbone '{backbone_key(backbone)}')")
+                raise ConfigError(
+                    f"students plugin 'vit_small': n_cls={n_cls} outside 1..{depth} (blocks of backbone '{backbone_key(backbone)}')"
+                )
             self.n_cls, self.avgpool = int(n_cls), bool(avgpool)
             n_in = d * (self.n_cls + int(self.avgpool))
             self.head = ClassificationHead(n_in, num_classes, head, hidden_size(n_in, num_classes, d, hidden))
@@ -106,7 +128,9 @@ class ResNetStudent(nn.Module, InputSpec):
 
     task = "classification"
 
-    def __init__(self, num_classes: int = 10, arch: str = "resnet50", small_input: bool = False, image_size: int | None = None):
+    def __init__(
+        self, num_classes: int = 10, arch: str = "resnet50", small_input: bool = False, image_size: int | None = None
+    ):
         super().__init__()
         tv = _torchvision()
         if not arch.startswith("resnet") or not hasattr(tv.models, arch):
@@ -141,7 +165,9 @@ class DeepLabStudent(nn.Module, InputSpec):
     def __init__(self, num_classes: int = 21, image_size: int | None = None):
         super().__init__()
         tv = _torchvision()
-        self.net = tv.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
+        self.net = tv.models.segmentation.deeplabv3_resnet50(
+            weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False
+        )
         self.mean, self.std = IMAGENET
         self.image_size, self.num_classes = image_size, int(num_classes)
 
@@ -164,29 +190,45 @@ class TimmStudent(nn.Module, InputSpec):
 
     task = "classification"
 
-    def __init__(self, model: str = "resnet18", num_classes: int = 10, weights: str | None = None,
-                 image_size: int | None = None, model_kwargs: dict | None = None):
+    def __init__(
+        self,
+        model: str = "resnet18",
+        num_classes: int = 10,
+        weights: str | None = None,
+        image_size: int | None = None,
+        model_kwargs: dict | None = None,
+    ):
         super().__init__()
         try:
             import timm
         except ImportError as exc:
-            raise MissingDependencyError("students plugin 'timm' needs timm: pip install 'fulcra[timm]'", extra="timm") from exc
+            raise MissingDependencyError(
+                "students plugin 'timm' needs timm: pip install 'fulcra[timm]'", extra="timm"
+            ) from exc
         if model not in timm.list_models():
             import difflib
 
             close = difflib.get_close_matches(model, timm.list_models(), n=3)
-            raise ConfigError(f"students plugin 'timm': unknown timm model {model!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+            raise ConfigError(
+                f"students plugin 'timm': unknown timm model {model!r}"
+                + (f"; did you mean {', '.join(close)}?" if close else "")
+            )
         self.net = timm.create_model(model, pretrained=False, num_classes=num_classes, **dict(model_kwargs or {}))
         if weights:
             own = self.net.state_dict()
             head = {k for k in own if k.startswith(self.net.default_cfg.get("classifier", "fc"))}
             # the classifier is re-initialised for the task: skip it when its shape differs
-            sd = {k: v for k, v in load_state_dict_file(weights).items()
-                  if not (k in head and (k not in own or own[k].shape != v.shape))}
+            sd = {
+                k: v
+                for k, v in load_state_dict_file(weights).items()
+                if not (k in head and (k not in own or own[k].shape != v.shape))
+            }
             missing, unexpected = self.net.load_state_dict(sd, strict=False)
             missing = [k for k in missing if k not in head]
             if missing or unexpected:
-                raise FormatError(f"{weights}: does not fit timm model {model!r} ({len(missing)} missing, {len(unexpected)} unexpected keys)")
+                raise FormatError(
+                    f"{weights}: does not fit timm model {model!r} ({len(missing)} missing, {len(unexpected)} unexpected keys)"
+                )
         cfg = getattr(self.net, "pretrained_cfg", {}) or {}
         self.mean, self.std = tuple(cfg.get("mean", IMAGENET[0])), tuple(cfg.get("std", IMAGENET[1]))
         self.image_size, self.num_classes = image_size, int(num_classes)

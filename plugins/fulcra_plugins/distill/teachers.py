@@ -31,7 +31,9 @@ class _Frozen(nn.Module, InputSpec):
         self.backbone_name = backbone_key(backbone)
         p = int(bb.patch_size)
         if image_size % p:
-            raise ConfigError(f"{owner}: image_size {image_size} must be a multiple of the patch size {p} of backbone '{self.backbone_name}'")
+            raise ConfigError(
+                f"{owner}: image_size {image_size} must be a multiple of the patch size {p} of backbone '{self.backbone_name}'"
+            )
         self.image_size = int(image_size)
         self.embed_dim = int(bb.embed_dim)
 
@@ -75,16 +77,27 @@ class ProbedTeacher(_Frozen):
     task = "classification"
     conformance_params = {"backbone": "dinov2_vits14", "tiny": True, "n_cls": 2, "image_size": 28}
 
-    def __init__(self, backbone: str | dict = "dinov2_vitg14_reg", weights: str | None = None, tiny: bool = False,
-                 num_classes: int = 10, head: str = "mlp", n_cls: int = 3, avgpool: bool = False,
-                 hidden: str = "auto", image_size: int = 224):
+    def __init__(
+        self,
+        backbone: str | dict = "dinov2_vitg14_reg",
+        weights: str | None = None,
+        tiny: bool = False,
+        num_classes: int = 10,
+        head: str = "mlp",
+        n_cls: int = 3,
+        avgpool: bool = False,
+        hidden: str = "auto",
+        image_size: int = 224,
+    ):
         super().__init__("teachers plugin 'probed'", backbone, weights, tiny, image_size)
         depth = getattr(self.backbone, "depth", None)
         if n_cls < 1 or (depth is not None and n_cls > depth):
             raise ConfigError(f"teachers plugin 'probed': n_cls={n_cls} outside 1..{depth}")
         self.n_cls, self.avgpool = int(n_cls), bool(avgpool)
         self.n_in = self.embed_dim * (self.n_cls + int(self.avgpool))
-        self.head = ClassificationHead(self.n_in, num_classes, head, hidden_size(self.n_in, num_classes, self.embed_dim, hidden))
+        self.head = ClassificationHead(
+            self.n_in, num_classes, head, hidden_size(self.n_in, num_classes, self.embed_dim, hidden)
+        )
         self.num_classes = int(num_classes)
 
     @torch.no_grad()
@@ -114,8 +127,14 @@ class ProbedSegTeacher(_Frozen):
     task = "segmentation"
     conformance_params = {"backbone": "dinov2_vits14", "tiny": True, "image_size": 28}
 
-    def __init__(self, backbone: str | dict = "dinov2_vitg14_reg", weights: str | None = None, tiny: bool = False,
-                 num_classes: int = 21, image_size: int = 560):
+    def __init__(
+        self,
+        backbone: str | dict = "dinov2_vitg14_reg",
+        weights: str | None = None,
+        tiny: bool = False,
+        num_classes: int = 21,
+        image_size: int = 560,
+    ):
         super().__init__("teachers plugin 'probed_seg'", backbone, weights, tiny, image_size)
         self.head = LinearSegHead(self.embed_dim, num_classes)
         self.num_classes = int(num_classes)

@@ -59,22 +59,48 @@ class _HeadOnFeatures(nn.Module):
         return self.head(feats)
 
 
-def probe_teacher(teacher: nn.Module, task: Any, train: Any, *, out_dir: Path, cfg: Any, device: torch.device,
-                  seed: int, hooks: Any = None, cache_root: Path | None = None, weights: str | None = None) -> dict:
+def probe_teacher(
+    teacher: nn.Module,
+    task: Any,
+    train: Any,
+    *,
+    out_dir: Path,
+    cfg: Any,
+    device: torch.device,
+    seed: int,
+    hooks: Any = None,
+    cache_root: Path | None = None,
+    weights: str | None = None,
+) -> dict:
     """Train the teacher head; returns ``{"cached": bool}``. Resumes from ``out_dir/teacher.ckpt``.
 
     ``cfg`` has ``epochs, batch_size, optimizer, lr, weight_decay, augment, cache``. With
     ``augment == "deterministic"`` and ``cache``, features live in ``cache_root`` (shared by seeds).
     """
     cached = bool(cfg.cache) and cfg.augment == "deterministic"
-    common = dict(epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(train)), optimizer=cfg.optimizer, lr=cfg.lr,
-                  weight_decay=cfg.weight_decay, device=device, seed=seed, ckpt_path=out_dir / "teacher.ckpt",
-                  hooks=hooks, stage="probe")
+    common = dict(
+        epochs=cfg.epochs,
+        batch_size=min(cfg.batch_size, len(train)),
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        device=device,
+        seed=seed,
+        ckpt_path=out_dir / "teacher.ckpt",
+        hooks=hooks,
+        stage="probe",
+    )
     teacher.to(device)
     if cached:
-        key = {"backbone": teacher.backbone_name, "weights": file_fingerprint(weights), "image_size": teacher.image_size,
-               "n_cls": getattr(teacher, "n_cls", None), "avgpool": getattr(teacher, "avgpool", None),
-               "dense": teacher.task == "segmentation", "data": dataset_fingerprint(train)}
+        key = {
+            "backbone": teacher.backbone_name,
+            "weights": file_fingerprint(weights),
+            "image_size": teacher.image_size,
+            "n_cls": getattr(teacher, "n_cls", None),
+            "avgpool": getattr(teacher, "avgpool", None),
+            "dense": teacher.task == "segmentation",
+            "data": dataset_fingerprint(train),
+        }
         cache = FeatureCache(cache_root, key)
         feats = cache.build(train, lambda x: teacher.encode(teacher.prepare(to_unit(x))), device)
         ds = CachedFeatures(feats, dataset_targets(train))
@@ -84,6 +110,7 @@ def probe_teacher(teacher: nn.Module, task: Any, train: Any, *, out_dir: Path, c
         common["ckpt_path"] = None
         Trainer(model, ds, lambda m, x, y: _task_loss(task, m(x), y), **common).fit()
     else:
+
         def transform(x, y, gen):
             x, y = augment_batch(to_unit(x), y, cfg.augment, gen)
             return unwrap_prepare(teacher, x), y
@@ -97,9 +124,21 @@ def unwrap_prepare(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return unwrap(model).prepare(x)
 
 
-def train_student(student: nn.Module, task: Any, train: Any, *, ckpt_path: Path, cfg: Any, device: torch.device,
-                  seed: int, teacher: nn.Module | None = None, distill_cfg: Any = None,
-                  synthetic: torch.Tensor | None = None, hooks: Any = None, stage: str = "student") -> nn.Module:
+def train_student(
+    student: nn.Module,
+    task: Any,
+    train: Any,
+    *,
+    ckpt_path: Path,
+    cfg: Any,
+    device: torch.device,
+    seed: int,
+    teacher: nn.Module | None = None,
+    distill_cfg: Any = None,
+    synthetic: torch.Tensor | None = None,
+    hooks: Any = None,
+    stage: str = "student",
+) -> nn.Module:
     """Train ``student`` (resuming from ``ckpt_path``); with ``teacher``, by distillation.
 
     Args:
@@ -114,8 +153,11 @@ def train_student(student: nn.Module, task: Any, train: Any, *, ckpt_path: Path,
     bs = min(cfg.batch_size, len(train))
     syn = synthetic
 
-    aug = dict(scale=(cfg.crop_scale, 1.0) if getattr(cfg, "crop_scale", None) else None,
-               jitter=getattr(cfg, "jitter", 0.4), flip=getattr(cfg, "flip", True))
+    aug = dict(
+        scale=(cfg.crop_scale, 1.0) if getattr(cfg, "crop_scale", None) else None,
+        jitter=getattr(cfg, "jitter", 0.4),
+        flip=getattr(cfg, "flip", True),
+    )
 
     def transform(x, y, gen):
         x, y = augment_batch(to_unit(x), y, cfg.augment, gen, **aug)
@@ -127,7 +169,9 @@ def train_student(student: nn.Module, task: Any, train: Any, *, ckpt_path: Path,
             pick = torch.randint(0, syn.shape[0], (n,), generator=gen, device=gen.device).cpu()
             xs, _ = augment_batch(to_unit(syn[pick].to(x.device)), None, cfg.augment, gen, **aug)
             if xs.shape[-2:] != x.shape[-2:]:
-                xs = torch.nn.functional.interpolate(xs, size=x.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+                xs = torch.nn.functional.interpolate(
+                    xs, size=x.shape[-2:], mode="bilinear", align_corners=False, antialias=True
+                )
             x = torch.cat([x, xs], 0)
         return x, {"y": y, "perm": perm, "lam": lam, "n": n}
 
@@ -148,7 +192,12 @@ def train_student(student: nn.Module, task: Any, train: Any, *, ckpt_path: Path,
         mask = None
         if dense and hasattr(task, "ignore_index"):
             # synthetic images carry no labels: all their pixels count; ignored real pixels do not
-            mask = torch.cat([y != task.ignore_index, torch.ones((s_out.shape[0] - n, *y.shape[1:]), dtype=torch.bool, device=y.device)])
+            mask = torch.cat(
+                [
+                    y != task.ignore_index,
+                    torch.ones((s_out.shape[0] - n, *y.shape[1:]), dtype=torch.bool, device=y.device),
+                ]
+            )
         if loss_name == "dkd":  # needs labels: real images only
             d = distill_loss("dkd", s_out[:n], t_out[:n], labels=y, mask=None if mask is None else mask[:n])
         else:
@@ -157,10 +206,24 @@ def train_student(student: nn.Module, task: Any, train: Any, *, ckpt_path: Path,
         return loss, {"task": float(task_loss.detach()), "distill": float(d.detach())}
 
     steps_per_epoch = max(1, len(train) // bs)
-    trainer = Trainer(student, train, loss_fn, epochs=cfg.epochs, batch_size=bs, optimizer=cfg.optimizer, lr=cfg.lr,
-                      weight_decay=cfg.weight_decay, warmup_steps=int(cfg.warmup_epochs * steps_per_epoch),
-                      device=device, seed=seed, ckpt_path=ckpt_path, hooks=hooks, stage=stage, batch_transform=transform,
-                      grad_clip=getattr(cfg, "grad_clip", None) or None)
+    trainer = Trainer(
+        student,
+        train,
+        loss_fn,
+        epochs=cfg.epochs,
+        batch_size=bs,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=int(cfg.warmup_epochs * steps_per_epoch),
+        device=device,
+        seed=seed,
+        ckpt_path=ckpt_path,
+        hooks=hooks,
+        stage=stage,
+        batch_transform=transform,
+        grad_clip=getattr(cfg, "grad_clip", None) or None,
+    )
     if teacher is not None:
         teacher.to(device).eval()
     trainer.fit()
@@ -185,8 +248,9 @@ def evaluate(model: nn.Module, dataset: Any, task: Any, device: torch.device, ba
     return task.reduce(metrics)
 
 
-def collect_features(model: nn.Module, dataset: Any, device: torch.device, batch_size: int = 256,
-                     limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def collect_features(
+    model: nn.Module, dataset: Any, device: torch.device, batch_size: int = 256, limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``model.features`` over (the first ``limit`` items of) a dataset -> (features, targets) on CPU."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
     fs, ts = [], []
@@ -199,7 +263,9 @@ def collect_features(model: nn.Module, dataset: Any, device: torch.device, batch
     return torch.cat(fs), torch.cat(ts)
 
 
-def images_features(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+def images_features(
+    model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 256
+) -> torch.Tensor:
     """``model.features`` of a uint8 image tensor ``[M, 3, H, W]`` (synthetic images in the PCA plot)."""
     out = []
     with torch.no_grad():

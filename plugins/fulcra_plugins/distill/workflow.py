@@ -40,9 +40,13 @@ log = logging.getLogger(__name__)
 __all__ = ["DistillWorkflow", "ROWS"]
 
 ROWS = ("teacher_probed", "student_alone", "student_finetuned", "distilled", "distilled_synthetic")
-LABELS = {"teacher_probed": "probed teacher", "student_alone": "student alone (scratch)",
-          "student_finetuned": "student finetuned", "distilled": "distilled student",
-          "distilled_synthetic": "distilled student + synthetic"}
+LABELS = {
+    "teacher_probed": "probed teacher",
+    "student_alone": "student alone (scratch)",
+    "student_finetuned": "student finetuned",
+    "distilled": "distilled student",
+    "distilled_synthetic": "distilled student + synthetic",
+}
 
 
 @dataclass
@@ -52,24 +56,34 @@ class ProbeConfig:
     optimizer: str = field(default="adamw", metadata={"help": "sgd or adamw"})
     lr: float = field(default=1e-3, metadata={"help": "learning rate (Table B.2)"})
     weight_decay: float = field(default=0.0, metadata={"help": "weight decay (Table B.2)"})
-    augment: str = field(default="deterministic", metadata={"help": "deterministic (Resize+CenterCrop; enables the cache) or random"})
+    augment: str = field(
+        default="deterministic", metadata={"help": "deterministic (Resize+CenterCrop; enables the cache) or random"}
+    )
     cache: bool = field(default=True, metadata={"help": "cache frozen features on disk when augment is deterministic"})
 
 
 @dataclass
 class TrainConfig:
     epochs: int = field(default=80, metadata={"help": "student epochs (thesis: 80 ViT-S, 200 ResNet-50)"})
-    batch_size: int = field(default=128, metadata={"help": "batch of original images (as many synthetic ones are added)"})
+    batch_size: int = field(
+        default=128, metadata={"help": "batch of original images (as many synthetic ones are added)"}
+    )
     optimizer: str = field(default="adamw", metadata={"help": "adamw for ViTs, sgd for ResNets"})
     lr: float = field(default=2e-5, metadata={"help": "learning rate (Table B.2)"})
     weight_decay: float = field(default=0.05, metadata={"help": "weight decay (Table B.2)"})
     warmup_epochs: float = field(default=0.0, metadata={"help": "linear warm-up before the cosine decay"})
-    augment: str = field(default="random", metadata={"help": "random (RandomResizedCrop, flip, ColorJitter) or deterministic"})
+    augment: str = field(
+        default="random", metadata={"help": "random (RandomResizedCrop, flip, ColorJitter) or deterministic"}
+    )
     mixup: float = field(default=0.2, metadata={"help": "Mixup Beta parameter on original images (0: off)"})
-    crop_scale: Optional[float] = field(default=None, metadata={"help": "smallest crop area of RandomResizedCrop (default 0.08; 0.25 for segmentation)"})
+    crop_scale: Optional[float] = field(
+        default=None, metadata={"help": "smallest crop area of RandomResizedCrop (default 0.08; 0.25 for segmentation)"}
+    )
     flip: bool = field(default=True, metadata={"help": "random horizontal flips"})
     jitter: float = field(default=0.4, metadata={"help": "ColorJitter strength"})
-    scratch_lr: Optional[float] = field(default=None, metadata={"help": "learning rate for the from-scratch row (default: lr)"})
+    scratch_lr: Optional[float] = field(
+        default=None, metadata={"help": "learning rate for the from-scratch row (default: lr)"}
+    )
 
 
 @dataclass
@@ -81,17 +95,25 @@ class KDConfig:
 
 @dataclass
 class SyntheticConfig:
-    factor: float = field(default=10.0, metadata={"help": "synthetic images per training image (thesis: 10 fine-grained, 5 otherwise)"})
+    factor: float = field(
+        default=10.0, metadata={"help": "synthetic images per training image (thesis: 10 fine-grained, 5 otherwise)"}
+    )
     batch_size: int = field(default=8, metadata={"help": "images per generation call / chunk"})
-    path: Optional[str] = field(default=None, metadata={"help": "folder of the synthetic set (default OUT/synthetic); reused across runs"})
+    path: Optional[str] = field(
+        default=None, metadata={"help": "folder of the synthetic set (default OUT/synthetic); reused across runs"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of the pairs and the sampling"})
 
 
 @dataclass
 class PretrainConfig:
-    enabled: bool = field(default=False, metadata={"help": "pre-train the (tiny) teacher and student encoders here: offline demo only"})
+    enabled: bool = field(
+        default=False, metadata={"help": "pre-train the (tiny) teacher and student encoders here: offline demo only"}
+    )
     epochs: int = field(default=20, metadata={"help": "teacher encoder pre-training epochs"})
-    student_epochs: int = field(default=5, metadata={"help": "student encoder pre-training epochs (its stand-in for generic pre-training)"})
+    student_epochs: int = field(
+        default=5, metadata={"help": "student encoder pre-training epochs (its stand-in for generic pre-training)"}
+    )
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     batch_size: int = field(default=64, metadata={"help": "batch size"})
 
@@ -99,21 +121,42 @@ class PretrainConfig:
 @dataclass
 class DistillConfig:
     data: Any = field(default_factory=lambda: {"name": "digits"}, metadata={"kind": "datasets", "help": "the dataset"})
-    task: Any = field(default_factory=lambda: {"name": "classification"}, metadata={"kind": "tasks", "help": "classification or semantic_segmentation"})
-    teacher: Any = field(default_factory=lambda: {"name": "probed", "backbone": "dinov2_vitg14_reg"},
-                         metadata={"kind": "teachers", "help": "probed (classification) or probed_seg; set weights=PATH"})
-    student: Any = field(default_factory=lambda: {"name": "vit_small"}, metadata={"kind": "students", "help": "vit_small, resnet50, deeplabv3_resnet50 or timm"})
-    generator: Any = field(default_factory=lambda: {"name": "imagemixer"}, metadata={"kind": "generators", "help": "synthetic image generator (imagemixer needs model=DIR)"})
-    seeds: list = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one teacher and one of each student per seed"})
-    rows: list = field(default_factory=lambda: list(ROWS), metadata={"help": f"rows of the table, among {', '.join(ROWS)}"})
+    task: Any = field(
+        default_factory=lambda: {"name": "classification"},
+        metadata={"kind": "tasks", "help": "classification or semantic_segmentation"},
+    )
+    teacher: Any = field(
+        default_factory=lambda: {"name": "probed", "backbone": "dinov2_vitg14_reg"},
+        metadata={"kind": "teachers", "help": "probed (classification) or probed_seg; set weights=PATH"},
+    )
+    student: Any = field(
+        default_factory=lambda: {"name": "vit_small"},
+        metadata={"kind": "students", "help": "vit_small, resnet50, deeplabv3_resnet50 or timm"},
+    )
+    generator: Any = field(
+        default_factory=lambda: {"name": "imagemixer"},
+        metadata={"kind": "generators", "help": "synthetic image generator (imagemixer needs model=DIR)"},
+    )
+    seeds: list = field(
+        default_factory=lambda: [0, 1, 2], metadata={"help": "one teacher and one of each student per seed"}
+    )
+    rows: list = field(
+        default_factory=lambda: list(ROWS), metadata={"help": f"rows of the table, among {', '.join(ROWS)}"}
+    )
     probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={"help": "teacher probing"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "student training (all student rows)"})
     distill: KDConfig = field(default_factory=KDConfig, metadata={"help": "distillation loss"})
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig, metadata={"help": "synthetic set for the distillation term"})
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig, metadata={"help": "offline stand-in for foundation-model weights"})
+    synthetic: SyntheticConfig = field(
+        default_factory=SyntheticConfig, metadata={"help": "synthetic set for the distillation term"}
+    )
+    pretrain: PretrainConfig = field(
+        default_factory=PretrainConfig, metadata={"help": "offline stand-in for foundation-model weights"}
+    )
     eval_split: str = field(default="test", metadata={"help": "split the table is scored on"})
     plots: bool = field(default=True, metadata={"help": "write the PCA feature plot (needs matplotlib)"})
-    keep_checkpoints: bool = field(default=True, metadata={"help": "keep per-row checkpoints after scoring (needed for plots on resume)"})
+    keep_checkpoints: bool = field(
+        default=True, metadata={"help": "keep per-row checkpoints after scoring (needed for plots on resume)"}
+    )
 
 
 class DistillWorkflow:
@@ -175,7 +218,9 @@ class DistillWorkflow:
         if "backbone" in params and any(r in rows for r in ("student_finetuned", "distilled", "distilled_synthetic")):
             pretrained = bool(snode.get("pretrained", params.get("pretrained", True)))
             if pretrained and (not snode.get("tiny") or snode.get("weights")):
-                locate_backbone_weights(snode.get("backbone", params["backbone"]), snode.get("weights"), owner="student.backbone")
+                locate_backbone_weights(
+                    snode.get("backbone", params["backbone"]), snode.get("weights"), owner="student.backbone"
+                )
 
     # --------------------------------------------------------------------------- pretraining
     def _pretrain(self, ctx, train, num_classes: int, tnode: dict, snode: dict) -> tuple[dict, dict]:
@@ -187,26 +232,52 @@ class DistillWorkflow:
         jobs = [("teacher", tnode, pc.epochs)]
         if snode["name"] == "vit_small" and snode.get("tiny") and not snode.get("weights"):
             jobs.append(("student", snode, pc.student_epochs))
-        self._say(ctx, "no foundation-model weights offline: pre-training a small teacher encoder on the training split "
-                       "first (a stand-in for DINOv2; real runs set teacher.weights=PATH)")
+        self._say(
+            ctx,
+            "no foundation-model weights offline: pre-training a small teacher encoder on the training split "
+            "first (a stand-in for DINOv2; real runs set teacher.weights=PATH)",
+        )
         for who, node, epochs in jobs:
             path = out / f"{who}_encoder.safetensors"
             if not path.is_file():
                 tiny = bool(node.get("tiny"))
                 # a tiny backbone without weights is random already: only a full-size one is asked
                 # for pretrained=False (a backbone plugin may not declare that key)
-                bb = create_backbone(node.get("backbone", "dinov2_vits14"), tiny=tiny, pretrained=tiny, owner=f"{who}.backbone")
+                bb = create_backbone(
+                    node.get("backbone", "dinov2_vits14"), tiny=tiny, pretrained=tiny, owner=f"{who}.backbone"
+                )
                 net = _PretrainNet(bb, num_classes, int(node.get("image_size", 56)))
                 tc = self.cfg.train  # same augmentation as the students (digits: no flips)
-                cfg = TrainConfig(epochs=epochs, batch_size=pc.batch_size, lr=pc.lr, weight_decay=0.05, mixup=0.0, warmup_epochs=1.0,
-                                  augment=tc.augment, crop_scale=tc.crop_scale, flip=tc.flip, jitter=tc.jitter)
-                _train(net, fulcra.create("tasks", "classification"), train, ckpt_path=out / f"{who}.ckpt", cfg=cfg,
-                       device=ctx.device, seed=ctx.seed, hooks=ctx.hooks, stage=f"pretrain_{who}")
+                cfg = TrainConfig(
+                    epochs=epochs,
+                    batch_size=pc.batch_size,
+                    lr=pc.lr,
+                    weight_decay=0.05,
+                    mixup=0.0,
+                    warmup_epochs=1.0,
+                    augment=tc.augment,
+                    crop_scale=tc.crop_scale,
+                    flip=tc.flip,
+                    jitter=tc.jitter,
+                )
+                _train(
+                    net,
+                    fulcra.create("tasks", "classification"),
+                    train,
+                    ckpt_path=out / f"{who}.ckpt",
+                    cfg=cfg,
+                    device=ctx.device,
+                    seed=ctx.seed,
+                    hooks=ctx.hooks,
+                    stage=f"pretrain_{who}",
+                )
                 if ctx.is_main:
                     from safetensors.torch import save_file
 
                     tmp = path.with_suffix(".tmp")
-                    save_file({k: v.detach().cpu().contiguous() for k, v in net.backbone.state_dict().items()}, str(tmp))
+                    save_file(
+                        {k: v.detach().cpu().contiguous() for k, v in net.backbone.state_dict().items()}, str(tmp)
+                    )
                     tmp.replace(path)
                 dist.barrier()
             node["weights"] = str(path)
@@ -220,7 +291,9 @@ class DistillWorkflow:
         data = fulcra.create("datasets", self._node("data"))
         splits = data.splits()
         if cfg.eval_split not in splits:
-            raise ConfigError(f"workflows plugin 'distill': eval_split {cfg.eval_split!r} not in the dataset's splits {sorted(splits)}")
+            raise ConfigError(
+                f"workflows plugin 'distill': eval_split {cfg.eval_split!r} not in the dataset's splits {sorted(splits)}"
+            )
         train, test = splits["train"], splits[cfg.eval_split]
         task = fulcra.create("tasks", self._node("task"))
         K = int(data.num_classes)
@@ -242,13 +315,19 @@ class DistillWorkflow:
             sdir = out / f"seed{seed}"
             teacher = None
             need_teacher = any(r in rows for r in ("teacher_probed", "distilled", "distilled_synthetic"))
-            if need_teacher and not all(f"{r}/{seed}" in scores for r in rows if r != "student_alone" and r != "student_finetuned"):
+            if need_teacher and not all(
+                f"{r}/{seed}" in scores for r in rows if r != "student_alone" and r != "student_finetuned"
+            ):
                 teacher = self._probed_teacher(ctx, tnode, K, task, train, sdir, seed)
             for row in rows:
                 key = f"{row}/{seed}"
                 if key in scores:
                     continue
-                model = teacher if row == "teacher_probed" else self._train_row(ctx, row, snode, K, task, train, sdir, seed, teacher, synthetic)
+                model = (
+                    teacher
+                    if row == "teacher_probed"
+                    else self._train_row(ctx, row, snode, K, task, train, sdir, seed, teacher, synthetic)
+                )
                 metrics = evaluate(model, test, task, ctx.device)
                 scores[key] = float(metrics[task.metric_name])
                 self._say(ctx, f"seed {seed} {LABELS[row]}: {task.metric_name} = {scores[key]:.4f}")
@@ -277,9 +356,21 @@ class DistillWorkflow:
         if head_path.is_file():
             teacher.head.load_state_dict(load_checkpoint(head_path, map_location=ctx.device))
             return teacher.eval()
-        info = probe_teacher(teacher, task, train, out_dir=sdir, cfg=self.cfg.probe, device=ctx.device, seed=seed,
-                             hooks=ctx.hooks, cache_root=ctx.out / "feature_cache" / "train", weights=tnode.get("weights"))
-        self._say(ctx, f"seed {seed}: teacher probed ({'on cached features' if info['cached'] else 're-encoding each batch'})")
+        info = probe_teacher(
+            teacher,
+            task,
+            train,
+            out_dir=sdir,
+            cfg=self.cfg.probe,
+            device=ctx.device,
+            seed=seed,
+            hooks=ctx.hooks,
+            cache_root=ctx.out / "feature_cache" / "train",
+            weights=tnode.get("weights"),
+        )
+        self._say(
+            ctx, f"seed {seed}: teacher probed ({'on cached features' if info['cached'] else 're-encoding each batch'})"
+        )
         if ctx.is_main:
             atomic_save(teacher.head.state_dict(), head_path)
         dist.barrier()
@@ -293,9 +384,20 @@ class DistillWorkflow:
         if scratch and tcfg.scratch_lr:
             tcfg = OmegaConf.merge(tcfg, {"lr": tcfg.scratch_lr})
         distilling = row.startswith("distilled")
-        return train_student(student, task, train, ckpt_path=sdir / f"{row}.ckpt", cfg=tcfg, device=ctx.device, seed=seed,
-                             teacher=teacher if distilling else None, distill_cfg=self.cfg.distill,
-                             synthetic=synthetic if row == "distilled_synthetic" else None, hooks=ctx.hooks, stage=row)
+        return train_student(
+            student,
+            task,
+            train,
+            ckpt_path=sdir / f"{row}.ckpt",
+            cfg=tcfg,
+            device=ctx.device,
+            seed=seed,
+            teacher=teacher if distilling else None,
+            distill_cfg=self.cfg.distill,
+            synthetic=synthetic if row == "distilled_synthetic" else None,
+            hooks=ctx.hooks,
+            stage=row,
+        )
 
     def load_row_model(self, ctx, row: str, snode: dict, K: int, seed: int):
         """Rebuild the trained student of ``row``/``seed`` from its checkpoint (or None)."""
@@ -315,15 +417,26 @@ class DistillWorkflow:
         n = max(1, int(round(sc.factor * len(train))))
         root = Path(sc.path).expanduser() if sc.path else ctx.out / "synthetic"
         images = _all_images(train)
-        self._say(ctx, f"synthetic set: {n} images from generator '{gnode['name']}' (mixing {getattr(gen, 'mix_k', 2)} images each) in {root}")
+        self._say(
+            ctx,
+            f"synthetic set: {n} images from generator '{gnode['name']}' (mixing {getattr(gen, 'mix_k', 2)} images each) in {root}",
+        )
         total = -(-n // sc.batch_size)
 
         def progress(done, tot):
             if ctx.hooks is not None:
                 ctx.hooks.step(step=done, metrics={}, total=tot, stage="generate")
 
-        return build_synthetic_set(gen, images, n, root, seed=sc.seed, batch_size=sc.batch_size, device=ctx.device,
-                                   progress=progress if total > 1 else None)
+        return build_synthetic_set(
+            gen,
+            images,
+            n,
+            root,
+            seed=sc.seed,
+            batch_size=sc.batch_size,
+            device=ctx.device,
+            progress=progress if total > 1 else None,
+        )
 
     def _table(self, ctx, rows, metric, scores) -> dict:
         results: dict = {"metric": metric, "seeds": list(self.cfg.seeds), "rows": {}}
@@ -333,9 +446,18 @@ class DistillWorkflow:
             if not vals:
                 continue
             stats = mean_ci(vals)
-            results["rows"][row] = {"label": LABELS[row], "scores": vals, "mean": stats["mean"], "ci95": stats["ci95"], "n": stats["n"]}
-            lines.append(f"| {LABELS[row]} | {100 * stats['mean']:.2f} ± {100 * stats['ci95']:.2f} | "
-                         + ", ".join(f"{100 * v:.2f}" for v in vals) + " |")
+            results["rows"][row] = {
+                "label": LABELS[row],
+                "scores": vals,
+                "mean": stats["mean"],
+                "ci95": stats["ci95"],
+                "n": stats["n"],
+            }
+            lines.append(
+                f"| {LABELS[row]} | {100 * stats['mean']:.2f} ± {100 * stats['ci95']:.2f} | "
+                + ", ".join(f"{100 * v:.2f}" for v in vals)
+                + " |"
+            )
         table = "\n".join(lines)
         results["table"] = table
         if ctx.is_main:

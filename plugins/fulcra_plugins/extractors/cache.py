@@ -35,7 +35,6 @@ def params_key(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-
 def jsonable(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         return hashlib.sha256(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16] + str(list(v.shape))
@@ -44,8 +43,6 @@ def jsonable(v: Any) -> Any:
     if isinstance(v, dict):
         return {str(k): jsonable(x) for k, x in v.items()}
     return v
-
-
 
 
 class FeatureCache:

@@ -59,7 +59,9 @@ def relevancy(
     return torch.sigmoid(temperature * (sq - sc)).movedim(-1, channel_dim)
 
 
-def relevancy_reference(features: torch.Tensor, queries: torch.Tensor, canonical: torch.Tensor, temperature: float = 10.0) -> torch.Tensor:
+def relevancy_reference(
+    features: torch.Tensor, queries: torch.Tensor, canonical: torch.Tensor, temperature: float = 10.0
+) -> torch.Tensor:
     """Eq. C.2 written literally (float64, exponentials, min over k), ``features`` ``[N, D]`` -> ``[N, Q]``;
     the slow reference :func:`relevancy` is tested against."""
     f = F.normalize(features.double(), dim=-1)
@@ -138,7 +140,13 @@ class CLIPExtractor(BaseExtractor):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            self.backbone = create_backbone(f"clip_{variant}", weights=weights, tiny=tiny, device=self.device, owner="feature_extractors plugin 'clip'")
+            self.backbone = create_backbone(
+                f"clip_{variant}",
+                weights=weights,
+                tiny=tiny,
+                device=self.device,
+                owner="feature_extractors plugin 'clip'",
+            )
         self.backbone.requires_grad_(False)
         self.variant, self.weights, self.tiny, self.mode = variant, weights, bool(tiny), mode
         self.scales, self.overlap, self.grid = scales, float(overlap), int(grid)
@@ -153,8 +161,14 @@ class CLIPExtractor(BaseExtractor):
 
     def cache_params(self) -> dict:
         return {
-            "name": self.name, "variant": self.variant, "weights": file_identity(self.weights), "tiny": self.tiny,
-            "mode": self.mode, "scales": self.scales, "overlap": self.overlap, "grid": self.grid,
+            "name": self.name,
+            "variant": self.variant,
+            "weights": file_identity(self.weights),
+            "tiny": self.tiny,
+            "mode": self.mode,
+            "scales": self.scales,
+            "overlap": self.overlap,
+            "grid": self.grid,
             **({"dense_resolution": self.dense_resolution} if self.mode == "dense" else {}),
         }
 
@@ -191,7 +205,9 @@ class CLIPExtractor(BaseExtractor):
             s = self.dense_resolution / min(H, W)
             th, tw = max(1, round(H * s / p)), max(1, round(W * s / p))  # token grid
             x = F.interpolate(images, size=(th * p, tw * p), mode="bilinear", align_corners=False, antialias=True)
-            outs = [self.backbone.patch_embeddings(self.backbone.normalize(x[i : i + 1])).float() for i in range(x.shape[0])]
+            outs = [
+                self.backbone.patch_embeddings(self.backbone.normalize(x[i : i + 1])).float() for i in range(x.shape[0])
+            ]
             dense = F.interpolate(torch.cat(outs), size=(gh, gw), mode="bilinear", align_corners=False)
             return F.normalize(dense, dim=1)
         sy, sx = H / gh, W / gw  # image pixels per grid cell
@@ -201,11 +217,13 @@ class CLIPExtractor(BaseExtractor):
             per_scale = []
             for boxes in self.windows(H, W).values():
                 crops = []
-                for (y0, x0, y1, x1) in boxes:
+                for y0, x0, y1, x1 in boxes:
                     py0, py1 = int(round(y0 * sy)), max(int(round(y1 * sy)), int(round(y0 * sy)) + 1)
                     px0, px1 = int(round(x0 * sx)), max(int(round(x1 * sx)), int(round(x0 * sx)) + 1)
                     crop = img[:, py0:py1, px0:px1][None]
-                    crops.append(F.interpolate(crop, size=(S, S), mode="bilinear", align_corners=False, antialias=True)[0])
+                    crops.append(
+                        F.interpolate(crop, size=(S, S), mode="bilinear", align_corners=False, antialias=True)[0]
+                    )
                 emb = self._embed_crops(torch.stack(crops))  # [n, E]
                 per_scale.append(aggregate_windows(emb[:, :, None, None], boxes, (gh, gw), mode="nearest"))
             maps.append(torch.stack(per_scale).mean(0))
@@ -225,7 +243,9 @@ class CLIPExtractor(BaseExtractor):
             self._canonical = self.embed_text(self.canonical_phrases)
         return self._canonical
 
-    def relevancy(self, features: torch.Tensor, queries: Sequence[str] | torch.Tensor, channel_dim: int = -1) -> torch.Tensor:
+    def relevancy(
+        self, features: torch.Tensor, queries: Sequence[str] | torch.Tensor, channel_dim: int = -1
+    ) -> torch.Tensor:
         """Relevancy (Eq. C.2) of ``features`` (``[..., E]``, or maps with ``channel_dim=1``) to text
         ``queries`` (strings or ``[Q, E]`` embeddings) against the canonical phrases; in [0, 1]."""
         q = queries if isinstance(queries, torch.Tensor) else self.embed_text(queries)

@@ -16,7 +16,9 @@ import torch
 
 from fulcra.engine import select_device
 
-from .cache import FeatureCache, image_hash, jsonable as _jsonable, params_key as _params_key
+from .cache import FeatureCache, image_hash
+from .cache import jsonable as _jsonable
+from .cache import params_key as _params_key
 from .views import _load_view, _shard, as_float_images, extract_views, iter_feature_maps, progress  # noqa: F401 (dinov2)
 from .windows import PCA, aggregate_windows, sliding_windows, window_starts, window_weights
 
@@ -34,9 +36,6 @@ __all__ = [
     "iter_feature_maps",
     "extract_views",
 ]
-
-
-
 
 
 class BaseExtractor:
@@ -109,7 +108,12 @@ class BaseExtractor:
         return self._run_cached("features", images, self.forward_batch, kwargs)
 
     def _run_cached(
-        self, stage: str, images: torch.Tensor, fn: Callable, kwargs: dict, images_per_batch: int | None = None,
+        self,
+        stage: str,
+        images: torch.Tensor,
+        fn: Callable,
+        kwargs: dict,
+        images_per_batch: int | None = None,
         store_dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """Run ``fn`` on the images whose ``stage`` output is not cached; ``store_dtype`` is the dtype
@@ -136,7 +140,9 @@ class BaseExtractor:
                     results[i] = hit.float()
         todo = [i for i in range(b) if results[i] is None]
         chunks = [todo[s : s + ipb] for s in range(0, len(todo), ipb)]
-        for chunk in progress(chunks, total=len(chunks), desc=self.name, enabled=self.show_progress and len(chunks) > 1):
+        for chunk in progress(
+            chunks, total=len(chunks), desc=self.name, enabled=self.show_progress and len(chunks) > 1
+        ):
             batch = images[chunk].to(self.device)
             sub = {k: [v[i] for i in chunk] for k, v in per_image.items()}
             with torch.no_grad():  # not inference_mode: outputs feed autograd-based uplifting
@@ -149,4 +155,6 @@ class BaseExtractor:
         return torch.stack([r.to(images.device) for r in results])  # type: ignore[union-attr]
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.cache_params().items() if k != 'name')})"
+        return (
+            f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.cache_params().items() if k != 'name')})"
+        )

@@ -34,7 +34,14 @@ class DINOv2Extractor(ViTExtractor):
 
     name = "dinov2"
     #: tiny settings for the catalogue's conformance test (tests/core/test_catalogue.py)
-    conformance_params = {"variant": "vits14_reg", "tiny": True, "n_components": 4, "resolution": 28, "crop_size": 28, "stride": 14}
+    conformance_params = {
+        "variant": "vits14_reg",
+        "tiny": True,
+        "n_components": 4,
+        "resolution": 28,
+        "crop_size": 28,
+        "stride": 14,
+    }
 
     def __init__(
         self,
@@ -56,11 +63,26 @@ class DINOv2Extractor(ViTExtractor):
             import difflib
 
             close = difflib.get_close_matches(variant, VARIANTS, n=3)
-            raise ConfigError(f"dinov2: unknown variant {variant!r}" + (f"; did you mean {', '.join(close)}?" if close else f"; choose from {', '.join(VARIANTS)}"))
+            raise ConfigError(
+                f"dinov2: unknown variant {variant!r}"
+                + (f"; did you mean {', '.join(close)}?" if close else f"; choose from {', '.join(VARIANTS)}")
+            )
         self.variant = variant
-        super().__init__(f"dinov2_{variant}", weights=weights, tiny=tiny, n_components=n_components, pca_weighting=pca_weighting,
-                         resolution=resolution, crop_size=crop_size, stride=stride, output_stride=output_stride, device=device,
-                         batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+        super().__init__(
+            f"dinov2_{variant}",
+            weights=weights,
+            tiny=tiny,
+            n_components=n_components,
+            pca_weighting=pca_weighting,
+            resolution=resolution,
+            crop_size=crop_size,
+            stride=stride,
+            output_stride=output_stride,
+            device=device,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
 
     def _backbone_params(self) -> dict:
         # the key of the caches written before the vit extractor existed: they stay valid

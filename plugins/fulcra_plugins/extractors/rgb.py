@@ -32,7 +32,14 @@ class RGBExtractor(BaseExtractor):
     name = "rgb"
     dim = 3
 
-    def __init__(self, patch_size: int = 1, device: str = "cpu", batch_size: int = 64, cache_dir: str | None = None, progress: bool = False):
+    def __init__(
+        self,
+        patch_size: int = 1,
+        device: str = "cpu",
+        batch_size: int = 64,
+        cache_dir: str | None = None,
+        progress: bool = False,
+    ):
         super().__init__(device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
         if int(patch_size) < 1:
             raise ValueError(f"rgb: patch_size must be >= 1, got {patch_size}")

@@ -91,13 +91,31 @@ class PromptedMaskExtractor(BaseExtractor):
             raise ConfigError(f"{self.name}: mask must be one of {', '.join(MASK_CHOICES)}, got {mask!r}")
         if n_points < 1 or n_repeats < 1:
             raise ConfigError(f"{self.name}: n_points and n_repeats must be >= 1")
-        self.n_points, self.n_repeats, self.mask, self.binarize, self.seed = int(n_points), int(n_repeats), mask, bool(binarize), int(seed)
+        self.n_points, self.n_repeats, self.mask, self.binarize, self.seed = (
+            int(n_points),
+            int(n_repeats),
+            mask,
+            bool(binarize),
+            int(seed),
+        )
         self.dim = 3 if mask == "all" else 1
 
     def _prompt_params(self) -> dict:
-        return {"n_points": self.n_points, "n_repeats": self.n_repeats, "mask": self.mask, "binarize": self.binarize, "seed": self.seed}
+        return {
+            "n_points": self.n_points,
+            "n_repeats": self.n_repeats,
+            "mask": self.mask,
+            "binarize": self.binarize,
+            "seed": self.seed,
+        }
 
-    def __call__(self, images: torch.Tensor, prompts: Sequence[torch.Tensor] | None = None, positive: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self,
+        images: torch.Tensor,
+        prompts: Sequence[torch.Tensor] | None = None,
+        positive: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         """Averaged masks for a batch.
 
         Args:
@@ -113,14 +131,18 @@ class PromptedMaskExtractor(BaseExtractor):
         """
         images = as_float_images(images)
         if prompts is None and positive is None:
-            raise ValueError(f"{self.name}: give the positive pixels, prompts=[P,2] (x,y) per image or positive=[B,H,W] masks")
+            raise ValueError(
+                f"{self.name}: give the positive pixels, prompts=[P,2] (x,y) per image or positive=[B,H,W] masks"
+            )
         if prompts is None:
             if isinstance(positive, (list, tuple)):  # one [H, W] mask per image (iter_feature_maps)
                 positive = torch.stack([torch.as_tensor(m) for m in positive])
             if positive.ndim == 4 and positive.shape[1] == 1:
                 positive = positive[:, 0]
             if positive.shape[0] != images.shape[0] or positive.shape[-2:] != images.shape[-2:]:
-                raise ValueError(f"{self.name}: positive must be [B,H,W] = {[images.shape[0], *images.shape[-2:]]}, got {list(positive.shape)}")
+                raise ValueError(
+                    f"{self.name}: positive must be [B,H,W] = {[images.shape[0], *images.shape[-2:]]}, got {list(positive.shape)}"
+                )
             prompts = [positive_points(m.cpu()) for m in positive]
         prompts = [torch.as_tensor(p).reshape(-1, 2).cpu() for p in prompts]
         return self._run_cached("features", images, self._masks_batch, {"prompts": prompts})
@@ -135,9 +157,13 @@ class PromptedMaskExtractor(BaseExtractor):
                 raise ValueError(f"{self.name}: prompt outside the {W}x{H} image")
             # one generator per image seeded by `seed`: draws do not depend on the batch
             g = torch.Generator().manual_seed(self.seed)
-            coords = sample_prompts(pts, self.n_points, self.n_repeats, g).float()  # SAM adds the 0.5 of pixel centres itself
+            coords = sample_prompts(
+                pts, self.n_points, self.n_repeats, g
+            ).float()  # SAM adds the 0.5 of pixel centres itself
             labels = torch.ones(coords.shape[:2], dtype=torch.int64)
-            logits, iou = self._decode(state, coords.to(self.device), labels.to(self.device), multimask)  # [R,C,H,W], [R,C]
+            logits, iou = self._decode(
+                state, coords.to(self.device), labels.to(self.device), multimask
+            )  # [R,C,H,W], [R,C]
             if self.mask == "best":
                 logits = logits[torch.arange(logits.shape[0]), iou.argmax(1)][:, None]
             elif self.mask in ("0", "1", "2"):
@@ -149,7 +175,9 @@ class PromptedMaskExtractor(BaseExtractor):
     def _embed(self, images: torch.Tensor) -> list:
         raise NotImplementedError
 
-    def _decode(self, state: Any, coords: torch.Tensor, labels: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode(
+        self, state: Any, coords: torch.Tensor, labels: torch.Tensor, multimask: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
 
@@ -165,14 +193,31 @@ def build_tiny_sam():
         torch.manual_seed(0)
         sam = Sam(
             image_encoder=ImageEncoderViT(
-                depth=2, embed_dim=32, img_size=img, mlp_ratio=2, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                num_heads=2, patch_size=patch, qkv_bias=True, use_rel_pos=True, global_attn_indexes=[1],
-                window_size=2, out_chans=dim,
+                depth=2,
+                embed_dim=32,
+                img_size=img,
+                mlp_ratio=2,
+                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                num_heads=2,
+                patch_size=patch,
+                qkv_bias=True,
+                use_rel_pos=True,
+                global_attn_indexes=[1],
+                window_size=2,
+                out_chans=dim,
             ),
-            prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(img // patch, img // patch), input_image_size=(img, img), mask_in_chans=4),
+            prompt_encoder=PromptEncoder(
+                embed_dim=dim,
+                image_embedding_size=(img // patch, img // patch),
+                input_image_size=(img, img),
+                mask_in_chans=4,
+            ),
             mask_decoder=MaskDecoder(
-                num_multimask_outputs=3, transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
-                transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=32,
+                num_multimask_outputs=3,
+                transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
+                transformer_dim=dim,
+                iou_head_depth=2,
+                iou_head_hidden_dim=32,
             ),
             pixel_mean=[123.675, 116.28, 103.53],
             pixel_std=[58.395, 57.12, 57.375],
@@ -232,7 +277,9 @@ class SAMExtractor(PromptedMaskExtractor):
         try:
             from segment_anything import SamPredictor, sam_model_registry
         except ImportError as exc:
-            raise MissingDependencyError("the sam extractor needs segment-anything: pip install 'fulcra[sam]'", extra="sam") from exc
+            raise MissingDependencyError(
+                "the sam extractor needs segment-anything: pip install 'fulcra[sam]'", extra="sam"
+            ) from exc
         self.variant, self.tiny = variant, bool(tiny)
         if tiny and not weights:
             model = build_tiny_sam()
@@ -245,14 +292,22 @@ class SAMExtractor(PromptedMaskExtractor):
             except RuntimeError as exc:
                 from fulcra.errors import FormatError
 
-                raise FormatError(f"{path}: not a SAM {variant} checkpoint ({' '.join(str(exc).split())[:240]})") from exc
+                raise FormatError(
+                    f"{path}: not a SAM {variant} checkpoint ({' '.join(str(exc).split())[:240]})"
+                ) from exc
             self.weights = str(path)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.predictor = SamPredictor(self.model)
         self.mask_threshold = float(self.model.mask_threshold)
 
     def cache_params(self) -> dict:
-        return {"name": self.name, "variant": self.variant, "tiny": self.tiny, "weights": file_identity(self.weights), **self._prompt_params()}
+        return {
+            "name": self.name,
+            "variant": self.variant,
+            "tiny": self.tiny,
+            "weights": file_identity(self.weights),
+            **self._prompt_params(),
+        }
 
     def _embed(self, images: torch.Tensor) -> list:
         H, W = images.shape[-2:]

@@ -21,13 +21,23 @@ __all__ = ["SAM2Extractor", "build_tiny_sam2", "SAM2_VARIANTS"]
 _BASE = "https://dl.fbaipublicfiles.com/segment_anything_2"
 # (version, variant) -> (config inside the sam2 package, official checkpoint name, URL)
 SAM2_VARIANTS = {
-    ("2.1", size): (f"configs/sam2.1/sam2.1_hiera_{short}.yaml", f"sam2.1_hiera_{size}.pt", f"{_BASE}/092824/sam2.1_hiera_{size}.pt")
+    ("2.1", size): (
+        f"configs/sam2.1/sam2.1_hiera_{short}.yaml",
+        f"sam2.1_hiera_{size}.pt",
+        f"{_BASE}/092824/sam2.1_hiera_{size}.pt",
+    )
     for size, short in (("tiny", "t"), ("small", "s"), ("base_plus", "b+"), ("large", "l"))
 }
-SAM2_VARIANTS.update({
-    ("2.0", size): (f"configs/sam2/sam2_hiera_{short}.yaml", f"sam2_hiera_{size}.pt", f"{_BASE}/072824/sam2_hiera_{size}.pt")
-    for size, short in (("tiny", "t"), ("small", "s"), ("base_plus", "b+"), ("large", "l"))
-})
+SAM2_VARIANTS.update(
+    {
+        ("2.0", size): (
+            f"configs/sam2/sam2_hiera_{short}.yaml",
+            f"sam2_hiera_{size}.pt",
+            f"{_BASE}/072824/sam2_hiera_{size}.pt",
+        )
+        for size, short in (("tiny", "t"), ("small", "s"), ("base_plus", "b+"), ("large", "l"))
+    }
+)
 
 
 def _import_sam2():
@@ -39,7 +49,9 @@ def _import_sam2():
         from omegaconf import OmegaConf
         from sam2.sam2_image_predictor import SAM2ImagePredictor
     except ImportError as exc:
-        raise MissingDependencyError("the sam2 extractor needs the official sam2 package: pip install 'fulcra[sam2]'", extra="sam2") from exc
+        raise MissingDependencyError(
+            "the sam2 extractor needs the official sam2 package: pip install 'fulcra[sam2]'", extra="sam2"
+        ) from exc
     return sam2, instantiate, OmegaConf, SAM2ImagePredictor
 
 
@@ -47,7 +59,11 @@ def _config(config: str):
     sam2, _, OmegaConf, _ = _import_sam2()
     cfg = OmegaConf.load(Path(sam2.__file__).parent / config)  # plain YAML, nothing executed
     # what sam2.build_sam.build_sam2 adds by default (apply_postprocessing=True)
-    extra = {"dynamic_multimask_via_stability": True, "dynamic_multimask_stability_delta": 0.05, "dynamic_multimask_stability_thresh": 0.98}
+    extra = {
+        "dynamic_multimask_via_stability": True,
+        "dynamic_multimask_stability_delta": 0.05,
+        "dynamic_multimask_stability_thresh": 0.98,
+    }
     cfg.model.sam_mask_decoder_extra_args = extra
     return cfg
 
@@ -60,7 +76,14 @@ def build_tiny_sam2():
     m = cfg.model
     e, d, mem = 8, 32, 16
     m.image_size = 128
-    m.image_encoder.trunk.update(embed_dim=e, num_heads=1, stages=[1, 1, 2, 1], global_att_blocks=[3], window_pos_embed_bkg_spatial_size=[2, 2], window_spec=[4, 4, 4, 2])
+    m.image_encoder.trunk.update(
+        embed_dim=e,
+        num_heads=1,
+        stages=[1, 1, 2, 1],
+        global_att_blocks=[3],
+        window_pos_embed_bkg_spatial_size=[2, 2],
+        window_spec=[4, 4, 4, 2],
+    )
     m.image_encoder.neck.update(d_model=d, backbone_channel_list=[8 * e, 4 * e, 2 * e, e])
     m.image_encoder.neck.position_encoding.num_pos_feats = d
     ma = m.memory_attention
@@ -125,7 +148,9 @@ class SAM2Extractor(PromptedMaskExtractor):
         super().__init__(device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
         self._init_prompting(n_points, n_repeats, mask, binarize, seed)
         if (str(version), variant) not in SAM2_VARIANTS:
-            raise ConfigError(f"sam2: unknown variant {variant!r} / version {version!r}; variants: tiny, small, base_plus, large; versions: 2.0, 2.1")
+            raise ConfigError(
+                f"sam2: unknown variant {variant!r} / version {version!r}; variants: tiny, small, base_plus, large; versions: 2.0, 2.1"
+            )
         _, instantiate, OmegaConf, SAM2ImagePredictor = _import_sam2()
         config, filename, url = SAM2_VARIANTS[(str(version), variant)]
         self.variant, self.version, self.tiny = variant, str(version), bool(tiny)
@@ -140,7 +165,9 @@ class SAM2Extractor(PromptedMaskExtractor):
             try:
                 model.load_state_dict(load_state_dict_file(path))
             except RuntimeError as exc:
-                raise FormatError(f"{path}: not a SAM 2 {version} {variant} checkpoint ({' '.join(str(exc).split())[:240]})") from exc
+                raise FormatError(
+                    f"{path}: not a SAM 2 {version} {variant} checkpoint ({' '.join(str(exc).split())[:240]})"
+                ) from exc
             self.weights = str(path)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.predictor = SAM2ImagePredictor(self.model)
@@ -150,7 +177,14 @@ class SAM2Extractor(PromptedMaskExtractor):
         self.mask_threshold = float(self.predictor.mask_threshold)
 
     def cache_params(self) -> dict:
-        return {"name": self.name, "variant": self.variant, "version": self.version, "tiny": self.tiny, "weights": file_identity(self.weights), **self._prompt_params()}
+        return {
+            "name": self.name,
+            "variant": self.variant,
+            "version": self.version,
+            "tiny": self.tiny,
+            "weights": file_identity(self.weights),
+            **self._prompt_params(),
+        }
 
     def _embed(self, images: torch.Tensor) -> list:
         # SAM2Transforms in torch: square resize to the model size, ImageNet normalisation
@@ -165,9 +199,15 @@ class SAM2Extractor(PromptedMaskExtractor):
         if m.directly_add_no_mem_embed:
             vision_feats[-1] = vision_feats[-1] + m.no_mem_embed
         b = x.shape[0]
-        feats = [f.permute(1, 2, 0).reshape(b, -1, *fs) for f, fs in zip(vision_feats[::-1], self.predictor._bb_feat_sizes[::-1])][::-1]
+        feats = [
+            f.permute(1, 2, 0).reshape(b, -1, *fs)
+            for f, fs in zip(vision_feats[::-1], self.predictor._bb_feat_sizes[::-1])
+        ][::-1]
         H, W = images.shape[-2:]
-        return [({"image_embed": feats[-1][i : i + 1], "high_res_feats": [f[i : i + 1] for f in feats[:-1]]}, (H, W)) for i in range(b)]
+        return [
+            ({"image_embed": feats[-1][i : i + 1], "high_res_feats": [f[i : i + 1] for f in feats[:-1]]}, (H, W))
+            for i in range(b)
+        ]
 
     def _decode(self, state: Any, coords: torch.Tensor, labels: torch.Tensor, multimask: bool):
         features, orig_hw = state

@@ -67,8 +67,6 @@ def _shard(seq: Sequence) -> list:
     return list(d.shard(seq))
 
 
-
-
 def _load_view(view: Any) -> torch.Tensor:
     img = view() if callable(view) else view
     return as_float_images(img)
@@ -134,7 +132,9 @@ def iter_feature_maps(
         yield from flush()
 
 
-def extract_views(extractor: Callable[..., torch.Tensor], views: Sequence[Any], *, shard: bool = False, **kwargs: Any) -> dict[int, torch.Tensor]:
+def extract_views(
+    extractor: Callable[..., torch.Tensor], views: Sequence[Any], *, shard: bool = False, **kwargs: Any
+) -> dict[int, torch.Tensor]:
     """All feature maps of a camera set at once: ``{index: [D, h, w]}`` (this rank's views when
     ``shard``). See :func:`iter_feature_maps` for the arguments."""
     return dict(iter_feature_maps(extractor, views, shard=shard, **kwargs))

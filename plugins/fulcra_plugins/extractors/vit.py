@@ -79,7 +79,14 @@ class ViTExtractor(BaseExtractor):
 
     name = "vit"
     #: tiny settings for the catalogue's conformance test (tests/core/test_catalogue.py)
-    conformance_params = {"backbone": "dinov2_vits14_reg", "tiny": True, "n_components": 4, "resolution": 28, "crop_size": 28, "stride": 14}
+    conformance_params = {
+        "backbone": "dinov2_vits14_reg",
+        "tiny": True,
+        "n_components": 4,
+        "resolution": 28,
+        "crop_size": 28,
+        "stride": 14,
+    }
 
     def __init__(
         self,
@@ -99,10 +106,18 @@ class ViTExtractor(BaseExtractor):
     ):
         super().__init__(device=device, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
         if pca_weighting not in ("eigenvalue", "sqrt", "none"):
-            raise ConfigError(f"{self.name}: pca_weighting must be 'eigenvalue', 'sqrt' or 'none', got {pca_weighting!r}")
+            raise ConfigError(
+                f"{self.name}: pca_weighting must be 'eigenvalue', 'sqrt' or 'none', got {pca_weighting!r}"
+            )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # a tiny random model must be the same at every construction (cache keys)
-            self.backbone = create_backbone(backbone, weights=weights, tiny=tiny, device=self.device, owner=f"feature_extractors plugin {self.name!r}")
+            self.backbone = create_backbone(
+                backbone,
+                weights=weights,
+                tiny=tiny,
+                device=self.device,
+                owner=f"feature_extractors plugin {self.name!r}",
+            )
         self.backbone.requires_grad_(False)
         p = int(self.backbone.patch_size)
         stride = int(stride) or int(crop_size) // 2
@@ -114,7 +129,12 @@ class ViTExtractor(BaseExtractor):
             raise ConfigError(f"{self.name}: stride and output_stride must be >= 1 and n_components >= 0")
         self.backbone_ref, self.weights, self.tiny = backbone, weights, bool(tiny)
         self.n_components, self.pca_weighting = int(n_components), pca_weighting
-        self.resolution, self.crop_size, self.stride, self.output_stride = int(resolution), int(crop_size), stride, int(output_stride)
+        self.resolution, self.crop_size, self.stride, self.output_stride = (
+            int(resolution),
+            int(crop_size),
+            stride,
+            int(output_stride),
+        )
         self.embed_dim = int(self.backbone.embed_dim)
         self.dim = self.n_components or self.embed_dim
         self.pca: PCA | None = None
@@ -123,8 +143,13 @@ class ViTExtractor(BaseExtractor):
     def cache_params(self) -> dict:
         # only what determines the patch tokens: the PCA is refitted from cached tokens
         return {
-            "name": self.name, **self._backbone_params(), "weights": file_identity(self.weights), "tiny": self.tiny,
-            "resolution": self.resolution, "crop_size": self.crop_size, "stride": self.stride,
+            "name": self.name,
+            **self._backbone_params(),
+            "weights": file_identity(self.weights),
+            "tiny": self.tiny,
+            "resolution": self.resolution,
+            "crop_size": self.crop_size,
+            "stride": self.stride,
         }
 
     def _backbone_params(self) -> dict:
@@ -160,9 +185,16 @@ class ViTExtractor(BaseExtractor):
         images = as_float_images(images)
         # images per chunk such that about batch_size crops go through the model at once
         n_crops = len(self.boxes(*images.shape[-2:]))
-        return self._run_cached("tokens", images, self._tokens_batch, {}, images_per_batch=max(1, self.batch_size // n_crops), store_dtype=torch.float16)
+        return self._run_cached(
+            "tokens",
+            images,
+            self._tokens_batch,
+            {},
+            images_per_batch=max(1, self.batch_size // n_crops),
+            store_dtype=torch.float16,
+        )
 
-    def fit(self, views: Sequence[Any] | torch.Tensor) -> "ViTExtractor":
+    def fit(self, views: Sequence[Any] | torch.Tensor) -> ViTExtractor:
         """Fit the PCA over the patch tokens of all ``views`` (images ``[3,H,W]``, a ``[B,3,H,W]``
         batch, or zero-argument loaders). Under ``torchrun`` each rank reads its share of the views
         and the statistics are all-reduced, so every rank gets the same basis; with ``cache_dir`` the

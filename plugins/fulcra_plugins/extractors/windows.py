@@ -13,8 +13,6 @@ from .views import _dist
 __all__ = ["window_starts", "sliding_windows", "window_weights", "aggregate_windows", "PCA"]
 
 
-
-
 def window_starts(length: int, window: int, stride: int) -> list[int]:
     """Start offsets of windows of size ``window`` every ``stride`` pixels along an axis of ``length``.
 
@@ -33,7 +31,9 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return starts
 
 
-def sliding_windows(height: int, width: int, window: int | tuple[int, int], stride: int | tuple[int, int]) -> list[tuple[int, int, int, int]]:
+def sliding_windows(
+    height: int, width: int, window: int | tuple[int, int], stride: int | tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
     """Overlapping windows covering an ``height x width`` grid.
 
     Returns:
@@ -155,7 +155,7 @@ class PCA:
         self.outer += x.T @ x
         self.count += x.shape[0]
 
-    def fit(self, n_components: int, distributed: bool = True) -> "PCA":
+    def fit(self, n_components: int, distributed: bool = True) -> PCA:
         if distributed:
             stats = torch.cat([self.sum, self.outer.reshape(-1), self.count.reshape(1)])
             d = _dist()

@@ -51,9 +51,18 @@ class ImageMixer:
         weights: optional per-input scaling of the embeddings (length ``mix_k``), as in ImageMixer's demo.
     """
 
-    def __init__(self, model: str | None = None, mix_k: int = 2, steps: int = 50, guidance_scale: float = 3.0,
-                 size: int | None = None, keep_size: bool = True, device: str = "auto", dtype: str = "auto",
-                 weights: list | None = None):
+    def __init__(
+        self,
+        model: str | None = None,
+        mix_k: int = 2,
+        steps: int = 50,
+        guidance_scale: float = 3.0,
+        size: int | None = None,
+        keep_size: bool = True,
+        device: str = "auto",
+        dtype: str = "auto",
+        weights: list | None = None,
+    ):
         if mix_k < 2:
             raise ConfigError(f"generators plugin 'imagemixer': mix_k must be >= 2, got {mix_k}")
         if weights is not None and len(weights) != mix_k:
@@ -71,16 +80,22 @@ class ImageMixer:
         if not self.model:
             raise WeightsNotFoundError(
                 "generators plugin 'imagemixer' needs model=DIR, a local diffusers-format folder with "
-                f"{', '.join(SUBFOLDERS)}/ (see docs/distill.md); nothing is downloaded")
+                f"{', '.join(SUBFOLDERS)}/ (see docs/distill.md); nothing is downloaded"
+            )
         root = Path(self.model).expanduser()
         missing = [s for s in SUBFOLDERS if not (root / s).is_dir()]
         if missing:
-            raise WeightsNotFoundError(f"{root}: not a diffusers-format ImageMixer folder (missing {', '.join(s + '/' for s in missing)})")
+            raise WeightsNotFoundError(
+                f"{root}: not a diffusers-format ImageMixer folder (missing {', '.join(s + '/' for s in missing)})"
+            )
         try:
             from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
             from transformers import CLIPVisionModelWithProjection
         except ImportError as exc:
-            raise MissingDependencyError("generators plugin 'imagemixer' needs diffusers and transformers: pip install 'fulcra[diffusers]'", extra="diffusers") from exc
+            raise MissingDependencyError(
+                "generators plugin 'imagemixer' needs diffusers and transformers: pip install 'fulcra[diffusers]'",
+                extra="diffusers",
+            ) from exc
         from fulcra.engine import select_device, select_dtype
 
         device = select_device(self.device_spec)
@@ -99,10 +114,22 @@ class ImageMixer:
             crop = p.get("crop_size", clip_size)
             clip_size = int(crop["height"] if isinstance(crop, dict) else crop)
         if unet.config.cross_attention_dim != enc.config.projection_dim:
-            raise ConfigError(f"{root}: unet cross_attention_dim {unet.config.cross_attention_dim} != image_encoder projection_dim {enc.config.projection_dim}")
+            raise ConfigError(
+                f"{root}: unet cross_attention_dim {unet.config.cross_attention_dim} != image_encoder projection_dim {enc.config.projection_dim}"
+            )
         vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self._parts = dict(unet=unet, vae=vae, scheduler=sched, encoder=enc, device=device, dtype=dtype,
-                           mean=mean, std=std, clip_size=clip_size, vae_factor=vae_factor)
+        self._parts = dict(
+            unet=unet,
+            vae=vae,
+            scheduler=sched,
+            encoder=enc,
+            device=device,
+            dtype=dtype,
+            mean=mean,
+            std=std,
+            clip_size=clip_size,
+            vae_factor=vae_factor,
+        )
         return self._parts
 
     # --------------------------------------------------------------------------------- generation
@@ -110,7 +137,9 @@ class ImageMixer:
         """CLIP image embeddings ``[B, E]`` of ``images`` ``[B, 3, H, W]`` in [0, 1]."""
         p = self._load()
         x = images.to(p["device"], torch.float32)
-        x = F.interpolate(x, size=(p["clip_size"], p["clip_size"]), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        x = F.interpolate(
+            x, size=(p["clip_size"], p["clip_size"]), mode="bicubic", align_corners=False, antialias=True
+        ).clamp(0, 1)
         mean = torch.tensor(p["mean"], device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(p["std"], device=x.device).view(1, 3, 1, 1)
         return p["encoder"](pixel_values=((x - mean) / std).to(p["dtype"])).image_embeds
@@ -119,7 +148,9 @@ class ImageMixer:
     def generate(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         p = self._load()
         if images.ndim != 4 or images.shape[0] % self.mix_k:
-            raise ConfigError(f"generators plugin 'imagemixer': expected [n*{self.mix_k}, 3, H, W], got {tuple(images.shape)}")
+            raise ConfigError(
+                f"generators plugin 'imagemixer': expected [n*{self.mix_k}, 3, H, W], got {tuple(images.shape)}"
+            )
         n, (H, W) = images.shape[0] // self.mix_k, images.shape[-2:]
         cond = self.embed(images).view(n, self.mix_k, -1)  # concatenated along the sequence
         if self.weights is not None:

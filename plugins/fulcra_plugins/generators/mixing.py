@@ -47,7 +47,9 @@ class Mixup:
 
     def generate(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         g = _groups(images, self.mix_k, "mixup")
-        w = self.weights(g.shape[0], generator).to(images.device, images.dtype if images.is_floating_point() else torch.float32)
+        w = self.weights(g.shape[0], generator).to(
+            images.device, images.dtype if images.is_floating_point() else torch.float32
+        )
         return (g.float() * w.view(*w.shape, 1, 1, 1)).sum(1)
 
 
@@ -72,8 +74,15 @@ class CutMix:
         cut = np.sqrt(1.0 - lam)
         bh, bw = (cut * h).astype(int), (cut * w).astype(int)
         cy, cx = rng.integers(0, h, size=lam.shape), rng.integers(0, w, size=lam.shape)
-        return np.stack([np.clip(cy - bh // 2, 0, h), np.clip(cy + bh // 2, 0, h),
-                         np.clip(cx - bw // 2, 0, w), np.clip(cx + bw // 2, 0, w)], -1)
+        return np.stack(
+            [
+                np.clip(cy - bh // 2, 0, h),
+                np.clip(cy + bh // 2, 0, h),
+                np.clip(cx - bw // 2, 0, w),
+                np.clip(cx + bw // 2, 0, w),
+            ],
+            -1,
+        )
 
     def generate(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         g = _groups(images, self.mix_k, "cutmix").float()

@@ -37,9 +37,17 @@ def draw_sources(n_source: int, n_images: int, k: int, seed: int) -> torch.Tenso
     return src
 
 
-def build_synthetic_set(generator: Any, images: torch.Tensor, n_images: int, out_dir: str | Path, *, seed: int = 0,
-                        batch_size: int = 16, device: torch.device | str = "cpu",
-                        progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+def build_synthetic_set(
+    generator: Any,
+    images: torch.Tensor,
+    n_images: int,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
     """Generate ``n_images`` synthetic images from ``images`` (uint8 ``[N, 3, H, W]``).
 
     Args:
@@ -57,8 +65,14 @@ def build_synthetic_set(generator: Any, images: torch.Tensor, n_images: int, out
     out = Path(out_dir)
     k = int(getattr(generator, "mix_k", 2))
     n_chunks = -(-int(n_images) // int(batch_size))
-    spec = {"n_images": int(n_images), "mix_k": k, "seed": int(seed), "batch_size": int(batch_size),
-            "n_source": int(images.shape[0]), "generator": type(generator).__name__}
+    spec = {
+        "n_images": int(n_images),
+        "mix_k": k,
+        "seed": int(seed),
+        "batch_size": int(batch_size),
+        "n_source": int(images.shape[0]),
+        "generator": type(generator).__name__,
+    }
     index = out / "index.json"
     if dist.rank() == 0:
         out.mkdir(parents=True, exist_ok=True)

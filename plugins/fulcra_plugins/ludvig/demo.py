@@ -31,10 +31,10 @@ def run_demo(out_dir: str | Path, scene_dir: str | Path | None = None, views: in
     Returns:
         ``{"iou3d", "iou2d", "selected", "removed_ply", "overlay_png", "seconds", ...}``.
     """
-    import fulcra
     from PIL import Image
     from safetensors.torch import load_file
 
+    import fulcra
     from fulcra_plugins.scenes import load_scene
     from fulcra_plugins.scenes.synthetic import generate_scene
 
@@ -54,7 +54,9 @@ def run_demo(out_dir: str | Path, scene_dir: str | Path | None = None, views: in
         root = out / "scene"
         if not (root / "scene.json").is_file():
             generate_scene(root, seed=0, width=128, height=96, n_ring=8, n_forward=4, density=0.5)
-    scene, cams, imgs = load_scene(root / "point_cloud.ply", root / "cameras.json", root / "images", backend="torch", device="cpu")
+    scene, cams, imgs = load_scene(
+        root / "point_cloud.ply", root / "cameras.json", root / "images", backend="torch", device="cpu"
+    )
     labels = load_file(str(root / "labels.safetensors"))["labels"]
     objects = json.loads((root / "scene.json").read_text())["objects"]
     o = objects.index(obj)
@@ -72,7 +74,9 @@ def run_demo(out_dir: str | Path, scene_dir: str | Path | None = None, views: in
             gt[c.name] = torch.from_numpy(np.asarray(im).astype(np.int64))
     ref = max(use, key=lambda c: int((gt[c.name] == o).sum()))
     scribble = scribble_from_mask(gt[ref.name] == o)
-    sel = Selector(scene, features, weights, refiner=fulcra.create("refiners", "graph_diffusion", k=16, steps=100)).select(ref, scribble)
+    sel = Selector(
+        scene, features, weights, refiner=fulcra.create("refiners", "graph_diffusion", k=16, steps=100)
+    ).select(ref, scribble)
     mask2d = sel.render(ref)
     overlay = save_overlay(imgs[ref.name], mask2d, out / "segment_overlay.png", scribble)
     removed_ply = sel.save_removed(out / "removed.ply")
@@ -80,13 +84,22 @@ def run_demo(out_dir: str | Path, scene_dir: str | Path | None = None, views: in
         rgb = sel.remove().render_rgb(ref).clamp(0, 1)
     Image.fromarray((rgb.numpy() * 255 + 0.5).astype(np.uint8)).save(out / "removed.png")
     res = {
-        "object": obj, "reference_view": ref.name, "views": len(use), "num_gaussians": scene.num_primitives,
-        "selected": int(sel.mask3d.sum()), "iou3d": iou(sel.mask3d, labels == o),
-        "iou2d": iou(mask2d, gt[ref.name] == o), "overlay_png": str(overlay), "removed_ply": str(removed_ply),
-        "removed_png": str(out / "removed.png"), "seconds": round(time.time() - t0, 1),
+        "object": obj,
+        "reference_view": ref.name,
+        "views": len(use),
+        "num_gaussians": scene.num_primitives,
+        "selected": int(sel.mask3d.sum()),
+        "iou3d": iou(sel.mask3d, labels == o),
+        "iou2d": iou(mask2d, gt[ref.name] == o),
+        "overlay_png": str(overlay),
+        "removed_ply": str(removed_ply),
+        "removed_png": str(out / "removed.png"),
+        "seconds": round(time.time() - t0, 1),
     }
-    res["summary"] = (f"scribble on {ref.name} -> {res['selected']} of {res['num_gaussians']} Gaussians selected by graph "
-                      f"diffusion; {obj}: 3D IoU {res['iou3d']:.3f}, 2D IoU {res['iou2d']:.3f}; "
-                      f"overlay {overlay.name}, removed object's scene {removed_ply.name}")
+    res["summary"] = (
+        f"scribble on {ref.name} -> {res['selected']} of {res['num_gaussians']} Gaussians selected by graph "
+        f"diffusion; {obj}: 3D IoU {res['iou3d']:.3f}, 2D IoU {res['iou2d']:.3f}; "
+        f"overlay {overlay.name}, removed object's scene {removed_ply.name}"
+    )
     (out / "segment.json").write_text(json.dumps(res, indent=2))
     return res

@@ -18,8 +18,10 @@ def _editable(scene) -> None:
     from fulcra.interfaces import EditableScene
 
     if not isinstance(scene, EditableScene):
-        raise TypeError(f"scene {type(scene).__name__} cannot be edited: removal and extraction need subset() and "
-                        "save_ply() (fulcra.interfaces.EditableScene)")
+        raise TypeError(
+            f"scene {type(scene).__name__} cannot be edited: removal and extraction need subset() and "
+            "save_ply() (fulcra.interfaces.EditableScene)"
+        )
 
 
 def _mask(scene, mask3d: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,14 @@ from fulcra.camera import Camera
 
 from .editing import extract, remove, save_extracted, save_removed
 from .segmentation import (
-    Segmentation3D, auto_threshold, binarise_3d, build_refiner, clicks_to_mask, render_mask, render_scores, segment_diffusion,
+    Segmentation3D,
+    auto_threshold,
+    binarise_3d,
+    build_refiner,
+    clicks_to_mask,
+    render_mask,
+    render_scores,
+    segment_diffusion,
     segment_uplift,
 )
 
@@ -84,8 +91,15 @@ class Selector:
             :func:`~.segmentation.auto_threshold`), ``"otsu"`` or a number.
     """
 
-    def __init__(self, scene, features: torch.Tensor, weights: torch.Tensor | None = None, diffusion: bool = True,
-                 refiner=None, threshold: float | str = "auto"):
+    def __init__(
+        self,
+        scene,
+        features: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        diffusion: bool = True,
+        refiner=None,
+        threshold: float | str = "auto",
+    ):
         if features.ndim != 2 or features.shape[0] != scene.num_primitives:
             raise ValueError(f"features must be [N={scene.num_primitives}, D], got {list(features.shape)}")
         self.scene, self.features, self.weights = scene, features, weights

@@ -28,8 +28,16 @@ import torch
 
 from fulcra.errors import ConfigError
 
-__all__ = ["SceneConfig", "resolve_scene_paths", "open_scene", "prepare_extractor", "extract_map", "uplift_views",
-           "Uplifted", "say"]
+__all__ = [
+    "SceneConfig",
+    "resolve_scene_paths",
+    "open_scene",
+    "prepare_extractor",
+    "extract_map",
+    "uplift_views",
+    "Uplifted",
+    "say",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +48,25 @@ _VERSION = 2
 @dataclass
 class SceneConfig:
     ply: str = field(default="", metadata={"help": "the scene file (3DGS point_cloud.ply for the bundled backends)"})
-    cameras: str = field(default="", metadata={"help": "cameras.json, a COLMAP sparse folder or transforms.json (default: found near the PLY)"})
+    cameras: str = field(
+        default="",
+        metadata={"help": "cameras.json, a COLMAP sparse folder or transforms.json (default: found near the PLY)"},
+    )
     images: str = field(default="", metadata={"help": "image folder; images are matched to cameras by file stem"})
-    backend: str = field(default="auto", metadata={"help": "scenes plugin: auto (gsplat on CUDA when installed, else torch), torch, gsplat, or any installed scenes plugin"})
-    synthetic: bool = field(default=False, metadata={"help": "use the embedded synthetic scene (generated on first use) when ply is empty"})
+    backend: str = field(
+        default="auto",
+        metadata={
+            "help": "scenes plugin: auto (gsplat on CUDA when installed, else torch), torch, gsplat, or any installed scenes plugin"
+        },
+    )
+    synthetic: bool = field(
+        default=False, metadata={"help": "use the embedded synthetic scene (generated on first use) when ply is empty"}
+    )
     synthetic_seed: int = field(default=0, metadata={"help": "seed of the synthetic scene"})
-    cache: str = field(default="", metadata={"help": "where the synthetic scene is generated (default: $FULCRA_CACHE or ~/.cache/fulcra)"})
+    cache: str = field(
+        default="",
+        metadata={"help": "where the synthetic scene is generated (default: $FULCRA_CACHE or ~/.cache/fulcra)"},
+    )
 
 
 def resolve_scene_paths(sc: Any, workflow: str = "uplift") -> tuple[str, str, str]:
@@ -128,16 +149,38 @@ class Uplifted:
 def _fingerprint(ply: str, views: Sequence[Any], extractor_node: Any, center: bool) -> str:
     p = Path(ply)
     st = p.stat() if p.is_file() else None
-    key = json.dumps({"v": _VERSION, "ply": str(p.resolve()), "size": st.st_size if st else None,
-                      "mtime": int(st.st_mtime) if st else None, "center": bool(center),
-                      "views": [c.name for c in views], "extractor": extractor_node}, sort_keys=True, default=str)
+    key = json.dumps(
+        {
+            "v": _VERSION,
+            "ply": str(p.resolve()),
+            "size": st.st_size if st else None,
+            "mtime": int(st.st_mtime) if st else None,
+            "center": bool(center),
+            "views": [c.name for c in views],
+            "extractor": extractor_node,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha1(key.encode()).hexdigest()
 
 
-def uplift_views(scene: Any, views: Sequence[Any], images: Any, extractor: Any, *, out: Path | None,
-                 ply: str = "", extractor_node: Any = None, hooks: Any = None, center: bool = False,
-                 dim_chunk: int | None = None, stage: str = "uplift", is_main: bool = True,
-                 view_map: Callable[[int, Any], torch.Tensor] | None = None) -> Uplifted:
+def uplift_views(
+    scene: Any,
+    views: Sequence[Any],
+    images: Any,
+    extractor: Any,
+    *,
+    out: Path | None,
+    ply: str = "",
+    extractor_node: Any = None,
+    hooks: Any = None,
+    center: bool = False,
+    dim_chunk: int | None = None,
+    stage: str = "uplift",
+    is_main: bool = True,
+    view_map: Callable[[int, Any], torch.Tensor] | None = None,
+) -> Uplifted:
     """Extract every view's feature map and uplift it into ``scene`` (Eq. 5.3), streaming, resumable.
 
     Args:
@@ -163,7 +206,6 @@ def uplift_views(scene: Any, views: Sequence[Any], images: Any, extractor: Any, 
     """
     import fulcra
     from fulcra.engine import dist
-
     from fulcra_plugins.scenes.prune import load_features, save_features
 
     out = Path(out) if out is not None else None
@@ -198,9 +240,12 @@ def uplift_views(scene: Any, views: Sequence[Any], images: Any, extractor: Any, 
             if hooks is not None:
                 hooks.step(step=i + 1, metrics={"view": float(i)}, total=len(views), stage=stage)
             return fmap
+
         return load
 
-    features, weights = fulcra.uplift(scene, [(cam, loader(i, cam)) for i, cam in enumerate(views)], dim_chunk=dim_chunk)
+    features, weights = fulcra.uplift(
+        scene, [(cam, loader(i, cam)) for i, cam in enumerate(views)], dim_chunk=dim_chunk
+    )
     d = features.shape[1]
     total = torch.zeros(d + 1, device=features.device)
     if sums["mean"] is not None:
@@ -212,8 +257,12 @@ def uplift_views(scene: Any, views: Sequence[Any], images: Any, extractor: Any, 
     if center:
         features = torch.where(weights[:, None] > 1e-12, features - mean, features)  # as fulcra.uplift's eps
     if path is not None and is_main:
-        save_features(path, {"ply": str(ply), "extractor": extractor_node, "center": bool(center), "views": len(views)},
-                      features=features, weights=weights)
+        save_features(
+            path,
+            {"ply": str(ply), "extractor": extractor_node, "center": bool(center), "views": len(views)},
+            features=features,
+            weights=weights,
+        )
         state.write_text(json.dumps({"fingerprint": fp, "mean": mean.cpu().tolist()}))
         if hooks is not None:
             hooks.checkpoint(path=path, step=len(views))

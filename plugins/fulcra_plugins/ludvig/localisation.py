@@ -26,8 +26,14 @@ from .segmentation import render_scores
 from .thresholds import mean_filter, otsu
 
 __all__ = [
-    "SelectionWarning", "SelectionError", "check_selection", "render_relevancy", "localise",
-    "segment_relevancy", "sam_prompts", "select_3d",
+    "SelectionWarning",
+    "SelectionError",
+    "check_selection",
+    "render_relevancy",
+    "localise",
+    "segment_relevancy",
+    "sam_prompts",
+    "select_3d",
 ]
 
 
@@ -39,16 +45,25 @@ class SelectionError(FulcraError, ValueError):
     """A query selected nothing or nearly everything (raised with ``strict=True``)."""
 
 
-def check_selection(mask: torch.Tensor, values: torch.Tensor, threshold: float, query: str = "",
-                    where: str = "pixels", max_fraction: float = 0.9, strict: bool = False) -> None:
+def check_selection(
+    mask: torch.Tensor,
+    values: torch.Tensor,
+    threshold: float,
+    query: str = "",
+    where: str = "pixels",
+    max_fraction: float = 0.9,
+    strict: bool = False,
+) -> None:
     """Warn (or raise) when ``mask`` selects nothing or more than ``max_fraction`` of its elements."""
     frac = float(mask.float().mean()) if mask.numel() else 0.0
     if 0.0 < frac <= max_fraction:
         return
     v = values.float()
     what = "nothing" if frac == 0.0 else f"{100 * frac:.1f}% of the {where}"
-    msg = (f"query {query!r} selects {what}: relevancy min {float(v.min()):.4g}, mean {float(v.mean()):.4g}, "
-           f"max {float(v.max()):.4g}, threshold {threshold:.4g} over {v.numel()} {where}")
+    msg = (
+        f"query {query!r} selects {what}: relevancy min {float(v.min()):.4g}, mean {float(v.mean()):.4g}, "
+        f"max {float(v.max()):.4g}, threshold {threshold:.4g} over {v.numel()} {where}"
+    )
     if strict:
         raise SelectionError(msg)
     warnings.warn(msg, SelectionWarning, stacklevel=3)
@@ -77,8 +92,9 @@ def localise(rendered: torch.Tensor, kernel: int = 5) -> torch.Tensor:
     return xy[0] if squeeze else xy
 
 
-def segment_relevancy(rendered: torch.Tensor, cutoff: float = 0.8, query: str = "", strict: bool = False,
-                      max_fraction: float = 0.9) -> torch.Tensor:
+def segment_relevancy(
+    rendered: torch.Tensor, cutoff: float = 0.8, query: str = "", strict: bool = False, max_fraction: float = 0.9
+) -> torch.Tensor:
     """2D mask of one query: relevancy rescaled by its max, ``> cutoff``, then Otsu among those pixels.
 
     Args:
@@ -123,7 +139,9 @@ def sam_prompts(rendered: torch.Tensor, cutoff: float = 0.93) -> torch.Tensor:
     return torch.stack([idx % W, idx // W], 1)
 
 
-def select_3d(relevancy: torch.Tensor, query: str = "", strict: bool = False, max_fraction: float = 0.9) -> torch.Tensor:
+def select_3d(
+    relevancy: torch.Tensor, query: str = "", strict: bool = False, max_fraction: float = 0.9
+) -> torch.Tensor:
     """3D object selection: binarise per-Gaussian relevancy ``[N]`` by Otsu over its positive values.
 
     Returns ``[N]`` bool; warns (or raises) when nothing or nearly everything is selected.
@@ -138,8 +156,9 @@ def select_3d(relevancy: torch.Tensor, query: str = "", strict: bool = False, ma
     return mask
 
 
-def segment_3d_selection(scene, relevancy: torch.Tensor, camera: Camera, query: str = "",
-                         strict: bool = False) -> torch.Tensor:
+def segment_3d_selection(
+    scene, relevancy: torch.Tensor, camera: Camera, query: str = "", strict: bool = False
+) -> torch.Tensor:
     """The 3D-selection protocol of Table 5.4 (bottom): :func:`select_3d`, render, Otsu again -> ``[H, W]`` bool."""
     sel = select_3d(relevancy, query, strict)
     img = render_scores(scene, sel.float(), camera)

@@ -51,8 +51,13 @@ def accuracy(hits: Sequence[bool]) -> float:
     return float(np.mean(hits)) if len(hits) else 0.0
 
 
-def results_table(per_scene: Mapping[str, Mapping[str, float]], columns: Sequence[str] | None = None,
-                  scale: float = 100.0, digits: int = 1, title: str = "scene") -> str:
+def results_table(
+    per_scene: Mapping[str, Mapping[str, float]],
+    columns: Sequence[str] | None = None,
+    scale: float = 100.0,
+    digits: int = 1,
+    title: str = "scene",
+) -> str:
     """A Markdown table of per-scene results with a final ``mean`` row, like Tables 5.1-5.5.
 
     Args:

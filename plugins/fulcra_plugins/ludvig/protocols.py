@@ -35,8 +35,15 @@ from fulcra.errors import FormatError
 from .metrics import iou, localisation_hit
 
 __all__ = [
-    "SegmentationCase", "LocalisationQuery", "LocalisationCase", "read_nvos", "read_spinnerf", "read_lerf",
-    "evaluate_segmentation", "evaluate_localisation", "evaluate_lerf_segmentation",
+    "SegmentationCase",
+    "LocalisationQuery",
+    "LocalisationCase",
+    "read_nvos",
+    "read_spinnerf",
+    "read_lerf",
+    "evaluate_segmentation",
+    "evaluate_localisation",
+    "evaluate_lerf_segmentation",
 ]
 
 _IMG = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG")
@@ -90,7 +97,11 @@ def read_nvos(root: str | Path, scenes: list[str] | None = None) -> list[Segment
     root = Path(root).expanduser()
     cases = []
     for scene in scenes or _scenes(root, "masks"):
-        ref_dir, scr_dir, mask_dir = root / "reference_image" / scene, root / "scribbles" / scene, root / "masks" / scene
+        ref_dir, scr_dir, mask_dir = (
+            root / "reference_image" / scene,
+            root / "scribbles" / scene,
+            root / "masks" / scene,
+        )
         for d in (ref_dir, scr_dir, mask_dir):
             if not d.is_dir():
                 raise FormatError(f"{d}: NVOS folder missing for scene {scene!r}")
@@ -116,7 +127,9 @@ def read_nvos(root: str | Path, scenes: list[str] | None = None) -> list[Segment
     return cases
 
 
-def read_spinnerf(root: str | Path, scenes: list[str] | None = None, cameras: dict[str, list[str]] | None = None) -> list[SegmentationCase]:
+def read_spinnerf(
+    root: str | Path, scenes: list[str] | None = None, cameras: dict[str, list[str]] | None = None
+) -> list[SegmentationCase]:
     """Read SPIn-NeRF masks: the first frame's mask is the reference, every frame is a target.
 
     Args:
@@ -127,7 +140,9 @@ def read_spinnerf(root: str | Path, scenes: list[str] | None = None, cameras: di
     cases = []
     for scene in scenes or _scenes(root):
         d = root / scene
-        files = [p for p in sorted(d.iterdir()) if p.suffix in _IMG and "_cutout" not in p.stem and "_pseudo" not in p.stem]
+        files = [
+            p for p in sorted(d.iterdir()) if p.suffix in _IMG and "_cutout" not in p.stem and "_pseudo" not in p.stem
+        ]
         if not files:
             raise FormatError(f"{d}: no SPIn-NeRF mask")
         names = [p.stem for p in files]
@@ -190,13 +205,18 @@ def read_lerf(root: str | Path, scenes: list[str] | None = None) -> list[Localis
                 else:
                     x1, y1, x2, y2 = q["boxes"][-1]
                     ImageDraw.Draw(q["mask"]).rectangle([x1, y1, x2, y2], fill=1)
-            queries = [LocalisationQuery(t, v["boxes"], torch.from_numpy(np.asarray(v["mask"]) > 0)) for t, v in by_cat.items()]
+            queries = [
+                LocalisationQuery(t, v["boxes"], torch.from_numpy(np.asarray(v["mask"]) > 0)) for t, v in by_cat.items()
+            ]
             out.append(LocalisationCase(scene, name, w, h, queries))
     return out
 
 
-def evaluate_segmentation(cases: list[SegmentationCase], predict: Callable[[SegmentationCase, str], torch.Tensor],
-                          include_reference: bool = False) -> dict:
+def evaluate_segmentation(
+    cases: list[SegmentationCase],
+    predict: Callable[[SegmentationCase, str], torch.Tensor],
+    include_reference: bool = False,
+) -> dict:
     """IoU per scene: ``predict(case, camera_name) -> [H, W] bool`` for every target (resized nearest).
 
     Returns ``{scene: {"iou": mean over targets, "n": count}}``.
@@ -209,13 +229,17 @@ def evaluate_segmentation(cases: list[SegmentationCase], predict: Callable[[Segm
                 continue
             pred = torch.as_tensor(predict(case, name)).bool()
             if pred.shape != gt.shape:
-                pred = torch.nn.functional.interpolate(pred[None, None].float(), size=gt.shape, mode="nearest")[0, 0] > 0.5
+                pred = (
+                    torch.nn.functional.interpolate(pred[None, None].float(), size=gt.shape, mode="nearest")[0, 0] > 0.5
+                )
             vals.append(iou(pred, gt))
         res[case.scene] = {"iou": float(np.mean(vals)) if vals else float("nan"), "n": len(vals)}
     return res
 
 
-def evaluate_localisation(cases: list[LocalisationCase], locate: Callable[[LocalisationCase, list[str]], torch.Tensor]) -> dict:
+def evaluate_localisation(
+    cases: list[LocalisationCase], locate: Callable[[LocalisationCase, list[str]], torch.Tensor]
+) -> dict:
     """Localisation accuracy per scene: ``locate(case, texts) -> [Q, 2]`` (x, y) pixels; a hit is a
     point inside one of the query's boxes. Returns ``{scene: {"accuracy", "n"}}``."""
     hits: dict = {}
@@ -227,7 +251,9 @@ def evaluate_localisation(cases: list[LocalisationCase], locate: Callable[[Local
     return {s: {"accuracy": float(np.mean(h)), "n": len(h)} for s, h in hits.items()}
 
 
-def evaluate_lerf_segmentation(cases: list[LocalisationCase], segment: Callable[[LocalisationCase, list[str]], torch.Tensor]) -> dict:
+def evaluate_lerf_segmentation(
+    cases: list[LocalisationCase], segment: Callable[[LocalisationCase, list[str]], torch.Tensor]
+) -> dict:
     """LERF segmentation IoU per scene: ``segment(case, texts) -> [Q, H, W]`` bool against the polygons."""
     vals: dict = {}
     for case in cases:

@@ -27,9 +27,20 @@ from fulcra.camera import Camera
 from .thresholds import li, otsu
 
 __all__ = [
-    "render_scores", "render_mask", "uplift_mask", "clicks_to_mask", "feature_scorer", "binarise_3d",
-    "segment_uplift", "segment_diffusion", "segment_single_view", "Segmentation3D", "auto_threshold",
-    "build_refiner", "scene_positions", "render_alpha",
+    "render_scores",
+    "render_mask",
+    "uplift_mask",
+    "clicks_to_mask",
+    "feature_scorer",
+    "binarise_3d",
+    "segment_uplift",
+    "segment_diffusion",
+    "segment_single_view",
+    "Segmentation3D",
+    "auto_threshold",
+    "build_refiner",
+    "scene_positions",
+    "render_alpha",
 ]
 
 
@@ -60,7 +71,9 @@ def render_mask(scene, mask3d: torch.Tensor, camera: Camera, threshold: float = 
     return render_scores(scene, mask3d.float(), camera) > threshold
 
 
-def uplift_mask(scene, camera: Camera, mask2d: torch.Tensor, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def uplift_mask(
+    scene, camera: Camera, mask2d: torch.Tensor, normalize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Uplift one view's 2D mask ``[H, W]`` to the Gaussians (Eq. 5.3 with a single view).
 
     Args:
@@ -77,7 +90,9 @@ def uplift_mask(scene, camera: Camera, mask2d: torch.Tensor, normalize: bool = T
 
     m = torch.as_tensor(mask2d).float()
     if m.shape != (camera.height, camera.width):
-        raise ValueError(f"mask for camera {camera.name!r} must be [{camera.height}, {camera.width}], got {list(m.shape)}")
+        raise ValueError(
+            f"mask for camera {camera.name!r} must be [{camera.height}, {camera.width}], got {list(m.shape)}"
+        )
     g, w = fulcra.uplift(scene, [(camera, m)], normalize=normalize)
     return g[:, 0], w
 
@@ -93,8 +108,14 @@ def clicks_to_mask(clicks: Sequence[Sequence[float]], height: int, width: int, r
     return m
 
 
-def feature_scorer(ref_features: torch.Tensor, foreground: torch.Tensor, kind: str = "scribble",
-                   C: float = 0.01, max_samples: int = 50_000, seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+def feature_scorer(
+    ref_features: torch.Tensor,
+    foreground: torch.Tensor,
+    kind: str = "scribble",
+    C: float = 0.01,
+    max_samples: int = 50_000,
+    seed: int = 0,
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The score ``P`` of C.1.2, learnt from the reference view.
 
     Args:
@@ -181,8 +202,9 @@ def _reference_pixels(scene, features3d: torch.Tensor, camera: Camera) -> torch.
     return render_scores(scene, features3d, camera).reshape(-1, features3d.shape[1])  # [H*W, D]
 
 
-def segment_uplift(scene, features3d: torch.Tensor, camera: Camera, prompt: torch.Tensor,
-                   kind: str = "scribble") -> Segmentation3D:
+def segment_uplift(
+    scene, features3d: torch.Tensor, camera: Camera, prompt: torch.Tensor, kind: str = "scribble"
+) -> Segmentation3D:
     """Uplifting route: score every Gaussian's uplifted feature with ``P`` learnt on the reference view.
 
     ``P`` is trained on the features *rendered* on the reference view at the prompt's pixels (C.1.2)
@@ -199,8 +221,15 @@ def segment_uplift(scene, features3d: torch.Tensor, camera: Camera, prompt: torc
     return Segmentation3D(scores=P(features3d.to(ref.device)))
 
 
-def segment_diffusion(scene, features3d: torch.Tensor, camera: Camera, prompt: torch.Tensor,
-                      kind: str = "scribble", refiner=None, weights: torch.Tensor | None = None) -> Segmentation3D:
+def segment_diffusion(
+    scene,
+    features3d: torch.Tensor,
+    camera: Camera,
+    prompt: torch.Tensor,
+    kind: str = "scribble",
+    refiner=None,
+    weights: torch.Tensor | None = None,
+) -> Segmentation3D:
     """Uplifting + graph diffusion route (C.1.3): ``g_0`` = the uplifted prompt, refined by ``refiner``.
 
     Args:
@@ -238,12 +267,19 @@ def scene_positions(scene) -> torch.Tensor:
         raise TypeError(f"scene {type(scene).__name__} has no 'positions' [N, 3], which SceneRepresentation declares")
     pos = torch.as_tensor(pos)
     if pos.shape != (scene.num_primitives, 3):
-        raise ValueError(f"scene {type(scene).__name__}: positions must be [N={scene.num_primitives}, 3], got {list(pos.shape)}")
+        raise ValueError(
+            f"scene {type(scene).__name__}: positions must be [N={scene.num_primitives}, 3], got {list(pos.shape)}"
+        )
     return pos
 
 
-def segment_single_view(ref_map: torch.Tensor, prompt: torch.Tensor, target_maps: Sequence[torch.Tensor],
-                        kind: str = "scribble", threshold: str | float = "otsu") -> list[torch.Tensor]:
+def segment_single_view(
+    ref_map: torch.Tensor,
+    prompt: torch.Tensor,
+    target_maps: Sequence[torch.Tensor],
+    kind: str = "scribble",
+    threshold: str | float = "otsu",
+) -> list[torch.Tensor]:
     """Single-view route: per target view, score its own 2D features against the reference foreground.
 
     Args:
@@ -264,8 +300,9 @@ def segment_single_view(ref_map: torch.Tensor, prompt: torch.Tensor, target_maps
     return out
 
 
-def reproject_prompt(scene, ref: Camera, prompt: torch.Tensor, cameras: Sequence[Camera], tau: float = 0.4,
-                     min_weight: float = 0.5) -> dict:
+def reproject_prompt(
+    scene, ref: Camera, prompt: torch.Tensor, cameras: Sequence[Camera], tau: float = 0.4, min_weight: float = 0.5
+) -> dict:
     """Point prompts for SAM on every view (C.1.1): uplift the reference prompt, render it on each
     view, divide by its mean over the covered pixels, keep the pixels above ``tau`` (0.4 SPIn-NeRF,
     1.0 NVOS). Returns camera name -> ``[H, W]`` bool (may be empty for views that do not see it)."""
@@ -280,12 +317,22 @@ def reproject_prompt(scene, ref: Camera, prompt: torch.Tensor, cameras: Sequence
         img = render_scores(scene, g, cam)
         pos = img[img > 0]
         out[cam.name] = img / pos.mean() > tau if pos.numel() else torch.zeros_like(img, dtype=torch.bool)
-    out[ref.name] = torch.as_tensor(prompt).bool().to(out[ref.name].device) if ref.name in out else torch.as_tensor(prompt).bool()
+    out[ref.name] = (
+        torch.as_tensor(prompt).bool().to(out[ref.name].device) if ref.name in out else torch.as_tensor(prompt).bool()
+    )
     return out
 
 
-def segment_sam(scene, cameras: Sequence[Camera], images, ref: Camera, prompt: torch.Tensor, extractor,
-                tau: float = 0.4, progress: Callable[[int, int], None] | None = None) -> Segmentation3D:
+def segment_sam(
+    scene,
+    cameras: Sequence[Camera],
+    images,
+    ref: Camera,
+    prompt: torch.Tensor,
+    extractor,
+    tau: float = 0.4,
+    progress: Callable[[int, int], None] | None = None,
+) -> Segmentation3D:
     """SAM / SAM 2 masks uplifted (§5.4.1, C.1.1): per view, point prompts from the reprojected
     reference prompt, the ``sam``/``sam2`` extractor's averaged masks (random 3-point prompts, repeats
     averaged), then the masks of all views uplifted to per-Gaussian scores in [0, 1].
@@ -318,7 +365,12 @@ def segment_sam(scene, cameras: Sequence[Camera], images, ref: Camera, prompt: t
         if bool(pos.any()):
             img = torch.as_tensor(images[cam.name])
             if img.shape[-2:] != pos.shape:  # prompt to the image's size (nearest keeps it boolean)
-                pos = torch.nn.functional.interpolate(pos[None, None].float(), size=tuple(img.shape[-2:]), mode="nearest")[0, 0] > 0.5
+                pos = (
+                    torch.nn.functional.interpolate(
+                        pos[None, None].float(), size=tuple(img.shape[-2:]), mode="nearest"
+                    )[0, 0]
+                    > 0.5
+                )
             if bool(pos.any()):
                 with torch.no_grad():
                     out = extractor(img[None].to(dev), positive=pos[None])  # [1, C, h, w] in [0, 1]

@@ -26,7 +26,14 @@ import numpy as np
 import torch
 
 from .metrics import iou, results_table
-from .segmentation import binarise_3d, build_refiner, render_scores, segment_diffusion, segment_single_view, segment_uplift
+from .segmentation import (
+    binarise_3d,
+    build_refiner,
+    render_scores,
+    segment_diffusion,
+    segment_single_view,
+    segment_uplift,
+)
 
 __all__ = ["scribble_from_mask", "run_synthetic_benchmark", "VARIANTS"]
 
@@ -45,17 +52,29 @@ def scribble_from_mask(mask: torch.Tensor, erode: int = 2, thickness: int = 1) -
     ys, xs = np.nonzero(e)
     cy, cx = int(np.round(ys.mean())), int(np.round(xs.mean()))
     s = np.zeros_like(m)
-    s[max(cy - thickness + 1, 0):cy + thickness, :] = True
-    s[:, max(cx - thickness + 1, 0):cx + thickness] = True
+    s[max(cy - thickness + 1, 0) : cy + thickness, :] = True
+    s[:, max(cx - thickness + 1, 0) : cx + thickness] = True
     s &= e
     if not s.any():  # a non-convex shape whose centroid falls outside it
         s[ys[len(ys) // 2], xs[len(xs) // 2]] = True
     return torch.from_numpy(s)
 
 
-def run_synthetic_benchmark(scene, cameras, images, labels: torch.Tensor, gt_masks: dict, extractor,
-                            objects: list[str], out: Path, refiner=None, eval_views: int = 6,
-                            log: Callable[[str], None] = print, uplifted=None, center: bool = True) -> dict:
+def run_synthetic_benchmark(
+    scene,
+    cameras,
+    images,
+    labels: torch.Tensor,
+    gt_masks: dict,
+    extractor,
+    objects: list[str],
+    out: Path,
+    refiner=None,
+    eval_views: int = 6,
+    log: Callable[[str], None] = print,
+    uplifted=None,
+    center: bool = True,
+) -> dict:
     """Run the benchmark; write ``results.json``, ``results.md`` and scribble PNGs under ``out``.
 
     Args:
@@ -141,16 +160,29 @@ def run_synthetic_benchmark(scene, cameras, images, labels: torch.Tensor, gt_mas
     mean = {c: float(np.mean([per_object[n][c] for n in per_object])) for c in cols3d + cols2d} if per_object else {}
     best3d = max(VARIANTS, key=lambda v: mean.get(f"{v}_iou3d", -1)) if mean else None
     results = {
-        "per_object": per_object, "mean": mean, "best_iou3d": best3d, "num_gaussians": int(features.shape[0]),
-        "feature_dim": int(features.shape[1]), "views": len(views), "eval_views": [c.name for c in ev],
-        "refiner": {"type": type(refiner).__name__,
-                    **{k: getattr(refiner, k) for k in ("k", "steps", "bandwidth", "anchor_fraction") if hasattr(refiner, k)}},
+        "per_object": per_object,
+        "mean": mean,
+        "best_iou3d": best3d,
+        "num_gaussians": int(features.shape[0]),
+        "feature_dim": int(features.shape[1]),
+        "views": len(views),
+        "eval_views": [c.name for c in ev],
+        "refiner": {
+            "type": type(refiner).__name__,
+            **{k: getattr(refiner, k) for k in ("k", "steps", "bandwidth", "anchor_fraction") if hasattr(refiner, k)},
+        },
         "seconds": round(time.time() - t0, 1),
     }
     table_rows = {n: {c: per_object[n][c] for c in cols3d + cols2d} for n in per_object}
-    md = ["# Synthetic segmentation benchmark (IoU, %)", "",
-          "3D: the per-Gaussian mask against the labels; 2D: rendered masks against the rendered labels, "
-          f"mean over {len(ev)} views.", "", results_table(table_rows, cols3d + cols2d, title="object"), ""]
+    md = [
+        "# Synthetic segmentation benchmark (IoU, %)",
+        "",
+        "3D: the per-Gaussian mask against the labels; 2D: rendered masks against the rendered labels, "
+        f"mean over {len(ev)} views.",
+        "",
+        results_table(table_rows, cols3d + cols2d, title="object"),
+        "",
+    ]
     (out / "results.md").write_text("\n".join(md))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
@@ -160,4 +192,4 @@ def _save_png(mask: torch.Tensor, path: Path) -> None:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((mask.cpu().numpy().astype(np.uint8) * 255)).save(path)
+    Image.fromarray(mask.cpu().numpy().astype(np.uint8) * 255).save(path)

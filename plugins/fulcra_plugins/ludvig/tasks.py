@@ -32,7 +32,9 @@ class MultiviewSegmentation:
 
     def metric(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict:
         if outputs.shape != targets.shape:
-            raise ValueError(f"multiview_segmentation: outputs {list(outputs.shape)} and targets {list(targets.shape)} differ")
+            raise ValueError(
+                f"multiview_segmentation: outputs {list(outputs.shape)} and targets {list(targets.shape)} differ"
+            )
         pred = outputs > self.threshold
         if pred.ndim <= 2:
             return {"iou": iou(pred, targets), "n": 1}
@@ -69,8 +71,10 @@ class OpenVocabLocalisation:
 
     def metric(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict:
         if outputs.ndim != 3 or outputs.shape != targets.shape:
-            raise ValueError(f"open_vocab_localisation: outputs and targets must both be [Q, H, W], got "
-                             f"{list(outputs.shape)} and {list(targets.shape)}")
+            raise ValueError(
+                f"open_vocab_localisation: outputs and targets must both be [Q, H, W], got "
+                f"{list(outputs.shape)} and {list(targets.shape)}"
+            )
         xy = localise(outputs.permute(1, 2, 0), self.kernel)  # [Q, 2]
         hits = [bool(targets[q, int(y), int(x)]) for q, (x, y) in enumerate(xy.tolist())]
         return {"accuracy": float(np.mean(hits)) if hits else 0.0, "n": len(hits)}

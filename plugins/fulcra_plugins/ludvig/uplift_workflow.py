@@ -28,7 +28,10 @@ __all__ = ["UpliftWorkflow", "SceneConfig", "PruneConfig"]
 
 @dataclass
 class PruneConfig:
-    keep: float = field(default=0.0, metadata={"help": "0: no pruning; a fraction in (0, 1] or a count > 1 of Gaussians kept by weight sum"})
+    keep: float = field(
+        default=0.0,
+        metadata={"help": "0: no pruning; a fraction in (0, 1] or a count > 1 of Gaussians kept by weight sum"},
+    )
 
 
 class UpliftWorkflow:
@@ -41,11 +44,22 @@ class UpliftWorkflow:
 
     @dataclass
     class Config:
-        scene: SceneConfig = field(default_factory=SceneConfig, metadata={"help": "the scene: ply, cameras, images, backend"})
-        extractor: Any = field(default_factory=lambda: {"name": "rgb"}, metadata={"kind": "feature_extractors", "help": "2D feature extractor"})
-        views: list = field(default_factory=list, metadata={"help": "camera names to uplift from (empty: every camera with an image)"})
-        pca: bool = field(default=True, metadata={"help": "render the first three PCA components to OUT/pca/<camera>.png"})
-        pca_views: list = field(default_factory=list, metadata={"help": "cameras for the PCA images (empty: the uplifted views)"})
+        scene: SceneConfig = field(
+            default_factory=SceneConfig, metadata={"help": "the scene: ply, cameras, images, backend"}
+        )
+        extractor: Any = field(
+            default_factory=lambda: {"name": "rgb"},
+            metadata={"kind": "feature_extractors", "help": "2D feature extractor"},
+        )
+        views: list = field(
+            default_factory=list, metadata={"help": "camera names to uplift from (empty: every camera with an image)"}
+        )
+        pca: bool = field(
+            default=True, metadata={"help": "render the first three PCA components to OUT/pca/<camera>.png"}
+        )
+        pca_views: list = field(
+            default_factory=list, metadata={"help": "cameras for the PCA images (empty: the uplifted views)"}
+        )
         prune: PruneConfig = field(default_factory=PruneConfig, metadata={"help": "pruning by weight sums"})
         check_views: int = field(default=3, metadata={"help": "views re-rendered to measure the round trip (0: none)"})
         dim_chunk: int = field(default=0, metadata={"help": "feature channels per adjoint pass (0: all)"})
@@ -56,7 +70,6 @@ class UpliftWorkflow:
     def run(self, ctx) -> dict:
         import fulcra
         from fulcra.interfaces import EditableScene
-
         from fulcra_plugins.scenes.prune import save_subset, select_by_weight
         from fulcra_plugins.scenes.viz import pca_colors, render_pca
 
@@ -67,27 +80,46 @@ class UpliftWorkflow:
         if cfg.views:
             unknown = [v for v in cfg.views if v not in by_name]
             if unknown:
-                raise ConfigError(f"uplift: key 'views': unknown camera {unknown[0]!r} (cameras: {', '.join(list(by_name)[:8])}...)")
+                raise ConfigError(
+                    f"uplift: key 'views': unknown camera {unknown[0]!r} (cameras: {', '.join(list(by_name)[:8])}...)"
+                )
             views = [by_name[v] for v in cfg.views]
         else:
             views = [c for c in cams if c.name in imgs]
         missing = [c.name for c in views if c.name not in imgs] if views else [c.name for c in cams]
         if missing:
             where = imgs.folder or "(no image folder; set scene.images)"
-            raise FormatError(f"{where}: no image for camera {missing[0]!r} ({len(missing)} of {len(cams)} cameras lack one); "
-                              "images are matched to cameras by file stem")
+            raise FormatError(
+                f"{where}: no image for camera {missing[0]!r} ({len(missing)} of {len(cams)} cameras lack one); "
+                "images are matched to cameras by file stem"
+            )
         extractor_node = OmegaConf.to_container(cfg.extractor, resolve=True)
         extractor = fulcra.create("feature_extractors", extractor_node)
         feats_path = out / "features.safetensors"
         n = scene.num_primitives
         t0 = time.time()
-        up = uplift_views(scene, views, imgs, extractor, out=out, ply=ply, extractor_node=extractor_node,
-                          hooks=ctx.hooks, center=False, dim_chunk=cfg.dim_chunk or None, stage="uplift",
-                          is_main=ctx.is_main)
+        up = uplift_views(
+            scene,
+            views,
+            imgs,
+            extractor,
+            out=out,
+            ply=ply,
+            extractor_node=extractor_node,
+            hooks=ctx.hooks,
+            center=False,
+            dim_chunk=cfg.dim_chunk or None,
+            stage="uplift",
+            is_main=ctx.is_main,
+        )
         features, weights = up.features, up.weights
         results: dict = {
-            "features": str(feats_path), "num_gaussians": n, "dim": int(features.shape[1]), "views": len(views),
-            "seen_fraction": float((weights > 0).float().mean()), "uplift_seconds": round(time.time() - t0, 3),
+            "features": str(feats_path),
+            "num_gaussians": n,
+            "dim": int(features.shape[1]),
+            "views": len(views),
+            "seen_fraction": float((weights > 0).float().mean()),
+            "uplift_seconds": round(time.time() - t0, 3),
             "resumed": bool(up.resumed),
         }
         if not ctx.is_main:
@@ -109,8 +141,14 @@ class UpliftWorkflow:
                 save_subset(scene, idx, out / "pruned", features=features, weights=weights)
                 results.update(pruned=str(out / "pruned"), kept=int(idx.numel()))
             else:
-                results["notes"] = [say(ctx, "uplift", f"prune.keep skipped: pruning needs a scene with subset() and "
-                                                       f"save_ply() (EditableScene); scenes plugin {type(scene).__name__} has not")]
+                results["notes"] = [
+                    say(
+                        ctx,
+                        "uplift",
+                        f"prune.keep skipped: pruning needs a scene with subset() and "
+                        f"save_ply() (EditableScene); scenes plugin {type(scene).__name__} has not",
+                    )
+                ]
         (out / "results.json").write_text(json.dumps(results, indent=2))
         return results
 
@@ -137,4 +175,3 @@ class UpliftWorkflow:
         if not errs:
             return {}
         return {"roundtrip_rel_error": sum(errs) / len(errs), "roundtrip_psnr": sum(psnrs) / len(psnrs)}
-

@@ -47,7 +47,9 @@ def _scene_config():
 @dataclass
 class PromptConfig:
     view: str = field(default="", metadata={"help": "name of the reference camera (image file stem)"})
-    scribble: str = field(default="", metadata={"help": "PNG of the reference view's size; non-zero pixels are positive clicks"})
+    scribble: str = field(
+        default="", metadata={"help": "PNG of the reference view's size; non-zero pixels are positive clicks"}
+    )
     mask: str = field(default="", metadata={"help": "PNG of a full reference mask (non-zero = object)"})
     clicks: list = field(default_factory=list, metadata={"help": "clicked pixels [[x, y], ...] on the reference view"})
     radius: float = field(default=3.0, metadata={"help": "radius in pixels of the disc around each click"})
@@ -65,8 +67,9 @@ def load_prompt_png(path: str | Path, camera) -> torch.Tensor:
     if arr.ndim == 3:
         arr = arr[..., :3].max(-1) if arr.shape[-1] >= 3 else arr[..., 0]
     if arr.shape != (camera.height, camera.width):
-        raise FormatError(f"{p}: prompt is {arr.shape[1]}x{arr.shape[0]}, the view {camera.name!r} is "
-                          f"{camera.width}x{camera.height}")
+        raise FormatError(
+            f"{p}: prompt is {arr.shape[1]}x{arr.shape[0]}, the view {camera.name!r} is {camera.width}x{camera.height}"
+        )
     m = torch.from_numpy(arr > 0)
     if not bool(m.any()):
         raise FormatError(f"{p}: the prompt has no non-zero pixel")
@@ -92,7 +95,6 @@ def _check_extractor(method: str, node) -> None:
     """One-line ConfigError when ``method`` and the extractor do not fit: ``sam`` needs a prompted
     extractor (``sam``, ``sam2``), the feature routes one that maps an image alone to features."""
     import fulcra
-
     from fulcra.registry import preset
 
     name = node if isinstance(node, str) else (node or {}).get("name")
@@ -105,11 +107,15 @@ def _check_extractor(method: str, node) -> None:
 
     prompted = isinstance(cls, PromptedExtractor) and bool(cls.needs_prompts)
     if method == "sam" and not prompted:
-        raise ConfigError(f"segment: method=sam needs a prompted extractor (extractor=sam or extractor=sam2), "
-                          f"got extractor={name!r}, which takes no point prompts")
+        raise ConfigError(
+            f"segment: method=sam needs a prompted extractor (extractor=sam or extractor=sam2), "
+            f"got extractor={name!r}, which takes no point prompts"
+        )
     if method != "sam" and prompted:
-        raise ConfigError(f"segment: extractor={name!r} needs point prompts; use method=sam with it, "
-                          f"or a feature extractor (dinov2, rgb, ...) with method={method}")
+        raise ConfigError(
+            f"segment: extractor={name!r} needs point prompts; use method=sam with it, "
+            f"or a feature extractor (dinov2, rgb, ...) with method={method}"
+        )
 
 
 class SegmentWorkflow:
@@ -125,16 +131,48 @@ class SegmentWorkflow:
 
     @dataclass
     class Config:
-        scene: Any = field(default_factory=lambda: _scene_config()(), metadata={"help": "the scene: ply, cameras, images, backend"})
-        extractor: Any = field(default_factory=lambda: {"name": "rgb", "patch_size": 4}, metadata={"kind": "feature_extractors", "help": "2D feature extractor"})
-        prompt: PromptConfig = field(default_factory=PromptConfig, metadata={"help": "the reference view and its scribble/mask/clicks"})
-        refiner: Any = field(default_factory=lambda: {"name": "graph_diffusion"}, metadata={"kind": "refiners", "help": "the refiner of the uplifted prompt (any refiners plugin; graph diffusion by default)"})
-        method: str = field(default="diffusion", metadata={"help": "diffusion (uplift + graph diffusion), uplift (score the uplifted features) or sam (SAM/SAM 2 masks from reprojected prompts, uplifted; extractor=sam or sam2)"})
-        diffusion: bool = field(default=True, metadata={"help": "false turns method=diffusion into method=uplift (kept for older configs)"})
-        tau: float = field(default=0.4, metadata={"help": "method=sam: keep reprojected prompt pixels above tau x their mean (0.4 SPIn-NeRF, 1.0 NVOS)"})
-        views: list = field(default_factory=list, metadata={"help": "cameras to uplift from (empty: all with an image)"})
+        scene: Any = field(
+            default_factory=lambda: _scene_config()(), metadata={"help": "the scene: ply, cameras, images, backend"}
+        )
+        extractor: Any = field(
+            default_factory=lambda: {"name": "rgb", "patch_size": 4},
+            metadata={"kind": "feature_extractors", "help": "2D feature extractor"},
+        )
+        prompt: PromptConfig = field(
+            default_factory=PromptConfig, metadata={"help": "the reference view and its scribble/mask/clicks"}
+        )
+        refiner: Any = field(
+            default_factory=lambda: {"name": "graph_diffusion"},
+            metadata={
+                "kind": "refiners",
+                "help": "the refiner of the uplifted prompt (any refiners plugin; graph diffusion by default)",
+            },
+        )
+        method: str = field(
+            default="diffusion",
+            metadata={
+                "help": "diffusion (uplift + graph diffusion), uplift (score the uplifted features) or sam (SAM/SAM 2 masks from reprojected prompts, uplifted; extractor=sam or sam2)"
+            },
+        )
+        diffusion: bool = field(
+            default=True, metadata={"help": "false turns method=diffusion into method=uplift (kept for older configs)"}
+        )
+        tau: float = field(
+            default=0.4,
+            metadata={
+                "help": "method=sam: keep reprojected prompt pixels above tau x their mean (0.4 SPIn-NeRF, 1.0 NVOS)"
+            },
+        )
+        views: list = field(
+            default_factory=list, metadata={"help": "cameras to uplift from (empty: all with an image)"}
+        )
         center: bool = field(default=True, metadata={"help": "subtract the mean 2D feature before uplifting"})
-        threshold: str = field(default="auto", metadata={"help": "3D binarisation of the scores: auto (with diffusion h > 0 for scribbles, h > 0.5 for a mask; Otsu without; 0.5 with sam), otsu, li, or a number"})
+        threshold: str = field(
+            default="auto",
+            metadata={
+                "help": "3D binarisation of the scores: auto (with diffusion h > 0 for scribbles, h > 0.5 for a mask; Otsu without; 0.5 with sam), otsu, li, or a number"
+            },
+        )
         render_threshold: float = field(default=0.5, metadata={"help": "threshold of the rendered 3D mask"})
         save_removed: bool = field(default=True, metadata={"help": "write OUT/removed.ply"})
 
@@ -147,8 +185,15 @@ class SegmentWorkflow:
 
         from .editing import save_removed
         from .lifting import open_scene, say, uplift_views
-        from .segmentation import (auto_threshold, binarise_3d, clicks_to_mask, render_mask, segment_diffusion,
-                                   segment_sam, segment_uplift)
+        from .segmentation import (
+            auto_threshold,
+            binarise_3d,
+            clicks_to_mask,
+            render_mask,
+            segment_diffusion,
+            segment_sam,
+            segment_uplift,
+        )
 
         cfg, out = self.cfg, Path(ctx.out)
         method = str(cfg.method)
@@ -166,11 +211,15 @@ class SegmentWorkflow:
         if not pc.view:
             raise ConfigError("segment: set prompt.view=CAMERA_NAME (the reference view)")
         if pc.view not in by_name:
-            raise ConfigError(f"segment: key 'prompt.view': unknown camera {pc.view!r} (cameras: {', '.join(list(by_name)[:8])}...)")
+            raise ConfigError(
+                f"segment: key 'prompt.view': unknown camera {pc.view!r} (cameras: {', '.join(list(by_name)[:8])}...)"
+            )
         ref = by_name[pc.view]
         given = [k for k in ("scribble", "mask") if getattr(pc, k)] + (["clicks"] if len(pc.clicks) else [])
         if len(given) != 1:
-            raise ConfigError(f"segment: give exactly one of prompt.scribble, prompt.mask, prompt.clicks (got {given or 'none'})")
+            raise ConfigError(
+                f"segment: give exactly one of prompt.scribble, prompt.mask, prompt.clicks (got {given or 'none'})"
+            )
         if pc.clicks:
             prompt, kind = clicks_to_mask([tuple(c) for c in pc.clicks], ref.height, ref.width, pc.radius), "scribble"
         elif pc.scribble:
@@ -186,17 +235,38 @@ class SegmentWorkflow:
 
         if method == "sam":
             if getattr(extractor, "dim", 1) != 1:
-                raise ConfigError(f"segment: method=sam uplifts one mask per view; set extractor.mask to single, best, 0, 1 or 2 (got {getattr(extractor, 'mask', '?')!r})")
+                raise ConfigError(
+                    f"segment: method=sam uplifts one mask per view; set extractor.mask to single, best, 0, 1 or 2 (got {getattr(extractor, 'mask', '?')!r})"
+                )
             if ref.name in imgs and ref.name not in {c.name for c in views}:
                 views = [ref, *views]  # the reference view's own prompt is SAM's best cue there
-            seg = segment_sam(scene, views, imgs, ref, prompt, extractor, tau=cfg.tau,
-                              progress=lambda i, n: ctx.hooks.step(step=i, metrics={"view": float(i - 1)}, total=n, stage="sam"))
+            seg = segment_sam(
+                scene,
+                views,
+                imgs,
+                ref,
+                prompt,
+                extractor,
+                tau=cfg.tau,
+                progress=lambda i, n: ctx.hooks.step(step=i, metrics={"view": float(i - 1)}, total=n, stage="sam"),
+            )
             (out / "sam_prompts").mkdir(exist_ok=True)
             for name, pos in seg.prompts.items():
                 Image.fromarray(pos.cpu().numpy().astype(np.uint8) * 255).save(out / "sam_prompts" / f"{name}.png")
         else:
-            up = uplift_views(scene, views, imgs, extractor, out=out, ply=ply, extractor_node=extractor_node,
-                              hooks=ctx.hooks, center=cfg.center, stage="features", is_main=ctx.is_main)
+            up = uplift_views(
+                scene,
+                views,
+                imgs,
+                extractor,
+                out=out,
+                ply=ply,
+                extractor_node=extractor_node,
+                hooks=ctx.hooks,
+                center=cfg.center,
+                stage="features",
+                is_main=ctx.is_main,
+            )
             features, weights, resumed = up.features, up.weights, up.resumed
             if method == "diffusion":
                 refiner = fulcra.create("refiners", OmegaConf.to_container(cfg.refiner, resolve=True))
@@ -212,7 +282,9 @@ class SegmentWorkflow:
             try:
                 th = float(th)
             except ValueError:
-                raise ConfigError(f"segment: key 'threshold' must be auto, otsu, li or a number, got {cfg.threshold!r}") from None
+                raise ConfigError(
+                    f"segment: key 'threshold' must be auto, otsu, li or a number, got {cfg.threshold!r}"
+                ) from None
         mask3d = binarise_3d(seg.scores, th)
         np.save(out / "mask3d.npy", mask3d.cpu().numpy())
 
@@ -226,20 +298,35 @@ class SegmentWorkflow:
             if cam.name == ref.name and ref.name in imgs:
                 save_overlay(imgs[ref.name], m, out / "overlay.png", prompt)
         results = {
-            "num_gaussians": scene.num_primitives, "selected": int(mask3d.sum()), "prompt": kind,
-            "reference_view": ref.name, "method": method, "diffusion": method == "diffusion", "features_resumed": resumed,
+            "num_gaussians": scene.num_primitives,
+            "selected": int(mask3d.sum()),
+            "prompt": kind,
+            "reference_view": ref.name,
+            "method": method,
+            "diffusion": method == "diffusion",
+            "features_resumed": resumed,
             "threshold": th,
-            "mask3d": str(out / "mask3d.npy"), "masks": str(out / "masks"), "seconds": round(time.time() - t0, 2),
+            "mask3d": str(out / "mask3d.npy"),
+            "masks": str(out / "masks"),
+            "seconds": round(time.time() - t0, 2),
         }
         if int(mask3d.sum()) == 0:
-            raise ConfigError(f"segment: the prompt selects no Gaussian (scores max {float(seg.scores.max()):.3g}); "
-                              "try a larger prompt, another method or another extractor")
+            raise ConfigError(
+                f"segment: the prompt selects no Gaussian (scores max {float(seg.scores.max()):.3g}); "
+                "try a larger prompt, another method or another extractor"
+            )
         if cfg.save_removed:
             if isinstance(scene, EditableScene):
                 results["removed"] = str(save_removed(scene, mask3d, out / "removed.ply"))
             else:
-                results["notes"] = [say(ctx, "segment", f"removed.ply not written: removal needs a scene with subset() and "
-                                                        f"save_ply() (EditableScene); scenes plugin {type(scene).__name__} has not")]
+                results["notes"] = [
+                    say(
+                        ctx,
+                        "segment",
+                        f"removed.ply not written: removal needs a scene with subset() and "
+                        f"save_ply() (EditableScene); scenes plugin {type(scene).__name__} has not",
+                    )
+                ]
         (out / "results.json").write_text(json.dumps(results, indent=2))
         ctx.hooks.evaluate(metrics={"selected": float(results["selected"])})
         return results
@@ -251,9 +338,21 @@ class SegmentSyntheticWorkflow:
 
     @dataclass
     class Config:
-        scene: Any = field(default_factory=lambda: _scene_config()(synthetic=True), metadata={"help": "the scene (synthetic by default)"})
-        extractor: Any = field(default_factory=lambda: {"name": "rgb", "patch_size": 4}, metadata={"kind": "feature_extractors", "help": "2D feature extractor"})
-        refiner: Any = field(default_factory=lambda: {"name": "graph_diffusion"}, metadata={"kind": "refiners", "help": "the refiner of the uplifted prompt (any refiners plugin; graph diffusion by default)"})
+        scene: Any = field(
+            default_factory=lambda: _scene_config()(synthetic=True),
+            metadata={"help": "the scene (synthetic by default)"},
+        )
+        extractor: Any = field(
+            default_factory=lambda: {"name": "rgb", "patch_size": 4},
+            metadata={"kind": "feature_extractors", "help": "2D feature extractor"},
+        )
+        refiner: Any = field(
+            default_factory=lambda: {"name": "graph_diffusion"},
+            metadata={
+                "kind": "refiners",
+                "help": "the refiner of the uplifted prompt (any refiners plugin; graph diffusion by default)",
+            },
+        )
         eval_views: int = field(default=6, metadata={"help": "views on which the 2D IoU is averaged"})
         center: bool = field(default=True, metadata={"help": "subtract the mean 2D feature before uplifting"})
 
@@ -261,9 +360,10 @@ class SegmentSyntheticWorkflow:
         self.cfg = config
 
     def run(self, ctx) -> dict:
-        import fulcra
         from PIL import Image
         from safetensors.torch import load_file
+
+        import fulcra
 
         from .lifting import open_scene, resolve_scene_paths, uplift_views
         from .synthetic_benchmark import run_synthetic_benchmark
@@ -284,11 +384,33 @@ class SegmentSyntheticWorkflow:
         extractor_node = OmegaConf.to_container(cfg.extractor, resolve=True)
         extractor = fulcra.create("feature_extractors", extractor_node)
         views = [c for c in cams if c.name in imgs]
-        up = uplift_views(scene, views, imgs, extractor, out=out, ply=ply, extractor_node=extractor_node,
-                          hooks=ctx.hooks, center=cfg.center, stage="features", is_main=ctx.is_main)
+        up = uplift_views(
+            scene,
+            views,
+            imgs,
+            extractor,
+            out=out,
+            ply=ply,
+            extractor_node=extractor_node,
+            hooks=ctx.hooks,
+            center=cfg.center,
+            stage="features",
+            is_main=ctx.is_main,
+        )
         refiner = fulcra.create("refiners", OmegaConf.to_container(cfg.refiner, resolve=True))
-        res = run_synthetic_benchmark(scene, cams, imgs, labels, gt, extractor, objects, out, refiner=refiner,
-                                      eval_views=cfg.eval_views, uplifted=up)
+        res = run_synthetic_benchmark(
+            scene,
+            cams,
+            imgs,
+            labels,
+            gt,
+            extractor,
+            objects,
+            out,
+            refiner=refiner,
+            eval_views=cfg.eval_views,
+            uplifted=up,
+        )
         ctx.hooks.evaluate(metrics={k: v for k, v in res["mean"].items()})
         print((out / "results.md").read_text())
         return res

@@ -133,8 +133,13 @@ def make_scene(backend: str = "auto", ply: str | Path = "", device: str | torch.
     return fulcra.create("scenes", names[-1], ply=str(ply), device=str(dev), **options)
 
 
-def load_scene(ply: str | Path, cameras: str | Path | None = None, images: str | Path | None = None,
-               backend: str = "auto", device: str | torch.device | None = "auto"):
+def load_scene(
+    ply: str | Path,
+    cameras: str | Path | None = None,
+    images: str | Path | None = None,
+    backend: str = "auto",
+    device: str | torch.device | None = "auto",
+):
     """Load a trained 3DGS scene with its cameras and images.
 
     Args:
@@ -156,7 +161,9 @@ def load_scene(ply: str | Path, cameras: str | Path | None = None, images: str |
         raise FormatError(f"{ply}: no such PLY file")
     cam_path = Path(cameras).expanduser() if cameras else find_cameras(ply)
     if cam_path is None:
-        raise ConfigError(f"no cameras found near {ply}; pass cameras= (cameras.json, a COLMAP folder or transforms.json)")
+        raise ConfigError(
+            f"no cameras found near {ply}; pass cameras= (cameras.json, a COLMAP folder or transforms.json)"
+        )
     if images is None:
         images = _default_images(cam_path)
     cams = load_cameras(cam_path, images)

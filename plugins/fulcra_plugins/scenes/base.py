@@ -40,7 +40,7 @@ class GaussianScene:
             self.gaussians = read_ply(self.source, device=self.device)
 
     @classmethod
-    def from_gaussians(cls, gaussians: Gaussians, **options) -> "GaussianScene":
+    def from_gaussians(cls, gaussians: Gaussians, **options) -> GaussianScene:
         """Build the scene around in-memory :class:`Gaussians` (``options`` as the constructor's)."""
         scene = cls(ply="", **options)
         scene.gaussians = gaussians.to(scene.device)
@@ -84,10 +84,12 @@ class GaussianScene:
         with torch.no_grad():
             return self.render(torch.ones(self.num_primitives, 1, device=self.device), camera)[..., 0]
 
-    def subset(self, index: torch.Tensor) -> "GaussianScene":
+    def subset(self, index: torch.Tensor) -> GaussianScene:
         """A scene of the same backend keeping the Gaussians of a boolean mask or index ``[M]``."""
         self._require()
-        scene = type(self).from_gaussians(self.gaussians.subset(torch.as_tensor(index, device=self.device)), **self._options())
+        scene = type(self).from_gaussians(
+            self.gaussians.subset(torch.as_tensor(index, device=self.device)), **self._options()
+        )
         scene.source = None
         return scene
 

@@ -31,9 +31,17 @@ __all__ = [
 
 # COLMAP camera model id -> (name, number of params); only the pinhole ones are accepted.
 COLMAP_MODELS = {
-    0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5),
-    4: ("OPENCV", 8), 5: ("OPENCV_FISHEYE", 8), 6: ("FULL_OPENCV", 12), 7: ("FOV", 5),
-    8: ("SIMPLE_RADIAL_FISHEYE", 4), 9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12),
+    0: ("SIMPLE_PINHOLE", 3),
+    1: ("PINHOLE", 4),
+    2: ("SIMPLE_RADIAL", 4),
+    3: ("RADIAL", 5),
+    4: ("OPENCV", 8),
+    5: ("OPENCV_FISHEYE", 8),
+    6: ("FULL_OPENCV", 12),
+    7: ("FOV", 5),
+    8: ("SIMPLE_RADIAL_FISHEYE", 4),
+    9: ("RADIAL_FISHEYE", 5),
+    10: ("THIN_PRISM_FISHEYE", 12),
 }
 _MODEL_IDS = {name: (i, n) for i, (name, n) in COLMAP_MODELS.items()}
 _OPENGL_TO_OPENCV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
@@ -105,7 +113,15 @@ def read_cameras_json(path: str | Path, data: list | None = None) -> list[Camera
         c2w = np.eye(4)
         c2w[:3, :3], c2w[:3, 3] = R, t
         cx, cy = float(entry.get("cx", w / 2)), float(entry.get("cy", h / 2))
-        cams.append(Camera(torch.from_numpy(np.linalg.inv(c2w)).float(), _intrinsics(fx, fy, cx, cy), w, h, Path(str(entry["img_name"])).stem))
+        cams.append(
+            Camera(
+                torch.from_numpy(np.linalg.inv(c2w)).float(),
+                _intrinsics(fx, fy, cx, cy),
+                w,
+                h,
+                Path(str(entry["img_name"])).stem,
+            )
+        )
     return cams
 
 
@@ -114,11 +130,20 @@ def write_cameras_json(cameras: list[Camera], path: str | Path) -> Path:
     out = []
     for i, cam in enumerate(cameras):
         c2w = torch.linalg.inv(cam.viewmat.double()).numpy()
-        out.append({
-            "id": i, "img_name": cam.name, "width": cam.width, "height": cam.height,
-            "position": c2w[:3, 3].tolist(), "rotation": c2w[:3, :3].tolist(),
-            "fy": float(cam.K[1, 1]), "fx": float(cam.K[0, 0]), "cx": float(cam.K[0, 2]), "cy": float(cam.K[1, 2]),
-        })
+        out.append(
+            {
+                "id": i,
+                "img_name": cam.name,
+                "width": cam.width,
+                "height": cam.height,
+                "position": c2w[:3, 3].tolist(),
+                "rotation": c2w[:3, :3].tolist(),
+                "fy": float(cam.K[1, 1]),
+                "fx": float(cam.K[0, 0]),
+                "cx": float(cam.K[0, 2]),
+                "cy": float(cam.K[1, 2]),
+            }
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
@@ -140,20 +165,27 @@ def _finite(where: str, key: str, value, shape: tuple) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- COLMAP
 def _qvec_to_rotmat(q: np.ndarray) -> np.ndarray:
     w, x, y, z = q / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def _rotmat_to_qvec(R: np.ndarray) -> np.ndarray:
-    K = np.array([
-        [R[0, 0] - R[1, 1] - R[2, 2], 0, 0, 0],
-        [R[1, 0] + R[0, 1], R[1, 1] - R[0, 0] - R[2, 2], 0, 0],
-        [R[2, 0] + R[0, 2], R[2, 1] + R[1, 2], R[2, 2] - R[0, 0] - R[1, 1], 0],
-        [R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1], R[0, 0] + R[1, 1] + R[2, 2]],
-    ]) / 3.0
+    K = (
+        np.array(
+            [
+                [R[0, 0] - R[1, 1] - R[2, 2], 0, 0, 0],
+                [R[1, 0] + R[0, 1], R[1, 1] - R[0, 0] - R[2, 2], 0, 0],
+                [R[2, 0] + R[0, 2], R[2, 1] + R[1, 2], R[2, 2] - R[0, 0] - R[1, 1], 0],
+                [R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1], R[0, 0] + R[1, 1] + R[2, 2]],
+            ]
+        )
+        / 3.0
+    )
     vals, vecs = np.linalg.eigh(K)
     q = vecs[[3, 0, 1, 2], np.argmax(vals)]
     return -q if q[0] < 0 else q
@@ -191,7 +223,7 @@ class _Reader:
         end = self.buf.find(b"\x00", self.pos)
         if end < 0:
             raise FormatError(f"{self.path}: truncated file while reading {what}")
-        s = self.buf[self.pos:end].decode("utf-8")
+        s = self.buf[self.pos : end].decode("utf-8")
         self.pos = end + 1
         return s
 
@@ -240,7 +272,9 @@ def _read_colmap_cameras_txt(path: Path) -> dict:
         except ValueError as exc:
             raise FormatError(f"{path}: line {lineno}: {exc}") from exc
         if model in _MODEL_IDS and len(parts) - 4 != _MODEL_IDS[model][1]:
-            raise FormatError(f"{path}: line {lineno}: camera model {model} takes {_MODEL_IDS[model][1]} params, got {len(parts) - 4}")
+            raise FormatError(
+                f"{path}: line {lineno}: camera model {model} takes {_MODEL_IDS[model][1]} params, got {len(parts) - 4}"
+            )
     return cams
 
 
@@ -254,7 +288,9 @@ def _read_colmap_images_txt(path: Path) -> list:
             continue
         parts = lines[i].split()
         if len(parts) < 10:
-            raise FormatError(f"{path}: image line '{lines[i][:60]}': expected IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME")
+            raise FormatError(
+                f"{path}: image line '{lines[i][:60]}': expected IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME"
+            )
         try:
             vals = [float(p) for p in parts[1:8]]
         except ValueError as exc:
@@ -281,7 +317,7 @@ def read_colmap(folder: str | Path) -> list[Camera]:
         cams = _read_colmap_cameras_txt(cams_path)
         images = _read_colmap_images_txt(imgs_path)
     out = []
-    for image_id, q, t, cam_id, name in sorted(images, key=lambda rec: rec[4]):
+    for _image_id, q, t, cam_id, name in sorted(images, key=lambda rec: rec[4]):
         if cam_id not in cams:
             raise FormatError(f"{imgs_path}: image {name!r} refers to camera_id {cam_id} absent from {cams_path.name}")
         model, w, h, params = cams[cam_id]
@@ -302,7 +338,9 @@ def write_colmap(cameras: list[Camera], folder: str | Path, binary: bool = True,
     for i, cam in enumerate(cameras, 1):
         V = cam.viewmat.double().numpy()
         fx, fy, cx, cy = (float(v) for v in (cam.K[0, 0], cam.K[1, 1], cam.K[0, 2], cam.K[1, 2]))
-        recs.append((i, _rotmat_to_qvec(V[:3, :3]), V[:3, 3], (fx, fy, cx, cy), cam, cam.meta.get("file", cam.name + ext)))
+        recs.append(
+            (i, _rotmat_to_qvec(V[:3, :3]), V[:3, 3], (fx, fy, cx, cy), cam, cam.meta.get("file", cam.name + ext))
+        )
     if binary:
         with open(folder / "cameras.bin", "wb") as fh:
             fh.write(struct.pack("<Q", len(recs)))
@@ -315,11 +353,16 @@ def write_colmap(cameras: list[Camera], folder: str | Path, binary: bool = True,
     else:
         (folder / "cameras.txt").write_text(
             "# CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n"
-            + "".join(f"{i} PINHOLE {c.width} {c.height} {' '.join(repr(p) for p in params)}\n" for i, _, _, params, c, _ in recs)
+            + "".join(
+                f"{i} PINHOLE {c.width} {c.height} {' '.join(repr(p) for p in params)}\n"
+                for i, _, _, params, c, _ in recs
+            )
         )
         (folder / "images.txt").write_text(
             "# IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n"
-            + "".join(f"{i} {' '.join(repr(float(v)) for v in (*q, *t))} {i} {name}\n\n" for i, q, t, _, _, name in recs)
+            + "".join(
+                f"{i} {' '.join(repr(float(v)) for v in (*q, *t))} {i} {name}\n\n" for i, q, t, _, _, name in recs
+            )
         )
     return folder
 
@@ -379,20 +422,40 @@ def read_transforms_json(path: str | Path, images: str | Path | None = None, dat
             raise FormatError(f"{where}: non-finite intrinsics")
         c2w = torch.from_numpy(_finite(where, "transform_matrix", frame["transform_matrix"], (4, 4))).float()
         c2w = c2w @ _OPENGL_TO_OPENCV  # flip the camera's y and z axes
-        cams.append(Camera(torch.linalg.inv(c2w), _intrinsics(fx, fy, cx, cy), w, h, Path(frame["file_path"]).stem,
-                           meta={"file": frame["file_path"]}))
+        cams.append(
+            Camera(
+                torch.linalg.inv(c2w),
+                _intrinsics(fx, fy, cx, cy),
+                w,
+                h,
+                Path(frame["file_path"]).stem,
+                meta={"file": frame["file_path"]},
+            )
+        )
     return cams
 
 
-def write_transforms_json(cameras: list[Camera], path: str | Path, image_dir: str = "images", ext: str = ".png",
-                          per_frame_intrinsics: bool = True) -> Path:
+def write_transforms_json(
+    cameras: list[Camera],
+    path: str | Path,
+    image_dir: str = "images",
+    ext: str = ".png",
+    per_frame_intrinsics: bool = True,
+) -> Path:
     """Write a nerfstudio-style ``transforms.json`` (OpenGL axes, per-frame ``fl_x, fl_y, cx, cy, w, h``)."""
     frames = []
     for cam in cameras:
         c2w = torch.linalg.inv(cam.viewmat.double()) @ _OPENGL_TO_OPENCV.double()
         f = {"file_path": f"{image_dir}/{cam.name}{ext}", "transform_matrix": c2w.tolist()}
         if per_frame_intrinsics:
-            f.update(fl_x=float(cam.K[0, 0]), fl_y=float(cam.K[1, 1]), cx=float(cam.K[0, 2]), cy=float(cam.K[1, 2]), w=cam.width, h=cam.height)
+            f.update(
+                fl_x=float(cam.K[0, 0]),
+                fl_y=float(cam.K[1, 1]),
+                cx=float(cam.K[0, 2]),
+                cy=float(cam.K[1, 2]),
+                w=cam.width,
+                h=cam.height,
+            )
         frames.append(f)
     path = Path(path)
     path.write_text(json.dumps({"camera_model": "OPENCV", "frames": frames}, indent=1))

@@ -35,8 +35,12 @@ def run_demo(out_dir: str | Path) -> dict:
         results = run(
             {
                 "workflow": "uplift",
-                "scene": {"ply": str(scene / "point_cloud.ply"), "cameras": str(scene / "cameras.json"),
-                          "images": str(scene / "images"), "backend": "torch"},
+                "scene": {
+                    "ply": str(scene / "point_cloud.ply"),
+                    "cameras": str(scene / "cameras.json"),
+                    "images": str(scene / "images"),
+                    "backend": "torch",
+                },
                 "extractor": {"name": "rgb", "patch_size": 8},
                 "prune": {"keep": 0.5},
                 "check_views": 2,

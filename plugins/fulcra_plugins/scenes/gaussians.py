@@ -39,9 +39,15 @@ def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
     w, x, y, z = q.unbind(-1)
     return torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         dim=-1,
     ).reshape(*q.shape[:-1], 3, 3)
@@ -59,8 +65,15 @@ def eval_sh(degree: int, coeffs: torch.Tensor, dirs: torch.Tensor) -> torch.Tens
     """
     C1 = 0.4886025119029199
     C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-    C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-          -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+    C3 = (
+        -0.5900435899266435,
+        2.890611442640554,
+        -0.4570457994644658,
+        0.3731763325901154,
+        -0.4570457994644658,
+        1.445305721320277,
+        -0.5900435899266435,
+    )
     res = SH_C0 * coeffs[:, 0]
     if degree < 1:
         return res
@@ -69,14 +82,26 @@ def eval_sh(degree: int, coeffs: torch.Tensor, dirs: torch.Tensor) -> torch.Tens
     if degree < 2:
         return res
     xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
-    res = (res + C2[0] * xy * coeffs[:, 4] + C2[1] * yz * coeffs[:, 5] + C2[2] * (2 * zz - xx - yy) * coeffs[:, 6]
-           + C2[3] * xz * coeffs[:, 7] + C2[4] * (xx - yy) * coeffs[:, 8])
+    res = (
+        res
+        + C2[0] * xy * coeffs[:, 4]
+        + C2[1] * yz * coeffs[:, 5]
+        + C2[2] * (2 * zz - xx - yy) * coeffs[:, 6]
+        + C2[3] * xz * coeffs[:, 7]
+        + C2[4] * (xx - yy) * coeffs[:, 8]
+    )
     if degree < 3:
         return res
-    return (res + C3[0] * y * (3 * xx - yy) * coeffs[:, 9] + C3[1] * xy * z * coeffs[:, 10]
-            + C3[2] * y * (4 * zz - xx - yy) * coeffs[:, 11] + C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * coeffs[:, 12]
-            + C3[4] * x * (4 * zz - xx - yy) * coeffs[:, 13] + C3[5] * z * (xx - yy) * coeffs[:, 14]
-            + C3[6] * x * (xx - 3 * yy) * coeffs[:, 15])
+    return (
+        res
+        + C3[0] * y * (3 * xx - yy) * coeffs[:, 9]
+        + C3[1] * xy * z * coeffs[:, 10]
+        + C3[2] * y * (4 * zz - xx - yy) * coeffs[:, 11]
+        + C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * coeffs[:, 12]
+        + C3[4] * x * (4 * zz - xx - yy) * coeffs[:, 13]
+        + C3[5] * z * (xx - yy) * coeffs[:, 14]
+        + C3[6] * x * (xx - 3 * yy) * coeffs[:, 15]
+    )
 
 
 @dataclass
@@ -105,7 +130,13 @@ class Gaussians:
         n = self.means.shape[0]
         if self.shN is None:
             self.shN = self.means.new_zeros((n, 0, 3))
-        for name, shape in (("means", (n, 3)), ("quats", (n, 4)), ("scales", (n, 3)), ("opacities", (n,)), ("sh0", (n, 3))):
+        for name, shape in (
+            ("means", (n, 3)),
+            ("quats", (n, 4)),
+            ("scales", (n, 3)),
+            ("opacities", (n,)),
+            ("sh0", (n, 3)),
+        ):
             got = tuple(getattr(self, name).shape)
             if got != shape:
                 raise ValueError(f"Gaussians.{name} must be {list(shape)}, got {list(got)}")
@@ -135,10 +166,10 @@ class Gaussians:
         dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return (eval_sh(self.sh_degree, coeffs, dirs) + 0.5).clamp_min(0.0)
 
-    def to(self, device: torch.device | str) -> "Gaussians":
+    def to(self, device: torch.device | str) -> Gaussians:
         return Gaussians(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()})
 
-    def subset(self, index: torch.Tensor) -> "Gaussians":
+    def subset(self, index: torch.Tensor) -> Gaussians:
         """The Gaussians selected by a boolean mask ``[N]`` or an index tensor ``[M]`` (order kept)."""
         index = torch.as_tensor(index, device=self.device)
         if index.dtype == torch.bool and index.shape != (len(self),):

@@ -24,7 +24,9 @@ def _gsplat():
     try:
         import gsplat
     except ImportError as exc:
-        raise MissingDependencyError("the gsplat scene backend needs gsplat (CUDA): pip install 'fulcra[gsplat]'", extra="gsplat") from exc
+        raise MissingDependencyError(
+            "the gsplat scene backend needs gsplat (CUDA): pip install 'fulcra[gsplat]'", extra="gsplat"
+        ) from exc
     return gsplat
 
 
@@ -65,11 +67,22 @@ class GsplatScene(GaussianScene):
         self._check_features(features)
         g = self.gaussians
         kwargs = dict(
-            means=g.means, quats=g.quats, scales=g.scales, opacities=g.opacities,
+            means=g.means,
+            quats=g.quats,
+            scales=g.scales,
+            opacities=g.opacities,
             colors=features.to(self.device, torch.float32),
-            viewmats=camera.viewmat.to(self.device)[None], Ks=camera.K.to(self.device)[None],
-            width=camera.width, height=camera.height, near_plane=0.01, far_plane=1e10, eps2d=0.3,
-            sh_degree=None, packed=self.packed, rasterize_mode="classic", channel_chunk=self.channel_chunk,
+            viewmats=camera.viewmat.to(self.device)[None],
+            Ks=camera.K.to(self.device)[None],
+            width=camera.width,
+            height=camera.height,
+            near_plane=0.01,
+            far_plane=1e10,
+            eps2d=0.3,
+            sh_degree=None,
+            packed=self.packed,
+            rasterize_mode="classic",
+            channel_chunk=self.channel_chunk,
             render_mode="RGB",
         )
         out, _, _ = self._gs.rasterization(**{k: v for k, v in kwargs.items() if k in self._accepted})

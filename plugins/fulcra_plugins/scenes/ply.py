@@ -30,7 +30,9 @@ def _plyfile():
     try:
         import plyfile
     except ImportError as exc:  # pragma: no cover - plyfile is in the science extra
-        raise MissingDependencyError("reading 3DGS PLY files needs plyfile: pip install 'fulcra[science]'", extra="science") from exc
+        raise MissingDependencyError(
+            "reading 3DGS PLY files needs plyfile: pip install 'fulcra[science]'", extra="science"
+        ) from exc
     return plyfile
 
 
@@ -103,7 +105,9 @@ def read_ply(path: str | Path, device: torch.device | str = "cpu") -> Gaussians:
     normals = col(["nx", "ny", "nz"]) if all(p in props for p in ("nx", "ny", "nz")) else None
     qn = np.linalg.norm(quats, axis=1, keepdims=True)
     if (qn == 0).any():
-        raise FormatError(f"{path}: zero-norm rotation in vertex properties 'rot_0..3' at Gaussian {int(np.argmax(qn[:, 0] == 0))}")
+        raise FormatError(
+            f"{path}: zero-norm rotation in vertex properties 'rot_0..3' at Gaussian {int(np.argmax(qn[:, 0] == 0))}"
+        )
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)

@@ -63,7 +63,9 @@ def load_features(path: str | Path, expected: int | None = None) -> dict[str, to
     if expected is not None:
         for k, v in out.items():
             if v.shape[0] != expected:
-                raise FormatError(f"{path}: count mismatch in '{k}': {v.shape[0]} rows, the scene has {expected} Gaussians")
+                raise FormatError(
+                    f"{path}: count mismatch in '{k}': {v.shape[0]} rows, the scene has {expected} Gaussians"
+                )
     return out
 
 
@@ -78,6 +80,10 @@ def save_subset(scene, index: torch.Tensor, folder: str | Path, **arrays: torch.
     sub = scene.subset(index)
     sub.save_ply(folder / "point_cloud.ply")
     cpu = index.cpu()
-    save_features(folder / "features.safetensors", {"source": str(getattr(scene, "source", ""))},
-                  index=cpu, **{k: v.detach().cpu()[cpu] for k, v in arrays.items()})
+    save_features(
+        folder / "features.safetensors",
+        {"source": str(getattr(scene, "source", ""))},
+        index=cpu,
+        **{k: v.detach().cpu()[cpu] for k, v in arrays.items()},
+    )
     return folder

@@ -36,7 +36,15 @@ from fulcra.camera import Camera
 from .cameras import write_cameras_json
 from .gaussians import Gaussians, rgb_to_sh
 
-__all__ = ["synthetic_ply", "generate_scene", "ensure_synthetic_scene", "build_gaussians", "build_cameras", "look_at", "OBJECTS"]
+__all__ = [
+    "synthetic_ply",
+    "generate_scene",
+    "ensure_synthetic_scene",
+    "build_gaussians",
+    "build_cameras",
+    "look_at",
+    "OBJECTS",
+]
 
 OBJECTS = ["ground", "red_sphere", "blue_cube", "green_cylinder", "yellow_cone"]
 _VERSION = 1
@@ -85,7 +93,15 @@ def build_gaussians(seed: int = 0, density: float = 1.0) -> tuple[Gaussians, tor
     pts[:, :2] += (rnd(side * side, 2) - 0.5) * (5.0 / side) * 0.5
     check = ((torch.floor(pts[:, 0] * 1.5) + torch.floor(pts[:, 1] * 1.5)) % 2)[:, None]
     col = 0.35 + 0.3 * check + 0.03 * rnd(len(pts), 1)
-    parts.append((pts, torch.tensor([[0.0, 0.0, 1.0]]).expand(len(pts), 3), col.expand(-1, 3) * torch.tensor([1.0, 0.97, 0.9]), 25.0 / len(pts), 0))
+    parts.append(
+        (
+            pts,
+            torch.tensor([[0.0, 0.0, 1.0]]).expand(len(pts), 3),
+            col.expand(-1, 3) * torch.tensor([1.0, 0.97, 0.9]),
+            25.0 / len(pts),
+            0,
+        )
+    )
 
     def count(area):
         return int(area * 1100 * density)
@@ -126,7 +142,7 @@ def build_gaussians(seed: int = 0, density: float = 1.0) -> tuple[Gaussians, tor
     rr, tc = r * torch.sqrt(rnd(mc)), rnd(mc) * 2 * math.pi
     pc = torch.stack([rr * torch.cos(tc), rr * torch.sin(tc), torch.full((mc,), hgt)], 1)
     p, n = torch.cat([p, pc]), torch.cat([n, torch.tensor([[0.0, 0.0, 1.0]]).expand(mc, 3)])
-    shade = (p[:, 2:3] / hgt)
+    shade = p[:, 2:3] / hgt
     col = torch.tensor([0.05, 0.35, 0.08]) + shade * torch.tensor([0.35, 0.55, 0.3])
     parts.append((c + p, n, col, 2 * math.pi * r * r * (hgt / r + 0.5) / (m + mc), 3))
 
@@ -165,7 +181,9 @@ def build_gaussians(seed: int = 0, density: float = 1.0) -> tuple[Gaussians, tor
     return gauss, torch.cat(labels)
 
 
-def build_cameras(width: int = 160, height: int = 120, n_ring: int = 12, n_forward: int = 6, fov_deg: float = 55.0) -> list[Camera]:
+def build_cameras(
+    width: int = 160, height: int = 120, n_ring: int = 12, n_forward: int = 6, fov_deg: float = 55.0
+) -> list[Camera]:
     """A 360-degree ring (``ring_000``...) and a forward-facing grid (``front_000``...) of pinhole cameras."""
     f = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
     K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
@@ -191,8 +209,15 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path)
 
 
-def generate_scene(out_dir: str | Path, seed: int = 0, width: int = 160, height: int = 120, n_ring: int = 12,
-                   n_forward: int = 6, density: float = 1.0) -> Path:
+def generate_scene(
+    out_dir: str | Path,
+    seed: int = 0,
+    width: int = 160,
+    height: int = 120,
+    n_ring: int = 12,
+    n_forward: int = 6,
+    density: float = 1.0,
+) -> Path:
     """Generate the synthetic scene into ``out_dir`` (written to a temporary folder, then renamed).
 
     Returns:
@@ -223,10 +248,17 @@ def generate_scene(out_dir: str | Path, seed: int = 0, width: int = 160, height:
             mask = torch.where(lab.sum(-1) > 0.5, lab.argmax(-1), torch.full(lab.shape[:2], 255))
             _save_png(mask.to(torch.uint8).numpy(), tmp / "masks" / f"{cam.name}.png")
         meta = {
-            "version": _VERSION, "seed": seed, "objects": OBJECTS, "num_gaussians": len(gauss),
-            "width": width, "height": height, "density": density,
-            "cameras": {"ring": [c.name for c in cams if c.name.startswith("ring")],
-                        "forward": [c.name for c in cams if c.name.startswith("front")]},
+            "version": _VERSION,
+            "seed": seed,
+            "objects": OBJECTS,
+            "num_gaussians": len(gauss),
+            "width": width,
+            "height": height,
+            "density": density,
+            "cameras": {
+                "ring": [c.name for c in cams if c.name.startswith("ring")],
+                "forward": [c.name for c in cams if c.name.startswith("front")],
+            },
         }
         (tmp / "scene.json").write_text(json.dumps(meta, indent=1))
         if out_dir.exists():

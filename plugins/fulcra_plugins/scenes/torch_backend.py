@@ -56,8 +56,9 @@ class Projection:
     height: int
 
 
-def project_gaussians(g: Gaussians, camera: Camera, eps2d: float = 0.3, near: float = 0.01, far: float = 1e10,
-                      tile_size: int = 16) -> Projection:
+def project_gaussians(
+    g: Gaussians, camera: Camera, eps2d: float = 0.3, near: float = 0.01, far: float = 1e10, tile_size: int = 16
+) -> Projection:
     """EWA-project Gaussians into a view and bin them into tiles (gsplat's classic conventions).
 
     Args:
@@ -129,8 +130,22 @@ def project_gaussians(g: Gaussians, camera: Camera, eps2d: float = 0.3, near: fl
     log_op = torch.cat([torch.log(opac_v.clamp_min(1e-30)), opac_v.new_full((1,), -1e4)])
     coef = conics * conics.new_tensor([0.5, 1.0, 0.5])
     packed = torch.cat([pad(means2d), pad(coef), log_op[:, None]], 1).contiguous()
-    return Projection(pad(means2d), pad(conics), pad(opac_v), pad(coef), log_op, packed,
-                      tile_gids, start, count, tiles_x, tiles_y, ts, W, H)
+    return Projection(
+        pad(means2d),
+        pad(conics),
+        pad(opac_v),
+        pad(coef),
+        log_op,
+        packed,
+        tile_gids,
+        start,
+        count,
+        tiles_x,
+        tiles_y,
+        ts,
+        W,
+        H,
+    )
 
 
 def _blocks(p: Projection, chunk: int, max_elements: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -222,16 +237,28 @@ class TorchScene(GaussianScene):
 
         return {"ply": str(synthetic_ply(0.05)), "device": "cpu"}
 
-    def __init__(self, ply: str = "", device: str = "auto", tile_size: int = 0, chunk: int = 32,
-                 max_elements: int = 1 << 17, max_channels: int = 64):
+    def __init__(
+        self,
+        ply: str = "",
+        device: str = "auto",
+        tile_size: int = 0,
+        chunk: int = 32,
+        max_elements: int = 1 << 17,
+        max_channels: int = 64,
+    ):
         super().__init__(ply=ply, device=device)
         self.tile_size = int(tile_size)
         self.chunk = int(chunk)
         self.max_elements, self.max_channels = int(max_elements), int(max_channels)
 
     def _options(self) -> dict:
-        return {"device": str(self.device), "tile_size": self.tile_size, "chunk": self.chunk,
-                "max_elements": self.max_elements, "max_channels": self.max_channels}
+        return {
+            "device": str(self.device),
+            "tile_size": self.tile_size,
+            "chunk": self.chunk,
+            "max_elements": self.max_elements,
+            "max_channels": self.max_channels,
+        }
 
     def project(self, camera: Camera) -> Projection:
         self._require()
@@ -276,7 +303,11 @@ class TorchScene(GaussianScene):
 
     def _from_tiles(self, tiles: torch.Tensor, p: Projection) -> torch.Tensor:
         ts, D = p.tile_size, tiles.shape[-1]
-        img = tiles.reshape(p.tiles_y, p.tiles_x, ts, ts, D).permute(0, 2, 1, 3, 4).reshape(p.tiles_y * ts, p.tiles_x * ts, D)
+        img = (
+            tiles.reshape(p.tiles_y, p.tiles_x, ts, ts, D)
+            .permute(0, 2, 1, 3, 4)
+            .reshape(p.tiles_y * ts, p.tiles_x * ts, D)
+        )
         return img[: p.height, : p.width].contiguous()
 
     def _channel_step(self, D: int) -> int:

@@ -12,8 +12,9 @@ from fulcra.camera import Camera
 __all__ = ["pca_colors", "render_pca", "save_png"]
 
 
-def pca_colors(features: torch.Tensor, weights: torch.Tensor | None = None, max_samples: int = 200_000,
-               seed: int = 0) -> torch.Tensor:
+def pca_colors(
+    features: torch.Tensor, weights: torch.Tensor | None = None, max_samples: int = 200_000, seed: int = 0
+) -> torch.Tensor:
     """Per-Gaussian RGB from the first three principal components of ``features``.
 
     The PCA basis is fitted on Gaussians that some view sees (``weights > 0``), subsampled for
@@ -37,7 +38,7 @@ def pca_colors(features: torch.Tensor, weights: torch.Tensor | None = None, max_
     k = min(3, f.shape[1])
     _, _, V = torch.linalg.svd(x - mean, full_matrices=False)
     proj = (f - mean) @ V[:k].T  # [N, k]
-    q = torch.quantile(proj[seen][: 100_000], torch.tensor([0.01, 0.99], device=f.device), dim=0)
+    q = torch.quantile(proj[seen][:100_000], torch.tensor([0.01, 0.99], device=f.device), dim=0)
     rgb = ((proj - q[0]) / (q[1] - q[0]).clamp_min(1e-8)).clamp(0, 1)
     if k < 3:
         rgb = torch.cat([rgb, torch.full((f.shape[0], 3 - k), 0.5, device=f.device)], 1)
@@ -55,8 +56,14 @@ def save_png(image: torch.Tensor, path: str | Path) -> Path:
     return path
 
 
-def render_pca(scene, features: torch.Tensor, camera: Camera, weights: torch.Tensor | None = None,
-               path: str | Path | None = None, colors: torch.Tensor | None = None) -> torch.Tensor:
+def render_pca(
+    scene,
+    features: torch.Tensor,
+    camera: Camera,
+    weights: torch.Tensor | None = None,
+    path: str | Path | None = None,
+    colors: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Render the PCA colours of ``features [N, D]`` from ``camera``: ``[H, W, 3]``; saved as PNG if ``path``.
 
     Pass precomputed ``colors`` (from :func:`pca_colors`) to keep the colouring identical across views.

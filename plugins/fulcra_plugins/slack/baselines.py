@@ -21,8 +21,22 @@ from .common import SEARCH_SPACES
 __all__ = ["UniformPolicy", "TrivialAugment", "RandAugment", "TA_OPS"]
 
 # torchvision's TrivialAugmentWide / RandAugment op set
-TA_OPS = ["identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color",
-          "contrast", "sharpness", "posterize", "solarize", "auto_contrast", "equalize"]
+TA_OPS = [
+    "identity",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "rotate",
+    "brightness",
+    "color",
+    "contrast",
+    "sharpness",
+    "posterize",
+    "solarize",
+    "auto_contrast",
+    "equalize",
+]
 
 
 def _image_width(data: Any) -> int:
@@ -37,13 +51,27 @@ def _ta_ranges(variant: str, width: int) -> dict:
     """Table A.2's TA (RA) and TA (Wide) ranges; translations as fractions of the width."""
     r = default_ranges(TA_OPS)
     if variant == "wide":
-        r.update(shear_x=[0.0, 0.99], shear_y=[0.0, 0.99], translate_x=[0.0, 32.0 / width],
-                 translate_y=[0.0, 32.0 / width], rotate=[0.0, 135.0], posterize=[8.0, 2.0], solarize=[255.0, 0.0])
+        r.update(
+            shear_x=[0.0, 0.99],
+            shear_y=[0.0, 0.99],
+            translate_x=[0.0, 32.0 / width],
+            translate_y=[0.0, 32.0 / width],
+            rotate=[0.0, 135.0],
+            posterize=[8.0, 2.0],
+            solarize=[255.0, 0.0],
+        )
         for o in ("brightness", "color", "contrast", "sharpness"):
             r[o] = [0.0, 0.99]
     elif variant == "ra":
-        r.update(shear_x=[0.0, 0.3], shear_y=[0.0, 0.3], translate_x=[0.0, 150.0 / 331.0],
-                 translate_y=[0.0, 150.0 / 331.0], rotate=[0.0, 30.0], posterize=[8.0, 4.0], solarize=[255.0, 0.0])
+        r.update(
+            shear_x=[0.0, 0.3],
+            shear_y=[0.0, 0.3],
+            translate_x=[0.0, 150.0 / 331.0],
+            translate_y=[0.0, 150.0 / 331.0],
+            rotate=[0.0, 30.0],
+            posterize=[8.0, 4.0],
+            solarize=[255.0, 0.0],
+        )
         for o in ("brightness", "color", "contrast", "sharpness"):
             r[o] = [0.0, 0.9]
     else:
@@ -63,7 +91,9 @@ class UniformPolicy:
 
     def __init__(self, ops: Optional[list] = None, space: str = "cifar", num_stages: int = 3, mu: float = 0.75):
         if not ops and space not in SEARCH_SPACES:
-            raise ConfigError(f"policy_optimizers.uniform: unknown search space '{space}' (have {sorted(SEARCH_SPACES)})")
+            raise ConfigError(
+                f"policy_optimizers.uniform: unknown search space '{space}' (have {sorted(SEARCH_SPACES)})"
+            )
         self.ops = [str(o) for o in ops] if ops else SEARCH_SPACES[space]
         self.num_stages, self.mu = int(num_stages), float(mu)
 
@@ -104,5 +134,11 @@ class RandAugment:
     def search(self, train_data=None, val_data=None, model_factory: Callable | None = None, ctx=None) -> Policy:
         r = _ta_ranges("ra", _image_width(train_data))
         m = max(self.magnitude / (self.bins - 1), 1e-6)
-        return Policy(TA_OPS, torch.zeros(self.num_ops, len(TA_OPS)), torch.full((len(TA_OPS),), m), r,
-                      sigma=0.0, magnitude_mode="fixed")
+        return Policy(
+            TA_OPS,
+            torch.zeros(self.num_ops, len(TA_OPS)),
+            torch.full((len(TA_OPS),), m),
+            r,
+            sigma=0.0,
+            magnitude_mode="fixed",
+        )

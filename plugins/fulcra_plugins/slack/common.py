@@ -15,8 +15,23 @@ from fulcra_plugins.data.digits import TensorImageDataset as TensorSplit
 __all__ = ["TensorSplit", "as_tensors", "batch_indices", "to_input", "train_with_policy", "evaluate", "SEARCH_SPACES"]
 
 # the thesis' pools (§3.4.1): 15 standard transforms + the usual defaults of each benchmark + Hue
-STANDARD_15 = ["identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "auto_contrast",
-               "equalize", "invert", "solarize", "posterize", "contrast", "brightness", "sharpness", "color"]
+STANDARD_15 = [
+    "identity",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "rotate",
+    "auto_contrast",
+    "equalize",
+    "invert",
+    "solarize",
+    "posterize",
+    "contrast",
+    "brightness",
+    "sharpness",
+    "color",
+]
 SEARCH_SPACES = {
     "cifar": STANDARD_15 + ["cutout", "random_crop", "hue"],
     "imagenet": STANDARD_15 + ["cutout", "random_resized_crop", "hue"],
@@ -45,7 +60,7 @@ def batch_indices(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
     per_epoch = n // batch
     epoch, k = divmod(step, per_epoch)
     perm = torch.randperm(n, generator=step_generator(seed, 7, epoch))
-    return perm[k * batch:(k + 1) * batch]
+    return perm[k * batch : (k + 1) * batch]
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
@@ -60,16 +75,27 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, devic
     correct = 0
     with torch.no_grad():
         for s in range(0, images.shape[0], batch):
-            x = to_input(images[s:s + batch].to(device))
-            correct += int((model(x).argmax(-1).cpu() == labels[s:s + batch]).sum())
+            x = to_input(images[s : s + batch].to(device))
+            correct += int((model(x).argmax(-1).cpu() == labels[s : s + batch]).sum())
     model.train()
     return correct / max(images.shape[0], 1)
 
 
 def train_with_policy(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, policy, *, steps: int, batch_size: int,
-    lr: float, weight_decay: float, momentum: float = 0.9, seed: int = 0, flip: bool = False,
-    device=None, on_step: Callable[[int, float], None] | None = None,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    policy,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    seed: int = 0,
+    flip: bool = False,
+    device=None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
     """Plain SGD training (cosine schedule) with one composite augmentation per image from ``policy``
     (``None``: no augmentation) plus an optional random horizontal flip. Deterministic for a seed."""

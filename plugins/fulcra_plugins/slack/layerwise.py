@@ -87,7 +87,7 @@ def grouped_batchnorm(model: nn.Module, groups: int, store: dict | None = None):
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             saved.append((m, m.forward))
-            m.forward = (lambda bn: (lambda x: _grouped_bn_forward(bn, x, groups, store)))(m)
+            m.forward = (lambda bn: lambda x: _grouped_bn_forward(bn, x, groups, store))(m)
     try:
         yield
     finally:
@@ -102,9 +102,16 @@ GROUP_GRAD_BYTES = 512 * 2**20
 def _split_convs(model: nn.Module, conv_out: dict, n_aug: int) -> list:
     """The convs whose weight gradient is computed per group (all trainable zero-padded convs that
     ran once with a grad-requiring output), or ``[]`` when that would exceed ``GROUP_GRAD_BYTES``."""
-    convs = [m for m in model.modules()
-             if isinstance(m, nn.Conv2d) and m.weight.requires_grad and m in conv_out
-             and conv_out[m].requires_grad and not isinstance(m.padding, str) and m.padding_mode == "zeros"]
+    convs = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+        and m.weight.requires_grad
+        and m in conv_out
+        and conv_out[m].requires_grad
+        and not isinstance(m.padding, str)
+        and m.padding_mode == "zeros"
+    ]
     size = sum(m.weight.numel() * m.weight.element_size() for m in convs) * n_aug
     return convs if size <= GROUP_GRAD_BYTES else []
 
@@ -115,14 +122,27 @@ def _group_weight_grads(m: nn.Conv2d, a: torch.Tensor, d: torch.Tensor, n_aug: i
     W = m.weight.detach()
     out = []
     for a_g, d_g in zip(a.split(a.shape[0] // n_aug), d.split(d.shape[0] // n_aug)):
-        out.append(torch.ops.aten.convolution_backward(
-            d_g, a_g, W, None, list(m.stride), list(m.padding), list(m.dilation), False, [0, 0], m.groups,
-            [False, True, False])[1])
+        out.append(
+            torch.ops.aten.convolution_backward(
+                d_g,
+                a_g,
+                W,
+                None,
+                list(m.stride),
+                list(m.padding),
+                list(m.dilation),
+                False,
+                [0, 0],
+                m.groups,
+                [False, True, False],
+            )[1]
+        )
     return torch.stack(out)
 
 
-def layerwise_hypergradient(model, policy, logits, mu, x_aug, y_aug, op_index, magnitude, x_val, y_val, eta,
-                            loss_fn=F.cross_entropy):
+def layerwise_hypergradient(
+    model, policy, logits, mu, x_aug, y_aug, op_index, magnitude, x_val, y_val, eta, loss_fn=F.cross_entropy
+):
     """Same contract as :func:`fulcra_plugins.slack.slack.hypergradient`, per-group BatchNorm."""
     n_aug = op_index.shape[0]
     N = x_aug.shape[0]
@@ -147,6 +167,7 @@ def layerwise_hypergradient(model, policy, logits, mu, x_aug, y_aug, op_index, m
     bn_out: dict = {}
     try:
         with grouped_batchnorm(model, n_aug, xhats):
+
             def bn_hook(mod, args, out):
                 if out.requires_grad:
                     out.register_hook(lambda g, mod=mod: bn_out.__setitem__(mod, g.detach()))
@@ -166,9 +187,9 @@ def layerwise_hypergradient(model, policy, logits, mu, x_aug, y_aug, op_index, m
                 skip = {id(m.weight) for m in split}
                 ask = [p for p in params if id(p) not in skip]
                 res = torch.autograd.grad(L, ask + [conv_out[m] for m in split])
-                by_id = {id(p): gi for p, gi in zip(ask, res[:len(ask)])}
+                by_id = {id(p): gi for p, gi in zip(ask, res[: len(ask)])}
                 group_grads = {}
-                for m, d in zip(split, res[len(ask):]):
+                for m, d in zip(split, res[len(ask) :]):
                     group_grads[m] = _group_weight_grads(m, inputs[m], d.detach(), n_aug)
                     by_id[id(m.weight)] = group_grads[m].sum(0)
                 g = tuple(by_id[id(p)] for p in params)

@@ -46,10 +46,20 @@ from .common import SEARCH_SPACES, as_tensors, batch_indices, to_input
 __all__ = ["Slack", "hypergradient"]
 
 
-def hypergradient(model: torch.nn.Module, policy: Policy, logits: torch.Tensor, mu: torch.Tensor,
-                  x_aug: torch.Tensor, y_aug: torch.Tensor, op_index: torch.Tensor, magnitude: torch.Tensor,
-                  x_val: torch.Tensor, y_val: torch.Tensor, eta: float,
-                  loss_fn: Callable[..., torch.Tensor] = F.cross_entropy):
+def hypergradient(
+    model: torch.nn.Module,
+    policy: Policy,
+    logits: torch.Tensor,
+    mu: torch.Tensor,
+    x_aug: torch.Tensor,
+    y_aug: torch.Tensor,
+    op_index: torch.Tensor,
+    magnitude: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    eta: float,
+    loss_fn: Callable[..., torch.Tensor] = F.cross_entropy,
+):
     """One batched REINFORCE hypergradient (see the module docstring).
 
     Args:
@@ -124,17 +134,40 @@ class Slack:
         history_every: steps between recorded π snapshots (Fig. A.1).
     """
 
-    def __init__(self, ops: Optional[list] = None, space: str = "cifar", ranges: Optional[dict] = None, num_stages: int = 3, mu_init: float = 0.75,
-                 pretrain_steps: int = 78000, rounds: int = 10, retrain_steps: int = 1000,
-                 unrolled_steps: int = 400, batch_size: int = 128, b_aug: int = 8, lower_lr: float = 0.1,
-                 upper_lr: float = 1.0, mu_lr_divisor: float = 0.0, kl_weight: float = 0.02,
-                 weight_decay: float = 5e-4, momentum: float = 0.9, upper_momentum: float = 0.9,
-                 kl: bool = True, cold_start: bool = True, unrolled: bool = False, learn_pi: bool = True,
-                 learn_mu: bool = True, formulation: str = "layerwise", checkpoint_every: int = 200,
-                 history_every: int = 10):
+    def __init__(
+        self,
+        ops: Optional[list] = None,
+        space: str = "cifar",
+        ranges: Optional[dict] = None,
+        num_stages: int = 3,
+        mu_init: float = 0.75,
+        pretrain_steps: int = 78000,
+        rounds: int = 10,
+        retrain_steps: int = 1000,
+        unrolled_steps: int = 400,
+        batch_size: int = 128,
+        b_aug: int = 8,
+        lower_lr: float = 0.1,
+        upper_lr: float = 1.0,
+        mu_lr_divisor: float = 0.0,
+        kl_weight: float = 0.02,
+        weight_decay: float = 5e-4,
+        momentum: float = 0.9,
+        upper_momentum: float = 0.9,
+        kl: bool = True,
+        cold_start: bool = True,
+        unrolled: bool = False,
+        learn_pi: bool = True,
+        learn_mu: bool = True,
+        formulation: str = "layerwise",
+        checkpoint_every: int = 200,
+        history_every: int = 10,
+    ):
         if not ops:
             if space not in SEARCH_SPACES:
-                raise ConfigError(f"policy_optimizers.slack: unknown search space '{space}' (have {sorted(SEARCH_SPACES)})")
+                raise ConfigError(
+                    f"policy_optimizers.slack: unknown search space '{space}' (have {sorted(SEARCH_SPACES)})"
+                )
             ops = SEARCH_SPACES[space]
         self.ops = [str(o) for o in ops]
         if len(self.ops) < 2:
@@ -147,20 +180,31 @@ class Slack:
         self.pretrain_steps, self.rounds = int(pretrain_steps), int(rounds)
         self.retrain_steps, self.unrolled_steps = int(retrain_steps), int(unrolled_steps)
         self.batch_size, self.b_aug = int(batch_size), int(b_aug)
-        for key, value, low in (("pretrain_steps", self.pretrain_steps, 0), ("rounds", self.rounds, 0),
-                                ("retrain_steps", self.retrain_steps, 0), ("unrolled_steps", self.unrolled_steps, 0),
-                                ("batch_size", self.batch_size, 1), ("b_aug", self.b_aug, 1)):
+        for key, value, low in (
+            ("pretrain_steps", self.pretrain_steps, 0),
+            ("rounds", self.rounds, 0),
+            ("retrain_steps", self.retrain_steps, 0),
+            ("unrolled_steps", self.unrolled_steps, 0),
+            ("batch_size", self.batch_size, 1),
+            ("b_aug", self.b_aug, 1),
+        ):
             if value < low:
                 raise ConfigError(f"policy_optimizers 'slack': key {key!r} must be >= {low}, got {value}")
         self.lower_lr, self.upper_lr = float(lower_lr), float(upper_lr)
         self.mu_lr_divisor = float(mu_lr_divisor) or (40.0 if kl else 10.0)
         self.kl_weight = float(kl_weight) if kl else 0.0
-        self.weight_decay, self.momentum, self.upper_momentum = float(weight_decay), float(momentum), float(upper_momentum)
+        self.weight_decay, self.momentum, self.upper_momentum = (
+            float(weight_decay),
+            float(momentum),
+            float(upper_momentum),
+        )
         self.kl, self.cold_start, self.unrolled = bool(kl), bool(cold_start), bool(unrolled)
         self.learn_pi, self.learn_mu = bool(learn_pi), bool(learn_mu)
         self.checkpoint_every, self.history_every = max(1, int(checkpoint_every)), max(1, int(history_every))
         if formulation not in ("layerwise", "double_backward"):
-            raise ConfigError(f"policy_optimizers.slack: formulation must be 'layerwise' or 'double_backward', got '{formulation}'")
+            raise ConfigError(
+                f"policy_optimizers.slack: formulation must be 'layerwise' or 'double_backward', got '{formulation}'"
+            )
         self.formulation = formulation
         if self.unrolled:
             self.rounds, self.retrain_steps = 1, 0
@@ -173,8 +217,14 @@ class Slack:
         rng.update({k: [float(v) for v in r] for k, r in self.ranges.items()})
         return Policy.uniform(self.ops, self.num_stages, self.mu_init, rng)
 
-    def search(self, train_data: Any, val_data: Any, model_factory: Callable[[], torch.nn.Module], ctx,
-               workdir: str | Path | None = None) -> Policy:
+    def search(
+        self,
+        train_data: Any,
+        val_data: Any,
+        model_factory: Callable[[], torch.nn.Module],
+        ctx,
+        workdir: str | Path | None = None,
+    ) -> Policy:
         """Run Algorithm 1 and return the learned policy.
 
         Args:
@@ -199,9 +249,11 @@ class Slack:
         policy = self.initial_policy()
         logits = policy.logits.clone().to(device).requires_grad_(self.learn_pi)
         mu = policy.mu.clone().to(device).requires_grad_(self.learn_mu)
-        upper = torch.optim.SGD([{"params": [logits], "lr": self.upper_lr},
-                                 {"params": [mu], "lr": self.upper_lr / self.mu_lr_divisor}],
-                                lr=self.upper_lr, momentum=self.upper_momentum)
+        upper = torch.optim.SGD(
+            [{"params": [logits], "lr": self.upper_lr}, {"params": [mu], "lr": self.upper_lr / self.mu_lr_divisor}],
+            lr=self.upper_lr,
+            momentum=self.upper_momentum,
+        )
         torch.manual_seed(seed)
         model = model_factory().to(device).train()
         opt, sched = self._lower_opt(model, max(self.pretrain_steps, 1))
@@ -223,9 +275,19 @@ class Slack:
             upper.load_state_dict(ck["upper"])
 
         def save():
-            atomic_save({"state": state, "model": model.state_dict(), "opt": opt.state_dict(),
-                         "sched": sched.state_dict(), "logits": logits.detach(), "mu": mu.detach(),
-                         "anchor": anchor, "upper": upper.state_dict()}, ckpt_path)
+            atomic_save(
+                {
+                    "state": state,
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                    "logits": logits.detach(),
+                    "mu": mu.detach(),
+                    "anchor": anchor,
+                    "upper": upper.state_dict(),
+                },
+                ckpt_path,
+            )
             if hooks is not None:
                 hooks.checkpoint(path=str(ckpt_path), step=state["step"])
 
@@ -268,16 +330,34 @@ class Slack:
                     loss = self._plain_step(model, opt, sched, cur, aug, Xtr, Ytr, seed, (2, i, j), device)
                     metrics = {"round": i, "retrain_loss": loss}
                 else:
-                    metrics = self._bilevel_step(model, opt, sched, policy, cur, aug, logits, mu, anchor, upper,
-                                                 Xtr, Ytr, Xva, Yva, seed, (3, i, j), eta, device, world)
+                    metrics = self._bilevel_step(
+                        model,
+                        opt,
+                        sched,
+                        policy,
+                        cur,
+                        aug,
+                        logits,
+                        mu,
+                        anchor,
+                        upper,
+                        Xtr,
+                        Ytr,
+                        Xva,
+                        Yva,
+                        seed,
+                        (3, i, j),
+                        eta,
+                        device,
+                        world,
+                    )
                     metrics["round"] = i
                 state["j"] = j + 1
                 state["step"] += 1
                 if j % self.history_every == 0 and j >= self.retrain_steps:
                     state["history"].append(torch.softmax(logits.detach(), -1).cpu().tolist())
                 if hooks is not None and j % 20 == 0:
-                    hooks.step(step=state["step"], metrics=metrics,
-                               total=self.pretrain_steps + self.rounds * n_total)
+                    hooks.step(step=state["step"], metrics=metrics, total=self.pretrain_steps + self.rounds * n_total)
                 if state["j"] % self.checkpoint_every == 0 and state["j"] < n_total:
                     save()
             state["round"] = i + 1
@@ -295,8 +375,9 @@ class Slack:
         return self.retrain_steps + self.unrolled_steps
 
     def _lower_opt(self, model, steps):
-        opt = torch.optim.SGD(model.parameters(), lr=self.lower_lr, momentum=self.momentum,
-                              weight_decay=self.weight_decay, nesterov=True)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=self.lower_lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=True
+        )
         return opt, make_scheduler(opt, steps)
 
     def _plain_step(self, model, opt, sched, policy, aug, X, Y, seed, key, device) -> float:
@@ -313,8 +394,28 @@ class Slack:
         sched.step()
         return float(loss.detach())
 
-    def _bilevel_step(self, model, opt, sched, policy, cur, aug, logits, mu, anchor, upper,
-                      Xtr, Ytr, Xva, Yva, seed, key, eta, device, world) -> dict:
+    def _bilevel_step(
+        self,
+        model,
+        opt,
+        sched,
+        policy,
+        cur,
+        aug,
+        logits,
+        mu,
+        anchor,
+        upper,
+        Xtr,
+        Ytr,
+        Xva,
+        Yva,
+        seed,
+        key,
+        eta,
+        device,
+        world,
+    ) -> dict:
         """Lines 7-11: model step on B_aug × N_t augmented images, then the policy step."""
         step = key[-1] + 100003 * sum(key[:-1])
         idx = batch_indices(Xtr.shape[0], self.batch_size, seed, step)
@@ -334,8 +435,18 @@ class Slack:
             if supports_layerwise(model):
                 fn = layerwise_hypergradient
         g_theta, g_logits, g_mu, tr_loss, va_loss = fn(
-            model, policy, logits, mu, to_input(x_aug), y_aug, op_index, mags,
-            to_input(Xva[vidx].to(device)), Yva[vidx].to(device), eta)
+            model,
+            policy,
+            logits,
+            mu,
+            to_input(x_aug),
+            y_aug,
+            op_index,
+            mags,
+            to_input(Xva[vidx].to(device)),
+            Yva[vidx].to(device),
+            eta,
+        )
         # model step (line 8) with the gradient of the same batch
         for p, gi in zip([p for p in model.parameters() if p.requires_grad], g_theta):
             p.grad = gi
@@ -355,5 +466,8 @@ class Slack:
         upper.step()
         with torch.no_grad():
             mu.clamp_(0.01, 1.0)
-        return {"search_loss": tr_loss, "val_loss": va_loss,
-                "kl": float(Policy.kl(logits.detach(), anchor)) if self.kl else 0.0}
+        return {
+            "search_loss": tr_loss,
+            "val_loss": va_loss,
+            "kl": float(Policy.kl(logits.detach(), anchor)) if self.kl else 0.0,
+        }

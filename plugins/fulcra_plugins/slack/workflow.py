@@ -53,22 +53,39 @@ class SearchWorkflow:
 
     @dataclass
     class Config:
-        data: Any = field(default_factory=lambda: {"name": "digits"},
-                          metadata={"kind": "datasets", "help": "dataset (train split searched and trained on, test split scored)"})
-        model: Any = field(default_factory=lambda: {"name": "small_cnn"},
-                           metadata={"kind": "students", "help": "network used for search and evaluation (num_classes is set from the data)"})
-        optimizer: Any = field(default_factory=lambda: {"name": "slack"},
-                               metadata={"kind": "policy_optimizers", "help": "the policy search (slack, or a baseline)"})
-        baselines: list = field(default_factory=lambda: ["uniform", "trivialaugment", "randaugment"],
-                                metadata={"help": "policy_optimizers evaluated beside the found policy (names or nodes)"})
-        search_val_fraction: float = field(default=0.5, metadata={"help": "fraction of the training split used as D_val by the search"})
+        data: Any = field(
+            default_factory=lambda: {"name": "digits"},
+            metadata={"kind": "datasets", "help": "dataset (train split searched and trained on, test split scored)"},
+        )
+        model: Any = field(
+            default_factory=lambda: {"name": "small_cnn"},
+            metadata={
+                "kind": "students",
+                "help": "network used for search and evaluation (num_classes is set from the data)",
+            },
+        )
+        optimizer: Any = field(
+            default_factory=lambda: {"name": "slack"},
+            metadata={"kind": "policy_optimizers", "help": "the policy search (slack, or a baseline)"},
+        )
+        baselines: list = field(
+            default_factory=lambda: ["uniform", "trivialaugment", "randaugment"],
+            metadata={"help": "policy_optimizers evaluated beside the found policy (names or nodes)"},
+        )
+        search_val_fraction: float = field(
+            default=0.5, metadata={"help": "fraction of the training split used as D_val by the search"}
+        )
         eval_seeds: int = field(default=4, metadata={"help": "independent trainings from scratch per method", "min": 1})
         eval_epochs: float = field(default=200.0, metadata={"help": "epochs of each evaluation training", "min": 0})
         eval_batch_size: int = field(default=128, metadata={"help": "evaluation batch size"})
         eval_lr: float = field(default=0.1, metadata={"help": "evaluation SGD learning rate (cosine schedule)"})
         eval_weight_decay: float = field(default=5e-4, metadata={"help": "evaluation weight decay"})
-        flip: bool = field(default=False, metadata={"help": "random horizontal flip by default (True for natural images)"})
-        include_no_augmentation: bool = field(default=True, metadata={"help": "also evaluate training without augmentation"})
+        flip: bool = field(
+            default=False, metadata={"help": "random horizontal flip by default (True for natural images)"}
+        )
+        include_no_augmentation: bool = field(
+            default=True, metadata={"help": "also evaluate training without augmentation"}
+        )
 
     def __init__(self, config):
         self.cfg = config
@@ -101,14 +118,27 @@ class SearchWorkflow:
         searcher = fulcra.create("policy_optimizers", opt_node)
         policy_path = out / "policy.json"
         done_flag = out / "search" / "DONE"
-        common = {"data": _node(cfg.data), "model": model_node, "seed": int(ctx.seed),
-                  "search_val_fraction": float(cfg.search_val_fraction)}
-        search_stage = Stage(out, "search", {**common, "optimizer": opt_node, "world_size": int(ctx.world_size)},
-                             [out / "search", policy_path, out / "policy.png", out / "policy_evolution.png"],
-                             ctx.hooks.message, writer=ctx.rank == 0)
+        common = {
+            "data": _node(cfg.data),
+            "model": model_node,
+            "seed": int(ctx.seed),
+            "search_val_fraction": float(cfg.search_val_fraction),
+        }
+        search_stage = Stage(
+            out,
+            "search",
+            {**common, "optimizer": opt_node, "world_size": int(ctx.world_size)},
+            [out / "search", policy_path, out / "policy.png", out / "policy_evolution.png"],
+            ctx.hooks.message,
+            writer=ctx.rank == 0,
+        )
         if not search_stage.begin() and done_flag.is_file() and policy_path.is_file():
             policy = fulcra.Policy.load(policy_path)
-            history = json.loads((out / "search" / "history.json").read_text()) if (out / "search" / "history.json").is_file() else None
+            history = (
+                json.loads((out / "search" / "history.json").read_text())
+                if (out / "search" / "history.json").is_file()
+                else None
+            )
         else:
             if ctx.world_size > 1:
                 torch.distributed.barrier()  # rank 0 has cleared stale search state
@@ -139,12 +169,24 @@ class SearchWorkflow:
         results = {}
         (out / "eval").mkdir(exist_ok=True)
         seeds = [int(ctx.seed) * 100 + s for s in range(int(cfg.eval_seeds))]
-        eval_cfg = {k: (float(v) if isinstance(v, float) else v) for k, v in (
-            ("eval_epochs", cfg.eval_epochs), ("eval_batch_size", cfg.eval_batch_size), ("eval_lr", cfg.eval_lr),
-            ("eval_weight_decay", cfg.eval_weight_decay), ("flip", cfg.flip))}
+        eval_cfg = {
+            k: (float(v) if isinstance(v, float) else v)
+            for k, v in (
+                ("eval_epochs", cfg.eval_epochs),
+                ("eval_batch_size", cfg.eval_batch_size),
+                ("eval_lr", cfg.eval_lr),
+                ("eval_weight_decay", cfg.eval_weight_decay),
+                ("flip", cfg.flip),
+            )
+        }
         for name, pol in methods.items():
-            stage = Stage(out, f"eval/{name}", {**common, **eval_cfg, "policy": pol.to_dict() if pol is not None else None},
-                          [out / "eval" / f"{name}.json", out / "eval" / f"{name}_policy.json"], ctx.hooks.message)
+            stage = Stage(
+                out,
+                f"eval/{name}",
+                {**common, **eval_cfg, "policy": pol.to_dict() if pol is not None else None},
+                [out / "eval" / f"{name}.json", out / "eval" / f"{name}_policy.json"],
+                ctx.hooks.message,
+            )
             # finished seeds are reused when only eval_seeds changed (they are keyed by seed)
             stage.begin()
             if pol is not None and ctx.rank == 0 and name != _label(opt_node):
@@ -153,8 +195,19 @@ class SearchWorkflow:
             def one(seed, pol=pol, name=name):
                 torch.manual_seed(seed)
                 model = factory().to(device)
-                train_with_policy(model, Xtr, Ytr, pol, steps=steps, batch_size=cfg.eval_batch_size, lr=cfg.eval_lr,
-                                  weight_decay=cfg.eval_weight_decay, seed=seed, flip=cfg.flip, device=device)
+                train_with_policy(
+                    model,
+                    Xtr,
+                    Ytr,
+                    pol,
+                    steps=steps,
+                    batch_size=cfg.eval_batch_size,
+                    lr=cfg.eval_lr,
+                    weight_decay=cfg.eval_weight_decay,
+                    seed=seed,
+                    flip=cfg.flip,
+                    device=device,
+                )
                 acc = evaluate(model, Xte, Yte, device)
                 ctx.hooks.evaluate(metrics={f"accuracy/{name}": acc, "seed": seed})
                 return {"accuracy": acc}

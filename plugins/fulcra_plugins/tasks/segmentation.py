@@ -31,7 +31,9 @@ class SemanticSegmentation:
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Mean cross-entropy over labelled pixels (``reduction='none'``: ``[B, H, W]``, 0 at ignored)."""
-        return F.cross_entropy(self._match(outputs, targets), targets.long(), ignore_index=self.ignore_index, reduction=reduction)
+        return F.cross_entropy(
+            self._match(outputs, targets), targets.long(), ignore_index=self.ignore_index, reduction=reduction
+        )
 
     def valid_mask(self, targets: torch.Tensor) -> torch.Tensor:
         return targets != self.ignore_index
@@ -46,8 +48,12 @@ class SemanticSegmentation:
         area_p = torch.bincount(p, minlength=k)[:k]
         area_t = torch.bincount(t.clamp(0, k - 1), minlength=k)[:k]
         union = area_p + area_t - inter
-        return {"intersection": inter.cpu().tolist(), "union": union.cpu().tolist(), "pixels": int(valid.sum()),
-                "correct": int((p == t).sum())}
+        return {
+            "intersection": inter.cpu().tolist(),
+            "union": union.cpu().tolist(),
+            "pixels": int(valid.sum()),
+            "correct": int((p == t).sum()),
+        }
 
     @staticmethod
     def reduce(batch_metrics: list[dict]) -> dict:
@@ -58,4 +64,8 @@ class SemanticSegmentation:
         present = union > 0
         miou = float(iou[present].mean()) if bool(present.any()) else 0.0
         pix = sum(m["pixels"] for m in batch_metrics)
-        return {"miou": miou, "pixel_accuracy": sum(m["correct"] for m in batch_metrics) / max(pix, 1), "iou": iou.tolist()}
+        return {
+            "miou": miou,
+            "pixel_accuracy": sum(m["correct"] for m in batch_metrics) / max(pix, 1),
+            "iou": iou.tolist(),
+        }

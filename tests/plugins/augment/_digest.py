@@ -20,13 +20,13 @@ def _images(b: int, h: int, w: int, seed: int) -> torch.Tensor:
 def digest(threads: int) -> str:
     torch.set_num_threads(threads)
     h = hashlib.sha256()
-    for (b, hh, ww) in ((7, 23, 29), (3, 96, 112)):
+    for b, hh, ww in ((7, 23, 29), (3, 96, 112)):
         x = _images(b, hh, ww, hh)
         for name in sorted(BUILTIN_OPS):
             op = BUILTIN_OPS[name]()
             params = op.sample_params(x, torch.linspace(0, 1, b), torch.Generator().manual_seed(1))
             outs = [op.apply_params(x, params)]
-            outs += [op.apply_params(x[i:i + 1], {k: v[i:i + 1] for k, v in params.items()}) for i in range(b)]
+            outs += [op.apply_params(x[i : i + 1], {k: v[i : i + 1] for k, v in params.items()}) for i in range(b)]
             outs.append(op.apply_params(x.float() / 255, params))
             for o in outs:
                 h.update(name.encode())

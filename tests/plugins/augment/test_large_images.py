@@ -41,7 +41,7 @@ def test_single_large_image_matches_torchvision(name, big):
     op = BUILTIN_OPS[name]()
     ref_fn, vals = CASES[name]
     for i, v in enumerate(vals):
-        out = op.apply(big[i:i + 1], float(v))
+        out = op.apply(big[i : i + 1], float(v))
         assert torch.equal(out[0], ref_fn(big[i], v)), f"{name} image {i}"
 
 
@@ -63,9 +63,9 @@ def test_chunked_composite_equals_sequential(big):
     mags = torch.rand(x.shape[0], 3, generator=g)
     out = CompositeAugment(ops)(x, idx, mags, g)
     for i in range(x.shape[0]):
-        y = x[i:i + 1]
+        y = x[i : i + 1]
         for k in range(3):
-            y = ops[int(idx[i, k])](y, mags[i, k:k + 1])
+            y = ops[int(idx[i, k])](y, mags[i, k : k + 1])
         assert torch.equal(out[i], y[0]), i
 
 

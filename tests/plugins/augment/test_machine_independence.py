@@ -27,8 +27,9 @@ VARIANTS = {
 def _digest(env: dict, threads: int) -> str:
     full = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "ATEN_CPU_CAPABILITY")}
     full.update(env)
-    res = subprocess.run([sys.executable, str(DIGEST), str(threads)], env=full, capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run(
+        [sys.executable, str(DIGEST), str(threads)], env=full, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     return res.stdout.strip()
 

@@ -31,13 +31,14 @@ def images():
 
 
 def _per_image(fn, x, vals):
-    return torch.stack([fn(x[i:i + 1], float(vals[i]))[0] for i in range(len(vals))])
+    return torch.stack([fn(x[i : i + 1], float(vals[i]))[0] for i in range(len(vals))])
 
 
 def _shear(axis):
     def f(im, v):
         s = [math.degrees(math.atan(v)), 0.0] if axis == 0 else [0.0, math.degrees(math.atan(v))]
         return F.affine(im, angle=0.0, translate=[0, 0], scale=1.0, shear=s, center=[0, 0])
+
     return f
 
 
@@ -159,8 +160,8 @@ def test_call_is_seeded_and_per_image(name, images):
     params = op.sample_params(images, mag, torch.Generator().manual_seed(2))
     batched = op.apply_params(images, params)
     for i in range(B):
-        sub = {k: v[i:i + 1] for k, v in params.items()}
-        assert torch.equal(op.apply_params(images[i:i + 1], sub)[0], batched[i])
+        sub = {k: v[i : i + 1] for k, v in params.items()}
+        assert torch.equal(op.apply_params(images[i : i + 1], sub)[0], batched[i])
 
 
 def test_magnitude_mapping_and_ranges_from_config():
@@ -178,9 +179,9 @@ def test_magnitude_mapping_and_ranges_from_config():
 def _sequential_reference(ops, images, idx, mags):
     out = images.clone()
     for i in range(images.shape[0]):
-        x = images[i:i + 1]
+        x = images[i : i + 1]
         for k in range(idx.shape[1]):
-            x = ops[int(idx[i, k])](x, mags[i, k:k + 1])
+            x = ops[int(idx[i, k])](x, mags[i, k : k + 1])
         out[i] = x[0]
     return out
 
@@ -201,8 +202,10 @@ def test_composite_equals_sequential_application(images):
 def test_composite_fused_affine_equals_per_op(images):
     """Affine ops with a zero-width symmetric range have no randomness left: the fused warp equals
     the op-by-op warps."""
-    ops = build_ops(["shear_x", "rotate", "translate_y", "brightness"],
-                    {"shear_x": [0.4, 0.4], "rotate": [20, 20], "translate_y": [0.2, 0.2], "brightness": [0.5, 0.5]})
+    ops = build_ops(
+        ["shear_x", "rotate", "translate_y", "brightness"],
+        {"shear_x": [0.4, 0.4], "rotate": [20, 20], "translate_y": [0.2, 0.2], "brightness": [0.5, 0.5]},
+    )
     for op in ops:
         op.symmetric = False
     x = images.repeat(3, 1, 1, 1)

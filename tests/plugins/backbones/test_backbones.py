@@ -39,7 +39,7 @@ def test_timm_last_cls_matches_forward_features(name):
         out = bb.forward_tokens(x, n_last=1)
     assert bb.num_prefix_tokens == (5 if "reg" in name else 1)
     torch.testing.assert_close(out["cls"][-1], ref[:, 0])
-    torch.testing.assert_close(out["patch"].flatten(2).transpose(1, 2), ref[:, bb.num_prefix_tokens:])
+    torch.testing.assert_close(out["patch"].flatten(2).transpose(1, 2), ref[:, bb.num_prefix_tokens :])
 
 
 def test_clip_encode_image_matches_open_clip():
@@ -66,11 +66,15 @@ def test_weights_round_trip_and_errors(tmp_path):
     x = torch.rand(1, 3, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(bb.forward_tokens(x)["patch"], bb2.forward_tokens(x)["patch"])
-    with pytest.raises(WeightsNotFoundError, match=r"backbone 'dinov2_vits14'.*missing.pth does not exist.*dinov2_vits14_pretrain.pth"):
+    with pytest.raises(
+        WeightsNotFoundError, match=r"backbone 'dinov2_vits14'.*missing.pth does not exist.*dinov2_vits14_pretrain.pth"
+    ):
         load_backbone("dinov2_vits14", weights=str(tmp_path / "missing.pth"))
     with pytest.raises(FormatError, match="does not match"):
         load_backbone("dinov2_vits14_reg", weights=str(f), tiny=True)
-    with pytest.raises(UnknownPluginError, match=r"unknown backbones plugin 'dinov2_vits15'.*did you mean 'dinov2_vits14'"):
+    with pytest.raises(
+        UnknownPluginError, match=r"unknown backbones plugin 'dinov2_vits15'.*did you mean 'dinov2_vits14'"
+    ):
         load_backbone("dinov2_vits15", tiny=True)
 
 
@@ -78,7 +82,10 @@ def test_missing_weights_message_names_file(monkeypatch, tmp_path):
     monkeypatch.setenv("FULCRA_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    with pytest.raises(WeightsNotFoundError, match=rf"dinov2_vitl14_reg4_pretrain.pth from https://dl.fbaipublicfiles.com/\S+ and put it at {tmp_path}"):
+    with pytest.raises(
+        WeightsNotFoundError,
+        match=rf"dinov2_vitl14_reg4_pretrain.pth from https://dl.fbaipublicfiles.com/\S+ and put it at {tmp_path}",
+    ):
         load_backbone("dinov2_vitl14_reg")
 
 
@@ -102,14 +109,20 @@ def test_official_dinov2_checkpoint_layout_loads(tmp_path):
     sd = {k: v.clone() for k, v in ref.model.state_dict().items()}
     pos0 = torch.randn(1, 1, sd["pos_embed"].shape[-1])
     official = {k: v for k, v in sd.items() if k not in ("reg_token", "cls_token", "pos_embed")}
-    official.update(register_tokens=sd["reg_token"], mask_token=torch.zeros(1, sd["cls_token"].shape[-1]),
-                    cls_token=sd["cls_token"] - pos0, pos_embed=torch.cat([pos0, sd["pos_embed"]], 1))
+    official.update(
+        register_tokens=sd["reg_token"],
+        mask_token=torch.zeros(1, sd["cls_token"].shape[-1]),
+        cls_token=sd["cls_token"] - pos0,
+        pos_embed=torch.cat([pos0, sd["pos_embed"]], 1),
+    )
     torch.save(official, tmp_path / "dinov2_vits14_reg4_pretrain.pth")
     bb = load_backbone("dinov2_vits14_reg", weights=str(tmp_path / "dinov2_vits14_reg4_pretrain.pth"), tiny=True)
     x = torch.rand(1, 3, 56, 42)
     with torch.no_grad():
         # (cls - pos0) + pos0 is exact only up to float rounding
-        torch.testing.assert_close(bb.forward_tokens(x, 2)["cls"][0], ref.forward_tokens(x, 2)["cls"][0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            bb.forward_tokens(x, 2)["cls"][0], ref.forward_tokens(x, 2)["cls"][0], rtol=1e-4, atol=1e-4
+        )
     grid = sd["pos_embed"].shape[-1]
     official["pos_embed"] = torch.randn(1, 1 + 37 * 37, grid)
     torch.save(official, tmp_path / "big.pth")
@@ -128,15 +141,25 @@ def test_every_variant_is_a_registered_plugin():
 
 
 def test_cli_lists_backbones_with_install_state():
-    res = subprocess.run([sys.executable, "-m", "fulcra", "plugins", "--json", "--kind", "backbones"],
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "fulcra", "plugins", "--json", "--kind", "backbones"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = {r["name"]: r for r in json.loads(res.stdout)}
     assert rows["timm"]["available"] is True and rows["dinov2_vits14"]["distribution"] == "fulcra"
 
 
-@pytest.mark.parametrize("name,params", [("dinov2_vits14_reg", {"tiny": True}), ("clip_vitb16", {"tiny": True}),
-                                         ("timm", {"arch": "vit_small_patch16_224", "tiny": True}),
-                                         ("open_clip", {"arch": "ViT-B-32", "tiny": True})])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("dinov2_vits14_reg", {"tiny": True}),
+        ("clip_vitb16", {"tiny": True}),
+        ("timm", {"arch": "vit_small_patch16_224", "tiny": True}),
+        ("open_clip", {"arch": "ViT-B-32", "tiny": True}),
+    ],
+)
 def test_conformance_and_weights_round_trip(name, params):
     check_plugin("backbones", name, **params)
 
@@ -160,7 +183,10 @@ def test_generic_timm_matches_timm_and_handles_no_cls_token():
 
 def test_generic_backbones_errors_name_the_arch_and_file(tmp_path, monkeypatch):
     monkeypatch.setenv("FULCRA_WEIGHTS_DIR", str(tmp_path))
-    with pytest.raises(WeightsNotFoundError, match=rf"'timm' \(arch=vit_small_patch16_224\).*vit_small_patch16_224.safetensors.*{tmp_path}"):
+    with pytest.raises(
+        WeightsNotFoundError,
+        match=rf"'timm' \(arch=vit_small_patch16_224\).*vit_small_patch16_224.safetensors.*{tmp_path}",
+    ):
         load_backbone({"name": "timm", "arch": "vit_small_patch16_224"})
     with pytest.raises(ConfigError, match="did you mean vit_small_patch16_224"):
         load_backbone({"name": "timm", "arch": "vit_smal_patch16_224"}, tiny=True)
@@ -223,7 +249,10 @@ def test_missing_timm_shows_in_the_listing_with_its_extra(monkeypatch):
     registry.clear_cache()
     try:
         rows = {r["name"]: r for r in fulcra.status("backbones")}
-        assert not rows["dinov2_vitg14_reg"]["available"] and "pip install 'fulcra[timm]'" in rows["dinov2_vitg14_reg"]["reason"]
+        assert (
+            not rows["dinov2_vitg14_reg"]["available"]
+            and "pip install 'fulcra[timm]'" in rows["dinov2_vitg14_reg"]["reason"]
+        )
         assert not rows["timm"]["available"] and rows["clip_vitb16"]["available"]
         with pytest.raises(MissingDependencyError, match=r"fulcra\[timm\]"):
             fulcra.create("teachers", "probed", backbone="dinov2_vits14", tiny=True, image_size=28)

@@ -26,7 +26,9 @@ def test_kd_matches_formula_with_t_squared(T):
     s, t = torch.randn(5, 7, generator=g) * 3, torch.randn(5, 7, generator=g) * 3
     assert kd_loss(s, t, T).item() == pytest.approx(_kd_reference(s, t, T), rel=1e-5)
     # T^2 scaling: same KL, explicit factor
-    kl = torch.nn.functional.kl_div(torch.log_softmax(s / T, -1), torch.log_softmax(t / T, -1), log_target=True, reduction="batchmean")
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(s / T, -1), torch.log_softmax(t / T, -1), log_target=True, reduction="batchmean"
+    )
     assert kd_loss(s, t, T).item() == pytest.approx(T * T * kl.item(), rel=1e-5)
 
 
@@ -41,7 +43,9 @@ def test_kd_zero_iff_equal_and_gradient_only_to_student():
 def test_kd_segmentation_is_per_pixel_mean_with_mask():
     g = torch.Generator().manual_seed(1)
     s, t = torch.randn(2, 5, 3, 4, generator=g), torch.randn(2, 5, 3, 4, generator=g)
-    per_pixel = torch.stack([kd_loss(s[b, :, i, j][None], t[b, :, i, j][None]) for b in range(2) for i in range(3) for j in range(4)])
+    per_pixel = torch.stack(
+        [kd_loss(s[b, :, i, j][None], t[b, :, i, j][None]) for b in range(2) for i in range(3) for j in range(4)]
+    )
     assert kd_loss(s, t).item() == pytest.approx(per_pixel.mean().item(), rel=1e-5)
     mask = torch.rand(2, 3, 4, generator=g) > 0.5
     expected = per_pixel[mask.reshape(-1)].mean()

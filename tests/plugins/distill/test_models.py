@@ -24,7 +24,10 @@ def test_hidden_size_rule_b14():
 
 
 def test_cls_features_concatenation():
-    tok = {"cls": [torch.full((2, 3), 1.0), torch.full((2, 3), 2.0)], "patch": torch.arange(2 * 3 * 4.0).view(2, 3, 2, 2)}
+    tok = {
+        "cls": [torch.full((2, 3), 1.0), torch.full((2, 3), 2.0)],
+        "patch": torch.arange(2 * 3 * 4.0).view(2, 3, 2, 2),
+    }
     f = cls_features(tok, avgpool=True)
     assert f.shape == (2, 9)
     torch.testing.assert_close(f[:, 6:], tok["patch"].mean(dim=(2, 3)))

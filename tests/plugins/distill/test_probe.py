@@ -16,7 +16,9 @@ from fulcra_plugins.tasks.classification import Classification
 
 def _data(n=24, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return TensorImageDataset((torch.rand(n, 3, 16, 16, generator=g) * 255).to(torch.uint8), torch.randint(0, 3, (n,), generator=g))
+    return TensorImageDataset(
+        (torch.rand(n, 3, 16, 16, generator=g) * 255).to(torch.uint8), torch.randint(0, 3, (n,), generator=g)
+    )
 
 
 def _teacher():
@@ -42,12 +44,16 @@ def test_cache_equals_encoding_and_resumes(tmp_path):
     meta = json.loads((tmp_path / "c" / "meta.json").read_text())
     (tmp_path / "c" / "meta.json").write_text(json.dumps({**meta, "complete": False}))
     calls = []
-    feats = FeatureCache(tmp_path / "c", {"k": 1}, chunk=5).build(ds, lambda x: calls.append(len(x)) or enc(x), torch.device("cpu"))
+    feats = FeatureCache(tmp_path / "c", {"k": 1}, chunk=5).build(
+        ds, lambda x: calls.append(len(x)) or enc(x), torch.device("cpu")
+    )
     assert calls == [5]
     np.testing.assert_allclose(feats, ref.numpy(), rtol=1e-5, atol=1e-5)
     # another key -> rebuilt from scratch
     calls.clear()
-    FeatureCache(tmp_path / "c", {"k": 2}, chunk=5).build(ds, lambda x: calls.append(len(x)) or enc(x), torch.device("cpu"))
+    FeatureCache(tmp_path / "c", {"k": 2}, chunk=5).build(
+        ds, lambda x: calls.append(len(x)) or enc(x), torch.device("cpu")
+    )
     assert len(calls) == 1 + 5  # shape probe + every chunk
     cf = CachedFeatures(feats, ds.labels)
     x, y = cf.get_batch([7, 2, 11])
@@ -58,9 +64,13 @@ def test_cache_equals_encoding_and_resumes(tmp_path):
 def test_cached_probing_matches_reencoding(tmp_path):
     # fast path (head on cached features) vs slow reference (encoder run on every batch)
     ds, task = _data(), Classification()
-    cfg = SimpleNamespace(epochs=2, batch_size=8, optimizer="adamw", lr=1e-2, weight_decay=0.0, augment="deterministic", cache=True)
+    cfg = SimpleNamespace(
+        epochs=2, batch_size=8, optimizer="adamw", lr=1e-2, weight_decay=0.0, augment="deterministic", cache=True
+    )
     a, b = _teacher(), _teacher()
-    info = probe_teacher(a, task, ds, out_dir=tmp_path / "a", cfg=cfg, device=torch.device("cpu"), seed=0, cache_root=tmp_path / "cache")
+    info = probe_teacher(
+        a, task, ds, out_dir=tmp_path / "a", cfg=cfg, device=torch.device("cpu"), seed=0, cache_root=tmp_path / "cache"
+    )
     assert info["cached"]
     cfg.cache = False
     info = probe_teacher(b, task, ds, out_dir=tmp_path / "b", cfg=cfg, device=torch.device("cpu"), seed=0)
@@ -71,8 +81,19 @@ def test_cached_probing_matches_reencoding(tmp_path):
 
 
 def _cfg(**kw):
-    base = dict(epochs=1, batch_size=8, optimizer="adamw", lr=1e-3, weight_decay=0.0, warmup_epochs=0, augment="random",
-                mixup=0.2, crop_scale=None, flip=True, jitter=0.4)
+    base = dict(
+        epochs=1,
+        batch_size=8,
+        optimizer="adamw",
+        lr=1e-3,
+        weight_decay=0.0,
+        warmup_epochs=0,
+        augment="random",
+        mixup=0.2,
+        crop_scale=None,
+        flip=True,
+        jitter=0.4,
+    )
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -82,8 +103,18 @@ def _student(tmp_path, name, alpha, synthetic, loss="kd"):
     teacher = _teacher()
     torch.manual_seed(1)
     s = VitStudent(tiny=True, pretrained=False, num_classes=3, image_size=28)
-    train_student(s, Classification(), ds, ckpt_path=tmp_path / f"{name}.ckpt", cfg=_cfg(), device=torch.device("cpu"), seed=0,
-                  teacher=teacher, distill_cfg=SimpleNamespace(alpha=alpha, temperature=2.0, loss=loss), synthetic=synthetic)
+    train_student(
+        s,
+        Classification(),
+        ds,
+        ckpt_path=tmp_path / f"{name}.ckpt",
+        cfg=_cfg(),
+        device=torch.device("cpu"),
+        seed=0,
+        teacher=teacher,
+        distill_cfg=SimpleNamespace(alpha=alpha, temperature=2.0, loss=loss),
+        synthetic=synthetic,
+    )
     return s
 
 

@@ -69,7 +69,7 @@ def test_crops_equal_slow_reference():
     boxes = e.windows(16, 24)[1.0]  # 4x4 windows on a 4x6 grid, stride 2 -> x0 in {0, 2}
     assert boxes == [(0, 0, 4, 4), (0, 2, 4, 6)]
     embs = []
-    for (_, x0, _, x1) in boxes:
+    for _, x0, _, x1 in boxes:
         crop = x[:, :, :, x0 * 4 : x1 * 4]
         crop = F.interpolate(crop, size=(e.input_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
         with torch.no_grad():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fulcra_plugins.extractors import common, views
+from fulcra_plugins.extractors import views
 from fulcra_plugins.extractors.common import (
     PCA,
     aggregate_windows,
@@ -17,14 +17,18 @@ from fulcra_plugins.extractors.common import (
 from fulcra_plugins.extractors.rgb import RGBExtractor
 
 
-@pytest.mark.parametrize("H,W,win,stride", [(10, 10, 4, 2), (13, 7, 5, 3), (6, 9, 6, 6), (5, 5, 8, 4), (100, 37, 16, 7), (9, 9, 3, 5)])
+@pytest.mark.parametrize(
+    "H,W,win,stride", [(10, 10, 4, 2), (13, 7, 5, 3), (6, 9, 6, 6), (5, 5, 8, 4), (100, 37, 16, 7), (9, 9, 3, 5)]
+)
 def test_windows_cover_every_pixel_and_weights_sum_to_one(H, W, win, stride):
     boxes = sliding_windows(H, W, win, stride)
     w = window_weights(H, W, boxes)  # [N, H, W]
     assert torch.allclose(w.sum(0), torch.ones(H, W)), "every pixel covered, weights sum to 1"
     for y0, x0, y1, x1 in boxes:
         assert 0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W
-        assert (y1 - y0) == min(win, H) and (x1 - x0) == min(win, W), "windows keep their size (last one aligned to the border)"
+        assert (y1 - y0) == min(win, H) and (x1 - x0) == min(win, W), (
+            "windows keep their size (last one aligned to the border)"
+        )
 
 
 def test_window_starts_stride_and_end_alignment():
@@ -161,9 +165,12 @@ def test_iter_feature_maps_lazy_views_mixed_sizes_and_order():
         def load():
             loaded.append(i)
             return imgs[i]
+
         return load
 
-    out = list(iter_feature_maps(RGBExtractor(patch_size=2), [loader(i) for i in range(3)], batch_size=2, show_progress=False))
+    out = list(
+        iter_feature_maps(RGBExtractor(patch_size=2), [loader(i) for i in range(3)], batch_size=2, show_progress=False)
+    )
     assert [i for i, _ in out] == [0, 1, 2]
     assert loaded == [0, 1, 2]
     for i, f in out:
@@ -201,11 +208,16 @@ def test_missing_weights_error_says_where(tmp_path, monkeypatch):
     from fulcra.weights import find_weights
 
     monkeypatch.setenv("FULCRA_WEIGHTS_DIR", str(tmp_path))
-    with pytest.raises(WeightsNotFoundError, match=rf"x: no weights found: download x.pth from https://e.org/x.pth and put it at {tmp_path / 'x.pth'}"):
+    with pytest.raises(
+        WeightsNotFoundError,
+        match=rf"x: no weights found: download x.pth from https://e.org/x.pth and put it at {tmp_path / 'x.pth'}",
+    ):
         find_weights("x", None, files=("x.pth",), url="https://e.org/x.pth")
     with pytest.raises(WeightsNotFoundError, match=r"x: no weights given; pass weights=PATH"):
         find_weights("x", None)
-    with pytest.raises(WeightsNotFoundError, match=r"x: weights file .*nope.pth does not exist \(get x.pth from https://e.org\)"):
+    with pytest.raises(
+        WeightsNotFoundError, match=r"x: weights file .*nope.pth does not exist \(get x.pth from https://e.org\)"
+    ):
         find_weights("x", tmp_path / "nope.pth", files=("x.pth",), url="https://e.org")
     (tmp_path / "x.pth").write_bytes(b"")
     assert find_weights("x", None, files=("y.pth", "x.pth")) == tmp_path / "x.pth"

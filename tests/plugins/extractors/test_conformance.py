@@ -10,7 +10,10 @@ from fulcra.testing import check_feature_extractor, check_plugin
 
 TINY = {
     "rgb": ({"patch_size": 2}, None),
-    "dinov2": ({"variant": "vits14_reg", "tiny": True, "n_components": 4, "resolution": 28, "crop_size": 28, "stride": 14}, "timm"),
+    "dinov2": (
+        {"variant": "vits14_reg", "tiny": True, "n_components": 4, "resolution": 28, "crop_size": 28, "stride": 14},
+        "timm",
+    ),
     "clip": ({"tiny": True, "grid": 4, "scales": [0.5, 1.0]}, "open_clip"),
 }
 PROMPTED = {"sam": "segment_anything", "sam2": "sam2"}

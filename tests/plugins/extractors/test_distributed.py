@@ -30,7 +30,9 @@ def _worker(rank, world, port, out_dir):
 
         e = DINOv2Extractor(**KW)
         maps = extract_views(e, _views(), shard=True, show_progress=False)  # fits the PCA first
-        torch.save({"components": e.pca.components, "eigenvalues": e.pca.eigenvalues, "maps": maps}, f"{out_dir}/rank{rank}.pt")
+        torch.save(
+            {"components": e.pca.components, "eigenvalues": e.pca.eigenvalues, "maps": maps}, f"{out_dir}/rank{rank}.pt"
+        )
     finally:
         tdist.destroy_process_group()
 

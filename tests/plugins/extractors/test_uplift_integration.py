@@ -25,7 +25,11 @@ def scene_and_views():
 
 CASES = {
     "rgb": ({"patch_size": 4}, None, {}),
-    "dinov2": ({"variant": "vits14_reg", "tiny": True, "n_components": 4, "resolution": 42, "crop_size": 28, "stride": 14}, "timm", {}),
+    "dinov2": (
+        {"variant": "vits14_reg", "tiny": True, "n_components": 4, "resolution": 42, "crop_size": 28, "stride": 14},
+        "timm",
+        {},
+    ),
     "clip": ({"tiny": True, "grid": 6, "scales": [0.5, 1.0]}, "open_clip", {}),
     "sam": ({"tiny": True, "n_repeats": 2}, "segment_anything", {"positive": True}),
 }

@@ -67,5 +67,7 @@ def test_uplift_views_caches_and_resumes(tiny_scene, tmp_path):
     assert len(list((tmp_path / "feature_cache").rglob("*.pt"))) == len(cams)
     b = uplift_views(scene, cams, images, rgb, out=tmp_path, ply="scene", extractor_node={"name": "rgb"}, center=True)
     assert b.resumed and torch.equal(a.features, b.features) and torch.allclose(a.mean, b.mean)
-    c = uplift_views(scene, cams[:-1], images, rgb, out=tmp_path, ply="scene", extractor_node={"name": "rgb"}, center=True)
+    c = uplift_views(
+        scene, cams[:-1], images, rgb, out=tmp_path, ply="scene", extractor_node={"name": "rgb"}, center=True
+    )
     assert not c.resumed  # other views: another fingerprint

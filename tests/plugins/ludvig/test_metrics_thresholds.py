@@ -37,7 +37,7 @@ def test_mean_filter_matches_loop():
     ref = torch.zeros_like(x)
     for i in range(7):
         for j in range(9):
-            ref[i, j] = x[max(i - 2, 0):i + 3, max(j - 2, 0):j + 3].reshape(-1, 2).mean(0)
+            ref[i, j] = x[max(i - 2, 0) : i + 3, max(j - 2, 0) : j + 3].reshape(-1, 2).mean(0)
     torch.testing.assert_close(got, ref)
 
 

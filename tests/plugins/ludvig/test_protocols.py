@@ -10,7 +10,12 @@ from PIL import Image
 from fulcra.errors import FormatError
 from fulcra_plugins.ludvig import results_table
 from fulcra_plugins.ludvig.protocols import (
-    evaluate_lerf_segmentation, evaluate_localisation, evaluate_segmentation, read_lerf, read_nvos, read_spinnerf,
+    evaluate_lerf_segmentation,
+    evaluate_localisation,
+    evaluate_segmentation,
+    read_lerf,
+    read_nvos,
+    read_spinnerf,
 )
 
 
@@ -21,7 +26,7 @@ def png(path, arr):
 
 def square(h=12, w=16, y0=3, x0=4, s=5):
     a = np.zeros((h, w), bool)
-    a[y0:y0 + s, x0:x0 + s] = True
+    a[y0 : y0 + s, x0 : x0 + s] = True
     return a
 
 
@@ -62,10 +67,14 @@ def test_spinnerf_first_mask_is_reference(tmp_path):
 def test_lerf_layout_localisation_and_segmentation(tmp_path):
     root = tmp_path / "lerf_ovs" / "label"
     (root / "teatime").mkdir(parents=True)
-    ann = {"info": {"name": "frame_00001.jpg", "width": 20, "height": 10},
-           "objects": [{"category": "cup", "bbox": [1, 1, 5, 5], "segmentation": [[1, 1], [5, 1], [5, 5], [1, 5]]},
-                       {"category": "cup", "bbox": [10, 2, 12, 4], "segmentation": []},
-                       {"category": "bear", "bbox": [14, 0, 19, 9], "segmentation": [[14, 0], [19, 0], [19, 9], [14, 9]]}]}
+    ann = {
+        "info": {"name": "frame_00001.jpg", "width": 20, "height": 10},
+        "objects": [
+            {"category": "cup", "bbox": [1, 1, 5, 5], "segmentation": [[1, 1], [5, 1], [5, 5], [1, 5]]},
+            {"category": "cup", "bbox": [10, 2, 12, 4], "segmentation": []},
+            {"category": "bear", "bbox": [14, 0, 19, 9], "segmentation": [[14, 0], [19, 0], [19, 9], [14, 9]]},
+        ],
+    }
     (root / "teatime" / "frame_00001.json").write_text(json.dumps(ann))
     cases = read_lerf(root)
     assert len(cases) == 1 and cases[0].image == "frame_00001"

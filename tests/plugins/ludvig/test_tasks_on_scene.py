@@ -1,13 +1,20 @@
 """Localisation, segmentation, selection, removal on the synthetic scene, with relevancy and
 features built from the ground-truth labels."""
 
-
 import pytest
 import torch
 
 from fulcra_plugins.ludvig import (
-    Selector, SelectionError, SelectionWarning, iou, localise, render_relevancy, sam_prompts,
-    segment_3d_selection, segment_relevancy, select_3d,
+    SelectionError,
+    SelectionWarning,
+    Selector,
+    iou,
+    localise,
+    render_relevancy,
+    sam_prompts,
+    segment_3d_selection,
+    segment_relevancy,
+    select_3d,
 )
 from fulcra_plugins.ludvig.segmentation import segment_single_view
 from fulcra_plugins.refiners import GraphDiffusion
@@ -128,7 +135,9 @@ def test_mask_prompt_and_sam_route(tiny_scene):
     # reprojected prompt pixels land on the object in nearby views; geometry alone is coarse on 360
     # scenes (Table 5.2, "geometry only": 73.1) and these 4 views are 90 degrees apart, so only the
     # best other view is checked, loosely
-    prec = [float((gt[c.name][pts[c.name]] == 2).float().mean()) for c in cams if c.name != cam.name and pts[c.name].any()]
+    prec = [
+        float((gt[c.name][pts[c.name]] == 2).float().mean()) for c in cams if c.name != cam.name and pts[c.name].any()
+    ]
     assert prec and max(prec) > 0.6
 
     class OracleSAM:  # stands in for SAM: returns the object under the prompt points
@@ -168,7 +177,10 @@ def test_segment_sam_real_tiny_sam_on_images_of_another_size(tiny_scene, monkeyp
     prompted = [c.name for c in cams if seg.prompts[c.name].any()]
     assert cam.name in prompted and len(drawn) == len(prompted)
     for name, pts in zip(prompted, drawn):
-        big = torch.nn.functional.interpolate(seg.prompts[name][None, None].float(), scale_factor=2, mode="nearest")[0, 0] > 0
+        big = (
+            torch.nn.functional.interpolate(seg.prompts[name][None, None].float(), scale_factor=2, mode="nearest")[0, 0]
+            > 0
+        )
         xy = pts.long()
         assert bool((xy[..., 0] < 128).all() and (xy[..., 1] < 96).all()) and bool(big[xy[..., 1], xy[..., 0]].all())
     assert seg.scores.shape == labels.shape and float(seg.scores.min()) >= 0 and float(seg.scores.max()) <= 1 + 1e-5

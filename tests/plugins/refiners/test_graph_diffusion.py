@@ -46,7 +46,7 @@ def dense_reference(pos, feats, k, bandwidth, anchors=None):
     if anchors is not None:
         off = off & anchors[:, None]
     med = np.median(fd[off])
-    S = np.where(E, np.exp(-fd**2 / (bandwidth * med**2)), 0.0)
+    S = np.where(E, np.exp(-(fd**2) / (bandwidth * med**2)), 0.0)
     return E, S, f
 
 
@@ -101,19 +101,22 @@ def test_power_iteration_matches_dense(binarize):
     P = rng.uniform(0.05, 1.0, size=(n, q))
     ref = np.stack([dense_power(S, P[:, j], g0[:, j], steps, binarize) for j in range(q)], 1)
     perm = G.perm
-    out = power_iteration(G, torch.from_numpy(g0).float()[perm], steps,
-                          torch.from_numpy(P).float().sqrt()[perm], binarize=binarize)
+    out = power_iteration(
+        G, torch.from_numpy(g0).float()[perm], steps, torch.from_numpy(P).float().sqrt()[perm], binarize=binarize
+    )
     got = out[G.inv].double().numpy()
     np.testing.assert_allclose(got, ref, rtol=2e-4, atol=1e-6 * np.abs(ref).max())
     if binarize is None:  # restricted == whole-graph product
-        full = power_iteration_full(G, torch.from_numpy(g0).float()[perm], steps,
-                                    torch.from_numpy(P).float().sqrt()[perm])
+        full = power_iteration_full(
+            G, torch.from_numpy(g0).float()[perm], steps, torch.from_numpy(P).float().sqrt()[perm]
+        )
         np.testing.assert_allclose(full.numpy(), out.numpy(), rtol=1e-4, atol=1e-7)
     # support of the dense g_T == exact reachability
     for j in range(q):
         sp = torch.from_numpy(P[:, j]).float().sqrt()[perm]
-        r = reachable(G, torch.from_numpy(g0[:, j] > 0)[perm], steps, sp,
-                      threshold=binarize if binarize is not None else 0.0)
+        r = reachable(
+            G, torch.from_numpy(g0[:, j] > 0)[perm], steps, sp, threshold=binarize if binarize is not None else 0.0
+        )
         assert (r[G.inv].numpy() == (ref[:, j] > 0)).all()
 
 

@@ -11,7 +11,10 @@ import torch
 from fulcra.camera import Camera
 from fulcra.errors import FormatError
 from fulcra_plugins.scenes.cameras import (
-    load_cameras, write_cameras_json, write_colmap, write_transforms_json,
+    load_cameras,
+    write_cameras_json,
+    write_colmap,
+    write_transforms_json,
 )
 from fulcra_plugins.scenes.gaussians import Gaussians
 from fulcra_plugins.scenes.ply import read_ply, write_ply
@@ -22,9 +25,12 @@ def gaussians(n=20, deg=1, seed=0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(n, 4, generator=g)
     return Gaussians(
-        means=torch.randn(n, 3, generator=g), quats=q / q.norm(dim=1, keepdim=True),
-        scales=torch.rand(n, 3, generator=g) * 0.1 + 0.01, opacities=torch.rand(n, generator=g) * 0.9 + 0.05,
-        sh0=torch.randn(n, 3, generator=g), shN=torch.randn(n, (deg + 1) ** 2 - 1, 3, generator=g),
+        means=torch.randn(n, 3, generator=g),
+        quats=q / q.norm(dim=1, keepdim=True),
+        scales=torch.rand(n, 3, generator=g) * 0.1 + 0.01,
+        opacities=torch.rand(n, generator=g) * 0.9 + 0.05,
+        sh0=torch.randn(n, 3, generator=g),
+        shN=torch.randn(n, (deg + 1) ** 2 - 1, 3, generator=g),
     )
 
 
@@ -34,8 +40,9 @@ def test_ply_round_trip_and_inria_layout(tmp_path):
     raw = plyfile.PlyData.read(str(path))["vertex"]
     names = [p.name for p in raw.properties]
     # exactly the 3DGS properties, in the order the INRIA code writes them (viewer compatible)
-    assert names == ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(24)] + [
-        "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    assert names == ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [
+        f"f_rest_{i}" for i in range(24)
+    ] + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
     # stored as logit opacity and log scale; f_rest channel-major
     np.testing.assert_allclose(raw["opacity"], torch.logit(g.opacities).numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(raw["scale_1"], torch.log(g.scales[:, 1]).numpy(), rtol=1e-5)
@@ -56,7 +63,22 @@ def _write_raw(path, fields, n=4, values=None):
     return path
 
 
-BASE = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+BASE = [
+    "x",
+    "y",
+    "z",
+    "f_dc_0",
+    "f_dc_1",
+    "f_dc_2",
+    "opacity",
+    "scale_0",
+    "scale_1",
+    "scale_2",
+    "rot_0",
+    "rot_1",
+    "rot_2",
+    "rot_3",
+]
 
 
 def test_ply_missing_property(tmp_path):
@@ -120,8 +142,11 @@ def test_transforms_nerf_synthetic_opengl_axes(tmp_path):
     Image.new("RGB", (40, 30)).save(tmp_path / "train" / "r_0.png")
     c2w_gl = np.eye(4)
     c2w_gl[:3, 3] = [0, 0, 4]  # OpenGL camera at z = 4 looking down -z at the origin
-    (tmp_path / "transforms.json").write_text(json.dumps(
-        {"camera_angle_x": 0.6911, "frames": [{"file_path": "./train/r_0", "transform_matrix": c2w_gl.tolist()}]}))
+    (tmp_path / "transforms.json").write_text(
+        json.dumps(
+            {"camera_angle_x": 0.6911, "frames": [{"file_path": "./train/r_0", "transform_matrix": c2w_gl.tolist()}]}
+        )
+    )
     (cam,) = load_cameras(tmp_path / "transforms.json")
     assert (cam.width, cam.height, cam.name) == (40, 30, "r_0")
     assert abs(cam.K[0, 0].item() - 0.5 * 40 / np.tan(0.5 * 0.6911)) < 1e-3
@@ -143,13 +168,34 @@ def test_colmap_rejects_other_models_by_name(tmp_path):
 
 
 def test_malformed_camera_files_name_the_field(tmp_path):
-    (tmp_path / "c.json").write_text(json.dumps([{"img_name": "a", "width": 4, "height": 4, "position": [0, 0, 0], "fx": 1, "fy": 1}]))
+    (tmp_path / "c.json").write_text(
+        json.dumps([{"img_name": "a", "width": 4, "height": 4, "position": [0, 0, 0], "fx": 1, "fy": 1}])
+    )
     with pytest.raises(FormatError, match=r"c\.json: camera 0: missing field 'rotation'"):
         load_cameras(tmp_path / "c.json")
-    (tmp_path / "t.json").write_text(json.dumps({"fl_x": 10, "w": 4, "h": 4, "frames": [{"file_path": "a.png", "transform_matrix": [[1, 0, 0, 0]] * 3 + [[0, 0, 0, float("nan")]]}]}))
+    (tmp_path / "t.json").write_text(
+        json.dumps(
+            {
+                "fl_x": 10,
+                "w": 4,
+                "h": 4,
+                "frames": [{"file_path": "a.png", "transform_matrix": [[1, 0, 0, 0]] * 3 + [[0, 0, 0, float("nan")]]}],
+            }
+        )
+    )
     with pytest.raises(FormatError, match=r"t\.json: frames\[0\]: non-finite value in field 'transform_matrix'"):
         load_cameras(tmp_path / "t.json")
-    (tmp_path / "u.json").write_text(json.dumps({"fl_x": 10, "w": 4, "h": 4, "k1": 0.2, "frames": [{"file_path": "a.png", "transform_matrix": np.eye(4).tolist()}]}))
+    (tmp_path / "u.json").write_text(
+        json.dumps(
+            {
+                "fl_x": 10,
+                "w": 4,
+                "h": 4,
+                "k1": 0.2,
+                "frames": [{"file_path": "a.png", "transform_matrix": np.eye(4).tolist()}],
+            }
+        )
+    )
     with pytest.raises(FormatError, match="'k1' is non-zero"):
         load_cameras(tmp_path / "u.json")
     with open(tmp_path / "cameras.bin", "wb") as fh:
@@ -173,12 +219,23 @@ def test_view_dependent_colour_degree_one():
     d = g.means - center
     d = d / d.norm(dim=1, keepdim=True)
     C0, C1 = 0.28209479177387814, 0.4886025119029199
-    want = (C0 * g.sh0 - C1 * d[:, 1:2] * g.shN[:, 0] + C1 * d[:, 2:3] * g.shN[:, 1] - C1 * d[:, 0:1] * g.shN[:, 2] + 0.5).clamp_min(0)
+    want = (
+        C0 * g.sh0 - C1 * d[:, 1:2] * g.shN[:, 0] + C1 * d[:, 2:3] * g.shN[:, 1] - C1 * d[:, 0:1] * g.shN[:, 2] + 0.5
+    ).clamp_min(0)
     torch.testing.assert_close(g.colors_from(center), want)
 
 
 def test_transforms_rejects_fisheye(tmp_path):
-    (tmp_path / "transforms.json").write_text(json.dumps({"camera_model": "OPENCV_FISHEYE", "fl_x": 10, "w": 4, "h": 4,
-                                                          "frames": [{"file_path": "a.png", "transform_matrix": np.eye(4).tolist()}]}))
+    (tmp_path / "transforms.json").write_text(
+        json.dumps(
+            {
+                "camera_model": "OPENCV_FISHEYE",
+                "fl_x": 10,
+                "w": 4,
+                "h": 4,
+                "frames": [{"file_path": "a.png", "transform_matrix": np.eye(4).tolist()}],
+            }
+        )
+    )
     with pytest.raises(FormatError, match="unsupported camera_model 'OPENCV_FISHEYE'"):
         load_cameras(tmp_path)

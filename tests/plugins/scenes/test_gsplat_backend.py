@@ -44,7 +44,10 @@ def test_render_agrees_with_torch_backend(scenes, dim):
 
 def test_uplift_agrees_with_torch_backend(scenes):
     ts, gs, cams = scenes
-    maps = [(c, torch.rand(8, 30, 40, device="cuda", generator=torch.Generator("cuda").manual_seed(i))) for i, c in enumerate(cams)]
+    maps = [
+        (c, torch.rand(8, 30, 40, device="cuda", generator=torch.Generator("cuda").manual_seed(i)))
+        for i, c in enumerate(cams)
+    ]
     f_g, w_g = fulcra.uplift(gs, maps)
     f_t, w_t = fulcra.uplift(ts, maps)
     seen = w_t > 1e-2 * w_t.max()

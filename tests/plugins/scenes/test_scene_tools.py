@@ -9,8 +9,8 @@ import fulcra
 from fulcra.errors import FormatError
 from fulcra_plugins.scenes import SceneImages, load_scene
 from fulcra_plugins.scenes.gaussians import sh_to_rgb
-from fulcra_plugins.scenes.prune import load_features, save_subset, select_by_weight
 from fulcra_plugins.scenes.ply import read_ply
+from fulcra_plugins.scenes.prune import load_features, save_subset, select_by_weight
 from fulcra_plugins.scenes.synthetic import build_gaussians, generate_scene
 from fulcra_plugins.scenes.viz import pca_colors, render_pca
 
@@ -18,7 +18,9 @@ from fulcra_plugins.scenes.viz import pca_colors, render_pca
 @pytest.fixture(scope="module")
 def tiny_scene(tmp_path_factory):
     torch.set_num_threads(1)
-    return generate_scene(tmp_path_factory.mktemp("syn") / "scene", seed=3, width=48, height=36, n_ring=4, n_forward=2, density=0.15)
+    return generate_scene(
+        tmp_path_factory.mktemp("syn") / "scene", seed=3, width=48, height=36, n_ring=4, n_forward=2, density=0.15
+    )
 
 
 def test_synthetic_is_deterministic_and_labelled():
@@ -48,7 +50,9 @@ def test_generated_files_load_through_the_real_path(tiny_scene):
 def test_uplift_recovers_colours_and_round_trips(tiny_scene):
     scene, cams, imgs = load_scene(tiny_scene / "point_cloud.ply", backend="torch", device="cpu")
     # feature maps at a lower resolution than the cameras are resized by the core
-    views = [(c, torch.nn.functional.interpolate(imgs[c.name][None], scale_factor=0.5, mode="bilinear")[0]) for c in cams]
+    views = [
+        (c, torch.nn.functional.interpolate(imgs[c.name][None], scale_factor=0.5, mode="bilinear")[0]) for c in cams
+    ]
     f, w = fulcra.uplift(scene, views)
     assert f.shape == (scene.num_primitives, 3) and w.shape == (scene.num_primitives,)
     g = read_ply(tiny_scene / "point_cloud.ply")
@@ -111,8 +115,12 @@ def test_3dgs_output_layout_is_found(tmp_path, tiny_scene):
     (out / "point_cloud" / "iteration_30000").mkdir(parents=True)
     shutil.copy(tiny_scene / "point_cloud.ply", out / "point_cloud" / "iteration_30000" / "point_cloud.ply")
     shutil.copy(tiny_scene / "cameras.json", out / "cameras.json")
-    (out / "cfg_args").write_text(f"Namespace(eval=False, images='images', model_path='{out}', resolution=-1, sh_degree=3, source_path='{tiny_scene}', white_background=False)")
-    scene, cams, imgs = load_scene(out / "point_cloud" / "iteration_30000" / "point_cloud.ply", backend="torch", device="cpu")
+    (out / "cfg_args").write_text(
+        f"Namespace(eval=False, images='images', model_path='{out}', resolution=-1, sh_degree=3, source_path='{tiny_scene}', white_background=False)"
+    )
+    scene, cams, imgs = load_scene(
+        out / "point_cloud" / "iteration_30000" / "point_cloud.ply", backend="torch", device="cpu"
+    )
     assert len(cams) == 6 and not imgs.missing  # cameras are returned, never patched onto the scene
 
 
@@ -135,7 +143,9 @@ def test_scene_base_imports_neither_the_generator_nor_a_backend():
     import subprocess
     import sys
 
-    code = ("import sys, fulcra_plugins.scenes.base; "
-            "bad = [m for m in ('fulcra_plugins.scenes.synthetic', 'fulcra_plugins.scenes.torch_backend') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, fulcra_plugins.scenes.base; "
+        "bad = [m for m in ('fulcra_plugins.scenes.synthetic', 'fulcra_plugins.scenes.torch_backend') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

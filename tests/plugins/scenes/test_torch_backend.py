@@ -32,9 +32,14 @@ def reference_render(g: Gaussians, cam: Camera, feats: torch.Tensor) -> torch.Te
         if z <= 0.01:
             continue
         w_, a, b, c = q[i]
-        R = torch.tensor([[1 - 2 * (b * b + c * c), 2 * (a * b - w_ * c), 2 * (a * c + w_ * b)],
-                          [2 * (a * b + w_ * c), 1 - 2 * (a * a + c * c), 2 * (b * c - w_ * a)],
-                          [2 * (a * c - w_ * b), 2 * (b * c + w_ * a), 1 - 2 * (a * a + b * b)]], dtype=d)
+        R = torch.tensor(
+            [
+                [1 - 2 * (b * b + c * c), 2 * (a * b - w_ * c), 2 * (a * c + w_ * b)],
+                [2 * (a * b + w_ * c), 1 - 2 * (a * a + c * c), 2 * (b * c - w_ * a)],
+                [2 * (a * c - w_ * b), 2 * (b * c + w_ * a), 1 - 2 * (a * a + b * b)],
+            ],
+            dtype=d,
+        )
         S = torch.diag(g.scales[i].to(d))
         cov = V[:3, :3] @ (R @ S @ S @ R.T) @ V[:3, :3].T
         limx, limy = 1.3 * 0.5 * W / fx, 1.3 * 0.5 * H / fy

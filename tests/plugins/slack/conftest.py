@@ -23,5 +23,17 @@ def hyper_problem() -> SimpleNamespace:
     x = torch.randn(n_aug * n_t, 3, 12, 12, dtype=torch.float64)
     y = torch.randint(0, 4, (n_aug * n_t,))
     xv, yv = torch.randn(6, 3, 12, 12, dtype=torch.float64), torch.randint(0, 4, (6,))
-    return SimpleNamespace(model=model, pol=pol, logits=logits, mu=mu, n_aug=n_aug, n_t=n_t, idx=idx,
-                           mags=mags.double(), x=x, y=y, xv=xv, yv=yv)
+    return SimpleNamespace(
+        model=model,
+        pol=pol,
+        logits=logits,
+        mu=mu,
+        n_aug=n_aug,
+        n_t=n_t,
+        idx=idx,
+        mags=mags.double(),
+        x=x,
+        y=y,
+        xv=xv,
+        yv=yv,
+    )

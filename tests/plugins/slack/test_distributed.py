@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, sys, torch
     torch.set_num_threads(1)
     from fulcra.engine import dist
@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent('''
                   RunContext(out=sys.argv[1], device=torch.device("cpu"), hooks=H(), rank=dist.rank(),
                              world_size=dist.world_size()))
     json.dump({"logits": p.logits.tolist(), "mu": p.mu.tolist()}, open(sys.argv[2], "w"))
-''')
+""")
 
 
 def _free_port():
@@ -48,14 +48,27 @@ def test_two_processes_share_one_policy(tmp_path):
     port = _free_port()
     procs = []
     for r in range(2):
-        env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / "out"), str(tmp_path / f"r{r}.json")],
-                                      env=env))
+        env = dict(
+            os.environ,
+            RANK=str(r),
+            LOCAL_RANK=str(r),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path / "out"), str(tmp_path / f"r{r}.json")], env=env
+            )
+        )
     for p in procs:
         assert p.wait(timeout=300) == 0
-    single = subprocess.run([sys.executable, str(script), str(tmp_path / "single"), str(tmp_path / "s.json")],
-                            env=dict(os.environ, WORLD_SIZE="1", OMP_NUM_THREADS="1"), timeout=300)
+    single = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "single"), str(tmp_path / "s.json")],
+        env=dict(os.environ, WORLD_SIZE="1", OMP_NUM_THREADS="1"),
+        timeout=300,
+    )
     assert single.returncode == 0
     r0, r1, s = (json.loads((tmp_path / f).read_text()) for f in ("r0.json", "r1.json", "s.json"))
     assert r0 == r1  # averaged policy gradients keep the processes' policies identical

@@ -8,7 +8,6 @@ from fulcra.policy import Policy
 from fulcra_plugins.slack.slack import hypergradient
 
 
-
 def _reference(model, policy, logits, mu, x_aug, y_aug, idx, mags, x_val, y_val, eta, loss_fn):
     """-(η/B_aug) Σ_τ (∇l_val(θ̂)ᵀ ∇l_τ(θ)) ∇φ log p(τ), one τ at a time with explicit gradients.
 
@@ -26,7 +25,7 @@ def _reference(model, policy, logits, mu, x_aug, y_aug, idx, mags, x_val, y_val,
     G_l, G_m = torch.zeros_like(logits), torch.zeros_like(mu)
     for t in range(n_aug):
         w = sum((gi * vi).sum() for gi, vi in zip(grads[t], v))
-        s_l, s_m = torch.autograd.grad(policy.log_prob(idx[t:t + 1], mags[t:t + 1], logits, mu).sum(), [logits, mu])
+        s_l, s_m = torch.autograd.grad(policy.log_prob(idx[t : t + 1], mags[t : t + 1], logits, mu).sum(), [logits, mu])
         G_l += -eta / n_aug * w * s_l
         G_m += -eta / n_aug * w * s_m
     return g_mean, G_l, G_m
@@ -89,8 +88,9 @@ def test_reinforce_mean_matches_exact_hypergradient():
         idx, m = sampler.sample(n_aug, gen)
         m = m.double()
         x = A[idx[:, 0]] * m[:, :1]
-        Gl, Gm = hypergradient(model, pol, logits, mu, x, torch.zeros(n_aug), idx, m, b[None], torch.zeros(1),
-                               eta, _half_sq)[1:3]
+        Gl, Gm = hypergradient(
+            model, pol, logits, mu, x, torch.zeros(n_aug), idx, m, b[None], torch.zeros(1), eta, _half_sq
+        )[1:3]
         acc_l, acc_m = acc_l + Gl / reps, acc_m + Gm / reps
     scale_l, scale_m = gl_exact.abs().max(), gm_exact.abs().max()
     assert (acc_l - gl_exact).abs().max() < 0.05 * scale_l, (acc_l, gl_exact)

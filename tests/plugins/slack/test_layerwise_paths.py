@@ -8,7 +8,18 @@ import fulcra_plugins.slack.layerwise as L
 
 def test_group_weight_gradients_equal_linear_forward(monkeypatch, hyper_problem):
     h = hyper_problem
-    model, pol, logits, mu, x, y, idx, mags, xv, yv = h.model, h.pol, h.logits, h.mu, h.x, h.y, h.idx, h.mags, h.xv, h.yv
+    model, pol, logits, mu, x, y, idx, mags, xv, yv = (
+        h.model,
+        h.pol,
+        h.logits,
+        h.mu,
+        h.x,
+        h.y,
+        h.idx,
+        h.mags,
+        h.xv,
+        h.yv,
+    )
     state = {k: v.clone() for k, v in model.state_dict().items()}
     outs = []
     for budget in (L.GROUP_GRAD_BYTES, 0):

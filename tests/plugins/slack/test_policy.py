@@ -13,8 +13,11 @@ from fulcra.policy import Policy, smoothed_uniform_log_density
 
 def test_sampling_frequencies_match_pi():
     probs = torch.tensor([[0.5, 0.2, 0.2, 0.1, 0.0], [0.05, 0.05, 0.1, 0.3, 0.5]])
-    pol = Policy(["identity", "rotate", "shear_x", "invert", "solarize"], torch.log(probs.clamp_min(1e-12)),
-                 torch.tensor([1.0, 0.5, 0.8, 1.0, 0.3]))
+    pol = Policy(
+        ["identity", "rotate", "shear_x", "invert", "solarize"],
+        torch.log(probs.clamp_min(1e-12)),
+        torch.tensor([1.0, 0.5, 0.8, 1.0, 0.3]),
+    )
     n = 40000
     idx, mags = pol.sample(n, torch.Generator().manual_seed(0))
     for k in range(2):
@@ -53,8 +56,12 @@ def test_smoothed_uniform_density_integrates_to_one_and_is_the_convolution(mu):
 
 
 def test_log_prob_matches_manual_formula_and_magnitude_free_ops():
-    pol = Policy(["identity", "rotate"], torch.tensor([[0.3, -0.2], [1.0, 0.0]]), torch.tensor([0.9, 0.6]),
-                 {"identity": None, "rotate": [0.0, 90.0]})
+    pol = Policy(
+        ["identity", "rotate"],
+        torch.tensor([[0.3, -0.2], [1.0, 0.0]]),
+        torch.tensor([0.9, 0.6]),
+        {"identity": None, "rotate": [0.0, 90.0]},
+    )
     idx = torch.tensor([[0, 1], [1, 1]])
     m = torch.tensor([[0.4, 0.2], [-0.05, 0.7]])
     lp = torch.log_softmax(pol.logits, -1)
@@ -77,8 +84,12 @@ def test_kl_gradient_matches_autograd():
 
 
 def test_policy_file_round_trip(tmp_path):
-    pol = Policy(["identity", "shear_x", "cutout"], torch.tensor([[0.1, 2.0, -1.0], [0.0, 0.0, 0.5]]),
-                 torch.tensor([0.75, 0.4, 0.9]), {"identity": None, "shear_x": [0.0, 0.5], "cutout": [0.0, 1.0]})
+    pol = Policy(
+        ["identity", "shear_x", "cutout"],
+        torch.tensor([[0.1, 2.0, -1.0], [0.0, 0.0, 0.5]]),
+        torch.tensor([0.75, 0.4, 0.9]),
+        {"identity": None, "shear_x": [0.0, 0.5], "cutout": [0.0, 1.0]},
+    )
     path = pol.save(tmp_path / "policy.json")
     d = json.loads(path.read_text())
     assert set(d) >= {"ops", "probs", "mu", "ranges"}

@@ -86,8 +86,9 @@ def hop_distances(
     return dist
 
 
-def reachable(graph: SceneGraph, seeds: torch.Tensor, steps: int, sqrt_p: torch.Tensor | None = None,
-              threshold: float = 0.0) -> torch.Tensor:
+def reachable(
+    graph: SceneGraph, seeds: torch.Tensor, steps: int, sqrt_p: torch.Tensor | None = None, threshold: float = 0.0
+) -> torch.Tensor:
     """Nodes reached from ``seeds`` ``[N]`` bool within ``steps`` hops over edges with ``A_e > threshold``.
 
     This is exactly the support of ``g_T`` in Eq. 5.8 (non-negative ``A`` and ``g_0``), computed
@@ -178,7 +179,7 @@ def power_iteration(
     if binarize is not None:
         for j in range(q):  # A depends on the column through the threshold
             sp = sqrt_p[:, j] if sqrt_p is not None else None
-            out[:, j] = _power_restricted(graph, g0[:, j:j + 1], steps, None, binarize, sp, eps)[:, 0]
+            out[:, j] = _power_restricted(graph, g0[:, j : j + 1], steps, None, binarize, sp, eps)[:, 0]
         return out
     return _power_restricted(graph, g0, steps, sqrt_p, None, None, eps)
 
@@ -276,8 +277,9 @@ def _power_restricted(graph, g0, steps, sqrt_p, binarize, sp_bin, eps):
     return out
 
 
-def power_iteration_full(graph: SceneGraph, g0: torch.Tensor, steps: int, sqrt_p: torch.Tensor | None = None,
-                         eps: float = 1e-12) -> torch.Tensor:
+def power_iteration_full(
+    graph: SceneGraph, g0: torch.Tensor, steps: int, sqrt_p: torch.Tensor | None = None, eps: float = 1e-12
+) -> torch.Tensor:
     """Eq. 5.8 on the whole graph every step (no restriction): the baseline for the restricted path."""
     A = _csr(graph.indptr.to(torch.int32), graph.indices, graph.similarity, (graph.num_nodes, graph.num_nodes))
     g = g0.float()

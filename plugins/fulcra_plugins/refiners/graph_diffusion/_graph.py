@@ -155,14 +155,19 @@ class SceneGraph:
     def device(self) -> torch.device:
         return self.indices.device
 
-    def to(self, device: torch.device | str) -> "SceneGraph":
+    def to(self, device: torch.device | str) -> SceneGraph:
         d = torch.device(device)
         moved = {
             name: getattr(self, name).to(d)
             for name in ("perm", "inv", "indptr", "indices", "rows", "similarity", "distance", "features")
         }
-        return SceneGraph(**moved, median_distance=self.median_distance, bandwidth=self.bandwidth,
-                          k=self.k, fingerprint=self.fingerprint)
+        return SceneGraph(
+            **moved,
+            median_distance=self.median_distance,
+            bandwidth=self.bandwidth,
+            k=self.k,
+            fingerprint=self.fingerprint,
+        )
 
     def anchor_median(self, anchors: torch.Tensor) -> float:
         """Median feature distance over the edges leaving ``anchors`` ``[N]`` bool (Morton order).
@@ -174,18 +179,42 @@ class SceneGraph:
         d = self.distance[sel]
         return max(float(np.median(d.cpu().numpy())), 1e-6) if d.numel() else self.median_distance
 
-    def with_similarity_scale(self, median: float, bandwidth: float | None = None) -> "SceneGraph":
+    def with_similarity_scale(self, median: float, bandwidth: float | None = None) -> SceneGraph:
         """The same graph with ``S_f`` recomputed for another ``s_f`` (and optionally ``b``)."""
         b = self.bandwidth if bandwidth is None else float(bandwidth)
         sim = torch.exp(-self.distance.square() / (b * median**2 + 1e-12))
-        return SceneGraph(self.perm, self.inv, self.indptr, self.indices, self.rows, sim, self.distance,
-                          self.features, float(median), b, self.k, self.fingerprint)
+        return SceneGraph(
+            self.perm,
+            self.inv,
+            self.indptr,
+            self.indices,
+            self.rows,
+            sim,
+            self.distance,
+            self.features,
+            float(median),
+            b,
+            self.k,
+            self.fingerprint,
+        )
 
-    def with_bandwidth(self, bandwidth: float) -> "SceneGraph":
+    def with_bandwidth(self, bandwidth: float) -> SceneGraph:
         """The same graph with ``S_f`` recomputed for another ``b`` (no neighbour search)."""
         sim = torch.exp(-self.distance.square() / (bandwidth * self.median_distance**2 + 1e-12))
-        return SceneGraph(self.perm, self.inv, self.indptr, self.indices, self.rows, sim, self.distance,
-                          self.features, self.median_distance, float(bandwidth), self.k, self.fingerprint)
+        return SceneGraph(
+            self.perm,
+            self.inv,
+            self.indptr,
+            self.indices,
+            self.rows,
+            sim,
+            self.distance,
+            self.features,
+            self.median_distance,
+            float(bandwidth),
+            self.k,
+            self.fingerprint,
+        )
 
 
 def normalise_rows(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -200,8 +229,11 @@ def fingerprint(positions: torch.Tensor, features: torch.Tensor) -> tuple:
     n = p.shape[0]
     w = torch.arange(1, n + 1, dtype=torch.float64, device=p.device).remainder_(97)
     return (
-        tuple(p.shape), tuple(f.shape),
-        float((p.sum(1) * w).sum()), float((f.sum(1) * w).sum()), float(f.square().sum()),
+        tuple(p.shape),
+        tuple(f.shape),
+        float((p.sum(1) * w).sum()),
+        float((f.sum(1) * w).sum()),
+        float(f.square().sum()),
     )
 
 
@@ -252,17 +284,26 @@ def build_scene_graph(
     rows = torch.repeat_interleave(torch.arange(len(perm_np), device=dev, dtype=torch.int32), counts)
     dist = torch.empty(len(indices), dtype=torch.float32, device=dev)
     for s in range(0, len(indices), chunk):  # ||a-b|| of unit vectors = sqrt(2 - 2 a.b)
-        r = rows[s:s + chunk].long()
-        c = indices_t[s:s + chunk].long()
+        r = rows[s : s + chunk].long()
+        c = indices_t[s : s + chunk].long()
         dot = (feats[r] * feats[c]).sum(-1)
-        dist[s:s + chunk] = (2.0 - 2.0 * dot).clamp_min_(0).sqrt_()
+        dist[s : s + chunk] = (2.0 - 2.0 * dot).clamp_min_(0).sqrt_()
     off_diag = rows != indices_t
     d_off = dist[off_diag]
     med = float(np.median(d_off.cpu().numpy())) if d_off.numel() else 1.0
     med = max(med, 1e-6)  # identical features everywhere: every edge is maximally similar
     sim = torch.exp(-dist.square() / (bandwidth * med**2))
     return SceneGraph(
-        perm=perm.to(dev), inv=torch.from_numpy(inv_np).to(dev), indptr=indptr_t, indices=indices_t,
-        rows=rows, similarity=sim, distance=dist, features=feats, median_distance=med,
-        bandwidth=float(bandwidth), k=int(k), fingerprint=fp,
+        perm=perm.to(dev),
+        inv=torch.from_numpy(inv_np).to(dev),
+        indptr=indptr_t,
+        indices=indices_t,
+        rows=rows,
+        similarity=sim,
+        distance=dist,
+        features=feats,
+        median_distance=med,
+        bandwidth=float(bandwidth),
+        k=int(k),
+        fingerprint=fp,
     )

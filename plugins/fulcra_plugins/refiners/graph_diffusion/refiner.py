@@ -68,24 +68,61 @@ class GraphDiffusion:
         steps: int = field(default=100, metadata={"help": "diffusion steps T of Eq. 5.8"})
         bandwidth: float = field(default=1.0, metadata={"help": "b of the RBF S_f (Eq. C.1); LERF uses 0.5"})
         prompt: str = field(default="scribble", metadata={"help": "default prompt kind: scribble | mask | relevancy"})
-        unary_bandwidth: Optional[float] = field(default=None, metadata={"help": "b of the unary term P (None: 1 for scribble/mask, 2 for relevancy)"})
-        anchor_fraction: float = field(default=0.1, metadata={"help": "fraction of positive Gaussians kept as anchors (scribble, mask)"})
-        binarize: Optional[float] = field(default=None, metadata={"help": "binarise A at this threshold (None: 1e-5 for scribble/mask, off for relevancy; <= 0: off)"})
-        logreg_c: Optional[float] = field(default=None, metadata={"help": "logistic regression C (None: 0.01 for mask, 0.001 for relevancy)"})
-        output: Optional[str] = field(default=None, metadata={"help": "unary_on_reachable | diffused (None: by prompt)"})
+        unary_bandwidth: Optional[float] = field(
+            default=None, metadata={"help": "b of the unary term P (None: 1 for scribble/mask, 2 for relevancy)"}
+        )
+        anchor_fraction: float = field(
+            default=0.1, metadata={"help": "fraction of positive Gaussians kept as anchors (scribble, mask)"}
+        )
+        binarize: Optional[float] = field(
+            default=None,
+            metadata={
+                "help": "binarise A at this threshold (None: 1e-5 for scribble/mask, off for relevancy; <= 0: off)"
+            },
+        )
+        logreg_c: Optional[float] = field(
+            default=None, metadata={"help": "logistic regression C (None: 0.01 for mask, 0.001 for relevancy)"}
+        )
+        output: Optional[str] = field(
+            default=None, metadata={"help": "unary_on_reachable | diffused (None: by prompt)"}
+        )
         self_loops: bool = field(default=True, metadata={"help": "keep A_ii (a lazy walk; as the reference code)"})
         device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-        max_logreg_samples: int = field(default=100_000, metadata={"help": "nodes used to fit each logistic regression"})
+        max_logreg_samples: int = field(
+            default=100_000, metadata={"help": "nodes used to fit each logistic regression"}
+        )
         seed: int = field(default=0, metadata={"help": "seed of the logistic-regression subsampling"})
-        min_weight: float = field(default=0.05, metadata={"help": "with weights=: P = 0 for Gaussians whose weight sum is under this fraction of the median (barely seen: their uplifted features are their occluders')"})
-        median: str = field(default="anchors", metadata={"help": "s_f of Eq. C.1: median feature distance over the edges of the anchors (per prompt, as the reference code) or of the whole graph ('edges')"})
+        min_weight: float = field(
+            default=0.05,
+            metadata={
+                "help": "with weights=: P = 0 for Gaussians whose weight sum is under this fraction of the median (barely seen: their uplifted features are their occluders')"
+            },
+        )
+        median: str = field(
+            default="anchors",
+            metadata={
+                "help": "s_f of Eq. C.1: median feature distance over the edges of the anchors (per prompt, as the reference code) or of the whole graph ('edges')"
+            },
+        )
 
-    def __init__(self, k: int = 16, steps: int = 100, bandwidth: float = 1.0, prompt: str = "scribble",
-                 unary_bandwidth: Optional[float] = None, anchor_fraction: float = 0.1,
-                 binarize: Optional[float] = None, logreg_c: Optional[float] = None,
-                 output: Optional[str] = None, self_loops: bool = True, device: str = "auto",
-                 max_logreg_samples: int = 100_000, seed: int = 0, median: str = "anchors",
-                 min_weight: float = 0.05):
+    def __init__(
+        self,
+        k: int = 16,
+        steps: int = 100,
+        bandwidth: float = 1.0,
+        prompt: str = "scribble",
+        unary_bandwidth: Optional[float] = None,
+        anchor_fraction: float = 0.1,
+        binarize: Optional[float] = None,
+        logreg_c: Optional[float] = None,
+        output: Optional[str] = None,
+        self_loops: bool = True,
+        device: str = "auto",
+        max_logreg_samples: int = 100_000,
+        seed: int = 0,
+        median: str = "anchors",
+        min_weight: float = 0.05,
+    ):
         if prompt not in PROMPTS:
             raise ValueError(f"graph_diffusion: prompt must be one of {', '.join(PROMPTS)}, got {prompt!r}")
         if output not in (None, "unary_on_reachable", "diffused"):
@@ -116,15 +153,24 @@ class GraphDiffusion:
         fp = fingerprint(positions, features)
         g = self._graph
         if g is None or g.fingerprint != fp or g.k != self.k:
-            g = build_scene_graph(positions, features, k=self.k, bandwidth=self.bandwidth,
-                                  self_loops=self.self_loops, device=self._device(positions), fp=fp)
+            g = build_scene_graph(
+                positions,
+                features,
+                k=self.k,
+                bandwidth=self.bandwidth,
+                self_loops=self.self_loops,
+                device=self._device(positions),
+                fp=fp,
+            )
             self._graph = g
         elif g.bandwidth != self.bandwidth:
             g = self._graph = g.with_bandwidth(self.bandwidth)
         return g
 
     # -- refine ----------------------------------------------------------------------------------
-    def refine(self, positions: torch.Tensor, features: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def refine(
+        self, positions: torch.Tensor, features: torch.Tensor, scores: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
         """Refine ``scores`` by graph diffusion.
 
         Args:
@@ -141,9 +187,16 @@ class GraphDiffusion:
         """
         return self.run(positions, features, scores, **kwargs).scores
 
-    def run(self, positions: torch.Tensor, features: torch.Tensor, scores: torch.Tensor,
-            prompt: str | None = None, weights: torch.Tensor | None = None,
-            anchors: torch.Tensor | None = None, return_diffused: bool = False) -> DiffusionResult:
+    def run(
+        self,
+        positions: torch.Tensor,
+        features: torch.Tensor,
+        scores: torch.Tensor,
+        prompt: str | None = None,
+        weights: torch.Tensor | None = None,
+        anchors: torch.Tensor | None = None,
+        return_diffused: bool = False,
+    ) -> DiffusionResult:
         """As :meth:`refine`, returning every intermediate (see :class:`DiffusionResult`)."""
         prompt = prompt or self.prompt
         if prompt not in PROMPTS:
@@ -151,7 +204,9 @@ class GraphDiffusion:
         squeeze = scores.ndim == 1
         s = scores[:, None] if squeeze else scores
         if s.ndim != 2 or s.shape[0] != positions.shape[0]:
-            raise ValueError(f"graph_diffusion: scores must be [N] or [N, Q] with N={positions.shape[0]}, got {list(scores.shape)}")
+            raise ValueError(
+                f"graph_diffusion: scores must be [N] or [N, Q] with N={positions.shape[0]}, got {list(scores.shape)}"
+            )
         G = self.graph(positions, features)
         dev = G.device
         perm = G.perm
@@ -207,13 +262,21 @@ class GraphDiffusion:
         reached = torch.zeros_like(g0, dtype=torch.bool)
         for j in range(q):
             # exact support of g_T: follow the edges with A_ij > threshold (binarised) or > 0
-            reached[:, j] = reachable(graphs[j], g0[:, j] > 0, self.steps, sqrt_p[:, j],
-                                      threshold=binarize if binarize is not None else 0.0)
+            reached[:, j] = reachable(
+                graphs[j], g0[:, j] > 0, self.steps, sqrt_p[:, j], threshold=binarize if binarize is not None else 0.0
+            )
         diffused = None
         if output == "diffused" or return_diffused:
             if binarize is not None:
-                diffused = torch.cat([power_iteration(graphs[j], g0[:, j:j + 1], self.steps, sqrt_p[:, j:j + 1],
-                                                      binarize=binarize) for j in range(q)], 1)
+                diffused = torch.cat(
+                    [
+                        power_iteration(
+                            graphs[j], g0[:, j : j + 1], self.steps, sqrt_p[:, j : j + 1], binarize=binarize
+                        )
+                        for j in range(q)
+                    ],
+                    1,
+                )
             else:
                 diffused = power_iteration(graphs[0], g0, self.steps, sqrt_p, binarize=None)
         if output == "diffused":
@@ -229,4 +292,6 @@ class GraphDiffusion:
             x = x[inv]
             return x[:, 0] if squeeze else x
 
-        return DiffusionResult(scores=back(out), unary=back(P), g0=back(g0), reached=back(reached), diffused=back(diffused))
+        return DiffusionResult(
+            scores=back(out), unary=back(P), g0=back(g0), reached=back(reached), diffused=back(diffused)
+        )

@@ -44,7 +44,9 @@ class MatrixScene:
         w = w * (torch.rand(w.shape, generator=g) > 0.4)  # sparse, like real coverage
         self.matrices = w  # [V, H*W, N]
         self.positions = torch.rand(num_primitives, 3, generator=g)  # [N, 3], declared by SceneRepresentation
-        self.cameras = [fulcra.Camera(torch.eye(4), torch.eye(3), width, height, name=f"v{i}") for i in range(num_cameras)]
+        self.cameras = [
+            fulcra.Camera(torch.eye(4), torch.eye(3), width, height, name=f"v{i}") for i in range(num_cameras)
+        ]
 
     def render(self, features: torch.Tensor, camera) -> torch.Tensor:  # features [N, D] -> [H, W, D]
         idx = int(camera.name[1:])
@@ -56,7 +58,10 @@ class ToyTrain:
 
     @dataclass
     class Config:
-        augmentation: Any = field(default_factory=lambda: {"name": "checker_invert"}, metadata={"kind": "augmentations", "help": "op applied to every batch"})
+        augmentation: Any = field(
+            default_factory=lambda: {"name": "checker_invert"},
+            metadata={"kind": "augmentations", "help": "op applied to every batch"},
+        )
         magnitude: float = field(default=0.5, metadata={"help": "op magnitude in [0,1]"})
         epochs: int = 2
         lr: float = 0.1
@@ -79,8 +84,18 @@ class ToyTrain:
         def loss_fn(m, images, targets):
             return torch.nn.functional.cross_entropy(m(images), targets)
 
-        Trainer(model, data, loss_fn, epochs=cfg.epochs, batch_size=16, lr=cfg.lr, seed=ctx.seed,
-                ckpt_path=ctx.out / "ckpt.pt", hooks=ctx.hooks, batch_transform=transform).fit()
+        Trainer(
+            model,
+            data,
+            loss_fn,
+            epochs=cfg.epochs,
+            batch_size=16,
+            lr=cfg.lr,
+            seed=ctx.seed,
+            ckpt_path=ctx.out / "ckpt.pt",
+            hooks=ctx.hooks,
+            batch_transform=transform,
+        ).fit()
         with torch.no_grad():
             acc = float((model(x.float() / 255).argmax(1) == y).float().mean())
         results = {"accuracy": acc, "op": op.name}

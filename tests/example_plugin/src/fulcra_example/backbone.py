@@ -50,11 +50,21 @@ class PatchMixer(nn.Module):
         device: where to put it.
     """
 
-    def __init__(self, width: int = 32, depth: int = 3, patch_size: int = 4, weights: str | None = None,
-                 tiny: bool = False, pretrained: bool = True, device: str = "cpu"):
+    def __init__(
+        self,
+        width: int = 32,
+        depth: int = 3,
+        patch_size: int = 4,
+        weights: str | None = None,
+        tiny: bool = False,
+        pretrained: bool = True,
+        device: str = "cpu",
+    ):
         super().__init__()
         if width < 2 or depth < 1 or patch_size < 1:
-            raise ConfigError(f"backbones plugin 'patch_mixer': width >= 2, depth >= 1, patch_size >= 1 (got {width}, {depth}, {patch_size})")
+            raise ConfigError(
+                f"backbones plugin 'patch_mixer': width >= 2, depth >= 1, patch_size >= 1 (got {width}, {depth}, {patch_size})"
+            )
         self.embed_dim = int(width // 2 if tiny else width)
         self.patch_size = int(patch_size)
         self.depth = int(depth)
@@ -71,8 +81,12 @@ class PatchMixer(nn.Module):
 
     @classmethod
     def locate_weights(cls, weights: str | None = None, **_: Any) -> Path:
-        return find_weights("backbone 'patch_mixer'", weights, files=("patch_mixer.safetensors",),
-                            url="your own training run (fulcra-example ships no weights)")
+        return find_weights(
+            "backbone 'patch_mixer'",
+            weights,
+            files=("patch_mixer.safetensors",),
+            url="your own training run (fulcra-example ships no weights)",
+        )
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` float in [0, 1] or uint8 -> normalised float ``[B, 3, H, W]``."""

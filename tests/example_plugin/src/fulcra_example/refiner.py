@@ -28,11 +28,15 @@ class NeighbourVote:
 
     def __init__(self, k: int = 8, steps: int = 10, keep: float = 0.5, similarity: float = 0.8):
         if k < 1 or steps < 0 or not 0.0 < keep <= 1.0 or not -1.0 <= similarity <= 1.0:
-            raise ValueError(f"refiners 'neighbour_vote': need k >= 1, steps >= 0, 0 < keep <= 1, -1 <= similarity <= 1 "
-                             f"(got {k}, {steps}, {keep}, {similarity})")
+            raise ValueError(
+                f"refiners 'neighbour_vote': need k >= 1, steps >= 0, 0 < keep <= 1, -1 <= similarity <= 1 "
+                f"(got {k}, {steps}, {keep}, {similarity})"
+            )
         self.k, self.steps, self.keep, self.similarity = int(k), int(steps), float(keep), float(similarity)
 
-    def refine(self, positions: torch.Tensor, features: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def refine(
+        self, positions: torch.Tensor, features: torch.Tensor, scores: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
         squeeze = scores.ndim == 1
         s = (scores[:, None] if squeeze else scores).float().clamp_min(0)  # [N, Q]
         pos, f = positions.float().to(s.device), features.float().to(s.device)
