@@ -16,8 +16,9 @@ import importlib
 import inspect
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "tests" / "typing" / "protocol_conformance.py"
