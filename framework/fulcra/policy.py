@@ -27,6 +27,7 @@ The policy file is JSON, readable by hand::
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -271,9 +272,15 @@ class Policy:
             raise FormatError(f"{source}: field 'probs' must be K lists of {n} numbers, got shape {tuple(probs.shape)}")
         if (probs < 0).any() or ((probs.sum(-1) - 1).abs() > 1e-3).any():
             raise FormatError(f"{source}: field 'probs': each stage must be non-negative and sum to 1")
-        mu = torch.tensor(d["mu"], dtype=torch.float32)
-        if mu.shape != (n,) or (mu <= 0).any() or (mu > 1).any():
-            raise FormatError(f"{source}: field 'mu' must be {n} numbers in (0, 1]")
+        try:
+            mu = torch.tensor(d["mu"], dtype=torch.float32)
+        except (TypeError, ValueError) as e:
+            raise FormatError(f"{source}: field 'mu' must be {n} numbers in (0, 1]") from e
+        # written so that NaN fails too (every comparison with NaN is False)
+        if mu.shape != (n,) or not bool(((mu > 0) & (mu <= 1)).all()):
+            raise FormatError(f"{source}: field 'mu' must be {n} numbers in (0, 1], got {d['mu']!r}")
+        if not bool(torch.isfinite(probs).all()):
+            raise FormatError(f"{source}: field 'probs' holds a non-finite value")
         ranges = d.get("ranges")
         if ranges is not None and not isinstance(ranges, Mapping):
             raise FormatError(f"{source}: field 'ranges' must map transform names to [v0, v1] or null")
@@ -283,7 +290,19 @@ class Policy:
         mode = d.get("magnitude_mode", "smoothed_uniform")
         if mode not in ("smoothed_uniform", "fixed"):
             raise FormatError(f"{source}: field 'magnitude_mode' must be 'smoothed_uniform' or 'fixed', got {mode!r}")
-        return cls(ops, logits, mu, ranges, float(d.get("sigma", SIGMA)), mode)
+        sigma = d.get("sigma", SIGMA)
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
+            raise FormatError(f"{source}: field 'sigma' must be a number >= 0, got {sigma!r}")
+        for o, r in (ranges or {}).items():
+            if r is not None and (
+                not isinstance(r, (list, tuple))
+                or len(r) != 2
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in r)
+            ):
+                raise FormatError(
+                    f"{source}: field 'ranges.{o}' must be [v0, v1] (two finite numbers) or null, got {r!r}"
+                )
+        return cls(ops, logits, mu, ranges, float(sigma), mode)
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:

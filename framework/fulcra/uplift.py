@@ -19,7 +19,7 @@ from .camera import Camera
 from .engine import dist
 from .interfaces import AdjointScene
 
-__all__ = ["uplift", "adjoint", "resize_to_camera"]
+__all__ = ["uplift", "adjoint", "resize_to_camera", "check_feature_map"]
 
 
 def resize_to_camera(fmap: torch.Tensor, camera: Camera) -> torch.Tensor:
@@ -28,11 +28,38 @@ def resize_to_camera(fmap: torch.Tensor, camera: Camera) -> torch.Tensor:
         fmap = fmap[None]
     if fmap.ndim != 3:
         raise ValueError(f"feature map for camera {camera.name!r} must be [D,h,w], got {list(fmap.shape)}")
+    check_feature_map(fmap, camera)
     if fmap.shape[-2:] != (camera.height, camera.width):
         fmap = F.interpolate(
             fmap[None].float(), size=(camera.height, camera.width), mode="bilinear", align_corners=False
         )[0]
     return fmap
+
+
+def check_feature_map(fmap: torch.Tensor, camera: Camera) -> None:
+    """Refuse maps that would uplift to wrong features without an error: a channels-last ``[h, w, D]``
+    map (its grid's aspect ratio then differs from the camera's by far more than a patch grid's
+    rounding; e.g. ``[120, 160, 3]`` for a 160×120 camera would give D = 120) and non-finite values.
+
+    Raises:
+        ValueError: naming the camera and the shape or the count of non-finite values.
+    """
+    d, h, w = fmap.shape
+    cam_ratio = camera.width / camera.height
+    ratio = w / h
+    # patch grids round each side to whole patches: allow a factor 1.5 either way
+    if not (cam_ratio / 1.5 <= ratio <= cam_ratio * 1.5):
+        hint = ""
+        if fmap.shape[0] == camera.height or (fmap.shape[1], fmap.shape[0]) == (camera.width, camera.height):
+            hint = "; it looks channels-last [h, w, D]: pass fmap.permute(2, 0, 1)"
+        raise ValueError(
+            f"feature map for camera {camera.name!r} is [D={d}, h={h}, w={w}], whose grid aspect "
+            f"{ratio:.3g} does not match the camera's {camera.width}x{camera.height} ({cam_ratio:.3g}){hint}"
+        )
+    if fmap.is_floating_point():
+        bad = int((~torch.isfinite(fmap)).sum())
+        if bad:
+            raise ValueError(f"feature map for camera {camera.name!r} holds {bad} non-finite values (NaN or Inf)")
 
 
 def adjoint(scene, images: torch.Tensor, camera: Camera) -> torch.Tensor:

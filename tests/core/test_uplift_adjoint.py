@@ -117,3 +117,18 @@ def test_uplift_sharded_over_two_processes(tmp_path):
         assert torch.allclose(got["f"], ref_f, atol=1e-5) and torch.allclose(got["w"], ref_w, atol=1e-5)
         computed += got["computed"].tolist()
     assert sorted(computed) == list(range(5))  # every lazy view loaded exactly once across ranks
+
+
+def test_channels_last_and_non_finite_maps_are_refused():
+    """``fulcra.uplift(scene, [(cam, torch.rand(120, 160, 3))])`` used to return D = 120."""
+    cam = fulcra.Camera(torch.eye(4), torch.eye(3), 160, 120, name="v0")
+    with pytest.raises(ValueError, match=r"camera 'v0' is \[D=120, h=160, w=3\].*channels-last \[h, w, D\]"):
+        resize_to_camera(torch.rand(120, 160, 3), cam)
+    bad = torch.rand(4, 12, 16)
+    bad[1, 2, 3] = float("nan")
+    bad[0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"camera 'v0' holds 2 non-finite values"):
+        resize_to_camera(bad, cam)
+    # a patch grid (aspect within rounding of the camera's) and a full-size map pass
+    assert resize_to_camera(torch.rand(4, 8, 11), cam).shape == (4, 120, 160)
+    assert resize_to_camera(torch.rand(120, 160), cam).shape == (1, 120, 160)

@@ -52,7 +52,9 @@ def _intrinsics(fx: float, fy: float, cx: float, cy: float) -> torch.Tensor:
 
 
 def load_cameras(path: str | Path, images: str | Path | None = None) -> list[Camera]:
-    """Cameras from a 3DGS ``cameras.json``, a COLMAP sparse folder or a ``transforms.json``.
+    """Cameras from a 3DGS ``cameras.json``, a COLMAP sparse folder or a ``transforms.json``, checked
+    (:func:`check_cameras`): positive sizes and focal lengths, rotations that are rotations, no two
+    cameras with one image name.
 
     Args:
         path: a ``.json`` file (3DGS list or transforms dict), a COLMAP model folder
@@ -61,8 +63,42 @@ def load_cameras(path: str | Path, images: str | Path | None = None) -> list[Cam
         images: image folder, used by NeRF-synthetic ``transforms.json`` files that give no size.
     Returns:
         cameras in file order.
+    Raises:
+        FormatError: one line naming the file, the camera and the field.
     """
     path = Path(path).expanduser()
+    return check_cameras(_load_cameras(path, images), path)
+
+
+def check_cameras(cameras: list[Camera], source: str | Path) -> list[Camera]:
+    """Refuse camera sets that would render garbage without an error: a size or focal length that is
+    not positive, a world-to-camera rotation that is not orthonormal with determinant 1 (tolerance
+    1e-4: files store rotations with float precision), two cameras with the same image name (views
+    would be matched to the wrong images)."""
+    seen: dict[str, int] = {}
+    for i, cam in enumerate(cameras):
+        where = f"{source}: camera {i} ({cam.name!r})"
+        if cam.width <= 0 or cam.height <= 0:
+            raise FormatError(f"{where}: width and height must be positive, got {cam.width}x{cam.height}")
+        K = cam.K.double()
+        if not (K[0, 0] > 0 and K[1, 1] > 0):
+            raise FormatError(
+                f"{where}: focal lengths must be positive, got fx={float(K[0, 0]):g}, fy={float(K[1, 1]):g}"
+            )
+        R = cam.viewmat[:3, :3].double()
+        err = float((R.T @ R - torch.eye(3, dtype=torch.float64)).abs().max())
+        if err > 1e-4 or float(torch.linalg.det(R)) < 0:
+            raise FormatError(
+                f"{where}: field 'rotation' is not a rotation (|RᵀR - I| = {err:.2g}, det = "
+                f"{float(torch.linalg.det(R)):.3g})"
+            )
+        if cam.name in seen:
+            raise FormatError(f"{source}: cameras {seen[cam.name]} and {i} share the image name {cam.name!r}")
+        seen[cam.name] = i
+    return cameras
+
+
+def _load_cameras(path: Path, images: str | Path | None = None) -> list[Camera]:
     if path.is_dir():
         for cand in ("cameras.bin", "cameras.txt"):
             if (path / cand).is_file():
@@ -72,7 +108,7 @@ def load_cameras(path: str | Path, images: str | Path | None = None) -> list[Cam
                 return read_colmap(path / sub)
         for cand in ("cameras.json", "transforms.json", "transforms_train.json"):
             if (path / cand).is_file():
-                return load_cameras(path / cand, images)
+                return _load_cameras(path / cand, images)
         raise FormatError(f"{path}: no cameras.json, transforms.json or COLMAP model (cameras.bin/.txt) in this folder")
     if not path.is_file():
         raise FormatError(f"{path}: no such camera file or folder")
@@ -109,7 +145,7 @@ def read_cameras_json(path: str | Path, data: list | None = None) -> list[Camera
         R = _finite(where, "rotation", entry["rotation"], (3, 3))
         t = _finite(where, "position", entry["position"], (3,))
         fx, fy = (float(_finite(where, k, entry[k], ())) for k in ("fx", "fy"))
-        w, h = int(entry["width"]), int(entry["height"])
+        w, h = (_size(where, k, entry[k]) for k in ("width", "height"))
         c2w = np.eye(4)
         c2w[:3, :3], c2w[:3, 3] = R, t
         cx, cy = float(entry.get("cx", w / 2)), float(entry.get("cy", h / 2))
@@ -148,6 +184,13 @@ def write_cameras_json(cameras: list[Camera], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     return path
+
+
+def _size(where: str, key: str, value) -> int:
+    """An image size in pixels: a positive integer (``640`` or ``640.0``, not ``"abc"`` or ``0``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value <= 0:
+        raise FormatError(f"{where}: field '{key}' must be a positive integer number of pixels, got {value!r}")
+    return int(value)
 
 
 def _finite(where: str, key: str, value, shape: tuple) -> np.ndarray:

@@ -239,3 +239,54 @@ def test_transforms_rejects_fisheye(tmp_path):
     )
     with pytest.raises(FormatError, match="unsupported camera_model 'OPENCV_FISHEYE'"):
         load_cameras(tmp_path)
+
+
+def _cam_entry(**over):
+    e = {
+        "id": 0,
+        "img_name": "a",
+        "width": 8,
+        "height": 6,
+        "position": [0, 0, 0],
+        "rotation": np.eye(3).tolist(),
+        "fx": 5.0,
+        "fy": 5.0,
+    }
+    e.update(over)
+    return e
+
+
+@pytest.mark.parametrize(
+    "entries, match",
+    [
+        ([_cam_entry(width="abc")], r"camera 0: field 'width' must be a positive integer number of pixels, got 'abc'"),
+        ([_cam_entry(height=0)], r"camera 0: field 'height' must be a positive integer"),
+        ([_cam_entry(width=-4)], r"camera 0: field 'width' must be a positive integer"),
+        ([_cam_entry(fx=0.0)], r"camera 0 \('a'\): focal lengths must be positive, got fx=0"),
+        (
+            [_cam_entry(rotation=[[1, 0.2, 0], [0, 1, 0], [0, 0, 1]])],
+            r"camera 0 \('a'\): field 'rotation' is not a rotation",
+        ),
+        ([_cam_entry(rotation=np.diag([1.0, 1.0, -1.0]).tolist())], r"camera 0 .*is not a rotation .*det = -1"),
+        ([_cam_entry(), _cam_entry(id=1, position=[1, 0, 0])], r"cameras 0 and 1 share the image name 'a'"),
+    ],
+)
+def test_cameras_json_values_that_would_render_garbage_are_refused(tmp_path, entries, match):
+    (tmp_path / "cameras.json").write_text(json.dumps(entries))
+    with pytest.raises(FormatError, match=r"cameras\.json: " + match):
+        load_cameras(tmp_path / "cameras.json")
+
+
+def test_ply_header_undercounting_its_data_is_refused(tmp_path):
+    g = gaussians()
+    path = write_ply(g, tmp_path / "a.ply")
+    raw = path.read_bytes()
+    n = len(g)
+    (tmp_path / "short.ply").write_bytes(
+        raw.replace(f"element vertex {n}\n".encode(), f"element vertex {n - 1}\n".encode())
+    )
+    with pytest.raises(
+        FormatError, match=rf"short\.ply: vertex count mismatch: the header says {n - 1} but the file holds"
+    ):
+        read_ply(tmp_path / "short.ply")
+    assert len(read_ply(path)) == n

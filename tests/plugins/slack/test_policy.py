@@ -128,3 +128,23 @@ def test_plots(tmp_path):
     plot_pie(pol, tmp_path / "pie.png")
     plot_evolution(pol, [pol.probs().numpy(), pol.probs().numpy()], tmp_path / "evo.png")
     assert (tmp_path / "pie.png").stat().st_size > 1000 and (tmp_path / "evo.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("mu", [float("nan"), 0.5], r"field 'mu' must be 2 numbers in \(0, 1\]"),
+        ("mu", [0.0, 0.5], r"field 'mu'"),
+        ("sigma", -1, r"field 'sigma' must be a number >= 0, got -1"),
+        ("sigma", "wide", r"field 'sigma'"),
+        ("ranges", {"rotate": [0]}, r"field 'ranges.rotate' must be \[v0, v1\]"),
+        ("probs", [[0.5, float("nan")]], r"field 'probs'"),
+    ],
+)
+def test_policy_file_with_bad_values_is_refused(tmp_path, field, value, match):
+    d = {"ops": ["identity", "rotate"], "probs": [[0.5, 0.5]], "mu": [0.5, 0.5], "ranges": {"rotate": [0, 30]}}
+    d[field] = value
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(FormatError, match=r"p\.json: " + match):
+        Policy.load(path)
