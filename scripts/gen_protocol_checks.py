@@ -37,7 +37,7 @@ PROTOCOLS = {
     "tasks": ("Task", ()),
     "datasets": ("Dataset", ()),
     "generators": ("Generator", ()),
-    "workflows": ("Workflow", ()),
+    "workflows": ("Workflow", ("CheckedWorkflow",)),
 }
 
 

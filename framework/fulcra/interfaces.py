@@ -47,6 +47,7 @@ __all__ = [
     "BACKBONE_KEYS",
     "Task",
     "Workflow",
+    "CheckedWorkflow",
     "Dataset",
     "Generator",
     "RunContext",
@@ -490,6 +491,19 @@ class Workflow(Protocol):
     """
 
     def run(self, ctx: RunContext) -> dict: ...
+
+
+@runtime_checkable
+class CheckedWorkflow(Protocol):
+    """A workflow that validates its inputs before anything is written.
+
+    ``check()``: read what the run needs (files, cameras, images, prompts, config values that only
+    make sense together) without doing the work, and raise a :class:`~fulcra.errors.FulcraError`
+    (``ConfigError``, ``FormatError``, ...) whose one line names the file, field or key. The runner
+    calls it before it creates ``out=``, so a bad input leaves no folder behind.
+    """
+
+    def check(self) -> None: ...
 
 
 # kind -> (entry point group, protocol, required members)

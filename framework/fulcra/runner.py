@@ -15,7 +15,7 @@ from .engine import dist
 from .engine.core import atomic_write_text, seed_everything, select_device
 from .errors import ConfigError
 from .hooks import make_hook_relay
-from .interfaces import RunContext
+from .interfaces import CheckedWorkflow, RunContext
 
 __all__ = ["prepare", "run", "DEFAULT_HOOKS"]
 
@@ -68,11 +68,16 @@ def run(source: str | Mapping | None, overrides: Iterable[str] = (), *, hooks: I
     """
     name, cfg, common = prepare(source, overrides)
     out = _out_dir(common, source, name)
-    seed = int(common.get("seed", 0))
+    seed = common.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"key 'seed': expected an integer, got {seed!r}")
     dist.init_distributed()
     device = select_device(common.get("device", "auto"))
     hook_names = list(common.get("hooks", DEFAULT_HOOKS)) if hooks is None else list(hooks)
     relay = make_hook_relay(hook_names, workflow=name, out=out, enabled=dist.rank() == 0)
+    workflow = registry.load_plugin("workflows", name)(cfg)
+    if isinstance(workflow, CheckedWorkflow):
+        workflow.check()  # inputs validated before out= exists: a bad input leaves nothing behind
     if dist.rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
         resolved = {
@@ -85,7 +90,6 @@ def run(source: str | Mapping | None, overrides: Iterable[str] = (), *, hooks: I
         atomic_write_text(_config.to_yaml(resolved), out / "config.yaml")
     dist.barrier()
     seed_everything(seed)
-    workflow = registry.load_plugin("workflows", name)(cfg)
     ctx = RunContext(out=out, device=device, hooks=relay, seed=seed, rank=dist.rank(), world_size=dist.world_size())
     relay.start(config=OmegaConf.to_container(cfg, resolve=True), out=out)
     t0 = time.time()

@@ -66,7 +66,7 @@ def test_uplift_into_a_third_party_scene(example, scene_dir, tmp_path, capsys):
                 "prune.keep=0.5",
                 "check_views=2",
                 f"out={out}",
-                "hooks=[]",
+                "hooks=[progress]",
             ]
         )
         == 0
@@ -78,8 +78,9 @@ def test_uplift_into_a_third_party_scene(example, scene_dir, tmp_path, capsys):
     # the uplifted colours re-render close to the images through the third party's own renderer
     assert res["roundtrip_psnr"] > 15
     assert not (out / "pruned").exists() and "EditableScene" in res["notes"][0]
-    lines = [l for l in capsys.readouterr().out.splitlines() if "EditableScene" in l]
-    assert len(lines) == 1 and lines[0].startswith("[uplift] prune.keep skipped")
+    # the note reaches the person through the fulcra_message hook (printed by `progress`)
+    lines = [l for l in capsys.readouterr().err.splitlines() if "EditableScene" in l]
+    assert len(lines) == 1 and lines[0].startswith("[fulcra] uplift: prune.keep skipped")
 
 
 def test_segment_with_third_party_scene_and_refiner(example, scene_dir, tmp_path, capsys):
@@ -98,7 +99,7 @@ def test_segment_with_third_party_scene_and_refiner(example, scene_dir, tmp_path
                 f"prompt.view={ref}",
                 f"prompt.scribble={scribble}",
                 f"out={out}",
-                "hooks=[]",
+                "hooks=[progress]",
             ]
         )
         == 0
@@ -112,9 +113,9 @@ def test_segment_with_third_party_scene_and_refiner(example, scene_dir, tmp_path
     assert sorted(p.stem for p in (out / "masks").glob("*.png")) == sorted(cams)
     res = json.loads((out / "results.json").read_text())
     assert "removed" not in res and not (out / "removed.ply").exists()
-    lines = [l for l in capsys.readouterr().out.splitlines() if "removal needs" in l]
+    lines = [l for l in capsys.readouterr().err.splitlines() if "removal needs" in l]
     assert len(lines) == 1 and "point_splats" not in lines[0] and "PointSplatScene" in lines[0]
-    assert res["notes"] == [lines[0].split("] ", 1)[1]]
+    assert res["notes"] == [lines[0].split("segment: ", 1)[1]]
 
 
 @pytest.mark.parametrize("backend", ["torch", "point_splats"])

@@ -3,7 +3,7 @@ satisfies its kind's Protocol (and the optional ones whose members it defines): 
 from its interface fails `make test` before any workflow runs."""
 
 # ruff: noqa: I001
-from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, Student, Task, Teacher, Workflow)
+from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, CheckedWorkflow, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, Student, Task, Teacher, Workflow)
 from fulcra_plugins.augment._base import Identity
 from fulcra_plugins.augment.colour import Brightness, Color, Contrast, Grayscale, Hue, Invert, Posterize, Sharpness, Solarize
 from fulcra_plugins.augment.composite import CompositeAugment
@@ -361,9 +361,17 @@ def _workflows_segment_Workflow(x: SegmentWorkflow) -> Workflow:
     return x
 
 
+def _workflows_segment_CheckedWorkflow(x: SegmentWorkflow) -> CheckedWorkflow:
+    return x
+
+
 def _workflows_segment_synthetic_Workflow(x: SegmentSyntheticWorkflow) -> Workflow:
     return x
 
 
 def _workflows_uplift_Workflow(x: UpliftWorkflow) -> Workflow:
+    return x
+
+
+def _workflows_uplift_CheckedWorkflow(x: UpliftWorkflow) -> CheckedWorkflow:
     return x

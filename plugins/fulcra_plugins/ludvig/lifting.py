@@ -81,6 +81,16 @@ def resolve_scene_paths(sc: Any, workflow: str = "uplift") -> tuple[str, str, st
     return sc.ply, sc.cameras, sc.images
 
 
+def check_scene(sc: Any, workflow: str = "uplift"):
+    """``(cameras, images)`` of a scene config, every file checked without loading the Gaussians
+    (:func:`fulcra_plugins.scenes.scene_inputs`): what ``check()`` of a LUDVIG workflow runs before
+    anything is written."""
+    from fulcra_plugins.scenes import scene_inputs
+
+    ply, cameras, images = resolve_scene_paths(sc, workflow)
+    return scene_inputs(ply, cameras or None, images or None)
+
+
 def open_scene(sc: Any, device: Any, workflow: str = "uplift"):
     """``(scene, cameras, images, ply)`` of a scene config: the scenes plugin ``sc.backend`` built
     through the registry (``create("scenes", NAME, ply=PATH, device=...)``), the cameras and images."""
@@ -92,8 +102,12 @@ def open_scene(sc: Any, device: Any, workflow: str = "uplift"):
 
 
 def say(ctx: Any, workflow: str, msg: str) -> str:
-    """One line for the user (stdout on the main rank, and the log), as the workflows report notes."""
-    if getattr(ctx, "is_main", True):
+    """One line for the user, through the run's ``fulcra_message`` hook (printed by ``progress``,
+    recorded by ``jsonl``); printed directly when the context has no hook relay. Also logged."""
+    hooks = getattr(ctx, "hooks", None)
+    if hooks is not None and hasattr(hooks, "message"):
+        hooks.message(msg)
+    elif getattr(ctx, "is_main", True):
         print(f"[{workflow}] {msg}", flush=True)
     log.info(msg)
     return msg

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from fulcra.errors import ConfigError, FormatError
 
-from .lifting import SceneConfig, extract_map, open_scene, say, scene_device, uplift_views
+from .lifting import SceneConfig, check_scene, extract_map, open_scene, say, scene_device, uplift_views
 
 __all__ = ["UpliftWorkflow", "SceneConfig", "PruneConfig"]
 
@@ -54,6 +54,12 @@ class UpliftWorkflow:
         views: list = field(
             default_factory=list, metadata={"help": "camera names to uplift from (empty: every camera with an image)"}
         )
+        strict_images: bool = field(
+            default=False,
+            metadata={
+                "help": "refuse to run when some cameras have no image (default: uplift the others, with a warning)"
+            },
+        )
         pca: bool = field(
             default=True, metadata={"help": "render the first three PCA components to OUT/pca/<camera>.png"}
         )
@@ -67,6 +73,40 @@ class UpliftWorkflow:
     def __init__(self, config):
         self.cfg = config
 
+    def check(self) -> None:
+        """Before anything is written: the scene's files (PLY header, cameras, image folder), the
+        views named in ``views``, and at least one camera with an image."""
+        cams, imgs = check_scene(self.cfg.scene, "uplift")
+        self._views(cams, imgs)
+
+    def _views(self, cams, imgs) -> list:
+        by_name = {c.name: c for c in cams}
+        if self.cfg.views:
+            unknown = [v for v in self.cfg.views if v not in by_name]
+            if unknown:
+                raise ConfigError(
+                    f"uplift: key 'views': unknown camera {unknown[0]!r} (cameras: {', '.join(list(by_name)[:8])}...)"
+                )
+            views = [by_name[v] for v in self.cfg.views]
+        else:
+            views = [c for c in cams if c.name in imgs]
+        missing = [c.name for c in views if c.name not in imgs] if views else [c.name for c in cams]
+        if missing:
+            where = imgs.folder or "(no image folder; set scene.images)"
+            raise FormatError(
+                f"{where}: no image for camera {missing[0]!r} ({len(missing)} of {len(cams)} cameras lack one); "
+                "images are matched to cameras by file stem"
+            )
+        unknown_pca = [v for v in self.cfg.pca_views if v not in by_name]
+        if unknown_pca:
+            raise ConfigError(f"uplift: key 'pca_views': unknown camera {unknown_pca[0]!r}")
+        if self.cfg.strict_images and imgs.missing:
+            raise FormatError(
+                f"{imgs.folder}: {len(imgs.missing)} of {len(cams)} cameras have no image "
+                f"(first: {imgs.missing[0]!r}); strict_images=true"
+            )
+        return views
+
     def run(self, ctx) -> dict:
         import fulcra
         from fulcra.interfaces import EditableScene
@@ -76,22 +116,14 @@ class UpliftWorkflow:
         cfg = self.cfg
         out = Path(ctx.out)
         scene, cams, imgs, ply = open_scene(cfg.scene, ctx.device, "uplift")
+        views = self._views(cams, imgs)
         by_name = {c.name: c for c in cams}
-        if cfg.views:
-            unknown = [v for v in cfg.views if v not in by_name]
-            if unknown:
-                raise ConfigError(
-                    f"uplift: key 'views': unknown camera {unknown[0]!r} (cameras: {', '.join(list(by_name)[:8])}...)"
-                )
-            views = [by_name[v] for v in cfg.views]
-        else:
-            views = [c for c in cams if c.name in imgs]
-        missing = [c.name for c in views if c.name not in imgs] if views else [c.name for c in cams]
-        if missing:
-            where = imgs.folder or "(no image folder; set scene.images)"
-            raise FormatError(
-                f"{where}: no image for camera {missing[0]!r} ({len(missing)} of {len(cams)} cameras lack one); "
-                "images are matched to cameras by file stem"
+        if imgs.missing and not cfg.views:
+            say(
+                ctx,
+                "uplift",
+                f"{len(imgs.missing)} of {len(cams)} cameras have no image in {imgs.folder} "
+                f"(first: {imgs.missing[0]!r}); uplifting the {len(views)} that do (strict_images=true makes this an error)",
             )
         extractor_node = OmegaConf.to_container(cfg.extractor, resolve=True)
         extractor = fulcra.create("feature_extractors", extractor_node)
@@ -131,8 +163,6 @@ class UpliftWorkflow:
             colors = pca_colors(features, weights)
             pca_names = list(cfg.pca_views) or [c.name for c in views]
             for name in pca_names:
-                if name not in by_name:
-                    raise ConfigError(f"uplift: key 'pca_views': unknown camera {name!r}")
                 render_pca(scene, features, by_name[name], path=out / "pca" / f"{name}.png", colors=colors)
             results["pca"] = str(out / "pca")
         if cfg.prune.keep:

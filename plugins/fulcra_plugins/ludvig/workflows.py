@@ -21,6 +21,7 @@ with any scenes plugin (``scene.backend=NAME``) and any refiners plugin (``refin
 
 from __future__ import annotations
 
+import difflib
 import json
 import time
 from dataclasses import dataclass, field
@@ -62,8 +63,11 @@ def load_prompt_png(path: str | Path, camera) -> torch.Tensor:
     p = Path(path).expanduser()
     if not p.is_file():
         raise FormatError(f"{p}: prompt PNG not found")
-    with Image.open(p) as im:
-        arr = np.asarray(im)
+    try:
+        with Image.open(p) as im:
+            arr = np.asarray(im)
+    except (OSError, ValueError) as exc:
+        raise FormatError(f"{p}: prompt is not a readable image ({exc})") from exc
     if arr.ndim == 3:
         arr = arr[..., :3].max(-1) if arr.shape[-1] >= 3 else arr[..., 0]
     if arr.shape != (camera.height, camera.width):
@@ -74,6 +78,44 @@ def load_prompt_png(path: str | Path, camera) -> torch.Tensor:
     if not bool(m.any()):
         raise FormatError(f"{p}: the prompt has no non-zero pixel")
     return m
+
+
+def _reference_prompt(pc: Any, by_name: dict) -> tuple[Any, torch.Tensor, str]:
+    """``(reference camera, prompt [H, W] bool, kind)`` of the ``prompt`` config, checked: the view is a
+    camera, exactly one of scribble/mask/clicks is given, a PNG has the view's size and is readable,
+    clicks are ``[[x, y], ...]`` inside the image."""
+    from .segmentation import clicks_to_mask
+
+    if not pc.view:
+        raise ConfigError("segment: set prompt.view=CAMERA_NAME (the reference view)")
+    if pc.view not in by_name:
+        close = difflib.get_close_matches(str(pc.view), list(by_name), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(
+            f"segment: key 'prompt.view': unknown camera {pc.view!r}{hint} (cameras: {', '.join(list(by_name)[:8])}...)"
+        )
+    ref = by_name[pc.view]
+    given = [k for k in ("scribble", "mask") if getattr(pc, k)] + (["clicks"] if len(pc.clicks) else [])
+    if len(given) != 1:
+        raise ConfigError(
+            f"segment: give exactly one of prompt.scribble, prompt.mask, prompt.clicks (got {given or 'none'})"
+        )
+    if pc.clicks:
+        clicks = list(pc.clicks)
+        for c in clicks:
+            ok = isinstance(c, (list, tuple)) or OmegaConf.is_list(c)
+            if not ok or len(c) != 2 or not all(isinstance(v, (int, float)) for v in c):
+                raise ConfigError(
+                    f"segment: key 'prompt.clicks' must be [[x, y], ...] pixel positions, got {OmegaConf.to_container(pc.clicks) if OmegaConf.is_config(pc.clicks) else pc.clicks!r}"
+                )
+            if not (0 <= c[0] < ref.width and 0 <= c[1] < ref.height):
+                raise ConfigError(
+                    f"segment: key 'prompt.clicks': [{c[0]}, {c[1]}] is outside the {ref.width}x{ref.height} view {ref.name!r}"
+                )
+        return ref, clicks_to_mask([tuple(c) for c in clicks], ref.height, ref.width, pc.radius), "scribble"
+    if pc.scribble:
+        return ref, load_prompt_png(pc.scribble, ref), "scribble"
+    return ref, load_prompt_png(pc.mask, ref), "mask"
 
 
 def save_overlay(image: torch.Tensor, mask: torch.Tensor, path: str | Path, prompt: torch.Tensor | None = None) -> Path:
@@ -179,6 +221,22 @@ class SegmentWorkflow:
     def __init__(self, config):
         self.cfg = config
 
+    def check(self) -> None:
+        """Before anything is written: the method/extractor pairing, the scene's files (PLY header,
+        cameras, image folder) and the prompt (view, exactly one of scribble/mask/clicks, its size)."""
+        from .lifting import check_scene
+
+        cfg = self.cfg
+        method = str(cfg.method)
+        if method not in METHODS:
+            raise ConfigError(f"segment: key 'method' must be one of {', '.join(METHODS)}, got {method!r}")
+        _check_extractor(
+            "uplift" if method == "diffusion" and not cfg.diffusion else method,
+            OmegaConf.to_container(cfg.extractor, resolve=True),
+        )
+        cams, _ = check_scene(cfg.scene, "segment")
+        _reference_prompt(cfg.prompt, {c.name: c for c in cams})
+
     def run(self, ctx) -> dict:
         import fulcra
         from fulcra.interfaces import EditableScene
@@ -188,7 +246,6 @@ class SegmentWorkflow:
         from .segmentation import (
             auto_threshold,
             binarise_3d,
-            clicks_to_mask,
             render_mask,
             segment_diffusion,
             segment_sam,
@@ -207,25 +264,7 @@ class SegmentWorkflow:
         t0 = time.time()
         scene, cams, imgs, ply = open_scene(cfg.scene, ctx.device, "segment")
         by_name = {c.name: c for c in cams}
-        pc = cfg.prompt
-        if not pc.view:
-            raise ConfigError("segment: set prompt.view=CAMERA_NAME (the reference view)")
-        if pc.view not in by_name:
-            raise ConfigError(
-                f"segment: key 'prompt.view': unknown camera {pc.view!r} (cameras: {', '.join(list(by_name)[:8])}...)"
-            )
-        ref = by_name[pc.view]
-        given = [k for k in ("scribble", "mask") if getattr(pc, k)] + (["clicks"] if len(pc.clicks) else [])
-        if len(given) != 1:
-            raise ConfigError(
-                f"segment: give exactly one of prompt.scribble, prompt.mask, prompt.clicks (got {given or 'none'})"
-            )
-        if pc.clicks:
-            prompt, kind = clicks_to_mask([tuple(c) for c in pc.clicks], ref.height, ref.width, pc.radius), "scribble"
-        elif pc.scribble:
-            prompt, kind = load_prompt_png(pc.scribble, ref), "scribble"
-        else:
-            prompt, kind = load_prompt_png(pc.mask, ref), "mask"
+        ref, prompt, kind = _reference_prompt(cfg.prompt, by_name)
         views = [by_name[v] for v in cfg.views] if cfg.views else [c for c in cams if c.name in imgs]
         if not views:
             raise FormatError(f"{imgs.folder or '(no image folder; set scene.images)'}: no image matches a camera")

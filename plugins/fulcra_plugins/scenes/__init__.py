@@ -19,7 +19,15 @@ import torch
 from fulcra.camera import Camera
 from fulcra.errors import ConfigError, FormatError
 
-__all__ = ["load_scene", "find_cameras", "SceneImages", "make_scene", "AUTO_BACKENDS", "IMAGE_EXTENSIONS"]
+__all__ = [
+    "load_scene",
+    "scene_inputs",
+    "find_cameras",
+    "SceneImages",
+    "make_scene",
+    "AUTO_BACKENDS",
+    "IMAGE_EXTENSIONS",
+]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -37,6 +45,7 @@ class SceneImages(Mapping):
         self.folder = Path(folder).expanduser() if folder else None
         self.paths: dict[str, Path] = {}
         self.missing: list[str] = []
+        self.sizes: dict[str, tuple[int, int]] = {c.name: (c.width, c.height) for c in cameras}
         if self.folder is not None and not self.folder.is_dir():
             raise FormatError(f"{self.folder}: image folder not found")
         index: dict[str, Path] = {}
@@ -64,8 +73,20 @@ class SceneImages(Mapping):
         import numpy as np
         from PIL import Image
 
-        with Image.open(self.paths[name]) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        path = self.paths[name]
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except (OSError, ValueError) as exc:  # truncated, corrupt, not an image
+            raise FormatError(f"{path}: not a readable image ({exc})") from exc
+        size = self.sizes.get(name)
+        if size is not None:
+            w, h = size
+            ih, iw = arr.shape[:2]
+            # a camera at another resolution of the same image (3DGS's -r 2) is fine; another aspect
+            # ratio means the image is not this camera's, and stretching it would misplace every feature
+            if abs(iw / ih - w / h) > 0.01 * (w / h):
+                raise FormatError(f"{path}: image is {iw}x{ih} but camera {name!r} is {w}x{h} (another aspect ratio)")
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
 
     def __iter__(self) -> Iterator[str]:
@@ -154,11 +175,28 @@ def load_scene(
         ``(scene, cameras, images)``: the scene plugin, a list of :class:`fulcra.camera.Camera`, and a
         :class:`SceneImages` mapping camera name -> ``[3, H, W]`` float image (empty without images).
     """
+    cams, imgs = scene_inputs(ply, cameras, images)
+    scene = make_scene(backend, Path(ply).expanduser(), device)
+    return scene, cams, imgs
+
+
+def scene_inputs(
+    ply: str | Path, cameras: str | Path | None = None, images: str | Path | None = None
+) -> tuple[list[Camera], SceneImages]:
+    """Everything of a scene but the scene itself, checked: the PLY exists (and, for a binary PLY, its
+    header agrees with the file's size), the cameras load and pass :func:`~.cameras.check_cameras`,
+    the image folder exists. Cheap (reads no Gaussian data): workflows call it before writing.
+
+    Returns ``(cameras, images)`` as :func:`load_scene` does.
+    """
     from .cameras import load_cameras
+    from .ply import check_ply_header
 
     ply = Path(ply).expanduser()
     if not ply.is_file():
         raise FormatError(f"{ply}: no such PLY file")
+    if ply.suffix.lower() == ".ply":
+        check_ply_header(ply)
     cam_path = Path(cameras).expanduser() if cameras else find_cameras(ply)
     if cam_path is None:
         raise ConfigError(
@@ -167,5 +205,4 @@ def load_scene(
     if images is None:
         images = _default_images(cam_path)
     cams = load_cameras(cam_path, images)
-    scene = make_scene(backend, ply, device)
-    return scene, cams, SceneImages(images, cams)
+    return cams, SceneImages(images, cams)

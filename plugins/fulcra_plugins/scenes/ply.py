@@ -18,7 +18,7 @@ from fulcra.errors import FormatError, MissingDependencyError
 
 from .gaussians import Gaussians
 
-__all__ = ["read_ply", "write_ply", "ply_vertex_count"]
+__all__ = ["read_ply", "write_ply", "ply_vertex_count", "check_ply_header"]
 
 _BASE = ["x", "y", "z"]
 _DC = ["f_dc_0", "f_dc_1", "f_dc_2"]
@@ -73,6 +73,74 @@ def _check_trailing_data(path: Path, ply) -> None:
         raise FormatError(
             f"{path}: vertex count mismatch: the header says {n} but the file holds {extra} more {unit} of data"
         )
+
+
+_PLY_SIZES = {
+    "char": 1,
+    "uchar": 1,
+    "int8": 1,
+    "uint8": 1,
+    "short": 2,
+    "ushort": 2,
+    "int16": 2,
+    "uint16": 2,
+    "int": 4,
+    "uint": 4,
+    "int32": 4,
+    "uint32": 4,
+    "float": 4,
+    "float32": 4,
+    "double": 8,
+    "float64": 8,
+}
+
+
+def check_ply_header(path: str | Path) -> int:
+    """Read only the header of a PLY and check it against the file: a ``vertex`` element, and for
+    binary files a size equal to the header's counts times their record sizes (a truncated file or a
+    header that undercounts its data fails here, before any work). Returns the vertex count.
+
+    Raises:
+        FormatError: naming the file and what disagrees.
+    """
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    end = head.find(b"end_header")
+    if not head.startswith(b"ply") or end < 0:
+        raise FormatError(f"{path}: not a PLY file (no 'ply' magic or no end_header in the first 64 KiB)")
+    lines = head[:end].decode("ascii", "replace").splitlines()
+    fmt = next((ln.split()[1] for ln in lines if ln.startswith("format ")), "")
+    elements: list[tuple[str, int, int | None]] = []  # name, count, record size (None: list property)
+    for ln in lines:
+        parts = ln.split()
+        if parts[:1] == ["element"] and len(parts) == 3:
+            try:
+                elements.append((parts[1], int(parts[2]), 0))
+            except ValueError:
+                raise FormatError(f"{path}: header line {ln!r}: count is not an integer") from None
+        elif parts[:1] == ["property"] and elements:
+            name, count, size = elements[-1]
+            if parts[1] == "list" or size is None or parts[1] not in _PLY_SIZES:
+                elements[-1] = (name, count, None)
+            else:
+                elements[-1] = (name, count, size + _PLY_SIZES[parts[1]])
+    vertex = [e for e in elements if e[0] == "vertex"]
+    if not vertex:
+        raise FormatError(f"{path}: missing element 'vertex' (elements: {', '.join(e[0] for e in elements) or 'none'})")
+    if fmt.startswith("binary") and all(e[2] is not None for e in elements):
+        data = path.stat().st_size - (head.index(b"\n", end) + 1)
+        expected = sum(e[1] * e[2] for e in elements)  # type: ignore[operator]
+        if data < expected:
+            raise FormatError(
+                f"{path}: truncated: the header's {vertex[0][1]} Gaussians need {expected} bytes, the file holds {data}"
+            )
+        if data > expected:
+            raise FormatError(
+                f"{path}: vertex count mismatch: the header says {vertex[0][1]} but the file holds "
+                f"{data - expected} more bytes of data"
+            )
+    return vertex[0][1]
 
 
 def ply_vertex_count(path: str | Path) -> int:
