@@ -117,3 +117,40 @@ def test_search_workflow_outputs(tmp_path):
     # run again: everything is found on disk, nothing is recomputed, same answer
     again = run(cfg, [], hooks=[])
     assert again["results"] == results
+
+
+class _KillAtStep:
+    def __init__(self, at):
+        self.at = at
+
+    def step(self, step, metrics, total=None, stage=None):
+        if step == self.at:
+            raise KeyboardInterrupt("injected kill")
+
+    def checkpoint(self, **kw):
+        pass
+
+
+def test_policy_evaluation_killed_mid_training_resumes_to_the_same_weights(tmp_path):
+    """The evaluation training runs on engine.Trainer: killed after its first epoch's checkpoint, it
+    resumes from it and ends with the weights of an uninterrupted run."""
+    from fulcra.policy import Policy
+    from fulcra_plugins.slack.common import train_with_policy
+
+    s = Digits(size=12, seed=0).splits()["train"]
+    X, Y = s.images[:40], s.labels[:40]
+    pol = Policy.uniform(["identity", "rotate", "invert"], 2)
+    kw = dict(steps=12, batch_size=8, lr=0.05, weight_decay=5e-4, seed=3, flip=True)  # 5 steps per epoch
+
+    def fresh():
+        torch.manual_seed(0)
+        return SmallCNN(num_classes=10, width=4)
+
+    full = train_with_policy(fresh(), X, Y, pol, **kw)
+    ckpt = tmp_path / "seed3.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_with_policy(fresh(), X, Y, pol, ckpt_path=ckpt, hooks=_KillAtStep(8), **kw)
+    assert torch.load(ckpt, weights_only=True)["step"] == 5
+    resumed = train_with_policy(fresh(), X, Y, pol, ckpt_path=ckpt, **kw)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)

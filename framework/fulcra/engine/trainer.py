@@ -47,6 +47,10 @@ class Trainer:
         ckpt_path: checkpoint file; resumed from when it exists. ``ckpt_every``: steps between saves
             (0: only at the end of each epoch).
         hooks: a :class:`fulcra.hooks.HookRelay` (or None).
+        max_steps: train for exactly this many steps instead of ``epochs`` (fractional epochs; the
+            last epoch is cut short, the schedule spans ``max_steps``).
+        distributed: DDP across the process group (default: when one is initialised); False trains
+            this process alone, on all the data (e.g. evaluation runs only rank 0 makes).
     """
 
     def __init__(
@@ -74,6 +78,8 @@ class Trainer:
         batch_transform: Callable[..., Any] | None = None,
         drop_last: bool = True,
         params: Any = None,
+        max_steps: int | None = None,
+        distributed: bool | None = None,
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -85,15 +91,17 @@ class Trainer:
         self.ckpt_every = int(ckpt_every)
         self.hooks, self.stage = hooks, stage
         self.batch_transform = batch_transform
-        self.rank, self.world = dist.rank(), dist.world_size()
+        ddp = dist.is_distributed() if distributed is None else bool(distributed) and dist.is_distributed()
+        self.rank, self.world = (dist.rank(), dist.world_size()) if ddp else (0, 1)
+        self.ddp = ddp
         self.sampler = EpochSampler(len(dataset), seed=self.seed, rank=self.rank, world_size=self.world)
         n_local = len(self.sampler)
         self.steps_per_epoch = n_local // self.batch_size if drop_last else -(-n_local // self.batch_size)
         if self.steps_per_epoch == 0:
             raise ValueError(f"batch_size {self.batch_size} exceeds the {n_local} samples of this rank")
-        self.total_steps = self.steps_per_epoch * self.epochs
+        self.total_steps = int(max_steps) if max_steps is not None else self.steps_per_epoch * self.epochs
         self.train_model = self.model
-        if dist.is_distributed():
+        if ddp:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = make_optimizer(
@@ -126,7 +134,8 @@ class Trainer:
             atomic_save(self.state_dict(), self.ckpt_path)
             if self.hooks is not None:
                 self.hooks.checkpoint(path=self.ckpt_path, step=self.step)
-        dist.barrier()
+        if self.ddp:
+            dist.barrier()
 
     def maybe_resume(self) -> bool:
         if self.ckpt_path is not None and self.ckpt_path.is_file():
@@ -144,6 +153,8 @@ class Trainer:
             self.sampler.set_epoch(epoch)
             order = self.sampler.indices()
             for b in range(within, self.steps_per_epoch):
+                if self.step >= self.total_steps:
+                    break
                 idx = order[b * self.batch_size : (b + 1) * self.batch_size]
                 metrics = self.train_step(idx)
                 self.step += 1

@@ -3,13 +3,14 @@ input normalisation, and plain supervised training with a policy."""
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fulcra.engine import make_scheduler, step_generator
+from fulcra.engine import Trainer, step_generator
 from fulcra_plugins.data.digits import TensorImageDataset as TensorSplit
 
 __all__ = ["TensorSplit", "as_tensors", "batch_indices", "to_input", "train_with_policy", "evaluate", "SEARCH_SPACES"]
@@ -95,29 +96,45 @@ def train_with_policy(
     seed: int = 0,
     flip: bool = False,
     device=None,
-    on_step: Callable[[int, float], None] | None = None,
+    ckpt_path: str | Path | None = None,
+    ckpt_every: int = 0,
+    hooks: Any = None,
+    stage: str | None = None,
 ) -> nn.Module:
-    """Plain SGD training (cosine schedule) with one composite augmentation per image from ``policy``
-    (``None``: no augmentation) plus an optional random horizontal flip. Deterministic for a seed."""
-    device = device or torch.device("cpu")
-    model.to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
-    sched = make_scheduler(opt, steps)
+    """SGD (Nesterov, cosine schedule) for ``steps`` steps with one composite augmentation per image
+    from ``policy`` (``None``: no augmentation), then an optional random horizontal flip: the
+    evaluation training of a policy, on :class:`fulcra.engine.Trainer` (this process only, even
+    under ``torchrun``). With ``ckpt_path`` a run killed mid-training resumes to the same weights.
+    Deterministic for a seed."""
+    device = torch.device(device or "cpu")
     aug = policy.augmenter() if policy is not None else None
-    for step in range(steps):
-        idx = batch_indices(images.shape[0], batch_size, seed, step)
-        x, y = images[idx].to(device), labels[idx].to(device)
-        g = step_generator(seed, 11, step, device=device)
+
+    def transform(x, y, g):
         if aug is not None:
             x = policy.augment(x, g, aug)
         if flip:
-            f = torch.rand(x.shape[0], generator=g, device=device) < 0.5
+            f = torch.rand(x.shape[0], generator=g, device=x.device) < 0.5
             x = torch.where(f.view(-1, 1, 1, 1), x.flip(-1), x)
-        loss = F.cross_entropy(model(to_input(x)), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if on_step is not None:
-            on_step(step, float(loss))
-    return model
+        return to_input(x), y
+
+    trainer = Trainer(
+        model,
+        TensorSplit(images, labels),
+        lambda m, x, y: F.cross_entropy(m(x), y),
+        max_steps=int(steps),
+        batch_size=min(int(batch_size), images.shape[0]),
+        optimizer="sgd",
+        lr=lr,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        nesterov=True,
+        device=device,
+        seed=seed,
+        ckpt_path=ckpt_path,
+        ckpt_every=ckpt_every,
+        hooks=hooks,
+        stage=stage,
+        batch_transform=transform,
+        distributed=False,
+    )
+    return trainer.fit()

@@ -184,7 +184,7 @@ class SearchWorkflow:
                 out,
                 f"eval/{name}",
                 {**common, **eval_cfg, "policy": pol.to_dict() if pol is not None else None},
-                [out / "eval" / f"{name}.json", out / "eval" / f"{name}_policy.json"],
+                [out / "eval" / f"{name}.json", out / "eval" / f"{name}_policy.json", out / "eval" / "ckpt" / name],
                 ctx.hooks.message,
             )
             # finished seeds are reused when only eval_seeds changed (they are keyed by seed)
@@ -193,6 +193,8 @@ class SearchWorkflow:
                 pol.save(out / "eval" / f"{name}_policy.json")
 
             def one(seed, pol=pol, name=name):
+                # a run killed inside a seed's training resumes from its last epoch's checkpoint
+                ckpt = out / "eval" / "ckpt" / name / f"seed{seed}.pt"
                 torch.manual_seed(seed)
                 model = factory().to(device)
                 train_with_policy(
@@ -207,8 +209,12 @@ class SearchWorkflow:
                     seed=seed,
                     flip=cfg.flip,
                     device=device,
+                    ckpt_path=ckpt,
+                    hooks=ctx.hooks,
+                    stage=f"eval {name} seed {seed}",
                 )
                 acc = evaluate(model, Xte, Yte, device)
+                ckpt.unlink(missing_ok=True)  # the seed's result is recorded next: its training is done
                 ctx.hooks.evaluate(metrics={f"accuracy/{name}": acc, "seed": seed})
                 return {"accuracy": acc}
 
