@@ -138,6 +138,8 @@ def _params_cached(obj: Any) -> tuple[tuple[Param, ...], bool]:
         return (), True
     hints = _hints(fn)
     helps = _docstring_args(obj)
+    # typed-signature plugins declare ranges as a class attribute: param_limits = {"k": {"min": 1}}
+    limits = getattr(obj, "param_limits", None) or {}
     out, var_kw = [], False
     params = list(sig.parameters.values())
     if inspect.isclass(obj) and params and params[0].name in ("self", "cls"):
@@ -155,6 +157,10 @@ def _params_cached(obj: Any) -> tuple[tuple[Param, ...], bool]:
                 None if p.default is _EMPTY else p.default,
                 p.default is _EMPTY,
                 helps.get(p.name, ""),
+                None,
+                limits.get(p.name, {}).get("min"),
+                limits.get(p.name, {}).get("max"),
+                tuple(limits[p.name]["choices"]) if "choices" in limits.get(p.name, {}) else None,
             )
         )
     return tuple(out), var_kw
@@ -242,6 +248,18 @@ def _to_python(value: Any) -> Any:
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+def _check_subkeys(owner: str, prefix: str, dc: Any, value: Mapping) -> None:
+    """Sub-keys of a dataclass-typed key (``prune.keep``, ``scene.ply``): an unknown one is the usual
+    one-line error with close matches, before OmegaConf's own message would be."""
+    hints = _hints(dc)
+    fields = {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(dc)}
+    for sub, v in value.items():
+        if sub not in fields:
+            raise _unknown_key_error(owner, f"{prefix}.{sub}", [f"{prefix}.{n}" for n in fields])
+        if isinstance(v, Mapping) and dataclasses.is_dataclass(fields[sub]):
+            _check_subkeys(owner, f"{prefix}.{sub}", fields[sub], v)
 
 
 def _unknown_key_error(owner: str, key: str, valid: Iterable[str]) -> ConfigError:
@@ -446,8 +464,10 @@ def _workflow_config(cls: Any, name: str, raw: Mapping[str, Any]) -> DictConfig:
         values = OmegaConf.to_container(OmegaConf.structured(cfg_cls), resolve=False)  # defaults
     for key, value in raw.items():
         if key not in by_name:
-            raise _unknown_key_error(owner, key, by_name)
+            raise _unknown_key_error(owner, key, [*by_name, *(k for k in COMMON_KEYS if k != "workflow")])
         p = by_name[key]
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(p.annotation):
+            _check_subkeys(owner, key, p.annotation, value)
         if p.kind is not None:
             default = values.get(key)
             merged = merge_nodes(default, value) if isinstance(default, Mapping) else value

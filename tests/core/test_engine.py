@@ -181,3 +181,12 @@ def test_over_seeds_resumes_finished_seeds(tmp_path):
         over_seeds(fn, [0, 1, 2], tmp_path / "s.json")
     res = over_seeds(fn, [0, 1, 2], tmp_path / "s.json")
     assert calls == [0, 1, 2, 2] and res["mean"] == 1.0 and res["per_seed"]["2"]["extra"] == 4
+
+
+def test_an_interval_over_one_seed_is_not_zero():
+    from fulcra.engine import format_mean_ci, mean_ci
+
+    assert format_mean_ci(mean_ci([0.9])) == "90.00 ± n/a"
+    assert format_mean_ci(mean_ci([0.9, 0.92]), digits=1).startswith("91.0 ± ") and "n/a" not in format_mean_ci(
+        mean_ci([0.9, 0.92])
+    )

@@ -83,3 +83,30 @@ def test_bad_input_is_one_line_and_nonzero(args, needle):
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], res.stderr
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["run", "uplift-synthetic", "prune.kep=0.5"], r"unknown key 'prune\.kep'; did you mean 'prune\.keep'\?"),
+        (["run", "uplift-synthetic", "outt=x"], r"unknown key 'outt'; did you mean 'out'\?.*out, pca"),
+        (["run", "segment-synthetic", "extractor.patch_size=0"], r"'rgb'\): key 'patch_size' must be >= 1, got 0"),
+        (["run", "slack-digits", "optimizer.ranges.shear_xx=[0,1]"], r"'ranges\.shear_xx' names no op .*'shear_x'"),
+        (["run", "slack-digits", "optimizer.ranges.rotate=[0]"], r"'ranges\.rotate' must be \[v0, v1\], got \[0\]"),
+        (
+            ["run", "slack-digits", "optimizer.ops=[rotate,rotat]"],
+            r"unknown augmentations plugin 'rotat'; did you mean 'rotate'",
+        ),
+        (["demo", "--only", "slak"], r"demo --only: unknown stage 'slak'; did you mean 'slack'\?"),
+    ],
+)
+def test_config_mistakes_are_one_line_before_anything_is_written(args, match, tmp_path, capsys):
+    import re
+
+    from fulcra.cli import main
+
+    out = tmp_path / "out"
+    rc = main([*args, f"out={out}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and re.search(match, err[0]), err
+    assert not out.exists()

@@ -357,6 +357,10 @@ def _workflows_search_Workflow(x: SearchWorkflow) -> Workflow:
     return x
 
 
+def _workflows_search_CheckedWorkflow(x: SearchWorkflow) -> CheckedWorkflow:
+    return x
+
+
 def _workflows_segment_Workflow(x: SegmentWorkflow) -> Workflow:
     return x
 

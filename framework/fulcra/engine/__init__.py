@@ -4,6 +4,7 @@ from . import dist
 from .core import (
     atomic_save,
     atomic_write_text,
+    format_mean_ci,
     load_checkpoint,
     mean_ci,
     over_seeds,
@@ -23,6 +24,7 @@ __all__ = [
     "atomic_write_text",
     "load_checkpoint",
     "mean_ci",
+    "format_mean_ci",
     "over_seeds",
     "rng_state",
     "set_rng_state",

@@ -209,6 +209,15 @@ def mean_ci(values: Sequence[float]) -> dict:
     return {"values": vals, "mean": mean, "ci95": _t975(n - 1) * math.sqrt(var / n), "n": n}
 
 
+def format_mean_ci(stats: dict, scale: float = 100.0, digits: int = 2) -> str:
+    """``"95.11 ± 1.48"`` from a :func:`mean_ci` result (values times ``scale``), and
+    ``"95.11 ± n/a"`` over a single value, whose interval is undefined (not zero)."""
+    mean = f"{scale * stats['mean']:.{digits}f}"
+    if int(stats.get("n", 2)) < 2:
+        return f"{mean} ± n/a"
+    return f"{mean} ± {scale * stats['ci95']:.{digits}f}"
+
+
 def over_seeds(fn, seeds: Sequence[int], path: str | Path | None = None, key: str = "score") -> dict:
     """Run ``fn(seed) -> float | dict`` for each seed and summarise with :func:`mean_ci`.
 

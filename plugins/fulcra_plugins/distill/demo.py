@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fulcra.engine import format_mean_ci
+
 __all__ = ["run_demo", "DEMO_OVERRIDES"]
 
 DEMO_OVERRIDES = [
@@ -41,5 +43,5 @@ def run_demo(out_dir: str | Path, hooks=None) -> dict:
     if "pca_plot" in res:
         summary["pca_plot"] = res["pca_plot"]
     for key, row in rows.items():
-        summary[key] = f"{100 * row['mean']:.1f} ± {100 * row['ci95']:.1f}"
+        summary[key] = format_mean_ci(row, digits=1)
     return summary

@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 
 import fulcra
 from fulcra.backbone import check_backbone_ref, create_backbone, locate_backbone_weights
-from fulcra.engine import atomic_save, atomic_write_text, dist, load_checkpoint, mean_ci
+from fulcra.engine import atomic_save, atomic_write_text, dist, format_mean_ci, load_checkpoint, mean_ci
 from fulcra.errors import ConfigError
 
 from .training import evaluate, probe_teacher, train_student
@@ -454,9 +454,7 @@ class DistillWorkflow:
                 "n": stats["n"],
             }
             lines.append(
-                f"| {LABELS[row]} | {100 * stats['mean']:.2f} ± {100 * stats['ci95']:.2f} | "
-                + ", ".join(f"{100 * v:.2f}" for v in vals)
-                + " |"
+                f"| {LABELS[row]} | {format_mean_ci(stats)} | " + ", ".join(f"{100 * v:.2f}" for v in vals) + " |"
             )
         table = "\n".join(lines)
         results["table"] = table

@@ -32,6 +32,8 @@ class RGBExtractor(BaseExtractor):
     name = "rgb"
     dim = 3
 
+    param_limits = {"patch_size": {"min": 1}, "batch_size": {"min": 1}}
+
     def __init__(
         self,
         patch_size: int = 1,

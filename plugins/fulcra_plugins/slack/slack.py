@@ -30,6 +30,8 @@ policy gradients are averaged with ``all_reduce_sum`` (app. A.3.4).
 
 from __future__ import annotations
 
+import difflib
+import math
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -172,10 +174,25 @@ class Slack:
         self.ops = [str(o) for o in ops]
         if len(self.ops) < 2:
             raise ConfigError("policy_optimizers.slack: ops needs at least 2 transforms")
+        from fulcra.registry import load_plugin
+
+        for o in self.ops:  # an unknown op fails now, with the registry's close matches
+            load_plugin("augmentations", o)
         self.ranges = dict(ranges or {})
-        for k in self.ranges:
+        for k, r in self.ranges.items():
             if k not in self.ops:
-                raise ConfigError(f"policy_optimizers.slack: ranges names '{k}', which is not in ops")
+                close = difflib.get_close_matches(str(k), self.ops, n=3, cutoff=0.5)
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                raise ConfigError(
+                    f"policy_optimizers plugin 'slack': key 'ranges.{k}' names no op of the search space{hint}"
+                )
+            ok = (
+                isinstance(r, (list, tuple))
+                and len(r) == 2
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in r)
+            )
+            if not ok:
+                raise ConfigError(f"policy_optimizers plugin 'slack': key 'ranges.{k}' must be [v0, v1], got {r!r}")
         self.num_stages, self.mu_init = int(num_stages), float(mu_init)
         self.pretrain_steps, self.rounds = int(pretrain_steps), int(rounds)
         self.retrain_steps, self.unrolled_steps = int(retrain_steps), int(unrolled_steps)

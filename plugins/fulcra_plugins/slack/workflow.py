@@ -25,7 +25,7 @@ import torch
 from omegaconf import OmegaConf
 
 import fulcra
-from fulcra.engine import Stage, atomic_write_text, over_seeds
+from fulcra.engine import Stage, atomic_write_text, format_mean_ci, over_seeds
 
 from .common import TensorSplit, as_tensors, evaluate, train_with_policy
 from .plots import plot_evolution, plot_pie
@@ -89,6 +89,14 @@ class SearchWorkflow:
 
     def __init__(self, config):
         self.cfg = config
+
+    def check(self) -> None:
+        """Before anything is written: the search and baseline optimizers build (their ops exist,
+        their ranges name ops of the space) and the dataset is on disk."""
+        fulcra.create("policy_optimizers", _node(self.cfg.optimizer))
+        for b in self.cfg.baselines:
+            fulcra.create("policy_optimizers", _node(b))
+        fulcra.create("datasets", _node(self.cfg.data))
 
     def run(self, ctx) -> dict:
         cfg = self.cfg
@@ -231,5 +239,5 @@ def results_table(results: dict) -> str:
     """Markdown table: method, test accuracy mean ± 95% CI (in %), number of runs."""
     lines = ["| method | test accuracy (%) | runs |", "|---|---|---|"]
     for name, r in results.items():
-        lines.append(f"| {name} | {100 * r['mean']:.2f} ± {100 * r['ci95']:.2f} | {r['n']} |")
+        lines.append(f"| {name} | {format_mean_ci(r)} | {r['n']} |")
     return "\n".join(lines) + "\n"
