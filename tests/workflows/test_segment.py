@@ -72,8 +72,13 @@ def test_segment_cli_contract_and_removal(scene_dir, tmp_path):
     behind = shown[covered].argmax(-1)
     assert (behind == 0).any() and ((behind == 0) | (behind == 1)).float().mean() > 0.6  # ground and the sphere behind
     assert (out / "overlay.png").is_file()
-    # the second run reuses the uplifted features
+    # a second run with the same inputs reuses the finished stage; another render threshold
+    # recomputes the segmentation but reuses the uplifted features
+    first = json.loads((out / "results.json").read_text())
     assert _run(args) == 0
+    assert json.loads((out / "results.json").read_text()) == first
+    assert json.loads((out / ".fulcra" / "stages" / "segment.json").read_text())["complete"] is True
+    assert _run([*args, "render_threshold=0.6"]) == 0
     assert json.loads((out / "results.json").read_text())["features_resumed"] is True
 
 

@@ -235,7 +235,11 @@ def uplift_views(
             mean = torch.tensor(meta.get("mean", []), dtype=torch.float32)
             if mean.numel() != arr["features"].shape[1]:
                 mean = torch.zeros(arr["features"].shape[1])
+            if hooks is not None and hasattr(hooks, "message"):
+                hooks.message(f"reusing the uplifted features in {path} (same scene, views and extractor)")
             return Uplifted(arr["features"].to(dev), arr["weights"].to(dev), mean.to(dev), resumed=True)
+        if hooks is not None and hasattr(hooks, "message"):
+            hooks.message(f"recomputing the uplifted features: the scene, views or extractor changed since {path}")
     if view_map is None:
         prepare_extractor(extractor, views, images, out)
     sums: dict = {"mean": None, "count": 0}

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from fulcra.engine import atomic_write_text
 from fulcra.errors import ConfigError, FormatError, FulcraError
 
 METHODS = ("diffusion", "uplift", "sam")
@@ -78,6 +79,31 @@ def load_prompt_png(path: str | Path, camera) -> torch.Tensor:
     if not bool(m.any()):
         raise FormatError(f"{p}: the prompt has no non-zero pixel")
     return m
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    """``np.save`` to a temporary name, then an atomic rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+    tmp.replace(path)
+
+
+def _segment_stage(cfg: Any, out: Path, ctx: Any):
+    """The fingerprinted stage of a ``segment`` run: its whole config and the identities of the files
+    it reads (scene, cameras, images, prompt PNG); its outputs are removed when any of them changed."""
+    from fulcra.engine import Stage, file_identity
+
+    from .lifting import resolve_scene_paths
+
+    ply, cameras, images = resolve_scene_paths(cfg.scene, "segment")
+    files = {"ply": ply, "cameras": cameras, "images": images, "scribble": cfg.prompt.scribble, "mask": cfg.prompt.mask}
+    inputs = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "files": {k: file_identity(v) for k, v in files.items() if v},
+    }
+    outputs = ["mask3d.npy", "masks", "overlay.png", "removed.ply", "results.json", "sam_prompts"]
+    return Stage(out, "segment", inputs, [out / o for o in outputs], ctx.hooks.message, writer=ctx.is_main)
 
 
 def _reference_prompt(pc: Any, by_name: dict) -> tuple[Any, torch.Tensor, str]:
@@ -261,6 +287,9 @@ class SegmentWorkflow:
         extractor_node = OmegaConf.to_container(cfg.extractor, resolve=True)
         _check_extractor(method, extractor_node)  # before loading the scene: a wrong pairing fails at once
         out.mkdir(parents=True, exist_ok=True)
+        stage = _segment_stage(cfg, out, ctx)
+        if not stage.begin() and (out / "results.json").is_file():
+            return json.loads((out / "results.json").read_text())
         t0 = time.time()
         scene, cams, imgs, ply = open_scene(cfg.scene, ctx.device, "segment")
         by_name = {c.name: c for c in cams}
@@ -325,7 +354,7 @@ class SegmentWorkflow:
                     f"segment: key 'threshold' must be auto, otsu, li or a number, got {cfg.threshold!r}"
                 ) from None
         mask3d = binarise_3d(seg.scores, th)
-        np.save(out / "mask3d.npy", mask3d.cpu().numpy())
+        _save_npy(mask3d.cpu().numpy(), out / "mask3d.npy")
 
         (out / "masks").mkdir(exist_ok=True)
         fractions = {}
@@ -366,7 +395,10 @@ class SegmentWorkflow:
                         f"save_ply() (EditableScene); scenes plugin {type(scene).__name__} has not",
                     )
                 ]
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+        # results.json last, then the stage record: a run killed earlier leaves no results.json and a
+        # record that says complete: false, so nothing it left looks finished
+        atomic_write_text(json.dumps(results, indent=2), out / "results.json")
+        stage.complete()
         ctx.hooks.evaluate(metrics={"selected": float(results["selected"])})
         return results
 
