@@ -90,3 +90,24 @@ def test_missing_teacher_weights_fail_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFoundError, match="dinov2_vitg14_reg4_pretrain.pth"):
         run({"workflow": "distill", "out": str(tmp_path / "o"), "generator": {"name": "mixup"}}, [], hooks=[])
     assert not (tmp_path / "o" / "synthetic").exists() and not (tmp_path / "o" / "seed0").exists()
+
+
+class _Notes:
+    def __init__(self):
+        self.messages = []
+
+    def fulcra_message(self, workflow, message):
+        self.messages.append(message)
+
+
+def test_rerun_with_another_option_recomputes_and_says_why(tmp_path):
+    out = tmp_path / "kd"
+    first = run("distill-digits", [f"out={out}", *TINY, "rows=[student_alone]", "seeds=[0]"], hooks=[])
+    notes = _Notes()
+    again = run("distill-digits", [f"out={out}", *TINY, "rows=[student_alone]", "seeds=[0]"], hooks=[notes])
+    assert "reusing distill (same inputs as the stored result)" in notes.messages
+    assert again["rows"] == first["rows"]
+    notes = _Notes()
+    run("distill-digits", [f"out={out}", *TINY, "rows=[student_alone]", "seeds=[0]", "train.lr=0.02"], hooks=[notes])
+    line = next(m for m in notes.messages if m.startswith("recomputing distill"))
+    assert "train.lr" in line and "-> 0.02" in line

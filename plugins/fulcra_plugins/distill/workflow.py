@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 
 import fulcra
 from fulcra.backbone import check_backbone_ref, create_backbone, locate_backbone_weights
-from fulcra.engine import atomic_save, atomic_write_text, dist, format_mean_ci, load_checkpoint, mean_ci
+from fulcra.engine import Stage, atomic_save, atomic_write_text, dist, format_mean_ci, load_checkpoint, mean_ci
 from fulcra.errors import ConfigError
 
 from .training import evaluate, probe_teacher, train_student
@@ -300,6 +300,24 @@ class DistillWorkflow:
         tnode, snode = self._node("teacher"), self._node("student")
         rows = list(cfg.rows)
         self._preflight(tnode, snode, rows)
+        # one fingerprinted stage over everything but `seeds` and `rows` (those only add or drop
+        # entries of scores.json): another teacher, student, data, schedule or generator recomputes
+        # the run from scratch, and says so
+        inputs = {
+            k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("seeds", "rows", "plots")
+        }
+        stale = [out / "scores.json", out / "results.json", out / "results.md", out / "pretrain", out / "feature_cache"]
+        stale += sorted(out.glob("seed*")) + ([] if cfg.synthetic.path else [out / "synthetic"])
+        stage = Stage(
+            out,
+            "distill",
+            {**inputs, "world_size": ctx.world_size},
+            stale,
+            ctx.hooks.message if ctx.hooks else None,
+            writer=ctx.is_main,
+        )
+        stage.begin()
+        dist.barrier()
         # the synthetic set first: it depends only on the training images, and a generator that
         # cannot load its weights should fail before any training
         synthetic = self._synthetic(ctx, train) if "distilled_synthetic" in rows else None
@@ -337,6 +355,7 @@ class DistillWorkflow:
                     atomic_write_text(json.dumps(scores, indent=1), scores_path)
                 dist.barrier()
         results = self._table(ctx, rows, task.metric_name, scores)
+        stage.complete()
         if cfg.plots and ctx.is_main:
             try:
                 from .plots import distill_pca_plot
