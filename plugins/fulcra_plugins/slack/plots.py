@@ -41,15 +41,19 @@ def plot_pie(policy: Policy, path: str | Path | None = None, initial_mu: float =
     for i, (o, pi, ri) in enumerate(zip(policy.ops, p, r)):
         sweep = 360.0 * float(pi)
         ax.add_patch(Wedge((0, 0), ri, start, start + sweep, facecolor=cmap(i % 20), edgecolor="white", lw=0.5))
-        if pi > 0.02:
+        if pi > 0.015:
+            # beside its own wedge: at the wedge's mid angle, just outside its radius, aligned away
+            # from the centre so long names do not run over neighbouring wedges
             mid = math.radians(start + sweep / 2)
-            ax.text(1.08 * math.cos(mid), 1.08 * math.sin(mid), o, ha="center", va="center", fontsize=7)
+            rr = max(ri, 0.35) + 0.06
+            x, y = rr * math.cos(mid), rr * math.sin(mid)
+            ax.text(x, y, f"{o} {100 * pi:.0f}%", ha="left" if x >= 0 else "right", va="center", fontsize=7)
         start += sweep
     ax.set_xlim(-1.3, 1.3)
     ax.set_ylim(-1.3, 1.3)
     ax.set_aspect("equal")
     ax.axis("off")
-    ax.set_title(title or "policy: angle = π (mean over stages), radius = μ")
+    ax.set_title(title or "policy: angle = π (mean over stages, %), radius = μ (grey: initial μ)")
     if path is not None:
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)
@@ -74,9 +78,11 @@ def plot_evolution(policy: Policy, history: Sequence[Any], path: str | Path | No
     for k in range(K + 1):
         data = h[:, k, :] if k < K else h.mean(1)
         axes[k].stackplot(np.arange(T), data.T, colors=colors, labels=policy.ops)
-        axes[k].set_title(f"stage {k + 1}" if k < K else "mean")
+        axes[k].set_title(f"stage {k + 1}" if k < K else "mean over stages")
         axes[k].set_xlim(0, max(T - 1, 1))
         axes[k].set_ylim(0, 1)
+        axes[k].set_xlabel("search step (recorded)")
+    axes[0].set_ylabel("probability π")
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=6)
     if path is not None:
         fig.savefig(path, dpi=120, bbox_inches="tight")
