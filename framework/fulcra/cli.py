@@ -203,6 +203,38 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rounded(value):
+    """Numbers as a person reads them: 4 significant digits (nested lists and dicts too)."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _report_items(result: dict, out: Path) -> list[str]:
+    """Markdown lines of a demo stage's result: rounded values, and images embedded (by paths
+    relative to the report, so the folder can be moved)."""
+    lines, images = [], []
+    for k, v in result.items():
+        if k == "summary":
+            continue
+        if isinstance(v, str) and v.lower().endswith((".png", ".jpg")) and Path(v).is_file():
+            images.append((k, Path(v)))
+        elif isinstance(v, str) and Path(v).is_dir() and any(Path(v).glob("*.png")):
+            images.append((k, sorted(Path(v).glob("*.png"))[0]))
+        lines.append(f"- `{k}`: {_rounded(v)}")
+    for k, path in images:
+        try:
+            rel = os.path.relpath(path.resolve(), out.resolve())
+        except ValueError:  # another drive
+            rel = str(path)
+        lines += ["", f"![{k}]({rel})"]
+    return lines
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run every demo stage listed in registry.yaml (``demo:``) and write OUT/report.md."""
     import difflib
@@ -250,7 +282,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         summary = result.get("summary") if isinstance(result, dict) else None
         if summary:
             lines += ["```", str(summary).rstrip(), "```", ""]
-        lines += [f"- `{k}`: {v}" for k, v in result.items() if k != "summary"] + [""]
+        lines += _report_items(result, out) + [""]
         print(f"[fulcra demo] stage {name}: {status} in {dt:.0f} s", file=sys.stderr, flush=True)
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     print(f"demo report: {out / 'report.md'}")

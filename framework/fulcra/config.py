@@ -348,6 +348,14 @@ def _split_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key=value")
     key, _, text = item.partition("=")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 on the command line (surrogate escapes)
+        shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ConfigError(
+            f"key {key.strip()!r}: the value {shown!r} is not valid UTF-8 (rename the file or "
+            "folder, or run with a UTF-8 locale)"
+        ) from None
     path = key.strip().split(".")
     if not key.strip() or any(not p for p in path):
         raise ConfigError(f"override {item!r} has an empty key")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -43,6 +45,14 @@ def _out_dir(common: Mapping, source: Any, workflow: str) -> Path:
     out = Path(common.get("out") or _default_out(source, workflow)).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"key 'out': {out} exists and is not a folder")
+    if not out.exists():  # it will be created: its nearest existing parent must be a writable folder
+        parent = next(p for p in out.absolute().parents if p.exists())
+        try:  # a probe folder, removed at once (os.access says yes to root even on /proc)
+            os.rmdir(tempfile.mkdtemp(prefix=".fulcra-probe-", dir=parent))
+        except OSError as exc:
+            raise ConfigError(
+                f"key 'out': cannot create {out}: {parent} is not a writable folder ({exc.strerror})"
+            ) from None
     previous = out / "config.yaml"
     if previous.is_file():
         try:

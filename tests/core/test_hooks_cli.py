@@ -98,6 +98,7 @@ def test_bad_input_is_one_line_and_nonzero(args, needle):
             r"unknown augmentations plugin 'rotat'; did you mean 'rotate'",
         ),
         (["demo", "--only", "slak"], r"demo --only: unknown stage 'slak'; did you mean 'slack'\?"),
+        (["run", "uplift", "scene.ply=/tmp/\udcff.ply"], r"key 'scene\.ply': the value .* is not valid UTF-8"),
     ],
 )
 def test_config_mistakes_are_one_line_before_anything_is_written(args, match, tmp_path, capsys):
@@ -110,3 +111,24 @@ def test_config_mistakes_are_one_line_before_anything_is_written(args, match, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and re.search(match, err[0]), err
     assert not out.exists()
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self").exists(), reason="needs /proc")
+def test_an_out_folder_that_cannot_be_created_is_one_line(capsys):
+    from fulcra.cli import main
+
+    assert main(["run", "slack-digits", "out=/proc/fulcra-cannot-be-here"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "key 'out': cannot create /proc/fulcra-cannot-be-here" in err[0]
+
+
+def test_demo_report_rounds_numbers_and_embeds_images(tmp_path):
+    from fulcra.cli import _report_items
+
+    (tmp_path / "stage").mkdir()
+    (tmp_path / "stage" / "policy.png").write_bytes(b"\\x89PNG")
+    lines = _report_items(
+        {"accuracy": 0.912345678912, "values": [0.123456789], "plot": str(tmp_path / "stage" / "policy.png")}, tmp_path
+    )
+    assert "- `accuracy`: 0.9123" in lines and "- `values`: [0.1235]" in lines
+    assert "![plot](stage/policy.png)" in lines
