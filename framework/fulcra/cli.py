@@ -150,9 +150,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import run
 
     results = run(args.source, args.overrides)
-    summary = results.get("summary") if isinstance(results, dict) else None
+    if not isinstance(results, dict):
+        return 0
+    summary = results.get("summary") or results.get("table")
     if summary:
-        print(summary)
+        print(str(summary).rstrip())
+    else:  # the scalar results, rounded, one per line
+        for k, v in results.items():
+            if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                print(f"{k}: {_rounded(v)}")
     return 0
 
 
@@ -163,6 +169,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     from .runner import prepare
 
     name, cfg, common = prepare(args.source, args.overrides)
+    from . import registry
+    from .interfaces import CheckedWorkflow
+
+    workflow = registry.load_plugin("workflows", name)(cfg)
+    if isinstance(workflow, CheckedWorkflow) and not args.no_check:
+        workflow.check()  # the inputs too (files, cameras, ops), as `run` checks them before writing
     print(
         to_yaml(
             {
@@ -318,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="config show RECIPE_OR_CONFIG [key=value ...]")
     p.add_argument("action", choices=["show"])
+    p.add_argument("--no-check", action="store_true", help="check the config only, not the input files")
     p.add_argument("source")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=cmd_config)

@@ -76,18 +76,24 @@ def pca_figure(
         proj, sproj = pca_2d(feats, syn)
         if sproj is not None:
             ax.scatter(sproj[:, 0], sproj[:, 1], s=3, c="lightgray", label="synthetic")
-        ax.scatter(
-            proj[:, 0],
-            proj[:, 1],
-            s=3,
-            c=cls.numpy(),
-            cmap="tab20",
-            vmin=0,
-            vmax=max(19, int(cls.max()) if cls.numel() else 19),
-        )
+        cmap = plt.get_cmap("tab20")
+        vmax = max(19, int(cls.max()) if cls.numel() else 19)
+        ax.scatter(proj[:, 0], proj[:, 1], s=3, c=cls.numpy(), cmap=cmap, vmin=0, vmax=vmax)
         ax.set_title(title)
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
         ax.set_xticks([]), ax.set_yticks([])
-    fig.tight_layout()
+    # one legend for the figure: a marker per class (and the synthetic images when shown)
+    classes = sorted({int(c) for _, _, cl, _ in panels for c in cl.unique().tolist()})
+    handles = [
+        plt.Line2D([], [], ls="", marker="o", ms=4, color=cmap(c / max(vmax, 1)), label=f"class {c}")
+        for c in classes[:20]
+    ]
+    if any(syn is not None for *_, syn in panels):
+        handles.append(plt.Line2D([], [], ls="", marker="o", ms=4, color="lightgray", label="synthetic"))
+    fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
+    fig.suptitle("test features, first two principal components (per model), coloured by true class")
+    fig.tight_layout(rect=(0, 0, 0.9, 0.95))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

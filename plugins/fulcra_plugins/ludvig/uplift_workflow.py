@@ -141,7 +141,7 @@ class UpliftWorkflow:
             hooks=ctx.hooks,
             center=False,
             dim_chunk=cfg.dim_chunk or None,
-            stage="uplift",
+            stage="views",  # progress reads "[fulcra] uplift views step 3/18"
             is_main=ctx.is_main,
         )
         features, weights = up.features, up.weights

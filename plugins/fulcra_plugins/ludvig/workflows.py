@@ -145,18 +145,16 @@ def _reference_prompt(pc: Any, by_name: dict) -> tuple[Any, torch.Tensor, str]:
 
 
 def save_overlay(image: torch.Tensor, mask: torch.Tensor, path: str | Path, prompt: torch.Tensor | None = None) -> Path:
-    """Save the image ``[3, H, W]`` in [0, 1] with the mask ``[H, W]`` tinted red (and the prompt in green)."""
-    from PIL import Image
+    """Save the image ``[3, H, W]`` in [0, 1] with the mask ``[H, W]`` tinted red (and the prompt in
+    green), enlarged to at least 480 px wide for a person to read."""
+    from fulcra_plugins.scenes.viz import save_png
 
     img = image.detach().float().cpu().permute(1, 2, 0).clamp(0, 1).numpy().copy()
     m = mask.cpu().numpy().astype(bool)
     img[m] = 0.45 * img[m] + 0.55 * np.array([1.0, 0.1, 0.1])
     if prompt is not None:
         img[prompt.cpu().numpy().astype(bool)] = np.array([0.1, 1.0, 0.1])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((img * 255 + 0.5).astype(np.uint8)).save(path)
-    return path
+    return save_png(torch.from_numpy(img), path, min_width=480)
 
 
 def _check_extractor(method: str, node) -> None:

@@ -45,14 +45,22 @@ def pca_colors(
     return rgb
 
 
-def save_png(image: torch.Tensor, path: str | Path) -> Path:
-    """Save ``[H, W, 3]`` (or ``[H, W]``) float in [0, 1] as an 8-bit PNG."""
+def save_png(image: torch.Tensor, path: str | Path, min_width: int = 0) -> Path:
+    """Save ``[H, W, 3]`` (or ``[H, W]``) float in [0, 1] as an 8-bit PNG.
+
+    ``min_width``: for images a person looks at (PCA renders, overlays), enlarge by the smallest
+    integer factor that reaches this width, nearest neighbour (pixels stay pixels); 0 keeps the size
+    (data such as masks must keep the camera's)."""
     from PIL import Image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = (image.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
-    Image.fromarray(arr).save(path)
+    im = Image.fromarray(arr)
+    if min_width and im.width < min_width:
+        f = -(-min_width // im.width)
+        im = im.resize((im.width * f, im.height * f), Image.NEAREST)
+    im.save(path)
     return path
 
 
@@ -73,5 +81,5 @@ def render_pca(
     with torch.no_grad():
         img = scene.render(colors.to(getattr(scene, "device", None) or colors.device), camera)
     if path is not None:
-        save_png(img, path)
+        save_png(img, path, min_width=480)  # for a person: enlarged, nearest neighbour
     return img

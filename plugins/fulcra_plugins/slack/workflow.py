@@ -232,7 +232,7 @@ class SearchWorkflow:
         if ctx.rank == 0:
             atomic_write_text(json.dumps(results, indent=1), out / "results.json")
             atomic_write_text(results_table(results), out / "results.md")
-        return {"policy": str(policy_path), "results": results}
+        return {"policy": str(policy_path), "results": results, "summary": results_table(results)}
 
 
 def results_table(results: dict) -> str:
