@@ -132,3 +132,40 @@ def test_uplift_warns_about_missing_images_and_strict_makes_it_an_error(scene_di
     assert main(["run", "uplift", *keys, "extractor=rgb", "strict_images=true", f"out={tmp_path / 'b'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "1 of 3 cameras have no image" in err[0] and not (tmp_path / "b").exists()
+
+
+def _resize_images(factor_w, factor_h):
+    def edit(folder):
+        from PIL import Image
+
+        for p in (folder / "images").glob("*.png"):
+            with Image.open(p) as im:
+                im.resize((int(im.width * factor_w), int(im.height * factor_h))).save(p)
+
+    return edit
+
+
+def test_images_at_another_resolution_are_resized_and_said_so(scene_dir, tmp_path, capsys):
+    keys = _scene(scene_dir, tmp_path, _resize_images(2, 2))
+    rc = main(
+        [
+            "run",
+            "uplift",
+            *keys,
+            "extractor=rgb",
+            "check_views=0",
+            "pca=false",
+            f"out={tmp_path / 'a'}",
+            "hooks=[progress]",
+        ]
+    )
+    assert rc == 0
+    assert "images are 64x48" in capsys.readouterr().err
+
+
+def test_images_of_another_aspect_ratio_are_refused_before_writing(scene_dir, tmp_path, capsys):
+    keys = _scene(scene_dir, tmp_path, _resize_images(2, 1))
+    assert main(["run", "uplift", *keys, "extractor=rgb", f"out={tmp_path / 'b'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is 64x24 but camera" in err[0] and "another aspect ratio" in err[0]
+    assert not (tmp_path / "b").exists()

@@ -88,7 +88,9 @@ def check_scene(sc: Any, workflow: str = "uplift"):
     from fulcra_plugins.scenes import scene_inputs
 
     ply, cameras, images = resolve_scene_paths(sc, workflow)
-    return scene_inputs(ply, cameras or None, images or None)
+    cams, imgs = scene_inputs(ply, cameras or None, images or None)
+    imgs.size_note()  # an image of another aspect ratio than its camera fails here, before any writing
+    return cams, imgs
 
 
 def open_scene(sc: Any, device: Any, workflow: str = "uplift"):

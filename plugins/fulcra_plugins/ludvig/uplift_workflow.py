@@ -118,6 +118,8 @@ class UpliftWorkflow:
         scene, cams, imgs, ply = open_scene(cfg.scene, ctx.device, "uplift")
         views = self._views(cams, imgs)
         by_name = {c.name: c for c in cams}
+        if note := imgs.size_note():
+            say(ctx, "uplift", note)
         if imgs.missing and not cfg.views:
             say(
                 ctx,

@@ -292,6 +292,8 @@ class SegmentWorkflow:
         scene, cams, imgs, ply = open_scene(cfg.scene, ctx.device, "segment")
         by_name = {c.name: c for c in cams}
         ref, prompt, kind = _reference_prompt(cfg.prompt, by_name)
+        if note := imgs.size_note():
+            say(ctx, "segment", note)
         views = [by_name[v] for v in cfg.views] if cfg.views else [c for c in cams if c.name in imgs]
         if not views:
             raise FormatError(f"{imgs.folder or '(no image folder; set scene.images)'}: no image matches a camera")

@@ -89,6 +89,32 @@ class SceneImages(Mapping):
                 raise FormatError(f"{path}: image is {iw}x{ih} but camera {name!r} is {w}x{h} (another aspect ratio)")
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
 
+    def size_note(self) -> str | None:
+        """One line when the images (checked on the first one's header) are at another resolution
+        than their cameras: they are resized to the camera's size. None when the sizes agree or
+        there are no images.
+
+        Raises:
+            FormatError: the first image has another aspect ratio than its camera (every image is
+                checked again when it is loaded).
+        """
+        if not self.paths:
+            return None
+        from PIL import Image
+
+        name, path = next(iter(self.paths.items()))
+        try:
+            with Image.open(path) as im:
+                iw, ih = im.size
+        except (OSError, ValueError) as exc:
+            raise FormatError(f"{path}: not a readable image ({exc})") from exc
+        w, h = self.sizes[name]
+        if (iw, ih) == (w, h):
+            return None
+        if abs(iw / ih - w / h) > 0.01 * (w / h):
+            raise FormatError(f"{path}: image is {iw}x{ih} but camera {name!r} is {w}x{h} (another aspect ratio)")
+        return f"images are {iw}x{ih} (e.g. {path.name}), cameras {w}x{h}: images are resized to the camera size"
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.paths)
 
