@@ -44,6 +44,11 @@ def _truncate(folder):
     (folder / "point_cloud.ply").write_bytes(raw[:-100])
 
 
+def _truncate_image(folder):
+    p = sorted((folder / "images").glob("*.png"))[1]
+    p.write_bytes(p.read_bytes()[:-40])
+
+
 def _missing_ply(folder):
     (folder / "point_cloud.ply").unlink()
 
@@ -58,6 +63,7 @@ def _view(folder):
 
 CASES = {
     "missing ply": (_missing_ply, [], r"point_cloud\.ply: no such PLY file"),
+    "truncated image": (_truncate_image, [], r"images/.*\.png: not a readable image"),
     "width abc": (_cameras(width="abc"), [], r"cameras\.json: camera 0: field 'width' must be a positive integer"),
     "width 0": (_cameras(width=0), [], r"field 'width' must be a positive integer number of pixels, got 0"),
     "fx 0": (_cameras(fx=0), [], r"cameras\.json: camera 0 .*focal lengths must be positive"),

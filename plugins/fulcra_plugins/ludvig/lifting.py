@@ -90,6 +90,7 @@ def check_scene(sc: Any, workflow: str = "uplift"):
     ply, cameras, images = resolve_scene_paths(sc, workflow)
     cams, imgs = scene_inputs(ply, cameras or None, images or None)
     imgs.size_note()  # an image of another aspect ratio than its camera fails here, before any writing
+    imgs.verify()  # and a truncated or corrupt one
     return cams, imgs
 
 

@@ -115,6 +115,18 @@ class SceneImages(Mapping):
             raise FormatError(f"{path}: image is {iw}x{ih} but camera {name!r} is {w}x{h} (another aspect ratio)")
         return f"images are {iw}x{ih} (e.g. {path.name}), cameras {w}x{h}: images are resized to the camera size"
 
+    def verify(self) -> None:
+        """Check every image file without decoding its pixels (PIL's ``verify``: structure and
+        checksums, which catches truncated and corrupt PNGs); raises a FormatError naming the file."""
+        from PIL import Image
+
+        for path in self.paths.values():
+            try:
+                with Image.open(path) as im:
+                    im.verify()
+            except Exception as exc:  # PIL raises several types on damaged files
+                raise FormatError(f"{path}: not a readable image ({exc})") from exc
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.paths)
 
