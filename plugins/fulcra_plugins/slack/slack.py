@@ -393,7 +393,7 @@ class Slack:
 
     def _lower_opt(self, model, steps):
         opt = torch.optim.SGD(
-            model.parameters(), lr=self.lower_lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=True
+            model.parameters(), lr=self.lower_lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=False
         )
         return opt, make_scheduler(opt, steps)
 
@@ -482,7 +482,7 @@ class Slack:
             mu.grad = dist.all_reduce_sum(Gm.clone()) / world
         upper.step()
         with torch.no_grad():
-            mu.clamp_(0.01, 1.0)
+            mu.clamp_(0.1, 1.0)  # the method's bounds (official code: [0.1, 1])
         return {
             "search_loss": tr_loss,
             "val_loss": va_loss,
