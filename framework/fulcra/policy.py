@@ -206,12 +206,7 @@ class Policy:
     # --- application -------------------------------------------------------------------------------
     def build_ops(self) -> list:
         """The policy's ``N`` ops, built through the registry with this policy's value ranges."""
-        from .config import create
-
-        return [
-            create("augmentations", o, **({"value_range": list(r)} if (r := self.ranges.get(o)) is not None else {}))
-            for o in self.ops
-        ]
+        return build_ops(self.ops, {o: r for o, r in self.ranges.items() if r is not None})
 
     def augmenter(self, applier: str = "composite"):
         """A :class:`~fulcra.interfaces.PolicyApplier` (an ``appliers`` plugin, by name) over this
@@ -320,6 +315,18 @@ class Policy:
 
     def __repr__(self) -> str:
         return f"Policy(K={self.num_stages}, N={self.num_ops}, ops={self.ops})"
+
+
+def build_ops(names: Sequence[str], ranges: Mapping[str, Sequence[float]] | None = None) -> list:
+    """Instantiate ``augmentations`` plugins by name through the registry (bundled or third-party
+    alike), with optional ``{name: [v0, v1]}`` value-range overrides."""
+    from .config import create
+
+    ranges = dict(ranges or {})
+    return [
+        create("augmentations", n, **({"value_range": list(vr)} if (vr := ranges.get(n)) is not None else {}))
+        for n in names
+    ]
 
 
 def default_ranges(ops: Sequence[str]) -> dict[str, list[float] | None]:

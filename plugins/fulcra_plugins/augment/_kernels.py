@@ -53,35 +53,13 @@ def fma32(s: torch.Tensor, other: torch.Tensor, alpha: torch.Tensor) -> torch.Te
     return (s.to(torch.float64) + other.to(torch.float64) * alpha.to(torch.float64)).to(torch.float32)
 
 
-def fma32_trunc_fast(s: torch.Tensor, other: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """:func:`fma32` for results that are about to be truncated to integers, without float64 images.
-
-    ``s + other * alpha`` in float32 (two roundings) differs from the fused result by at most one ulp;
-    truncation can only tell them apart next to an integer, so only those entries (a tiny fraction)
-    are recomputed exactly. Returns float32, equal to ``fma32(...)`` wherever it matters for
-    ``trunc``/``floor``.
-    """
-    alpha = alpha.to(torch.float32)
-    y = torch.addcmul(s, other, alpha)
-    # one ulp of values below 512 is < 6.2e-5: anything farther than 1e-4 from an integer truncates the
-    # same either way (callers clamp to [0, 255], so larger values do not matter)
-    idx = (torch.frac(y + 1e-4) < 2e-4).view(-1).nonzero().squeeze(1)
-    if idx.numel():
-        shape = y.shape
-        exact = fma32(
-            torch.take(s.expand(shape), idx), torch.take(other.expand(shape), idx), torch.take(alpha.expand(shape), idx)
-        )
-        y.view(-1).index_copy_(0, idx, exact)
-    return y
-
-
 def fma32_trunc_exact(s: torch.Tensor, other: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """:func:`fma32` in one ``addcmul`` pass over float64 copies, for chunk-sized batches.
 
     ``other`` holds integers (|other| < 2**16) and ``alpha`` float32 values, so ``other * alpha`` is
     exact in float64 and the float64 sum rounded to float32 is the fused float32 result (the same
-    arithmetic as :func:`fma32`). Cheaper than :func:`fma32_trunc_fast`'s fix-up pass when the images
-    are processed a few at a time (the float64 intermediates stay in cache). Returns float32.
+    arithmetic as :func:`fma32`), in one pass that stays in cache when the images are processed a few
+    at a time. Returns float32.
     """
     a64 = alpha.to(torch.float64)
     return torch.addcmul(s.to(torch.float64), other.to(torch.float64), a64).to(torch.float32)

@@ -15,24 +15,14 @@ from typing import Mapping, Sequence
 
 import torch
 
+from fulcra.policy import build_ops
+
 from . import _kernels as K
 from .ops import ALL_OPS, Op
 
 __all__ = ["build_ops", "CompositeAugment", "BUILTIN_OPS"]
 
 BUILTIN_OPS: dict[str, type[Op]] = {cls.name: cls for cls in ALL_OPS}
-
-
-def build_ops(names: Sequence[str], ranges: Mapping[str, Sequence[float]] | None = None) -> list:
-    """Instantiate ``augmentations`` plugins by name through the registry (bundled or third-party
-    alike), with optional ``{name: [v0, v1]}`` value-range overrides."""
-    from fulcra.config import create
-
-    ranges = dict(ranges or {})
-    return [
-        create("augmentations", n, **({"value_range": list(vr)} if (vr := ranges.get(n)) is not None else {}))
-        for n in names
-    ]
 
 
 _KIND_RANK = {"identity": 0, "affine": 1, "lut": 2, "other": 3}

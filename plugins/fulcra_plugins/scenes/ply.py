@@ -40,6 +40,7 @@ def _open(path: Path):
     plyfile = _plyfile()
     if not path.is_file():
         raise FormatError(f"{path}: no such PLY file")
+    check_ply_header(path)  # header against the file size, without reading the data twice
     try:
         ply = plyfile.PlyData.read(str(path))
     except Exception as exc:  # plyfile raises several types on truncated or corrupt files
@@ -47,31 +48,22 @@ def _open(path: Path):
     names = [el.name for el in ply.elements]
     if "vertex" not in names:
         raise FormatError(f"{path}: missing element 'vertex' (elements: {', '.join(names) or 'none'})")
-    _check_trailing_data(path, ply)
+    if ply.text:
+        _check_text_lines(path, ply)
     return ply["vertex"]
 
 
-def _check_trailing_data(path: Path, ply) -> None:
-    """plyfile reads exactly the header's counts and ignores what follows: data beyond them means the
-    header undercounts (a file written by a broken exporter), and using the first N would be silent."""
+def _check_text_lines(path: Path, ply) -> None:
+    """plyfile reads exactly the header's counts and ignores what follows; for an ASCII PLY (binary
+    ones are checked by size in :func:`check_ply_header`), data lines beyond them mean the header
+    undercounts, and using the first N would be silent."""
     raw = path.read_bytes()
-    end = raw.find(b"end_header")
-    if end < 0:
-        return
-    body = raw[raw.index(b"\n", end) + 1 :]
-    if ply.text:
-        extra = len([line for line in body.splitlines() if line.strip()]) - sum(int(el.count) for el in ply.elements)
-        unit = "lines"
-    else:
-        try:
-            expected = sum(int(el.count) * el.data.dtype.itemsize for el in ply.elements)
-        except (AttributeError, TypeError):  # list properties: variable record sizes, not checked
-            return
-        extra, unit = len(body) - expected, "bytes"
+    body = raw[raw.index(b"\n", raw.find(b"end_header")) + 1 :]
+    extra = len([line for line in body.splitlines() if line.strip()]) - sum(int(el.count) for el in ply.elements)
     if extra > 0:
-        n = int(ply["vertex"].count) if "vertex" in [el.name for el in ply.elements] else 0
         raise FormatError(
-            f"{path}: vertex count mismatch: the header says {n} but the file holds {extra} more {unit} of data"
+            f"{path}: vertex count mismatch: the header says {int(ply['vertex'].count)} but the file holds "
+            f"{extra} more lines of data"
         )
 
 
