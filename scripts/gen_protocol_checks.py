@@ -32,7 +32,7 @@ PROTOCOLS = {
     "teachers": ("Teacher", ()),
     "students": ("Student", ()),
     "scenes": ("SceneRepresentation", ("EditableScene", "AlphaScene", "RGBScene", "AdjointScene")),
-    "refiners": ("Refiner", ()),
+    "refiners": ("Refiner", ("TunableRefiner",)),
     "backbones": ("Backbone", ()),
     "tasks": ("Task", ()),
     "datasets": ("Dataset", ()),

@@ -40,6 +40,7 @@ __all__ = [
     "RGBScene",
     "AdjointScene",
     "Refiner",
+    "TunableRefiner",
     "FittableExtractor",
     "PromptedExtractor",
     "CachingExtractor",
@@ -352,16 +353,38 @@ class Refiner(Protocol):
     Keyword arguments the workflows pass (a refiner may ignore any of them, and must accept them):
 
     - ``prompt``: ``"scribble"``, ``"mask"`` or ``"relevancy"``, what ``scores`` holds;
-    - ``weights``: ``[N]`` float32 per-primitive rendering-weight sums from the uplift (how well each
-      primitive is seen), or ``None``.
+    - ``weights``: ``[N]`` float32 per-primitive rendering-weight sums from the uplift over all views
+      (how well each primitive is seen), or ``None``;
+    - ``reference_weights``: ``[N]`` float32 rendering weights of the reference view alone (segment
+      routes), or absent.
 
-    The workflows binarise the result at ``> 0`` (scribbles) or ``> 0.5`` (mask) unless told
-    otherwise (``threshold=``), so a refiner returns 0 for primitives it rules out.
+    The workflows binarise the result by the reference-view protocol (``fulcra_plugins.ludvig.reference``:
+    the threshold whose rendered selection best matches the reference mask), or, without a reference
+    mask, at ``> 0`` (scribbles), so a refiner returns 0 for primitives it rules out.
     """
 
     def refine(
         self, positions: torch.Tensor, features: torch.Tensor, scores: torch.Tensor, **kwargs: Any
     ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class TunableRefiner(Protocol):
+    """Optional: a refiner whose hyperparameters the reference-view protocol may grid-search.
+
+    ``tuning_grid(prompt) -> list[dict]``: the parameter sets to try for a prompt kind (``[]``: none);
+    ``fallback_params(prompt) -> dict``: the parameters to use when there is no reference mask to tune
+    on (``{}``: the refiner's own defaults); the workflows then keep the primitives scoring ``> 0``;
+    ``with_params(**params) -> Refiner``: the refiner with those parameters (it may share caches, e.g. a
+    scene graph, with the original). The segment workflows search the grid on the reference view when
+    a reference mask is available and record the chosen set in ``results.json``.
+    """
+
+    def tuning_grid(self, prompt: str) -> list[dict]: ...
+
+    def fallback_params(self, prompt: str) -> dict: ...
+
+    def with_params(self, **params: Any) -> Any: ...
 
 
 #: the constructor keywords every consumer may pass to a backbone plugin (see :class:`Backbone`)

@@ -22,14 +22,12 @@ from fulcra.camera import Camera
 from .editing import extract, remove, save_extracted, save_removed
 from .segmentation import (
     Segmentation3D,
-    auto_threshold,
     binarise_3d,
     build_refiner,
     clicks_to_mask,
     render_mask,
     render_scores,
-    segment_diffusion,
-    segment_uplift,
+    segment_with_reference,
 )
 
 __all__ = ["Selector", "Selection"]
@@ -87,8 +85,9 @@ class Selector:
         diffusion: refine by graph diffusion (True) or score the uplifted features directly (False).
         refiner: a refiners plugin, an instance or a name (default: ``graph_diffusion``, whose kNN
             graph is built on the first click and reused for every later one); only ``refine`` is called.
-        threshold: how the per-Gaussian scores become a 3D mask: ``"auto"`` (see
-            :func:`~.segmentation.auto_threshold`), ``"otsu"`` or a number.
+        threshold: how the per-Gaussian scores become a 3D mask: ``"auto"`` (the reference-view
+            protocol of :mod:`.reference`: tuned on the prompt when it is a full mask, or on
+            ``reference=`` given to :meth:`select`; else the fallback rule), ``"otsu"`` or a number.
     """
 
     def __init__(
@@ -107,17 +106,29 @@ class Selector:
         # any refiners plugin: an instance, a name or a config node, built through the registry
         self.refiner = build_refiner(refiner) if diffusion else refiner
 
-    def select(self, camera: Camera, prompt: torch.Tensor, kind: str = "scribble") -> Selection:
-        """Select from a 2D prompt ``[H, W]`` (bool scribbles, or a full mask with ``kind="mask"``)."""
+    def select(
+        self, camera: Camera, prompt: torch.Tensor, kind: str = "scribble", reference: torch.Tensor | None = None
+    ) -> Selection:
+        """Select from a 2D prompt ``[H, W]`` (bool scribbles, or a full mask with ``kind="mask"``);
+        ``reference``: optionally the object's full mask on ``camera`` to tune thresholds and
+        bandwidths on (a mask prompt is its own reference)."""
         prompt = torch.as_tensor(prompt).bool()
         if not bool(prompt.any()):
             raise ValueError(f"empty prompt on view {camera.name!r}: no positive pixel")
-        if self.diffusion:
-            seg = segment_diffusion(self.scene, self.features, camera, prompt, kind, self.refiner, self.weights)
-        else:
-            seg = segment_uplift(self.scene, self.features, camera, prompt, kind)
-        t = self.threshold if self.threshold != "auto" else auto_threshold(self.diffusion, kind)
-        mask3d = binarise_3d(seg.scores, t)
+        target = prompt if kind == "mask" else (None if reference is None else torch.as_tensor(reference).bool())
+        seg, _ = segment_with_reference(
+            self.scene,
+            camera,
+            prompt,
+            kind,
+            "diffusion" if self.diffusion else "uplift",
+            features=self.features,
+            weights=self.weights,
+            refiner=self.refiner,
+            target=target,
+            reference="prompt mask" if kind == "mask" else "user mask",
+        )
+        mask3d = seg.mask() if self.threshold == "auto" else binarise_3d(seg.scores, self.threshold)
         return Selection(self.scene, seg.scores, mask3d, prompt, camera, seg)
 
     def click(self, camera: Camera, clicks: Sequence[Sequence[float]], radius: float = 3.0) -> Selection:

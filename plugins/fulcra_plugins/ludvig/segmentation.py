@@ -17,7 +17,7 @@ Every route ends with a per-Gaussian score; :func:`binarise_3d` turns it into a 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -193,9 +193,17 @@ class Segmentation3D:
     weights: torch.Tensor | None = None
     #: SAM route: camera name -> ``[H, W]`` bool, the reprojected prompt pixels SAM drew its points from
     prompts: dict | None = None
+    #: what the reference-view protocol chose (:class:`.reference.Tuning`), when it ran
+    tuning: Any = None
 
-    def mask(self, threshold: float | str = "otsu") -> torch.Tensor:
-        return binarise_3d(self.scores, threshold)
+    def mask(self, threshold: float | str | None = None) -> torch.Tensor:
+        """The 3D selection: by the protocol's threshold when it ran (``threshold=None``), else
+        ``binarise_3d(scores, threshold or "otsu")``."""
+        if threshold is None and self.tuning is not None:
+            from .reference import mask_3d
+
+            return mask_3d(self.scores, self.tuning)
+        return binarise_3d(self.scores, "otsu" if threshold is None else threshold)
 
 
 def _reference_pixels(scene, features3d: torch.Tensor, camera: Camera) -> torch.Tensor:
@@ -236,17 +244,23 @@ def segment_diffusion(
         scene: any scene plugin (``positions``, ``render``).
         features3d: ``[N, D]`` uplifted features (the similarity of the graph).
         refiner: any ``refiners`` plugin, an instance or a name (default: ``graph_diffusion`` with its
-            default parameters); only its ``refine`` is called, with ``prompt=kind`` and ``weights=``.
-            ``graph_diffusion`` caches its graph, so reuse one refiner across prompts of the same scene.
-        weights: ``[N]`` rendering-weight sums (sample weights of the logistic regression, mask prompts).
+            default parameters); only its ``refine`` is called, with ``prompt=kind``, ``weights=``
+            and ``reference_weights=`` (the reference view's rendering weights of each Gaussian, the
+            official sample weights of the mask route's logistic regression). ``graph_diffusion``
+            caches its graph, so reuse one refiner across prompts of the same scene.
+        weights: ``[N]`` rendering-weight sums over all views (pruning of the lightest Gaussians).
 
     Returns:
         ``Segmentation3D`` with the refined ``scores [N]`` and ``g0 [N]``, the uplifted prompt.
     """
     refiner = build_refiner(refiner)
-    # g_0: each Gaussian's contribution to the rendered prompt (Wᵀ M, unnormalised), see uplift_mask
-    g0, _ = uplift_mask(scene, camera, torch.as_tensor(prompt).float(), normalize=False)
-    scores = refiner.refine(scene_positions(scene), features3d, g0[:, None], prompt=kind, weights=weights)
+    # the uplifted prompt as the Refiner interface defines it (Wᵀ M, unnormalised) and the reference
+    # view's weights Wᵀ 1: their ratio is the normalised uplift (Eq. 5.3) that graph_diffusion ranks
+    # anchors by, as the thesis and the official code
+    g0, w_ref = uplift_mask(scene, camera, torch.as_tensor(prompt).float(), normalize=False)
+    scores = refiner.refine(
+        scene_positions(scene), features3d, g0[:, None], prompt=kind, weights=weights, reference_weights=w_ref
+    )
     return Segmentation3D(scores=torch.as_tensor(scores)[:, 0].float(), g0=g0, weights=weights)
 
 
@@ -301,22 +315,50 @@ def segment_single_view(
 
 
 def reproject_prompt(
-    scene, ref: Camera, prompt: torch.Tensor, cameras: Sequence[Camera], tau: float = 0.4, min_weight: float = 0.5
+    scene,
+    ref: Camera,
+    prompt: torch.Tensor,
+    cameras: Sequence[Camera],
+    tau: float = 0.4,
+    min_weight: float = 0.0,
+    rule: str = "mean",
 ) -> dict:
-    """Point prompts for SAM on every view (C.1.1): uplift the reference prompt, render it on each
-    view, divide by its mean over the covered pixels, keep the pixels above ``tau`` (0.4 SPIn-NeRF,
-    1.0 NVOS). Returns camera name -> ``[H, W]`` bool (may be empty for views that do not see it)."""
+    """Point prompts for SAM on every view (C.1.1): uplift the reference prompt, render it on each view
+    and keep the pixels SAM's points are drawn from.
+
+    Args:
+        tau: 0.4 SPIn-NeRF, 1.0 NVOS.
+        rule: ``mean`` (the thesis): the rendering divided by its mean over the covered pixels,
+            ``> tau``; ``top`` (the official code): the ``floor(tau * sum)`` highest pixels of the
+            rendering divided by its maximum.
+        min_weight: optionally (0: off, as the thesis) zero the Gaussians whose reference-view weight
+            is under this fraction of the median: the faint ones hidden behind the object, whose
+            normalised value is 1 from a few contributions, reproject the prompt onto what lies behind.
+
+    Returns:
+        camera name -> ``[H, W]`` bool (may be empty for views that do not see the object).
+    """
+    if rule not in ("mean", "top"):
+        raise ValueError(f"reproject_prompt: rule must be mean or top, got {rule!r}")
     g, w = uplift_mask(scene, ref, torch.as_tensor(prompt).float())
-    # Gaussians the reference view barely sees (hidden behind the object) get a normalised value of
-    # 1 from a few faint contributions; they would reproject the prompt onto what lies behind it
     seen = w[w > 0]
-    if seen.numel():
+    if min_weight > 0 and seen.numel():
         g = g * (w >= min_weight * float(seen.median()))
     out = {}
     for cam in cameras:
         img = render_scores(scene, g, cam)
         pos = img[img > 0]
-        out[cam.name] = img / pos.mean() > tau if pos.numel() else torch.zeros_like(img, dtype=torch.bool)
+        if not pos.numel():
+            out[cam.name] = torch.zeros_like(img, dtype=torch.bool)
+        elif rule == "mean":
+            out[cam.name] = img / pos.mean() > tau
+        else:
+            r = img / img.max()
+            n = int(float(r.sum()) * tau)
+            m = torch.zeros(img.numel(), dtype=torch.bool, device=img.device)
+            if n > 0:  # a stable sort: ties resolve by pixel index on every device
+                m[torch.sort(r.flatten(), descending=True, stable=True).indices[:n]] = True
+            out[cam.name] = m.reshape(img.shape)
     out[ref.name] = (
         torch.as_tensor(prompt).bool().to(out[ref.name].device) if ref.name in out else torch.as_tensor(prompt).bool()
     )
@@ -332,6 +374,7 @@ def segment_sam(
     extractor,
     tau: float = 0.4,
     progress: Callable[[int, int], None] | None = None,
+    rule: str = "mean",
 ) -> Segmentation3D:
     """SAM / SAM 2 masks uplifted (§5.4.1, C.1.1): per view, point prompts from the reprojected
     reference prompt, the ``sam``/``sam2`` extractor's averaged masks (random 3-point prompts, repeats
@@ -345,10 +388,12 @@ def segment_sam(
         extractor: a ``sam`` or ``sam2`` feature extractor (``positive=`` masks of prompt pixels); the
             first channel of its output is used.
         tau: keep reprojected pixels above ``tau`` times the mean (0.4 SPIn-NeRF, 1.0 NVOS).
+        rule: how prompts are drawn from the reprojection (:func:`reproject_prompt`).
         progress: called as ``progress(i, n)`` after each view.
 
     Returns:
-        ``Segmentation3D`` with ``scores [N]`` in [0, 1], ``weights [N]`` and ``prompts`` (camera name ->
+        ``Segmentation3D`` with ``scores [N]`` in [0, 1] (``[N, 3]``, one column per SAM mask, for an
+        extractor with ``mask="all"``), ``weights [N]`` and ``prompts`` (camera name ->
         ``[H, W]`` bool, the pixels SAM's point prompts were drawn from; empty for views that do not see
         the object, which contribute a zero mask).
     """
@@ -356,12 +401,12 @@ def segment_sam(
 
     from .lifting import uplift_views
 
-    points = reproject_prompt(scene, ref, prompt, cameras, tau)
+    points = reproject_prompt(scene, ref, prompt, cameras, tau, rule=rule)
     dev = torch.device(getattr(extractor, "device", None) or "cpu")
 
-    def sam_mask(i: int, cam: Camera) -> torch.Tensor:  # [1, H, W]: SAM's averaged mask from this view's prompts
+    def sam_mask(i: int, cam: Camera) -> torch.Tensor:  # [C, H, W]: SAM's averaged masks from this view's prompts
         pos = points[cam.name].cpu()
-        m = torch.zeros(cam.height, cam.width)
+        m = torch.zeros(channels, cam.height, cam.width)
         if bool(pos.any()):
             img = torch.as_tensor(images[cam.name])
             if img.shape[-2:] != pos.shape:  # prompt to the image's size (nearest keeps it boolean)
@@ -374,14 +419,125 @@ def segment_sam(
             if bool(pos.any()):
                 with torch.no_grad():
                     out = extractor(img[None].to(dev), positive=pos[None])  # [1, C, h, w] in [0, 1]
-                m = resize_to_camera(out[0, :1].float().cpu(), cam)[0]
+                m = resize_to_camera(out[0].float().cpu(), cam)
         if progress is not None:
             progress(i + 1, len(cameras))
-        return m[None]
+        return m[:channels]
 
+    channels = int(getattr(extractor, "dim", 1) or 1)
     up = uplift_views(scene, cameras, images, extractor, out=None, view_map=sam_mask)
     scores, weights = up.features, up.weights
-    return Segmentation3D(scores=scores[:, 0], weights=weights, prompts=points)
+    return Segmentation3D(scores=scores[:, 0] if channels == 1 else scores, weights=weights, prompts=points)
 
 
 __all__ += ["reproject_prompt", "segment_sam"]
+
+
+def sam_reference_mask(extractor, image: torch.Tensor, prompt: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """The NVOS reference mask (C.1.3): SAM prompted with random 3-point subsets of the reference
+    scribbles (the ``sam``/``sam2`` extractor's averaged masks), binarised by Li's method as the
+    official evaluation. Returns ``[H, W]`` bool at the camera's size."""
+    from fulcra.uplift import resize_to_camera
+
+    from .thresholds import li
+
+    img = torch.as_tensor(image)
+    pos = torch.as_tensor(prompt).bool()
+    if img.shape[-2:] != pos.shape:
+        pos = (
+            torch.nn.functional.interpolate(pos[None, None].float(), size=tuple(img.shape[-2:]), mode="nearest")[0, 0]
+            > 0.5
+        )
+    dev = torch.device(getattr(extractor, "device", None) or "cpu")
+    with torch.no_grad():
+        out = extractor(img[None].to(dev), positive=pos[None].to(dev))  # [1, C, h, w]
+    m = resize_to_camera(out[0, :1].float().cpu(), camera)[0]
+    if float(m.max()) <= float(m.min()):
+        return m > 0.5
+    return m > li(m)
+
+
+def segment_with_reference(
+    scene,
+    ref: Camera,
+    prompt: torch.Tensor,
+    kind: str,
+    method: str,
+    *,
+    features: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    refiner=None,
+    target: torch.Tensor | None = None,
+    reference: str = "prompt mask",
+    search: bool = True,
+    cameras: Sequence[Camera] | None = None,
+    images=None,
+    extractor=None,
+    tau: float = 0.4,
+    rule: str = "mean",
+    progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+):
+    """One segmentation route under the reference-view protocol (:mod:`.reference`).
+
+    Args:
+        ref, prompt, kind: the reference view and its scribble or mask (``kind``).
+        method: ``uplift`` | ``diffusion`` | ``sam``.
+        features, weights: the uplifted features ``[N, D]`` and weight sums (uplift, diffusion).
+        refiner: the diffusion's refiner; a :class:`~fulcra.interfaces.TunableRefiner` has its
+            bandwidth grid searched on ``target`` (when ``search``).
+        target: ``[H, W]`` bool reference mask on ``ref`` (None: the fallback rule).
+        reference: where ``target`` came from, for ``results.json``.
+        cameras, images, extractor, tau, rule: the SAM route (:func:`segment_sam`); an extractor with
+            ``mask="all"`` has SAM's mask index chosen on ``target``.
+
+    Returns:
+        ``(Segmentation3D, Tuning)``: the chosen scores and what the protocol chose.
+    """
+    from fulcra.interfaces import TunableRefiner
+
+    from . import reference as R
+
+    extra: dict = {}
+    grid: list = []
+    if method == "uplift":
+
+        def route(p):
+            return segment_uplift(scene, features, ref, prompt, kind).scores
+
+    elif method == "diffusion":
+        refiner = build_refiner(refiner)
+        if isinstance(refiner, TunableRefiner):
+            if target is None:
+                refiner = refiner.with_params(**refiner.fallback_params(kind))
+            elif search:
+                grid = list(refiner.tuning_grid(kind))
+
+        def route(p):
+            seg = segment_diffusion(
+                scene, features, ref, prompt, kind, refiner.with_params(**p) if p else refiner, weights
+            )
+            extra["g0"] = seg.g0
+            return seg.scores
+
+    elif method == "sam":
+        seg = segment_sam(scene, cameras, images, ref, prompt, extractor, tau=tau, progress=progress, rule=rule)
+        S = seg.scores
+        extra.update(weights=seg.weights, prompts=seg.prompts)
+        if S.ndim == 2 and target is not None and search:
+            grid = [{"mask_index": i} for i in range(S.shape[1])]
+
+        def route(p):
+            return S[:, int(p.get("mask_index", 0))] if S.ndim == 2 else S
+
+    else:
+        raise ValueError(f"method must be uplift, diffusion or sam, got {method!r}")
+    scores, tuning = R.tune(scene, ref, target, route, grid, reference, kind=method, log=log)
+    seg = Segmentation3D(
+        scores=scores, g0=extra.get("g0"), weights=extra.get("weights", weights), prompts=extra.get("prompts")
+    )
+    seg.tuning = tuning
+    return seg, tuning
+
+
+__all__ += ["sam_reference_mask", "segment_with_reference"]

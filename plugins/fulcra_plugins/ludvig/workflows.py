@@ -55,6 +55,12 @@ class PromptConfig:
     mask: str = field(default="", metadata={"help": "PNG of a full reference mask (non-zero = object)"})
     clicks: list = field(default_factory=list, metadata={"help": "clicked pixels [[x, y], ...] on the reference view"})
     radius: float = field(default=3.0, metadata={"help": "radius in pixels of the disc around each click"})
+    reference: str = field(
+        default="",
+        metadata={
+            "help": "PNG of the object's full mask on the reference view, to choose thresholds and bandwidths on when the prompt is scribbles or clicks (a prompt.mask is its own reference)"
+        },
+    )
 
 
 def load_prompt_png(path: str | Path, camera) -> torch.Tensor:
@@ -97,12 +103,19 @@ def _segment_stage(cfg: Any, out: Path, ctx: Any):
     from .lifting import resolve_scene_paths
 
     ply, cameras, images = resolve_scene_paths(cfg.scene, "segment")
-    files = {"ply": ply, "cameras": cameras, "images": images, "scribble": cfg.prompt.scribble, "mask": cfg.prompt.mask}
+    files = {
+        "ply": ply,
+        "cameras": cameras,
+        "images": images,
+        "scribble": cfg.prompt.scribble,
+        "mask": cfg.prompt.mask,
+        "reference": cfg.prompt.reference,
+    }
     inputs = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "files": {k: file_identity(v) for k, v in files.items() if v},
     }
-    outputs = ["mask3d.npy", "masks", "overlay.png", "removed.ply", "results.json", "sam_prompts"]
+    outputs = ["mask3d.npy", "masks", "overlay.png", "removed.ply", "results.json", "sam_prompts", "reference_mask.png"]
     return Stage(out, "segment", inputs, [out / o for o in outputs], ctx.hooks.message, writer=ctx.is_main)
 
 
@@ -233,13 +246,40 @@ class SegmentWorkflow:
             default_factory=list, metadata={"help": "cameras to uplift from (empty: all with an image)"}
         )
         center: bool = field(default=True, metadata={"help": "subtract the mean 2D feature before uplifting"})
+        reference_extractor: Any = field(
+            default=None,
+            metadata={
+                "kind": "feature_extractors",
+                "help": "a sam or sam2 extractor that predicts the reference mask from scribbles/clicks on the reference view (the NVOS protocol); none: prompt.reference or the fallback rule",
+            },
+        )
+        search: bool = field(
+            default=True,
+            metadata={
+                "help": "with a reference mask, grid-search the refiner's bandwidths (and SAM's mask index with extractor.mask=all) on the reference view"
+            },
+        )
+        rule: str = field(
+            default="mean",
+            metadata={
+                "help": "method=sam: prompt pixels from the reprojection: mean (> tau x mean, the thesis) or top (the floor(tau x sum) highest after division by the max, the official code)"
+            },
+        )
         threshold: str = field(
             default="auto",
             metadata={
-                "help": "3D binarisation of the scores: auto (with diffusion h > 0 for scribbles, h > 0.5 for a mask; Otsu without; 0.5 with sam), otsu, li, or a number"
+                "help": "3D binarisation: auto (the reference-view protocol: the threshold whose rendered selection best matches the reference mask; without one the fallback rule in results.json), otsu, li, or a number"
             },
         )
-        render_threshold: float = field(default=0.5, metadata={"help": "threshold of the rendered 3D mask"})
+        masks: str = field(
+            default="auto",
+            metadata={
+                "help": "2D masks: auto (the protocol's: rendered scores normalised and thresholded as on the reference view; without a reference the rendered selection), scores, or selection (the rendered 3D mask)"
+            },
+        )
+        render_threshold: float = field(
+            default=0.5, metadata={"help": "threshold of the rendered 3D mask (masks=selection)"}
+        )
         save_removed: bool = field(default=True, metadata={"help": "write OUT/removed.ply"})
 
     def __init__(self, config):
@@ -258,23 +298,31 @@ class SegmentWorkflow:
             "uplift" if method == "diffusion" and not cfg.diffusion else method,
             OmegaConf.to_container(cfg.extractor, resolve=True),
         )
+        if str(cfg.masks) not in ("auto", "scores", "selection"):
+            raise ConfigError(f"segment: key 'masks' must be auto, scores or selection, got {cfg.masks!r}")
+        if cfg.reference_extractor is not None:
+            node = cfg.reference_extractor
+            node = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+            try:
+                _check_extractor("sam", node)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"segment: key 'reference_extractor' must be a prompted extractor (sam, sam2): {exc}"
+                ) from None
         cams, _ = check_scene(cfg.scene, "segment")
-        _reference_prompt(cfg.prompt, {c.name: c for c in cams})
+        by_name = {c.name: c for c in cams}
+        _reference_prompt(cfg.prompt, by_name)
+        if cfg.prompt.reference:
+            load_prompt_png(cfg.prompt.reference, by_name[cfg.prompt.view])
 
     def run(self, ctx) -> dict:
         import fulcra
         from fulcra.interfaces import EditableScene
 
+        from . import reference as R
         from .editing import save_removed
         from .lifting import open_scene, say, uplift_views
-        from .segmentation import (
-            auto_threshold,
-            binarise_3d,
-            render_mask,
-            segment_diffusion,
-            segment_sam,
-            segment_uplift,
-        )
+        from .segmentation import binarise_3d, render_mask, sam_reference_mask, segment_with_reference
 
         cfg, out = self.cfg, Path(ctx.out)
         method = str(cfg.method)
@@ -282,8 +330,19 @@ class SegmentWorkflow:
             raise ConfigError(f"segment: key 'method' must be one of {', '.join(METHODS)}, got {method!r}")
         if method == "diffusion" and not cfg.diffusion:
             method = "uplift"
+        masks_mode = str(cfg.masks)
+        if masks_mode not in ("auto", "scores", "selection"):
+            raise ConfigError(f"segment: key 'masks' must be auto, scores or selection, got {masks_mode!r}")
         extractor_node = OmegaConf.to_container(cfg.extractor, resolve=True)
         _check_extractor(method, extractor_node)  # before loading the scene: a wrong pairing fails at once
+        th = str(cfg.threshold)
+        if th not in ("auto", "otsu", "li"):
+            try:
+                th = float(th)
+            except ValueError:
+                raise ConfigError(
+                    f"segment: key 'threshold' must be auto, otsu, li or a number, got {cfg.threshold!r}"
+                ) from None
         out.mkdir(parents=True, exist_ok=True)
         stage = _segment_stage(cfg, out, ctx)
         if not stage.begin() and (out / "results.json").is_file():
@@ -297,26 +356,58 @@ class SegmentWorkflow:
         views = [by_name[v] for v in cfg.views] if cfg.views else [c for c in cams if c.name in imgs]
         if not views:
             raise FormatError(f"{imgs.folder or '(no image folder; set scene.images)'}: no image matches a camera")
+        # the reference mask the protocol tunes on: the prompt mask, the user's own, or SAM's from the scribbles
+        target, source = None, ""
+        if kind == "mask":
+            target, source = prompt, "prompt mask"
+        elif cfg.prompt.reference:
+            target, source = load_prompt_png(cfg.prompt.reference, ref), f"user mask {cfg.prompt.reference}"
+        elif cfg.reference_extractor is not None:
+            node = (
+                OmegaConf.to_container(cfg.reference_extractor, resolve=True)
+                if OmegaConf.is_config(cfg.reference_extractor)
+                else cfg.reference_extractor
+            )
+            if ref.name not in imgs:
+                raise FormatError(f"segment: reference_extractor needs the image of the reference view {ref.name!r}")
+            sam_ref = fulcra.create("feature_extractors", node)
+            target, source = (
+                sam_reference_mask(sam_ref, imgs[ref.name], prompt, ref),
+                f"sam mask ({node.get('name') if isinstance(node, dict) else node})",
+            )
+            from PIL import Image
+
+            Image.fromarray(target.cpu().numpy().astype(np.uint8) * 255).save(out / "reference_mask.png")
+        if target is None:
+            say(ctx, "segment", R.FALLBACKS[method])
         extractor = fulcra.create("feature_extractors", extractor_node)
         resumed = False
         from PIL import Image
 
+        log = lambda m: say(ctx, "segment", m)  # noqa: E731
         if method == "sam":
-            if getattr(extractor, "dim", 1) != 1:
+            if getattr(extractor, "dim", 1) not in (1, 3):
                 raise ConfigError(
-                    f"segment: method=sam uplifts one mask per view; set extractor.mask to single, best, 0, 1 or 2 (got {getattr(extractor, 'mask', '?')!r})"
+                    f"segment: method=sam uplifts SAM's masks; set extractor.mask to single, best, 0, 1, 2 or all (got {getattr(extractor, 'mask', '?')!r})"
                 )
             if ref.name in imgs and ref.name not in {c.name for c in views}:
                 views = [ref, *views]  # the reference view's own prompt is SAM's best cue there
-            seg = segment_sam(
+            seg, tuning = segment_with_reference(
                 scene,
-                views,
-                imgs,
                 ref,
                 prompt,
-                extractor,
+                kind,
+                "sam",
+                target=target,
+                reference=source,
+                search=cfg.search,
+                cameras=views,
+                images=imgs,
+                extractor=extractor,
                 tau=cfg.tau,
+                rule=str(cfg.rule),
                 progress=lambda i, n: ctx.hooks.step(step=i, metrics={"view": float(i - 1)}, total=n, stage="sam"),
+                log=log,
             )
             (out / "sam_prompts").mkdir(exist_ok=True)
             for name, pos in seg.prompts.items():
@@ -336,30 +427,39 @@ class SegmentWorkflow:
                 is_main=ctx.is_main,
             )
             features, weights, resumed = up.features, up.weights, up.resumed
-            if method == "diffusion":
-                refiner = fulcra.create("refiners", OmegaConf.to_container(cfg.refiner, resolve=True))
-                seg = segment_diffusion(scene, features, ref, prompt, kind, refiner, weights)
-            else:
-                seg = segment_uplift(scene, features, ref, prompt, kind)
-        th = str(cfg.threshold)
+            refiner = (
+                fulcra.create("refiners", OmegaConf.to_container(cfg.refiner, resolve=True))
+                if method == "diffusion"
+                else None
+            )
+            seg, tuning = segment_with_reference(
+                scene,
+                ref,
+                prompt,
+                kind,
+                method,
+                features=features,
+                weights=weights,
+                refiner=refiner,
+                target=target,
+                reference=source,
+                search=cfg.search,
+                log=log,
+            )
         if th == "auto":
-            # SAM: the uplifted scores are the share of SAM masks covering a Gaussian; the thesis fixes
-            # the threshold for SAM (Li for SAM 2 on NVOS: threshold=li)
-            th = 0.5 if method == "sam" else auto_threshold(method == "diffusion", kind)
-        elif th not in ("otsu", "li"):
-            try:
-                th = float(th)
-            except ValueError:
-                raise ConfigError(
-                    f"segment: key 'threshold' must be auto, otsu, li or a number, got {cfg.threshold!r}"
-                ) from None
-        mask3d = binarise_3d(seg.scores, th)
+            mask3d = R.mask_3d(seg.scores, tuning)
+        else:
+            mask3d = binarise_3d(seg.scores, th)
+        mode = masks_mode if masks_mode != "auto" else (tuning.mode_2d if th == "auto" else "selection")
         _save_npy(mask3d.cpu().numpy(), out / "mask3d.npy")
 
         (out / "masks").mkdir(exist_ok=True)
         fractions = {}
         for i, cam in enumerate(cams):
-            m = render_mask(scene, mask3d, cam, cfg.render_threshold)
+            if mode == "scores":
+                m = R.mask_2d(scene, seg.scores, cam, tuning.threshold_2d)
+            else:
+                m = render_mask(scene, mask3d, cam, cfg.render_threshold)
             Image.fromarray(m.cpu().numpy().astype(np.uint8) * 255).save(out / "masks" / f"{cam.name}.png")
             fractions[cam.name] = float(m.float().mean())
             ctx.hooks.step(step=i + 1, metrics={"mask_fraction": fractions[cam.name]}, total=len(cams), stage="render")
@@ -373,7 +473,9 @@ class SegmentWorkflow:
             "method": method,
             "diffusion": method == "diffusion",
             "features_resumed": resumed,
-            "threshold": th,
+            "threshold": th if th != "auto" else tuning.threshold_3d,
+            "masks_from": mode,
+            "tuning": tuning.as_dict(),
             "mask3d": str(out / "mask3d.npy"),
             "masks": str(out / "masks"),
             "seconds": round(time.time() - t0, 2),
@@ -424,8 +526,19 @@ class SegmentSyntheticWorkflow:
                 "help": "the refiner of the uplifted prompt (any refiners plugin; graph diffusion by default)",
             },
         )
-        eval_views: int = field(default=6, metadata={"help": "views on which the 2D IoU is averaged"})
+        eval_views: int = field(
+            default=6, metadata={"help": "views (other than the reference) on which the 2D IoU is averaged"}
+        )
         center: bool = field(default=True, metadata={"help": "subtract the mean 2D feature before uplifting"})
+        reference: str = field(
+            default="ground_truth",
+            metadata={
+                "help": "the reference mask the protocol tunes on: ground_truth (the reference view's true mask, as SPIn-NeRF's first-frame mask) or none (the fallback rules)"
+            },
+        )
+        search: bool = field(
+            default=True, metadata={"help": "grid-search the refiner's bandwidths on the reference mask"}
+        )
 
     def __init__(self, config):
         self.cfg = config
@@ -481,6 +594,8 @@ class SegmentSyntheticWorkflow:
             refiner=refiner,
             eval_views=cfg.eval_views,
             uplifted=up,
+            reference=str(cfg.reference),
+            search=cfg.search,
         )
         ctx.hooks.evaluate(metrics={k: v for k, v in res["mean"].items()})
         print((out / "results.md").read_text())

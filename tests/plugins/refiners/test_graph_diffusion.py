@@ -50,9 +50,13 @@ def dense_reference(pos, feats, k, bandwidth, anchors=None):
     return E, S, f
 
 
-def dense_power(S, P, g0, steps, binarize=None):
+def dense_power(S, P, g0, steps, binarize=None, normalize="none"):
     sp = np.sqrt(P)
     A = S * sp[:, None] * sp[None, :]
+    if normalize == "degree":  # D^-1/2 A D^-1/2 with D the row sums (zero rows stay zero)
+        d = A.sum(1)
+        inv = np.where(d > 0, 1 / np.sqrt(np.where(d > 0, d, 1)), 0)
+        A = A * inv[:, None] * inv[None, :]
     if binarize is not None:
         A = (A > binarize).astype(np.float64)
     g = g0.astype(np.float64)
@@ -152,7 +156,7 @@ def test_scribble_refine_matches_dense_reference_and_stays_on_object():
     scores = np.zeros(n)
     obj = np.nonzero(lab == 0)[0]
     scores[obj] = rng.uniform(0.0, 1.0, len(obj))  # a coarse uplifted scribble
-    gd = GraphDiffusion(k=6, steps=30, anchor_fraction=0.1)
+    gd = GraphDiffusion(k=6, steps=30, anchor_fraction=0.1, bandwidth=1.0, unary_bandwidth=1.0)
     res = gd.run(pos, feats, torch.from_numpy(scores).float()[:, None])
     # reference: anchors = top 10 % of positives, P = RBF to the mean anchor feature, binarised A
     _, S, f = dense_reference(pos, feats, 6, 1.0)
@@ -169,7 +173,7 @@ def test_scribble_refine_matches_dense_reference_and_stays_on_object():
     P = np.exp(-d2 / s2)
     np.testing.assert_allclose(res.unary[:, 0].numpy(), P, rtol=1e-4, atol=1e-6)
     g0 = np.where(anchors, scores, 0)
-    gT = dense_power(S, P, g0, 30, binarize=1e-5)
+    gT = dense_power(S, P, g0, 30, binarize=1e-5, normalize="degree")
     h = np.where(gT > 0, P, 0)
     np.testing.assert_allclose(res.scores[:, 0].numpy(), h, rtol=1e-4, atol=1e-6)
     # identical features on both blobs: only 3D geometry keeps the diffusion off the other blob
@@ -192,7 +196,7 @@ def test_graph_is_cached_across_prompts():
 def test_many_prompts_as_columns_equal_one_by_one():
     pos, feats, lab = two_blobs(240)
     s = torch.stack([torch.from_numpy((lab == c).astype(np.float32)) * torch.rand(len(lab)) for c in (0, 1)], 1)
-    gd = GraphDiffusion(k=5, steps=10, output="diffused", binarize=-1, median="edges")
+    gd = GraphDiffusion(k=5, steps=10, output="diffused", binarize=-1, median="edges", bandwidth=1.0)
     both = gd.refine(pos, feats, s)
     one = torch.stack([gd.refine(pos, feats, s[:, j]) for j in range(2)], 1)
     torch.testing.assert_close(both, one, rtol=1e-4, atol=1e-6)
@@ -212,7 +216,7 @@ def test_relevancy_prompt_diffuses_from_top_relevancies():
     pos, feats, lab = two_blobs(300)
     rng = np.random.default_rng(0)
     rel = np.where(lab == 0, 0.7, 0.3) + 0.1 * rng.normal(size=len(lab))
-    gd = GraphDiffusion(k=6, steps=40, prompt="relevancy", median="edges")
+    gd = GraphDiffusion(k=6, steps=40, prompt="relevancy", median="edges", bandwidth=1.0)
     res = gd.run(pos, feats, torch.from_numpy(rel).float()[:, None])
     assert res.scores.max() == pytest.approx(1.0)
     # initial weights only on the most relevant nodes, diffusion then covers the object
@@ -222,7 +226,7 @@ def test_relevancy_prompt_diffuses_from_top_relevancies():
     assert res.scores[truth, 0].mean() > 10 * res.scores[~truth, 0].mean()
     # the diffused output equals the dense reference run with the same unary term and g0
     _, S, _ = dense_reference(pos, feats, 6, 1.0)
-    ref = dense_power(S, res.unary[:, 0].double().numpy(), res.g0[:, 0].double().numpy(), 40)
+    ref = dense_power(S, res.unary[:, 0].double().numpy(), res.g0[:, 0].double().numpy(), 40, normalize="degree")
     np.testing.assert_allclose(res.scores[:, 0].numpy(), ref / ref.max(), rtol=1e-3, atol=1e-6)
 
 
@@ -259,3 +263,23 @@ def test_restricted_path_equals_whole_graph_when_few_nodes_are_reached():
     a = power_iteration(G, g0[G.perm], 4, sp[G.perm])
     b = power_iteration_full(G, g0[G.perm], 4, sp[G.perm])
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_with_params_shares_the_graph_and_tuning_grid_is_official():
+    pos, feats, lab = two_blobs(200)
+    gd = GraphDiffusion(k=5, steps=5)
+    s = torch.from_numpy((lab == 0).astype(np.float32))
+    grid = gd.tuning_grid("scribble")
+    assert [(p["bandwidth"], p["unary_bandwidth"]) for p in grid] == [
+        (2.0**f, 2.0**g) for f in (1, 2) for g in (2, 3, 4)
+    ]
+    assert len(gd.tuning_grid("mask")) == 5 * 4 and gd.tuning_grid("relevancy") == []
+    other = gd.with_params(**grid[-1])
+    other.refine(pos, feats, s)
+    g1 = gd._graph
+    assert g1 is not None  # built by the copy, cached for the original too
+    gd.with_params(**grid[0]).refine(pos, feats, s)
+    assert gd._graph is g1
+    assert other.resolved()["unary_bandwidth"] == 16.0 and gd.resolved()["unary_bandwidth"] == 8.0
+    with pytest.raises(ValueError, match="unknown parameter"):
+        gd.with_params(bandwith=2.0)

@@ -40,11 +40,17 @@ def iterated_otsu(values: torch.Tensor, times: int) -> float:
     return t
 
 
-def top_fraction_anchors(g0: torch.Tensor, fraction: float) -> torch.Tensor:
+def top_fraction_anchors(g0: torch.Tensor, fraction: float, tiebreak: torch.Tensor | None = None) -> torch.Tensor:
     """Keep the top ``fraction`` of the positive entries of each column of ``g0`` ``[N, Q]``, zero the rest.
 
     C.1.3: the uplifted reference mask or scribbles, "retaining only the top 10% of Gaussians with
     positive mask values". ``fraction >= 1`` keeps every positive entry.
+
+    Args:
+        tiebreak: optional ``[N]`` values ranking equal entries (larger first), e.g. the reference
+            view's rendering weights: a normalised uplifted mask is exactly 1 on every Gaussian whose
+            contributions all fall inside it, the faint ones hidden behind the object as much as the
+            visible surface; without it ties resolve by index.
     """
     out = torch.zeros_like(g0)
     for j in range(g0.shape[1]):
@@ -53,14 +59,18 @@ def top_fraction_anchors(g0: torch.Tensor, fraction: float) -> torch.Tensor:
         if pos.numel() == 0:
             continue
         keep = max(1, int(round(min(fraction, 1.0) * pos.numel())))
-        # a stable sort, not topk: ties (binary masks are all ties) resolve by index, identically on
-        # CPU and CUDA, so the same anchors are chosen on every device
+        # stable sorts, not topk: ties resolve by the tie-break then by index, identically on CPU
+        # and CUDA, so the same anchors are chosen on every device
+        if tiebreak is not None:
+            pos = pos[torch.sort(tiebreak[pos], descending=True, stable=True).indices]
         top = pos[torch.sort(col[pos], descending=True, stable=True).indices[:keep]]
         out[top, j] = col[top]
     return out
 
 
-def rbf_unary(f: torch.Tensor, anchors: torch.Tensor, bandwidth: float) -> torch.Tensor:
+def rbf_unary(
+    f: torch.Tensor, anchors: torch.Tensor, bandwidth: float, f_eval: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Scribble unary term: ``P(f_i) = S_f(f_i, f̄)`` with ``f̄`` the mean anchor feature (C.1.3, case 1).
 
     ``f̄`` is l2-normalised, so ``P`` is a monotone function of the cosine similarity to it; the RBF
@@ -71,10 +81,15 @@ def rbf_unary(f: torch.Tensor, anchors: torch.Tensor, bandwidth: float) -> torch
         anchors: ``[N, Q]`` bool.
         bandwidth: ``b``.
 
+        f_eval: optional ``[M, D]`` l2-normalised features of other nodes to score with the same ``P``.
+
     Returns:
-        ``[N, Q]`` float32 in (0, 1].
+        ``[N, Q]`` float32 in (0, 1] (and ``[M, Q]`` for ``f_eval`` when given).
     """
     P = torch.zeros(f.shape[0], anchors.shape[1], dtype=torch.float32, device=f.device)
+    Pe = (
+        None if f_eval is None else torch.zeros(f_eval.shape[0], anchors.shape[1], dtype=torch.float32, device=f.device)
+    )
     for j in range(anchors.shape[1]):
         a = anchors[:, j]
         if not bool(a.any()):
@@ -85,7 +100,9 @@ def rbf_unary(f: torch.Tensor, anchors: torch.Tensor, bandwidth: float) -> torch
         s2 = float(np.median(d2[a].sqrt().cpu().numpy())) ** 2
         s2 = max(s2, 1e-6)  # anchors identical to their mean
         P[:, j] = torch.exp(-d2 / (bandwidth * s2))
-    return P
+        if Pe is not None:
+            Pe[:, j] = torch.exp(-(2.0 - 2.0 * (f_eval.to(f.device) @ mean)).clamp_min(0) / (bandwidth * s2))
+    return P if Pe is None else (P, Pe)
 
 
 def logreg_unary(
@@ -96,7 +113,8 @@ def logreg_unary(
     weights: torch.Tensor | None = None,  # [N]
     max_samples: int = 100_000,
     seed: int = 0,
-) -> torch.Tensor:
+    f_eval: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Mask / relevancy unary term: ``P = L(f)^{1/b}`` with ``L`` a logistic regression (C.1.3 case 2, C.1.4).
 
     One scikit-learn ``LogisticRegression(C, class_weight="balanced")`` per column, trained on the
@@ -105,7 +123,8 @@ def logreg_unary(
     subsampled with a fixed seed; the balanced class weights keep the decision unbiased).
 
     Returns:
-        ``[N, Q]`` float32 in [0, 1].
+        ``[N, Q]`` float32 in [0, 1] (and ``[M, Q]`` for ``f_eval`` ``[M, D]`` when given: other
+        nodes scored by the same models).
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -113,10 +132,14 @@ def logreg_unary(
     w = weights.detach().cpu().numpy().astype(np.float64) if weights is not None else None
     rng = np.random.default_rng(seed)
     out = np.zeros((fn.shape[0], labels.shape[1]), dtype=np.float32)
+    fe = None if f_eval is None else f_eval.detach().cpu().numpy().astype(np.float32)
+    out_e = None if fe is None else np.zeros((fe.shape[0], labels.shape[1]), dtype=np.float32)
     for j in range(labels.shape[1]):
         y = labels[:, j].detach().cpu().numpy().astype(bool)
         if y.all() or not y.any():
             out[:, j] = 1.0 if y.all() else 0.0
+            if out_e is not None:
+                out_e[:, j] = out[0, j]
             continue
         idx = np.arange(len(y))
         if len(idx) > max_samples:
@@ -127,8 +150,10 @@ def logreg_unary(
         model = LogisticRegression(C=C, class_weight="balanced", max_iter=1000)
         model.fit(fn[idx], y[idx].astype(int), sample_weight=None if w is None else w[idx])
         out[:, j] = model.predict_proba(fn)[:, 1]
-    P = torch.from_numpy(out).to(f.device)
-    return P.pow(1.0 / bandwidth)
+        if out_e is not None and len(fe):
+            out_e[:, j] = model.predict_proba(fe)[:, 1]
+    P = torch.from_numpy(out).to(f.device).pow(1.0 / bandwidth)
+    return P if out_e is None else (P, torch.from_numpy(out_e).to(f.device).pow(1.0 / bandwidth))
 
 
 def relevancy_anchors(relevancy: torch.Tensor, quantile: float = 0.999) -> tuple[torch.Tensor, torch.Tensor]:
