@@ -46,6 +46,8 @@ class BackboneSpec:
         url: where a user can get the official file by hand (printed in errors; never fetched).
         tiny: keyword overrides that make the tiny random variant.
         clip_embed_dim: joint image-text space size (CLIP only).
+        quick_gelu: the CLIP was trained with QuickGELU (OpenAI's weights; CLIP only). A mismatch
+            loads without error and silently degrades the features.
     """
 
     family: str
@@ -61,6 +63,7 @@ class BackboneSpec:
     url: str = ""
     tiny: dict = field(default_factory=dict)
     clip_embed_dim: int = 0
+    quick_gelu: bool = False
 
 
 def _dinov2(size: str, arch_size: str, dim: int, depth: int, reg: bool) -> BackboneSpec:
@@ -139,9 +142,32 @@ BACKBONES.update(
             mean=CLIP_MEAN,
             std=CLIP_STD,
             clip_embed_dim=512,
+            quick_gelu=True,
             files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "clip_vitb16.safetensors"),
             hf_hub="timm/vit_base_patch16_clip_224.openai",
             url="https://huggingface.co/timm/vit_base_patch16_clip_224.openai (open_clip_model.safetensors)",
+            tiny={
+                "embed_dim": 32,
+                "vision": {"width": 48, "layers": 3, "patch_size": 16, "image_size": 64},
+                "text": {"width": 32, "heads": 2, "layers": 1},
+            },
+        ),
+        # the OpenCLIP weights of the official LUDVIG code (clip_utils/openclip_encoder.py: ViT-B-16,
+        # pretrained="laion2b_s34b_b88k"), as LERF and LangSplat; standard GELU
+        "clip_vitb16_laion2b": BackboneSpec(
+            family="clip",
+            arch="ViT-B-16",
+            embed_dim=768,
+            patch_size=16,
+            depth=12,
+            num_prefix_tokens=1,
+            mean=CLIP_MEAN,
+            std=CLIP_STD,
+            clip_embed_dim=512,
+            quick_gelu=False,
+            files=("open_clip_pytorch_model.bin", "open_clip_model.safetensors", "clip_vitb16_laion2b.safetensors"),
+            hf_hub="laion/CLIP-ViT-B-16-laion2B-s34B-b88K",
+            url="https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K (open_clip_pytorch_model.bin)",
             tiny={
                 "embed_dim": 32,
                 "vision": {"width": 48, "layers": 3, "patch_size": 16, "image_size": 64},
@@ -158,6 +184,7 @@ BACKBONES.update(
             mean=CLIP_MEAN,
             std=CLIP_STD,
             clip_embed_dim=768,
+            quick_gelu=True,
             files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "clip_vitl14.safetensors"),
             hf_hub="timm/vit_large_patch14_clip_224.openai",
             url="https://huggingface.co/timm/vit_large_patch14_clip_224.openai (open_clip_model.safetensors)",

@@ -20,12 +20,13 @@ from .cache import FeatureCache, image_hash
 from .cache import jsonable as _jsonable
 from .cache import params_key as _params_key
 from .views import _load_view, _shard, as_float_images, extract_views, iter_feature_maps, progress  # noqa: F401 (dinov2)
-from .windows import PCA, aggregate_windows, sliding_windows, window_starts, window_weights
+from .windows import PCA, aggregate_windows, even_window_starts, sliding_windows, window_starts, window_weights
 
 __all__ = [
     "BaseExtractor",
     "PCA",
     "window_starts",
+    "even_window_starts",
     "sliding_windows",
     "window_weights",
     "aggregate_windows",

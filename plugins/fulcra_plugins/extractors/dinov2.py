@@ -24,11 +24,14 @@ class DINOv2Extractor(ViTExtractor):
         weights: local checkpoint (official ``dinov2_vitX14[_reg4]_pretrain.pth`` or timm
             safetensors); ``None`` looks in ``$FULCRA_WEIGHTS_DIR``, ``~/.cache/fulcra/weights``, the
             torch hub and Hugging Face caches. Never downloads.
-        tiny, n_components, pca_weighting, resolution, crop_size, stride, output_stride, device,
-            batch_size, cache_dir, progress: as for ``vit``.
+        tiny, n_components, pca_weighting, pca_standardize, resolution, crop_size, stride,
+            window_spacing, output_stride, device, batch_size, cache_dir, progress: as for ``vit``
+            (defaults: the official ``configs/dif_SPIn.yaml``: native resolution, 840-pixel crops
+            every 200 pixels, z-scored tokens, 40 components weighted by ``sqrt(λ)``).
 
     Shape:
         ``[B, 3, H, W]`` float in [0, 1] -> ``[B, n_components, h, w]`` float32 with
+        ``(h, w) = (H, W) / output_stride`` at native resolution, else
         ``min(h, w) = resolution / output_stride``, aspect of the input kept.
     """
 
@@ -49,10 +52,12 @@ class DINOv2Extractor(ViTExtractor):
         weights: str | None = None,
         tiny: bool = False,
         n_components: int = 40,
-        pca_weighting: str = "eigenvalue",
-        resolution: int = 672,
-        crop_size: int = 448,
-        stride: int = 224,
+        pca_weighting: str = "sqrt",
+        pca_standardize: bool = True,
+        resolution: int | None = None,
+        crop_size: int = 840,
+        stride: int = 200,
+        window_spacing: str = "even",
         output_stride: int = 1,
         device: str = "cpu",
         batch_size: int = 8,
@@ -74,9 +79,11 @@ class DINOv2Extractor(ViTExtractor):
             tiny=tiny,
             n_components=n_components,
             pca_weighting=pca_weighting,
+            pca_standardize=pca_standardize,
             resolution=resolution,
             crop_size=crop_size,
             stride=stride,
+            window_spacing=window_spacing,
             output_stride=output_stride,
             device=device,
             batch_size=batch_size,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .views import _dist
 
-__all__ = ["window_starts", "sliding_windows", "window_weights", "aggregate_windows", "PCA"]
+__all__ = ["window_starts", "even_window_starts", "sliding_windows", "window_weights", "aggregate_windows", "PCA"]
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -31,20 +31,56 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def even_window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets of windows spread (nearly) evenly along an axis, as the official LUDVIG sliding
+    window (``utils/sliding_windows.py``) places DINOv2 crops.
+
+    As many windows as :func:`window_starts` gives, but the stride shrunk to the smallest integer
+    step that still reaches the end: ``n = ceil((length - window) / stride)`` steps of
+    ``ceil((length - window) / n)`` pixels, the last start clipped to ``length - window`` (so the last
+    window ends at the border; that last step may be shorter by the rounding). A window at least as
+    long as the axis gives a single window at 0 (the caller clips it). A stride larger than the window
+    is first reduced to the window, as in :func:`window_starts`, so no pixel is left uncovered (the
+    official code would leave gaps; its configs never use such a stride).
+
+    Example: ``length=1190, window=840, stride=200`` -> ``[0, 175, 350]`` (``window_starts`` gives
+    ``[0, 200, 350]``).
+    """
+    if window <= 0 or stride <= 0:
+        raise ValueError(f"window and stride must be positive, got {window}, {stride}")
+    if window >= length:
+        return [0]
+    span = length - window
+    stride = min(stride, window)  # no gaps between windows
+    step = -(-span // -(-span // stride))  # ceil(span / ceil(span / stride)), in integers
+    return [min(s, span) for s in range(0, span + step, step)]
+
+
 def sliding_windows(
-    height: int, width: int, window: int | tuple[int, int], stride: int | tuple[int, int]
+    height: int,
+    width: int,
+    window: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    spacing: str = "fixed",
 ) -> list[tuple[int, int, int, int]]:
     """Overlapping windows covering an ``height x width`` grid.
+
+    Args:
+        spacing: ``"fixed"`` (:func:`window_starts`: every ``stride``, the last one aligned to the
+            border) or ``"even"`` (:func:`even_window_starts`: the official LUDVIG placement).
 
     Returns:
         boxes ``(y0, x0, y1, x1)`` (end exclusive, clipped to the grid), row-major.
     """
+    if spacing not in ("fixed", "even"):
+        raise ValueError(f"sliding_windows: spacing must be 'fixed' or 'even', got {spacing!r}")
+    starts = window_starts if spacing == "fixed" else even_window_starts
     wh, ww = (window, window) if isinstance(window, int) else window
     sh, sw = (stride, stride) if isinstance(stride, int) else stride
     return [
         (y0, x0, min(y0 + wh, height), min(x0 + ww, width))
-        for y0 in window_starts(height, wh, sh)
-        for x0 in window_starts(width, ww, sw)
+        for y0 in starts(height, wh, sh)
+        for x0 in starts(width, ww, sw)
     ]
 
 
@@ -117,18 +153,24 @@ def aggregate_windows(
 
 
 class PCA:
-    """PCA fitted from streamed statistics, with components re-weighted by their eigenvalues.
+    """PCA fitted from streamed statistics, optionally on z-scored features, with components
+    re-weighted by their eigenvalues.
 
     ``update(x [..., D])`` accumulates ``Σx``, ``Σxxᵀ`` and the count in float64; ``fit(n_components)``
     all-reduces them across processes (so every rank gets the same basis) and eigen-decomposes the
-    covariance. ``transform(x)`` projects onto the first components and multiplies component ``k``
-    by ``weight_k``:
+    covariance, or with ``standardize=True`` the correlation matrix: the PCA of the features after
+    each dimension is z-scored over all samples (what the official LUDVIG code does before its PCA,
+    computed here exactly from the same sums). ``transform(x)`` z-scores (when fitted so), projects
+    onto the first components and multiplies component ``k`` by ``weight_k``:
 
-    - ``"eigenvalue"`` (thesis §5.4.1): ``λ_k / λ_1``, favouring the first components, which focus on
-      the foreground objects. Dividing by ``λ_1`` only rescales all features by one constant (cosine
-      similarities and thresholds on normalised scores are unchanged) and keeps magnitudes sane.
-    - ``"sqrt"``: ``sqrt(λ_k / λ_1)``; ``"none"``: plain projection.
+    - ``"sqrt"``: ``sqrt(λ_k / λ_1)``. The official code multiplies by sklearn's ``singular_values_``
+      ``σ_k = sqrt((n - 1) λ_k)``: the same up to one constant factor, which depends on the number of
+      patches and is divided out here.
+    - ``"eigenvalue"``: ``λ_k / λ_1``, the literal reading of "re-weighted by the eigenvalues".
+    - ``"none"``: plain projection.
 
+    Dividing by the first weight only rescales all features by one constant (cosine similarities and
+    thresholds on normalised scores are unchanged) and keeps magnitudes independent of the data size.
     Signs are fixed so that each component's largest-magnitude loading is positive (deterministic).
     """
 
@@ -138,6 +180,7 @@ class PCA:
         self.outer = torch.zeros(self.dim, self.dim, dtype=torch.float64)
         self.count = torch.zeros((), dtype=torch.float64)
         self.mean: torch.Tensor | None = None
+        self.scale: torch.Tensor | None = None  # [D] per-dimension std (ones without standardize)
         self.components: torch.Tensor | None = None  # [D, k]
         self.eigenvalues: torch.Tensor | None = None  # [k]
 
@@ -155,7 +198,9 @@ class PCA:
         self.outer += x.T @ x
         self.count += x.shape[0]
 
-    def fit(self, n_components: int, distributed: bool = True) -> PCA:
+    def fit(self, n_components: int, distributed: bool = True, standardize: bool = False) -> PCA:
+        """Fit on the accumulated samples (all-reduced across processes when ``distributed``);
+        ``standardize``: z-score every dimension first (PCA of the correlation matrix)."""
         if distributed:
             stats = torch.cat([self.sum, self.outer.reshape(-1), self.count.reshape(1)])
             d = _dist()
@@ -171,6 +216,13 @@ class PCA:
             raise ValueError("PCA: need at least 2 samples to fit")
         mean = s / c
         cov = (o - c * torch.outer(mean, mean)) / (c - 1)
+        if standardize:
+            # unbiased std as torch.std; a constant dimension keeps scale 1 (its z-score would be 0/0)
+            std = cov.diagonal().clamp_min(0).sqrt()
+            std = torch.where(std > 0, std, torch.ones_like(std))
+            cov = cov / torch.outer(std, std)
+        else:
+            std = torch.ones_like(mean)
         evals, evecs = torch.linalg.eigh(cov)  # ascending
         k = min(int(n_components), self.dim)
         evals = evals.flip(0)[:k].clamp_min(0)
@@ -179,6 +231,7 @@ class PCA:
         signs = torch.sign(evecs[idx, torch.arange(k)])
         signs[signs == 0] = 1
         self.mean = mean.float()
+        self.scale = std.float()
         self.components = (evecs * signs).float()
         self.eigenvalues = evals.float()
         return self
@@ -195,17 +248,21 @@ class PCA:
         raise ValueError(f"PCA weighting must be 'eigenvalue', 'sqrt' or 'none', got {weighting!r}")
 
     def transform(self, x: torch.Tensor, weighting: str = "eigenvalue", channel_dim: int = -1) -> torch.Tensor:
-        """Project ``x`` (features along ``channel_dim``) onto the re-weighted components."""
+        """Z-score (when fitted with ``standardize``) and project ``x`` (features along
+        ``channel_dim``) onto the re-weighted components."""
         if not self.fitted:
             raise RuntimeError("PCA.transform before fit")
         x = x.movedim(channel_dim, -1)
         mean = self.mean.to(x.device)
-        comp = (self.components * self.weights(weighting)).to(x.device)
+        scale = self.scale if self.scale is not None else torch.ones_like(self.mean)
+        # (x - mean) / scale @ C = (x - mean) @ (C / scale): one matmul
+        comp = (self.components * self.weights(weighting) / scale[:, None]).to(x.device)
         y = (x.float() - mean) @ comp
         return y.movedim(-1, channel_dim)
 
     def state_dict(self) -> dict:
-        return {"mean": self.mean, "components": self.components, "eigenvalues": self.eigenvalues}
+        return {"mean": self.mean, "scale": self.scale, "components": self.components, "eigenvalues": self.eigenvalues}
 
     def load_state_dict(self, state: dict) -> None:
         self.mean, self.components, self.eigenvalues = state["mean"], state["components"], state["eigenvalues"]
+        self.scale = state.get("scale")  # absent in states saved before standardisation existed

@@ -269,3 +269,27 @@ def test_presets_name_timm_architectures_without_code(tmp_path, monkeypatch):
     monkeypatch.setenv("FULCRA_WEIGHTS_DIR", str(tmp_path))
     with pytest.raises(WeightsNotFoundError, match=r"vit_large_patch16_dinov3.lvd1689m.safetensors"):
         load_backbone("dinov3_vitl16")
+
+
+def test_laion2b_clip_is_the_official_ludvig_one(monkeypatch, tmp_path):
+    """clip_vitb16_laion2b: open_clip ViT-B-16 with GELU (LAION's weights; OpenAI's need QuickGELU),
+    weights only from a path or a cache (the message names the LAION repo), open_clip's .bin layout loads."""
+    from open_clip.model import QuickGELU
+
+    def acts(bb):
+        return {type(m).__name__ for m in bb.model.visual.modules() if type(m).__name__ in ("GELU", "QuickGELU")}
+
+    laion = load_backbone("clip_vitb16_laion2b", tiny=True)
+    assert acts(laion) == {"GELU"} and laion.clip_embed_dim == 32 and laion.patch_size == 16
+    assert acts(load_backbone("clip_vitb16", tiny=True)) == {QuickGELU.__name__}
+    f = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(laion.model.state_dict(), f)
+    again = load_backbone("clip_vitb16_laion2b", tiny=True, weights=str(f))
+    x = laion.normalize(torch.rand(1, 3, 64, 64))
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_image(x), laion.encode_image(x))
+    monkeypatch.setenv("FULCRA_WEIGHTS_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(WeightsNotFoundError, match=r"laion/CLIP-ViT-B-16-laion2B-s34B-b88K.*never downloads"):
+        load_backbone("clip_vitb16_laion2b")

@@ -8,6 +8,7 @@ from fulcra_plugins.extractors import views
 from fulcra_plugins.extractors.common import (
     PCA,
     aggregate_windows,
+    even_window_starts,
     extract_views,
     iter_feature_maps,
     sliding_windows,
@@ -37,6 +38,29 @@ def test_window_starts_stride_and_end_alignment():
     assert window_starts(3, 4, 3) == [0]
     with pytest.raises(ValueError):
         window_starts(10, 0, 1)
+
+
+def test_even_window_starts_are_the_official_placement():
+    """utils/sliding_windows.py: n = ceil((L - w) / s) steps of ceil((L - w) / n) pixels, last clipped."""
+    assert even_window_starts(1190, 840, 200) == [0, 175, 350]
+    assert even_window_starts(1596, 840, 200) == [0, 189, 378, 567, 756]
+    assert even_window_starts(1040, 840, 200) == [0, 200]  # a stride that fits exactly is kept
+    assert even_window_starts(1050, 840, 200) == [0, 105, 210]
+    assert even_window_starts(840, 840, 200) == [0] and even_window_starts(500, 840, 200) == [0]
+    assert even_window_starts(300, 56, 28) == [0, 28, 56, 84, 112, 140, 168, 196, 224, 244]  # ceil(244/9) = 28
+    assert even_window_starts(57, 14, 100) == [0, 11, 22, 33, 43]  # stride above the window: no gaps
+    for L, w, s in [(97, 10, 7), (300, 56, 28), (1000, 840, 1), (57, 14, 100), (11, 4, 3)]:
+        st = even_window_starts(L, w, s)
+        steps = [b - a for a, b in zip(st, st[1:])]
+        # as many windows as the plain stride needs, equal steps <= stride, the last one possibly shorter
+        assert st[0] == 0 and st[-1] == L - w and len(st) == len(window_starts(L, w, s))
+        assert len(set(steps[:-1])) <= 1 and steps[-1] <= steps[0] <= s
+        covered = torch.zeros(L, dtype=torch.bool)
+        for a in st:
+            covered[a : a + w] = True
+        assert covered.all() and len(set(st)) == len(st)
+    with pytest.raises(ValueError, match="spacing"):
+        sliding_windows(10, 10, 4, 2, spacing="uniform")
 
 
 def test_aggregate_windows_matches_explicit_weighted_sum():
@@ -221,3 +245,30 @@ def test_missing_weights_error_says_where(tmp_path, monkeypatch):
         find_weights("x", tmp_path / "nope.pth", files=("x.pth",), url="https://e.org")
     (tmp_path / "x.pth").write_bytes(b"")
     assert find_weights("x", None, files=("y.pth", "x.pth")) == tmp_path / "x.pth"
+
+
+def test_pca_standardize_is_pca_of_zscored_features():
+    """standardize=True: each dimension z-scored (unbiased std, as torch.std) over all samples, then
+    PCA; equal to numpy on explicitly z-scored data, however the samples are streamed. A constant
+    dimension keeps scale 1 instead of dividing by 0."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(400, 5, generator=g) @ torch.randn(5, 5, generator=g) * torch.tensor([100.0, 1, 0.01, 3, 7]) + 4
+    x = torch.cat([x, torch.full((400, 1), 2.5)], 1)  # a constant dimension
+    pca = PCA(6)
+    for chunk in x.split(97):
+        pca.update(chunk)
+    pca.fit(3, standardize=True)
+    xn = x.double().numpy()[:, :5]
+    z = (xn - xn.mean(0)) / xn.std(0, ddof=1)
+    evals, evecs = np.linalg.eigh(np.cov(z, rowvar=False))
+    evals, evecs = evals[::-1][:3], evecs[:, ::-1][:, :3]
+    assert np.allclose(pca.eigenvalues.numpy(), evals, rtol=1e-4)
+    got = pca.transform(x, "none").double().numpy()
+    ref = z @ evecs
+    assert np.allclose(np.abs(got), np.abs(ref), atol=1e-3) and torch.isfinite(pca.transform(x)).all()
+    assert float(pca.scale[-1]) == 1.0
+    # a state saved without "scale" (before standardisation existed) still loads as a plain PCA
+    state = {k: v for k, v in pca.state_dict().items() if k != "scale"}
+    old = PCA(6)
+    old.load_state_dict(state)
+    assert old.scale is None and old.transform(x).shape == (400, 3)

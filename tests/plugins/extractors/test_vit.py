@@ -29,8 +29,9 @@ def test_dinov2_is_vit_on_the_dinov2_backbone():
 
 
 def test_dinov2_cache_key_is_unchanged():
-    # caches written before the vit extractor existed stay valid: same keys, same values
-    e = DINOv2Extractor(variant="vits14_reg", n_components=4, **WIN)
+    # caches written before the vit extractor existed stay valid: same keys, same values, for the
+    # window placement of that time (window_spacing="fixed"); the official "even" one has its own key
+    e = DINOv2Extractor(variant="vits14_reg", n_components=4, window_spacing="fixed", **WIN)
     assert e.cache_params() == {
         "name": "dinov2",
         "variant": "vits14_reg",
@@ -40,6 +41,8 @@ def test_dinov2_cache_key_is_unchanged():
         "crop_size": 28,
         "stride": 14,
     }
+    even = DINOv2Extractor(variant="vits14_reg", n_components=4, **WIN).cache_params()
+    assert even == {**e.cache_params(), "window_spacing": "even"}
     v = ViTExtractor(backbone="dinov2_vits14_reg", n_components=4, **WIN)
     assert v.cache_params()["backbone"] == "dinov2_vits14_reg" and v.cache_params()["name"] == "vit"
 
