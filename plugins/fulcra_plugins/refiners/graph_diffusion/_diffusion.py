@@ -107,6 +107,11 @@ def hop_distances(
     """
     if graph.device.type == "cpu":
         return _hops_numpy(graph, seeds, steps, sqrt_p, threshold)
+    return _hops_torch(graph, seeds, steps, sqrt_p, threshold)
+
+
+def _hops_torch(graph, seeds, steps, sqrt_p=None, threshold=None) -> torch.Tensor:
+    """:func:`hop_distances` in torch ops (any device)."""
     n = graph.num_nodes
     dev = graph.device
     dist = torch.full((n,), steps + 1, dtype=torch.int32, device=dev)
