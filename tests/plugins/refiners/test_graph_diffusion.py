@@ -283,3 +283,151 @@ def test_with_params_shares_the_graph_and_tuning_grid_is_official():
     assert other.resolved()["unary_bandwidth"] == 16.0 and gd.resolved()["unary_bandwidth"] == 8.0
     with pytest.raises(ValueError, match="unknown parameter"):
         gd.with_params(bandwith=2.0)
+
+
+# --- k = 200 scale paths: grid kNN, symmetric CSR builder, hop distances, block-range diffusion ---
+
+
+def _points_with_duplicates(n, seed, dup=0.2):
+    rng = np.random.default_rng(seed)
+    p = rng.normal(size=(n, 3)) * [2.0, 2.0, 0.2]
+    m = int(dup * n)
+    p[rng.choice(n, m, replace=False)] = p[rng.choice(n, m)]  # exact duplicates, some many times
+    p[:30] = p[0]  # a cluster of 30 identical points
+    return p.astype(np.float32)
+
+
+@pytest.mark.parametrize("n,k", [(1500, 8), (1500, 60), (700, 200), (50, 49), (50, 80), (2, 1)])
+def test_symmetric_csr_matches_scipy_k_plus_kt(n, k):
+    import scipy.sparse as sp
+
+    from fulcra_plugins.refiners.graph_diffusion._graph import knn_indices, symmetric_csr
+
+    pos = _points_with_duplicates(n, n + k)
+    nb = knn_indices(pos, k)
+    kk = nb.shape[1]
+    for self_loops in (True, False):
+        indptr, indices = symmetric_csr(nb, self_loops=self_loops)
+        K = sp.csr_matrix((np.ones(n * kk), nb.ravel(), np.arange(n + 1) * kk), shape=(n, n))
+        A = K + K.T
+        if self_loops:
+            A = A + sp.identity(n)
+        A = A.tocsr()
+        A.sort_indices()
+        assert indptr.dtype == np.int64 and indices.dtype == np.int32
+        np.testing.assert_array_equal(indptr, A.indptr)
+        np.testing.assert_array_equal(indices, A.indices)
+
+
+def test_symmetric_union_values_are_exactly_symmetric():
+    from fulcra_plugins.refiners.graph_diffusion._graph import _symmetric_union
+
+    rng = np.random.default_rng(0)
+    n, c = 400, 12
+    cols = np.stack([rng.choice(n, c, replace=False) for _ in range(n)]).astype(np.int32)
+    vals = rng.random((n, c)).astype(np.float32)
+    indptr, indices, src = _symmetric_union(cols)
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    src_rows, src_cols = np.divmod(src, c)
+    # every entry comes from a kNN entry of the same pair, in either direction
+    pair = {(int(r), int(cc)) for r, cc in zip(rows, indices)}
+    assert all(
+        (int(cols[a, b]), int(a)) in pair and (int(a), int(cols[a, b])) in pair for a, b in zip(src_rows, src_cols)
+    )
+    v = vals.ravel()[src]
+    dense = np.zeros((n, n), np.float32)
+    dense[rows, indices] = v
+    np.testing.assert_array_equal(dense, dense.T)
+
+
+@pytest.mark.parametrize("n,k", [(3000, 16), (3000, 200), (600, 200), (40, 39), (40, 100)])
+def test_grid_knn_with_duplicates_matches_bruteforce_kth_distances(n, k):
+    from fulcra_plugins.refiners.graph_diffusion import _graph as gm
+
+    pos = _points_with_duplicates(n, k, dup=0.05)
+    q, lo, scale = gm._quantise(pos, cubic=True)
+    codes = gm._interleave(q)
+    perm = np.argsort(codes, kind="stable")
+    ps = pos[perm].astype(np.float64)
+    kk = min(k, n - 1)
+    nbrs, _ = gm._grid_knn_sorted(ps, q[perm], codes[perm], lo, scale, kk)
+    d = ((ps[:, None] - ps[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, -1)
+    srt = np.sort(d, 1)
+    got = np.sort(np.take_along_axis(d, nbrs.astype(np.int64), 1), 1)
+    # the same multiset of distances (self first); with ties at the k-th distance any tied point is valid
+    np.testing.assert_array_equal(got, srt[:, : kk + 1])
+    assert (nbrs == np.arange(n)[:, None]).sum(1).tolist() == [1] * n  # every row holds itself once
+
+
+def test_grid_and_kdtree_graphs_agree():
+    pos, feats, _ = two_blobs(3000, d=16)
+    G1 = build_scene_graph(pos, feats, k=40, knn="grid")
+    G2 = build_scene_graph(pos, feats, k=40, knn="kdtree")
+    assert torch.equal(G1.indptr, G2.indptr) and torch.equal(G1.indices, G2.indices)
+    np.testing.assert_allclose(
+        G1.distance.numpy(), G2.distance.numpy(), atol=1e-3
+    )  # sqrt(2 - 2 dot) near 0: rounding noise
+    np.testing.assert_allclose(
+        G1.similarity.numpy(), G2.similarity.numpy(), atol=1e-5
+    )  # float32 dot: GEMM vs elementwise
+    assert G1.median_distance == pytest.approx(G2.median_distance, rel=1e-6)
+    assert torch.equal(G1.rows, G2.rows)
+
+
+def test_grid_knn_exact_against_bruteforce():
+    from fulcra_plugins.refiners.graph_diffusion import _graph as gm
+
+    rng = np.random.default_rng(5)
+    n, k = 4000, 200
+    pos = np.concatenate([rng.normal(size=(n // 2, 3)) * [3, 3, 0.05], rng.normal(size=(n // 2, 3)) * 0.3 + 6])
+    pos = pos.astype(np.float32)
+    q, lo, scale = gm._quantise(pos, cubic=True)
+    codes = gm._interleave(q)
+    perm = np.argsort(codes, kind="stable")
+    ps = pos[perm].astype(np.float64)
+    f = rng.normal(size=(n, 8)).astype(np.float32)
+    nbrs, dots = gm._grid_knn_sorted(ps, q[perm], codes[perm], lo, scale, k, f, budget=1 << 14)
+    d = ((ps[:, None] - ps[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, -1)
+    ref = np.sort(np.argsort(d, 1, kind="stable")[:, : k + 1], 1)
+    np.testing.assert_array_equal(np.sort(nbrs, 1), ref)
+    assert (np.diff(nbrs, axis=1) > 0).all()  # rows come out ascending (the CSR builder relies on it)
+    np.testing.assert_allclose(dots, np.einsum("id,ikd->ik", f, f[nbrs]), atol=1e-5)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.2])
+def test_numpy_hops_equal_torch_hops(threshold):
+    from fulcra_plugins.refiners.graph_diffusion._diffusion import _hops_numpy, _hops_torch
+
+    pos, feats, _ = two_blobs(600)
+    G = build_scene_graph(pos, feats, k=7)
+    seeds = torch.zeros(600, dtype=torch.bool)
+    seeds[[3, 17, 400]] = True
+    sp = torch.rand(600)
+    for steps in (1, 4, 50):
+        a = _hops_numpy(G, seeds, steps, sp, threshold)
+        b = _hops_torch(G, seeds, steps, sp, threshold)
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("q", [1, 4])
+def test_block_range_diffusion_equals_whole_graph(monkeypatch, q):
+    from fulcra_plugins.refiners.graph_diffusion import _diffusion as dm
+
+    monkeypatch.setattr(dm, "BLOCK_ROWS", 64)  # many blocks and ranges on a small graph
+    rng = np.random.default_rng(2)
+    n = 3000
+    pos = torch.from_numpy((rng.uniform(size=(n, 3)) * [10, 10, 0.1]).astype(np.float32))
+    feats = torch.randn(n, 8)
+    G = build_scene_graph(pos, feats, k=12)
+    g0 = torch.zeros(n, q)
+    for j in range(q):
+        g0[rng.choice(n, 3), j] = 1.0
+    sp = torch.rand(n, q) * 0.5 + 0.5
+    for steps in (1, 2, 7, 30):
+        a = power_iteration(G, g0[G.perm], steps, sp[G.perm])
+        b = power_iteration_full(G, g0[G.perm], steps, sp[G.perm])
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-7)
+        if steps == 7:
+            assert (a == 0).any()  # far rows untouched and exactly zero

@@ -38,12 +38,55 @@ def _gather_edges(graph: SceneGraph, nodes: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(starts - offsets, counts) + torch.arange(total, device=nodes.device)
 
 
-def edge_values(graph: SceneGraph, edges: torch.Tensor, sqrt_p: torch.Tensor | None) -> torch.Tensor:
-    """``A_e = S_e √P_row √P_col`` for edge ids ``edges`` ``[E]``; ``sqrt_p`` ``[N]`` or None."""
+def edge_values(
+    graph: SceneGraph, edges: torch.Tensor, sqrt_p: torch.Tensor | None, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``A_e = S_e √P_row √P_col`` for edge ids ``edges`` ``[E]``; ``sqrt_p`` ``[N]`` or None.
+
+    ``rows``: the row of every edge when the caller has it (spares materialising ``graph.rows``)."""
     v = graph.similarity[edges]
     if sqrt_p is not None:
-        v = v * sqrt_p[graph.rows[edges].long()] * sqrt_p[graph.indices[edges].long()]
+        r = graph.rows[edges] if rows is None else rows
+        v = v * sqrt_p[r.long()] * sqrt_p[graph.indices[edges].long()]
     return v
+
+
+def _hops_numpy(graph: SceneGraph, seeds: torch.Tensor, steps: int, sqrt_p, threshold) -> torch.Tensor:
+    """:func:`hop_distances` on the CPU in NumPy (int32 gathers, one mark array): O(edges of each
+    frontier) per hop plus a few passes over a bool array of N."""
+    import numpy as np
+
+    n = graph.num_nodes
+    indptr = graph.indptr.numpy()
+    indices = graph.indices.numpy()
+    sim = graph.similarity.numpy() if threshold is not None else None
+    sp = sqrt_p.detach().float().contiguous().numpy() if (threshold is not None and sqrt_p is not None) else None
+    dist = np.full(n, steps + 1, dtype=np.int32)
+    frontier = np.flatnonzero(seeds.cpu().numpy())
+    dist[frontier] = 0
+    visited = np.zeros(n, dtype=bool)
+    visited[frontier] = True
+    nxt = np.zeros(n, dtype=bool)
+    for t in range(1, steps + 1):
+        if frontier.size == 0:
+            break
+        starts = indptr[frontier]
+        lens = indptr[frontier + 1] - starts
+        total = int(lens.sum())
+        e = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total)
+        cand = indices[e]
+        if threshold is not None:
+            v = sim[e]
+            if sp is not None:
+                v = v * sp[np.repeat(frontier, lens)] * sp[cand]
+            cand = cand[v > threshold]
+        nxt[cand] = True
+        nxt &= ~visited
+        frontier = np.flatnonzero(nxt)
+        nxt[frontier] = False
+        visited[frontier] = True
+        dist[frontier] = t
+    return torch.from_numpy(dist)
 
 
 def hop_distances(
@@ -62,6 +105,13 @@ def hop_distances(
     Returns:
         ``[N]`` int32 hop distances; ``steps + 1`` where unreached.
     """
+    if graph.device.type == "cpu":
+        return _hops_numpy(graph, seeds, steps, sqrt_p, threshold)
+    return _hops_torch(graph, seeds, steps, sqrt_p, threshold)
+
+
+def _hops_torch(graph, seeds, steps, sqrt_p=None, threshold=None) -> torch.Tensor:
+    """:func:`hop_distances` in torch ops (any device)."""
     n = graph.num_nodes
     dev = graph.device
     dist = torch.full((n,), steps + 1, dtype=torch.int32, device=dev)
@@ -212,69 +262,113 @@ def _rescale_(x: torch.Tensor) -> None:
 RESCALE_EVERY = 4
 
 
+BLOCK_ROWS = 2048
+
+
+class _Blocks:
+    """Row ranges of the Morton-ordered matrix that a diffusion from ``seeds`` touches, step by step.
+
+    Rows are cut into fixed blocks of :data:`BLOCK_ROWS`; a block is active for the product that
+    yields ``x_{t+1}`` once any of its rows is within ``t + 1`` hops of the seeds. Runs of active
+    blocks are multiplied as CSR slices of the graph itself (views: nothing nnz-sized is copied or
+    renumbered). Rows of an active block beyond the reach come out exactly zero (their neighbours are
+    all still zero), and the active set only grows, so rows never multiplied stay zero: exact.
+    """
+
+    def __init__(self, graph: SceneGraph, seeds: torch.Tensor, steps: int, values: torch.Tensor):
+        n = graph.num_nodes
+        dist = hop_distances(graph, seeds, steps).to(graph.device)
+        nb = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+        pad = torch.full((nb * BLOCK_ROWS,), steps + 1, dtype=torch.int32, device=dist.device)
+        pad[:n] = dist
+        self.block_hop = pad.view(nb, BLOCK_ROWS).amin(1).cpu().tolist()
+        self.n, self.nb, self.steps = n, nb, steps
+        self.indptr = graph.indptr
+        self.crow32 = graph.indptr.to(torch.int32)
+        self.indptr_list = None
+        self.col, self.values = graph.indices, values
+        self._ranges: dict = {}
+        self._mats: dict = {}
+
+    def ranges(self, hop: int) -> list:
+        """``[(row_start, row_end), ...]``: the runs of blocks with a row within ``hop`` hops."""
+        if hop not in self._ranges:
+            out, start = [], None
+            for b, h in enumerate(self.block_hop + [self.steps + 2]):
+                on = h <= hop and b < self.nb
+                if on and start is None:
+                    start = b
+                elif not on and start is not None:
+                    out.append((start * BLOCK_ROWS, min(b * BLOCK_ROWS, self.n)))
+                    start = None
+            self._ranges[hop] = out
+        return self._ranges[hop]
+
+    def matrix(self, a: int, b: int) -> torch.Tensor:
+        """Rows ``[a, b)`` as a CSR tensor over all ``N`` columns (index and value views)."""
+        if (a, b) not in self._mats:
+            if self.indptr_list is None:
+                self.indptr_list = self.indptr.cpu()
+            e0, e1 = int(self.indptr_list[a]), int(self.indptr_list[b])
+            crow = self.crow32[a : b + 1] - int(e0)
+            self._mats[(a, b)] = _csr(crow, self.col[e0:e1], self.values[e0:e1], (b - a, self.n))
+        return self._mats[(a, b)]
+
+    def product(self, x: torch.Tensor, y: torch.Tensor, hop: int) -> tuple[int, int]:
+        """``y[rows] = S[rows] @ x`` for the rows active at ``hop``; returns the span ``(lo, hi)``."""
+        rs = self.ranges(hop)
+        for a, b in rs:
+            _mm_into(self.matrix(a, b), x, y[a:b])
+        return (rs[0][0], rs[-1][1]) if rs else (0, 0)
+
+
 def _power_restricted(graph, g0, steps, sqrt_p, binarize, sp_bin, eps):
     n, q = g0.shape
     seeds = (g0 > 0).any(1)
     out = torch.zeros(n, q, dtype=torch.float32, device=g0.device)
     if not bool(seeds.any()) or steps <= 0:
         return g0.float().clone() if steps <= 0 else out
-    R = _Restricted(graph, seeds, steps)
     if binarize is not None:
-        values = (edge_values(graph, R.edges, sp_bin) > binarize).to(torch.float32)
+        values = (edge_values(graph, torch.arange(graph.nnz, device=g0.device), sp_bin) > binarize).to(torch.float32)
         sp = None
     else:
-        values = graph.similarity[R.edges]
-        sp = sqrt_p[R.nodes].float().contiguous() if sqrt_p is not None else None
+        values = graph.similarity
+        sp = sqrt_p.float().contiguous() if sqrt_p is not None else None
+    R = _Blocks(graph, seeds, steps, values)
     # Eq. 5.8 with A = D S D (D = diag √P): g_T = A^T g_0 / ||A^{T-1} g_0||, every intermediate
     # normalisation being a per-column scalar. So iterate x_t = D A^t g_0 (up to a per-column scale),
-    # x_{t+1} = P ⊙ (S x_t): one product and one elementwise pass per step, with a rescaling every
-    # few steps for range; the last two steps recover the exact norm ||A^{T-1} g_0|| in x's scale.
-    # One prompt folds P into the rows of S (values P_i S_ij), so a step is a bare matrix-vector product.
+    # x_{t+1} = P ⊙ (S x_t): one product and one elementwise pass (over the active span) per step,
+    # with a rescaling every few steps for range; the last two steps recover the exact norm
+    # ||A^{T-1} g_0|| in x's scale.
     P = sp.square() if sp is not None else None
-    values_p = values * torch.repeat_interleave(P[:, 0], R.counts) if (P is not None and q == 1) else None
-    mats: dict = {}
-
-    def mat(rows, vals, key):
-        if (rows, key) not in mats:
-            mats[(rows, key)] = R.matrix(vals, rows)
-        return mats[(rows, key)]
-
     dev = g0.device
-    bufs = [torch.zeros(R.size + 1, q, dtype=torch.float32, device=dev) for _ in range(2)]  # + the zero column
+    bufs = [torch.zeros(n, q, dtype=torch.float32, device=dev) for _ in range(2)]
     x = bufs[0]
-    cur = R.n_upto[0]
-    g_init = g0[R.nodes[:cur]].float()
+    g_init = g0.float()
     norm = torch.linalg.vector_norm(g_init, dim=0)  # ||A^0 g_0||
     if sp is not None:
-        torch.mul(g_init, sp[:cur], out=x[:cur])
+        torch.mul(g_init, sp, out=x)
     else:
-        x[:cur] = g_init
+        x.copy_(g_init)
     for t in range(steps - 1):  # x_t -> x_{t+1}
-        rows = R.n_upto[t + 1]  # x_{t+1} is zero beyond the nodes within t+1 hops
         y = bufs[(t + 1) % 2]
         last = t == steps - 2
-        if values_p is not None and not last:
-            _mm_into(mat(rows, values_p, "p"), x, y[:rows])
-        else:
-            _mm_into(mat(rows, values, "s"), x, y[:rows])
-            z = y[:rows]
-            if last:  # ||A^{T-1} g_0|| in x's scale: A^{T-1} g_0 ∝ D z
-                norm = torch.linalg.vector_norm(z * sp[:rows] if sp is not None else z, dim=0)
-            if P is not None:
-                z.mul_(P[:rows])
+        lo, hi = R.product(x, y, t + 1)  # x_{t+1} is zero beyond the nodes within t+1 hops
+        z = y[lo:hi]
+        if last:  # ||A^{T-1} g_0|| in x's scale: A^{T-1} g_0 ∝ D z
+            norm = torch.linalg.vector_norm(z * sp[lo:hi] if sp is not None else z, dim=0)
+        if P is not None:
+            z.mul_(P[lo:hi])
         x = y
         if t % RESCALE_EVERY == RESCALE_EVERY - 1 and not last:
-            _rescale_(x[:rows])
-    rows = R.n_upto[steps]
+            _rescale_(x[lo:hi])
     g = bufs[steps % 2]
-    _mm_into(mat(rows, values, "s"), x, g[:rows])
-    g = g[:rows]
+    lo, hi = R.product(x, g, steps)
     if sp is not None:
-        g.mul_(sp[:rows])
+        g[lo:hi].mul_(sp[lo:hi])
     g.div_(norm.add_(eps) if steps > 0 else norm)
     _flush_tiny(g)
-    out[R.nodes[:rows]] = g
-    return out
+    return g
 
 
 def power_iteration_full(

@@ -1,0 +1,161 @@
+"""Graph diffusion at the official default k = 200: graph construction and diffusion beside scipy, one run.
+
+Measures in one process, on the scene-like points of :func:`bench_graph.scene_points` (D = 40
+features):
+
+1. graph construction — fulcra's :func:`build_scene_graph` (Morton order, exact kNN, symmetrised
+   CSR, feature distances on every edge, ``s_f``) against scipy
+   ``cKDTree(pts).query(pts, k+1, workers=-1)`` alone (the kNN query only, on the shuffled points);
+2. diffusion, T steps of Eq. 5.8 with a unary term, 1 prompt and Q prompts as columns — fulcra's
+   :func:`power_iteration` (the ``S_f`` values computed first, as every prompt needs them) against
+   scipy's ``csr_matrix @ x`` running the same iteration on the whole graph, in the input (shuffled)
+   order as a PLY stores it and in fulcra's Morton order.
+
+Peak memory: ``VmHWM`` of the process after each phase (fulcra's phases run first).
+scipy's Q-prompt iteration can take minutes at k = 200; ``--scipy-steps`` runs fewer steps of it and
+scales the time to T steps (printed as such).
+
+Run:  .venv/bin/python benchmarks/bench_graph_k200.py --n 600000 --k 200 --steps 100 --prompts 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_graph import scene_points  # noqa: E402
+
+
+def hwm_gb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1e6
+    return float("nan")
+
+
+def bench(n: int, k: int, steps: int, prompts: int, threads: int, scipy_steps: int | None) -> dict:
+    import scipy.sparse as sp
+    from scipy.spatial import cKDTree
+
+    from fulcra_plugins.refiners.graph_diffusion._diffusion import power_iteration
+    from fulcra_plugins.refiners.graph_diffusion._graph import build_scene_graph
+
+    torch.set_num_threads(threads)
+    pts, labels, feats = scene_points(n)
+    res: dict = {"n": n, "k": k, "steps": steps, "prompts": prompts, "threads": threads, "torch": torch.__version__}
+    res["hwm_inputs_gb"] = hwm_gb()
+
+    t0 = time.perf_counter()
+    graph = build_scene_graph(torch.from_numpy(pts), torch.from_numpy(feats), k=k)
+    res["fulcra_graph_s"] = time.perf_counter() - t0
+    res["nnz"] = graph.nnz
+    res["hwm_after_graph_gb"] = hwm_gb()
+
+    # prompts: 200 anchors on one object each, RBF unary term (the scribble case of C.1.3)
+    rng = np.random.default_rng(1)
+    lab_m = torch.from_numpy(labels)[graph.perm]
+    f = graph.features
+    objs = rng.choice(np.arange(2, labels.max() + 1), size=prompts, replace=True)
+    g0 = torch.zeros(n, prompts)
+    sqrt_p = torch.zeros(n, prompts)
+    for j, o in enumerate(objs):
+        idx = torch.nonzero(lab_m == int(o)).flatten()
+        pick = idx[torch.from_numpy(rng.choice(len(idx), size=min(200, len(idx)), replace=False))]
+        g0[pick, j] = 1.0
+        mean = f[pick].mean(0)
+        mean = mean / mean.norm()
+        d2 = (f - mean).square().sum(1)
+        med = d2[pick].sqrt().median()
+        sqrt_p[:, j] = torch.exp(-d2 / (2 * med**2 + 1e-12)).sqrt()
+
+    t0 = time.perf_counter()
+    sim = graph.similarity  # S_f on every edge (lazy: computed on first use)
+    res["fulcra_similarity_s"] = time.perf_counter() - t0
+    outs = {}
+    for q, tag in ((1, "one"), (prompts, "many")):
+        gq, sq = g0[:, :q].contiguous(), sqrt_p[:, :q].contiguous()
+        t0 = time.perf_counter()
+        outs[tag] = power_iteration(graph, gq, steps, sq)
+        res[f"fulcra_diffusion_{tag}_s"] = time.perf_counter() - t0
+    res["hwm_after_fulcra_gb"] = hwm_gb()
+
+    # --- scipy references -------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    cKDTree(pts).query(pts, k=k + 1, workers=-1)
+    res["scipy_ckdtree_query_s"] = time.perf_counter() - t0
+
+    perm = graph.perm.numpy()
+    inv = graph.inv.numpy()
+    indptr = graph.indptr.numpy()
+    A_m = sp.csr_matrix((sim.numpy(), graph.indices.numpy(), indptr), shape=(n, n))
+    rows_in = perm[graph.rows.numpy()]
+    A_in = sp.csr_matrix(
+        (sim.numpy(), (rows_in, perm[graph.indices.numpy().astype(np.int64)])), shape=(n, n), dtype=np.float32
+    )
+    A_in.indices = A_in.indices.astype(np.int32)
+    A_in.indptr = A_in.indptr.astype(np.int32)
+    del rows_in, graph._rows
+    graph._rows = None
+
+    def scipy_power(A, g, s, t_steps):
+        g = g.copy()
+        for _ in range(t_steps):
+            g = g / (np.linalg.norm(g, axis=0, keepdims=True) + 1e-12)
+            g = s * (A @ (s * g))
+        return g
+
+    for q, tag in ((1, "one"), (prompts, "many")):
+        ts = steps if (q == 1 or scipy_steps is None) else min(steps, scipy_steps)
+        for order, A, ix in (("input", A_in, inv), ("morton", A_m, None)):
+            g_ = g0[:, :q].numpy()
+            s_ = sqrt_p[:, :q].numpy()
+            if ix is not None:
+                g_, s_ = g_[ix], s_[ix]
+            t0 = time.perf_counter()
+            ref = scipy_power(A, g_, s_, ts)
+            dt = time.perf_counter() - t0
+            res[f"scipy_diffusion_{tag}_{order}_s"] = dt * steps / ts
+            res[f"scipy_diffusion_{tag}_{order}_steps_run"] = ts
+            if ts == steps:
+                got = outs[tag].numpy()
+                if ix is not None:
+                    got = got[ix]
+                res[f"max_rel_err_{tag}_vs_scipy_{order}"] = float(
+                    np.abs(got - ref).max() / (np.abs(ref).max() + 1e-30)
+                )
+    res["hwm_end_gb"] = hwm_gb()
+    r = res
+    r["ratio_graph_vs_ckdtree_query"] = r["fulcra_graph_s"] / r["scipy_ckdtree_query_s"]
+    for tag in ("one", "many"):
+        for order in ("input", "morton"):
+            r[f"speedup_{tag}_vs_scipy_{order}"] = (
+                r[f"scipy_diffusion_{tag}_{order}_s"] / r[f"fulcra_diffusion_{tag}_s"]
+            )
+    r["many_over_one"] = r["fulcra_diffusion_many_s"] / r["fulcra_diffusion_one_s"]
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=600_000)
+    ap.add_argument("--k", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--prompts", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--scipy-steps", type=int, default=None, help="steps of scipy's Q-prompt run (time scaled to --steps)"
+    )
+    a = ap.parse_args()
+    print(json.dumps(bench(a.n, a.k, a.steps, a.prompts, a.threads, a.scipy_steps), indent=2))
+
+
+if __name__ == "__main__":
+    main()
