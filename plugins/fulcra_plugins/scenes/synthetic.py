@@ -44,9 +44,12 @@ __all__ = [
     "build_cameras",
     "look_at",
     "OBJECTS",
+    "TWIN_OBJECTS",
 ]
 
 OBJECTS = ["ground", "red_sphere", "blue_cube", "green_cylinder", "yellow_cone"]
+#: ``layout="twins"``: two identical speckled red spheres, 1.8 apart, on the same ground
+TWIN_OBJECTS = ["ground", "sphere_left", "sphere_right"]
 _VERSION = 1
 
 
@@ -72,13 +75,18 @@ def _disc_quats(normals: torch.Tensor) -> torch.Tensor:
     return q / q.norm(dim=1, keepdim=True)
 
 
-def build_gaussians(seed: int = 0, density: float = 1.0) -> tuple[Gaussians, torch.Tensor]:
-    """The scene's Gaussians and their object labels ``[N]`` (indices into :data:`OBJECTS`).
+def build_gaussians(seed: int = 0, density: float = 1.0, layout: str = "default") -> tuple[Gaussians, torch.Tensor]:
+    """The scene's Gaussians and their object labels ``[N]`` (indices into :data:`OBJECTS`, or
+    :data:`TWIN_OBJECTS` for ``layout="twins"``).
 
     Args:
         seed: random seed (positions jitter, textures).
-        density: multiplies the number of Gaussians (1.0: about 9,000).
+        density: multiplies the number of Gaussians (1.0: about 17,000).
+        layout: ``default`` (four different objects) or ``twins`` (two identical objects: features
+            cannot tell them apart, only 3D geometry can).
     """
+    if layout not in ("default", "twins"):
+        raise ValueError(f"synthetic scene: layout must be default or twins, got {layout!r}")
     g = torch.Generator().manual_seed(seed)
     parts = []  # (points, normals, colours, area per point, label)
 
@@ -105,6 +113,17 @@ def build_gaussians(seed: int = 0, density: float = 1.0) -> tuple[Gaussians, tor
 
     def count(area):
         return int(area * 1100 * density)
+
+    if layout == "twins":
+        for label, cx in ((1, -0.9), (2, 0.9)):
+            c, r = torch.tensor([cx, 0.0, 0.5]), 0.5
+            m = count(4 * math.pi * r * r)
+            d = torch.randn(m, 3, generator=g)
+            d = d / d.norm(dim=1, keepdim=True)
+            speck = (rnd(m, 1) < 0.1).float()
+            col = torch.tensor([0.85, 0.12, 0.1]) * (1 - speck) + torch.tensor([0.95, 0.7, 0.6]) * speck
+            parts.append((c + r * d, d, col, 4 * math.pi * r * r / m, label))
+        return _assemble(parts, rnd)
 
     # red sphere with latitude stripes
     c, r = torch.tensor([-0.9, -0.5, 0.55]), 0.55
@@ -158,6 +177,12 @@ def build_gaussians(seed: int = 0, density: float = 1.0) -> tuple[Gaussians, tor
     col = torch.tensor([0.95, 0.8, 0.1]) * (1 - speck) + torch.tensor([0.5, 0.25, 0.05]) * speck
     parts.append((c + p, n, col, math.pi * r * slant / m, 4))
 
+    return _assemble(parts, rnd)
+
+
+def _assemble(parts, rnd) -> tuple[Gaussians, torch.Tensor]:
+    """Flat, slightly overlapping discs on the parts' surfaces: ``(points, normals, colours, area per
+    point, label)`` each."""
     means, quats, scales, colors, labels = [], [], [], [], []
     for p, n, col, area, label in parts:
         k = len(p)
@@ -217,6 +242,7 @@ def generate_scene(
     n_ring: int = 12,
     n_forward: int = 6,
     density: float = 1.0,
+    layout: str = "default",
 ) -> Path:
     """Generate the synthetic scene into ``out_dir`` (written to a temporary folder, then renamed).
 
@@ -229,7 +255,8 @@ def generate_scene(
     from .torch_backend import TorchScene
 
     out_dir = Path(out_dir)
-    gauss, labels = build_gaussians(seed, density)
+    gauss, labels = build_gaussians(seed, density, layout)
+    objects = TWIN_OBJECTS if layout == "twins" else OBJECTS
     cams = build_cameras(width, height, n_ring, n_forward)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
@@ -240,7 +267,7 @@ def generate_scene(
         write_cameras_json(cams, tmp / "cameras.json")
         save_file({"labels": labels}, str(tmp / "labels.safetensors"))
         scene = TorchScene.from_gaussians(gauss, device="cpu")
-        onehot = torch.nn.functional.one_hot(labels, len(OBJECTS)).float()
+        onehot = torch.nn.functional.one_hot(labels, len(objects)).float()
         for cam in cams:
             rgb = scene.render_rgb(cam).clamp(0, 1)
             _save_png((rgb * 255 + 0.5).to(torch.uint8).numpy(), tmp / "images" / f"{cam.name}.png")
@@ -250,7 +277,8 @@ def generate_scene(
         meta = {
             "version": _VERSION,
             "seed": seed,
-            "objects": OBJECTS,
+            "objects": objects,
+            "layout": layout,
             "num_gaussians": len(gauss),
             "width": width,
             "height": height,
