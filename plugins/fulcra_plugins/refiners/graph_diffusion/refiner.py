@@ -83,9 +83,11 @@ class GraphDiffusion:
 
     Prompts (``prompt=``, one per call; ``scores`` has one column per prompt):
 
-    - ``scribble``: ``scores`` = the uplifted scribbles (Eq. 5.3, normalised); anchors = the top
-      ``anchor_fraction`` (10 %) of the positive Gaussians; ``P`` = RBF similarity to the mean anchor
-      feature (bandwidth ``unary_bandwidth``).
+    - ``scribble``: ``scores`` = the uplifted scribbles ``Wᵀ M``; with ``reference_weights=``
+      (``Wᵀ 1``) anchors = the top ``anchor_fraction`` (10 %) of the positive Gaussians by the
+      normalised uplift ``Wᵀ M / Wᵀ 1`` (Eq. 5.3) among those the reference view sees well
+      (``anchor_weight``), else by ``scores``; ``P`` = RBF similarity to the mean anchor feature
+      (bandwidth ``unary_bandwidth``).
     - ``mask``: ``scores`` = the uplifted full reference mask; anchors as above; ``P = L^{1/b}`` with
       ``L`` a logistic regression (C = ``logreg_c``, default 0.01) trained on all Gaussians with the
       anchors as positives, sample weights the reference view's rendering weights
