@@ -431,3 +431,47 @@ def test_block_range_diffusion_equals_whole_graph(monkeypatch, q):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-7)
         if steps == 7:
             assert (a == 0).any()  # far rows untouched and exactly zero
+
+
+def test_relevancy_queries_diffuse_together_with_per_node_scales():
+    """Several queries at once (the official batching: each node takes the s_f of its most relevant
+    query) against the dense reference built the same way, and pruning attaches every pruned node."""
+    pos, feats, lab = two_blobs(300)
+    rng = np.random.default_rng(0)
+    rel = np.stack([np.where(lab == c, 0.7, 0.3) + 0.1 * rng.normal(size=len(lab)) for c in (0, 1)], 1)
+    gd = GraphDiffusion(k=6, steps=40, prompt="relevancy", bandwidth=1.0)
+    res = gd.run(pos, feats, torch.from_numpy(rel).float())
+    assert res.scores.shape == (300, 2) and (res.scores.amax(0) == 1).all()
+    for j, c in enumerate((0, 1)):
+        truth = torch.from_numpy(lab == c)
+        assert res.scores[truth, j].mean() > 5 * res.scores[~truth, j].mean()
+    # dense reference: per-node s_f^2 = that of the node's most relevant query, edge = mean of its ends
+    from fulcra_plugins.refiners.graph_diffusion._unary import relevancy_anchors
+
+    positives, _ = relevancy_anchors(torch.from_numpy(rel).float())  # Otsu over r > 0.5, per query
+    E, _, f = dense_reference(pos, feats, 6, 1.0)
+    fd2 = np.clip(2 - 2 * f @ f.T, 0, None)
+    off = E & ~np.eye(len(lab), dtype=bool)
+    meds = [np.median(np.sqrt(fd2[off & positives[:, j].numpy()[:, None]])) for j in range(2)]
+    s2 = np.array(meds)[rel.argmax(1)] ** 2
+    S = np.where(E, np.exp(-fd2 / (0.5 * (s2[:, None] + s2[None, :]) + 1e-12)), 0.0)
+    for j in range(2):
+        ref = dense_power(S, res.unary[:, j].double().numpy(), res.g0[:, j].double().numpy(), 40, normalize="degree")
+        np.testing.assert_allclose(res.scores[:, j].numpy(), ref / ref.max(), rtol=2e-3, atol=1e-5)
+
+
+def test_pruned_nodes_are_attached_to_a_kept_one():
+    pos, feats, lab = two_blobs(400)
+    s = torch.from_numpy((lab == 0).astype(np.float32))
+    w = torch.from_numpy(np.random.default_rng(3).uniform(0.1, 1.0, 400).astype(np.float32))
+    full = GraphDiffusion(k=6, steps=30, prune=0.0).run(pos, feats, s, weights=w)
+    half = GraphDiffusion(k=6, steps=30, prune=0.5).run(pos, feats, s, weights=w)
+    zero = GraphDiffusion(k=6, steps=30, prune=0.5, pruned="zero").run(pos, feats, s, weights=w)
+    assert int(half.kept.sum()) == 200 and bool(full.kept.all())
+    # the lighter half is what gets pruned
+    assert float(w[half.kept].min()) >= float(w[~half.kept].max())
+    assert bool((zero.scores[~zero.kept] == 0).all())
+    truth = torch.from_numpy(lab == 0)
+    sel = half.scores > 0
+    assert (sel & truth).sum() / truth.sum() > 0.9 and not bool((sel & ~truth).any())
+    assert bool((half.reached[~half.kept] | ~truth[~half.kept]).all())

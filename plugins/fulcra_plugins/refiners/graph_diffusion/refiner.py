@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -610,7 +609,20 @@ def node_scaled(graph: SceneGraph, s2: torch.Tensor) -> SceneGraph:
     r, c = graph.rows.long(), graph.indices.long()
     s2e = 0.5 * (s2[r] + s2[c])
     sim = torch.exp(-graph.distance.square() / (graph.bandwidth * s2e + 1e-12))
-    return dataclasses.replace(graph, similarity=sim)
+    return SceneGraph(
+        graph.perm,
+        graph.inv,
+        graph.indptr,
+        graph.indices,
+        graph.rows,
+        sim,
+        graph.distance,
+        graph.features,
+        graph.median_distance,
+        graph.bandwidth,
+        graph.k,
+        graph.fingerprint,
+    )
 
 
 def degree_scaling(graph: SceneGraph, sqrt_p: torch.Tensor) -> torch.Tensor:
