@@ -28,6 +28,8 @@ from fulcra_plugins.extractors.sam2 import SAM2Extractor
 from fulcra_plugins.extractors.vit import ViTExtractor
 from fulcra_plugins.generators.imagemixer import ImageMixer
 from fulcra_plugins.generators.mixing import CutMix, Mixup
+from fulcra_plugins.ludvig.benchmarks import NvosWorkflow, SpinnerfWorkflow
+from fulcra_plugins.ludvig.lerf_benchmark import LerfWorkflow
 from fulcra_plugins.ludvig.tasks import MultiviewSegmentation, OpenVocabLocalisation
 from fulcra_plugins.ludvig.uplift_workflow import UpliftWorkflow
 from fulcra_plugins.ludvig.workflows import SegmentSyntheticWorkflow, SegmentWorkflow
@@ -357,6 +359,22 @@ def _workflows_distill_Workflow(x: DistillWorkflow) -> Workflow:
     return x
 
 
+def _workflows_lerf_Workflow(x: LerfWorkflow) -> Workflow:
+    return x
+
+
+def _workflows_lerf_CheckedWorkflow(x: LerfWorkflow) -> CheckedWorkflow:
+    return x
+
+
+def _workflows_nvos_Workflow(x: NvosWorkflow) -> Workflow:
+    return x
+
+
+def _workflows_nvos_CheckedWorkflow(x: NvosWorkflow) -> CheckedWorkflow:
+    return x
+
+
 def _workflows_search_Workflow(x: SearchWorkflow) -> Workflow:
     return x
 
@@ -374,6 +392,14 @@ def _workflows_segment_CheckedWorkflow(x: SegmentWorkflow) -> CheckedWorkflow:
 
 
 def _workflows_segment_synthetic_Workflow(x: SegmentSyntheticWorkflow) -> Workflow:
+    return x
+
+
+def _workflows_spinnerf_Workflow(x: SpinnerfWorkflow) -> Workflow:
+    return x
+
+
+def _workflows_spinnerf_CheckedWorkflow(x: SpinnerfWorkflow) -> CheckedWorkflow:
     return x
 
 

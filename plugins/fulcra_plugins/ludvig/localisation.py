@@ -1,10 +1,11 @@
 """Open-vocabulary localisation and segmentation from 3D relevancies (thesis §5.4.2, app. C.1.4).
 
-- localisation: render the per-Gaussian relevancy of each query, smooth it with a mean filter of
-  size 5, take the arg-max pixel;
+- localisation: render the per-Gaussian relevancy of each query, smooth it with a zero-padded mean
+  filter of size 5, take the arg-max pixel;
 - 2D segmentation: rescale the rendered relevancy by its maximum, keep pixels above ``cutoff``
   (0.8; 0 for diffused relevancies), then Otsu among them;
-- SAM prompts: the top ``q`` percent of pixels, ``q`` the share of pixels above ``cutoff`` (0.93);
+- SAM prompts: the top ``q`` percent of pixels, ``q`` the share of pixels above Otsu's threshold over
+  the pixels above ``cutoff`` (0.93);
 - 3D object selection: binarise the relevancies in 3D (Otsu), render the binary mask, threshold again.
 
 A query whose selection is empty or covers nearly everything is reported — a warning (or an error
@@ -33,6 +34,7 @@ __all__ = [
     "localise",
     "segment_relevancy",
     "sam_prompts",
+    "sam_prompt_mask",
     "select_3d",
 ]
 
@@ -93,18 +95,26 @@ def localise(rendered: torch.Tensor, kernel: int = 5) -> torch.Tensor:
 
 
 def segment_relevancy(
-    rendered: torch.Tensor, cutoff: float = 0.8, query: str = "", strict: bool = False, max_fraction: float = 0.9
+    rendered: torch.Tensor,
+    cutoff: float = 0.8,
+    query: str = "",
+    strict: bool = False,
+    max_fraction: float = 0.9,
+    smooth: int = 0,
 ) -> torch.Tensor:
     """2D mask of one query: relevancy rescaled by its max, ``> cutoff``, then Otsu among those pixels.
 
     Args:
         rendered: ``[H, W]`` rendered relevancy (non-negative).
         cutoff: the rough threshold ``τ`` (0.8 for raw relevancies, 0 after graph diffusion).
+        smooth: ``> 1``: the map is first smoothed by a ``smooth``-sized zero-padded mean filter
+            (:func:`~.thresholds.mean_filter`), as the official evaluation of raw relevancies
+            (``smooth: 5`` in ``lerf_eval.yaml``) does before both the arg-max and the thresholds.
 
     Returns:
         ``[H, W]`` bool.
     """
-    r = rendered.float()
+    r = mean_filter(rendered.float(), smooth) if smooth > 1 else rendered.float()
     mx = float(r.max())
     if mx <= 0:
         mask = torch.zeros_like(r, dtype=torch.bool)
@@ -122,21 +132,30 @@ def segment_relevancy(
     return mask
 
 
-def sam_prompts(rendered: torch.Tensor, cutoff: float = 0.93) -> torch.Tensor:
-    """Point prompts for SAM from a rendered relevancy ``[H, W]`` (C.1.4).
+def sam_prompt_mask(rendered: torch.Tensor, cutoff: float = 0.93) -> torch.Tensor:
+    """The pixels SAM's point prompts are drawn from, for a rendered relevancy ``[H, W]`` (C.1.4.2).
 
-    The top ``q`` percent of pixels, with ``q`` the share of pixels whose max-rescaled relevancy
-    exceeds ``cutoff``: larger objects get more prompts. Returns ``[P, 2]`` (x, y) long.
-    """
+    As the official evaluation (``ludvig_clip.py``): ``t`` = Otsu over the pixels whose max-rescaled
+    relevancy exceeds ``cutoff`` (0.93 for raw relevancies, 0.01 after diffusion), ``q`` = the share
+    of pixels above ``t``, and the prompts are the top ``q`` of all pixels (``r >= quantile(r, 1 - q)``):
+    larger objects get more prompts. Returns ``[H, W]`` bool (empty when the map is all zero)."""
     r = rendered.float()
     mx = float(r.max())
     if mx <= 0:
-        return torch.zeros(0, 2, dtype=torch.long)
-    share = float((r / mx > cutoff).float().mean())
-    k = max(1, int(round(share * r.numel())))
-    idx = torch.topk(r.flatten(), k).indices
-    W = r.shape[1]
-    return torch.stack([idx % W, idx // W], 1)
+        return torch.zeros_like(r, dtype=torch.bool)
+    above = r[r / mx > cutoff]
+    t = otsu(above) if above.numel() > 1 else float(above.min()) if above.numel() else mx
+    share = float((r > t).float().mean())
+    if share <= 0:  # Otsu at the maximum: keep the maximal pixels
+        return r >= mx
+    return r >= torch.quantile(r.flatten(), 1.0 - share)
+
+
+def sam_prompts(rendered: torch.Tensor, cutoff: float = 0.93) -> torch.Tensor:
+    """Point prompts for SAM from a rendered relevancy ``[H, W]`` (C.1.4): the pixels of
+    :func:`sam_prompt_mask` as ``[P, 2]`` (x, y) long."""
+    ys, xs = torch.nonzero(sam_prompt_mask(rendered, cutoff), as_tuple=True)
+    return torch.stack([xs, ys], 1).long()
 
 
 def select_3d(

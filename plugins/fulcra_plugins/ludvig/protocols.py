@@ -9,7 +9,8 @@
 
 - **SPIn-NeRF** (Mirzaei et al. 2023): ``<root>/<scene>/<image>.png`` masks for every labelled frame
   (``*_cutout*``/``*_pseudo*`` variants and JSON files are ignored); the first frame's mask is the
-  reference, all frames are targets. Masks are matched to cameras by stem, else in sorted order.
+  reference, all frames are targets. Masks are matched to cameras by stem, else as the official code
+  does (sorted order, orchids skipping its 15th camera; truck/lego by the name after ``_``).
 
 - **LERF** as extended by LangSplat (``lerf_ovs/label``): ``<root>/<scene>/frame_XXXXX.json`` with
   ``{"info": {"name", "width", "height"}, "objects": [{"category", "bbox": [x1, y1, x2, y2],
@@ -40,6 +41,7 @@ __all__ = [
     "LocalisationCase",
     "read_nvos",
     "read_spinnerf",
+    "spinnerf_camera_names",
     "read_lerf",
     "evaluate_segmentation",
     "evaluate_localisation",
@@ -127,28 +129,59 @@ def read_nvos(root: str | Path, scenes: list[str] | None = None) -> list[Segment
     return cases
 
 
+def spinnerf_camera_names(scene: str, masks: list[str], cameras: list[str]) -> list[str]:
+    """The camera of each SPIn-NeRF mask (file names in sorted order), as the official evaluation pairs
+    them (``utils/data.py``, ``spinnerf_paths``), unless every mask's stem already is a camera name:
+
+    - ``truck`` / ``lego`` scenes: the mask ``<prefix>_<name>.<ext>`` belongs to camera ``<name>``;
+    - otherwise the sorted camera names, in order, with ``orchids`` skipping its 15th camera (index
+      14, a frame without a mask).
+
+    Raises :class:`FormatError` when there are more masks than cameras to pair them with."""
+    stems = [Path(m).stem for m in masks]
+    if all(s in cameras for s in stems):
+        return stems
+    if "truck" in scene or "lego" in scene:
+        names = [m.split("_")[1].split(".")[0] if "_" in m else Path(m).stem for m in masks]
+        missing = [n for n in names if n not in cameras]
+        if missing:
+            raise FormatError(f"{scene}: SPIn-NeRF mask names map to no camera: {', '.join(missing[:5])}")
+        return names
+    cams = sorted(cameras)
+    if "orchids" in scene:
+        cams = cams[:14] + cams[15:]
+    if len(cams) < len(masks):
+        raise FormatError(
+            f"{scene}: {len(masks)} SPIn-NeRF masks but only {len(cams)} cameras to pair them with in sorted order"
+        )
+    return cams[: len(masks)]
+
+
 def read_spinnerf(
     root: str | Path, scenes: list[str] | None = None, cameras: dict[str, list[str]] | None = None
 ) -> list[SegmentationCase]:
     """Read SPIn-NeRF masks: the first frame's mask is the reference, every frame is a target.
 
     Args:
-        cameras: optional scene -> camera names; masks whose stem is not a camera are matched to the
-            sorted camera names in order (as the reference evaluation code does).
+        cameras: optional scene -> camera names; masks are paired with cameras by
+            :func:`spinnerf_camera_names` (by stem when they match, else the official rule: sorted
+            order with the orchids skip, or the truck/lego file-name mapping). Without it, masks are
+            named by their stems.
     """
     root = Path(root).expanduser()
     cases = []
     for scene in scenes or _scenes(root):
         d = root / scene
+        if not d.is_dir():
+            raise FormatError(f"{d}: SPIn-NeRF mask folder of scene {scene!r} not found")
         files = [
             p for p in sorted(d.iterdir()) if p.suffix in _IMG and "_cutout" not in p.stem and "_pseudo" not in p.stem
         ]
         if not files:
             raise FormatError(f"{d}: no SPIn-NeRF mask")
         names = [p.stem for p in files]
-        cams = sorted(cameras.get(scene, [])) if cameras else []
-        if cams and not all(n in cams for n in names):
-            names = cams[: len(files)]
+        if cameras and cameras.get(scene):
+            names = spinnerf_camera_names(scene, [p.name for p in files], list(cameras[scene]))
         targets = {n: _mask(p) for n, p in zip(names, files)}
         cases.append(SegmentationCase(scene, names[0], targets[names[0]], "mask", targets))
     return cases

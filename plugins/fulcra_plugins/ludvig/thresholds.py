@@ -49,15 +49,28 @@ def rescale(x: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
 
 
-def mean_filter(img: torch.Tensor, size: int = 5) -> torch.Tensor:
-    """Mean filter of odd ``size`` over ``[H, W]`` or ``[H, W, C]`` maps (borders: mean of the valid pixels)."""
+def mean_filter(img: torch.Tensor, size: int = 5, padding: str = "zeros") -> torch.Tensor:
+    """Mean filter of odd ``size`` over ``[H, W]`` or ``[H, W, C]`` maps.
+
+    Args:
+        padding: ``zeros`` (default): the image is zero-padded and every output is the sum over the
+            ``size x size`` window divided by ``size²``, as the official LERF evaluation
+            (``F.conv2d(..., padding="same")`` with a ``1/size²`` kernel) — border pixels are pulled
+            towards 0, so a maximum on the border loses to one inside the image; ``valid``: the mean of
+            the window's pixels that lie inside the image.
+    """
+    if padding not in ("zeros", "valid"):
+        raise ValueError(f"mean_filter: padding must be zeros or valid, got {padding!r}")
     squeeze = img.ndim == 2
     x = (img[..., None] if squeeze else img).permute(2, 0, 1)[None].float()  # [1, C, H, W]
     pad = size // 2
-    ones = torch.ones(1, 1, *x.shape[-2:], dtype=x.dtype, device=x.device)
     num = F.avg_pool2d(F.pad(x, (pad,) * 4), size, stride=1, divisor_override=1)
-    den = F.avg_pool2d(F.pad(ones, (pad,) * 4), size, stride=1, divisor_override=1)
-    out = (num / den)[0].permute(1, 2, 0)
+    if padding == "zeros":
+        out = (num / float(size * size))[0].permute(1, 2, 0)
+    else:
+        ones = torch.ones(1, 1, *x.shape[-2:], dtype=x.dtype, device=x.device)
+        den = F.avg_pool2d(F.pad(ones, (pad,) * 4), size, stride=1, divisor_override=1)
+        out = (num / den)[0].permute(1, 2, 0)
     return out[..., 0] if squeeze else out
 
 

@@ -33,12 +33,17 @@ def test_results_table_has_mean_row():
 
 def test_mean_filter_matches_loop():
     x = torch.rand(7, 9, 2)
-    got = mean_filter(x, 5)
-    ref = torch.zeros_like(x)
+    valid, zeros = torch.zeros_like(x), torch.zeros_like(x)
     for i in range(7):
         for j in range(9):
-            ref[i, j] = x[max(i - 2, 0) : i + 3, max(j - 2, 0) : j + 3].reshape(-1, 2).mean(0)
-    torch.testing.assert_close(got, ref)
+            win = x[max(i - 2, 0) : i + 3, max(j - 2, 0) : j + 3].reshape(-1, 2)
+            valid[i, j] = win.mean(0)
+            zeros[i, j] = win.sum(0) / 25  # zero padding, as F.conv2d(padding="same") in the official code
+    torch.testing.assert_close(mean_filter(x, 5, padding="valid"), valid)
+    torch.testing.assert_close(mean_filter(x, 5), zeros)
+    k = torch.ones(1, 1, 5, 5) / 25
+    conv = torch.nn.functional.conv2d(x[..., 0][None, None], k, padding="same")[0, 0]
+    torch.testing.assert_close(mean_filter(x[..., 0], 5), conv)
 
 
 def test_otsu_and_best_threshold():

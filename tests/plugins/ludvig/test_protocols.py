@@ -16,6 +16,7 @@ from fulcra_plugins.ludvig.protocols import (
     read_lerf,
     read_nvos,
     read_spinnerf,
+    spinnerf_camera_names,
 )
 
 
@@ -54,14 +55,29 @@ def test_nvos_layout_and_evaluation(tmp_path):
 def test_spinnerf_first_mask_is_reference(tmp_path):
     root = tmp_path / "spin"
     for i in range(3):
-        png(root / "lego" / f"{i:03d}.png", square(x0=4 + i))
-    png(root / "lego" / "000_cutout.png", square())
-    (root / "lego" / "meta.json").write_text("{}")
-    cases = read_spinnerf(root, cameras={"lego": ["r_0", "r_1", "r_2", "r_3"]})
+        png(root / "fern" / f"{i:03d}.png", square(x0=4 + i))
+    png(root / "fern" / "000_cutout.png", square())
+    (root / "fern" / "meta.json").write_text("{}")
+    cases = read_spinnerf(root, cameras={"fern": ["r_0", "r_1", "r_2", "r_3"]})
     c = cases[0]
     assert c.kind == "mask" and c.reference == "r_0" and list(c.targets) == ["r_0", "r_1", "r_2"]
     res = evaluate_segmentation(cases, lambda case, name: case.targets[name])
-    assert res["lego"] == {"iou": 1.0, "n": 2}
+    assert res["fern"] == {"iou": 1.0, "n": 2}
+
+
+def test_spinnerf_official_camera_pairing():
+    """utils/data.py of the official code: orchids skips its 15th camera; truck/lego masks name their camera
+    after the first underscore; stems that already are cameras pair by name."""
+    cams = [f"IMG_{i:02d}" for i in range(20)]
+    names = spinnerf_camera_names("orchids", [f"{i:03d}.png" for i in range(19)], cams)
+    assert names[13] == "IMG_13" and names[14] == "IMG_15" and names[-1] == "IMG_19"
+    assert spinnerf_camera_names("truck", ["m_000123.png", "m_000007.png"], ["000007", "000123"]) == [
+        "000123",
+        "000007",
+    ]
+    assert spinnerf_camera_names("fern", ["IMG_05.png", "IMG_02.png"], cams) == ["IMG_05", "IMG_02"]
+    with pytest.raises(FormatError, match="3 SPIn-NeRF masks but only 2 cameras"):
+        spinnerf_camera_names("room", ["a.png", "b.png", "c.png"], ["x", "y"])
 
 
 def test_lerf_layout_localisation_and_segmentation(tmp_path):
