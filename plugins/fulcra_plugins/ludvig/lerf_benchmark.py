@@ -70,17 +70,13 @@ def localisation_hit_any(smoothed: torch.Tensor, boxes: list) -> bool:
 
 
 def _refine(refiner: Any, positions: torch.Tensor, graph: Any, rel: torch.Tensor) -> torch.Tensor:
-    """The refiner over the graph features, ``prompt="relevancy"``, one query (column) per call: each
-    query has its own ``s_f`` and matrix (graph_diffusion caches the graph across the calls).
-    graph_diffusion's batched path for several queries (per-node ``s_f`` of the most relevant query,
-    ``node_scaled``) fails on the current SceneGraph, hence one call per query."""
-    cols = [
-        torch.as_tensor(
-            refiner.refine(positions, graph.features, rel[:, j : j + 1], prompt="relevancy", weights=graph.weights)
-        ).float()
-        for j in range(rel.shape[1])
-    ]
-    return torch.cat(cols, 1).cpu() if cols else rel
+    """The refiner over the graph features, ``prompt="relevancy"``, all queries (columns) in one call,
+    as the official code diffuses them together (graph_diffusion: each node takes the ``s_f`` of its
+    most relevant query)."""
+    if rel.shape[1] == 0:
+        return rel
+    out = refiner.refine(positions, graph.features, rel, prompt="relevancy", weights=graph.weights)
+    return torch.as_tensor(out).float().reshape(rel.shape).cpu()
 
 
 def _resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:  # [H, W, Q] -> [h, w, Q]
