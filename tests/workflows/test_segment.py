@@ -211,3 +211,48 @@ def test_segment_method_extractor_mismatch_is_one_line_error(scene_dir, tmp_path
     assert _run([*base, *extra, f"out={tmp_path / 'o'}"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert any(all(w in line for w in words) for line in err), err
+
+
+def test_segment_tunes_on_a_user_reference_mask_and_on_sam(scene_dir, tmp_path):
+    """prompt.reference=PNG: the thresholds and the refiner's bandwidths are chosen on the user's
+    mask (recorded in results.json); reference_extractor=sam: SAM's mask from the scribbles is the
+    reference (written to reference_mask.png); a reference of the wrong size fails before any output."""
+    labels = load_file(str(scene_dir / "labels.safetensors"))["labels"]
+    base, ref_name, _ = _scribble_args(scene_dir, tmp_path)
+    gt = _gt(scene_dir, ref_name) == 3
+    Image.fromarray(gt.numpy().astype(np.uint8) * 255).save(tmp_path / "ref.png")
+    out = tmp_path / "tuned"
+    assert (
+        _run(
+            [*base, "extractor=rgb", "extractor.patch_size=2", f"prompt.reference={tmp_path / 'ref.png'}", f"out={out}"]
+        )
+        == 0
+    )
+    res = json.loads((out / "results.json").read_text())
+    tuning = res["tuning"]
+    assert tuning["reference"].startswith("user mask") and len(tuning["grid"]) == 6
+    assert set(tuning["params"]) == {"bandwidth", "unary_bandwidth"} and tuning["iou_2d"] > 0.6
+    assert res["masks_from"] == "scores" and res["threshold"] == tuning["threshold_3d"]
+    assert iou(torch.from_numpy(np.load(out / "mask3d.npy")), labels == 3) > 0.7
+    # the protocol's 2D mask of the reference view is the best-IoU threshold of its rendering
+    m = np.asarray(Image.open(out / "masks" / f"{ref_name}.png")) > 0
+    assert iou(torch.from_numpy(m), gt) == pytest.approx(tuning["iou_2d"], abs=1e-4)
+    pytest.importorskip("segment_anything")
+    out = tmp_path / "sam_ref"
+    args = [
+        *base,
+        "extractor=rgb",
+        "reference_extractor=sam",
+        "reference_extractor.tiny=true",
+        "reference_extractor.n_repeats=2",
+        "reference_extractor.binarize=false",
+        f"out={out}",
+    ]
+    assert _run(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["tuning"]["reference"].startswith("sam mask") and (out / "reference_mask.png").is_file()
+    small = tmp_path / "small.png"
+    Image.fromarray(np.ones((8, 8), np.uint8) * 255).save(small)
+    bad = tmp_path / "bad"
+    assert _run([*base, "extractor=rgb", f"prompt.reference={small}", f"out={bad}"]) != 0
+    assert not (bad / "results.json").exists()
