@@ -3,7 +3,7 @@ satisfies its kind's Protocol (and the optional ones whose members it defines): 
 from its interface fails `make test` before any workflow runs."""
 
 # ruff: noqa: I001
-from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, CheckedWorkflow, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, Student, Task, Teacher, TunableRefiner, Workflow)
+from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, CheckedWorkflow, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, SnapshotRefiner, Student, Task, Teacher, TextExtractor, TunableRefiner, Workflow)
 from fulcra_plugins.augment._base import Identity
 from fulcra_plugins.augment.colour import Brightness, Color, Contrast, Grayscale, Hue, Invert, Posterize, Sharpness, Solarize
 from fulcra_plugins.augment.composite import CompositeAugment
@@ -169,6 +169,10 @@ def _feature_extractors_clip_CachingExtractor(x: CLIPExtractor) -> CachingExtrac
     return x
 
 
+def _feature_extractors_clip_TextExtractor(x: CLIPExtractor) -> TextExtractor:
+    return x
+
+
 def _feature_extractors_dinov2_FeatureExtractor(x: DINOv2Extractor) -> FeatureExtractor:
     return x
 
@@ -258,6 +262,10 @@ def _refiners_graph_diffusion_Refiner(x: GraphDiffusion) -> Refiner:
 
 
 def _refiners_graph_diffusion_TunableRefiner(x: GraphDiffusion) -> TunableRefiner:
+    return x
+
+
+def _refiners_graph_diffusion_SnapshotRefiner(x: GraphDiffusion) -> SnapshotRefiner:
     return x
 
 
