@@ -2,8 +2,9 @@
 
 ``fulcra run segment scene.ply=PLY scene.cameras=CAMERAS scene.images=DIR extractor=NAME
 prompt.view=CAMERA_NAME prompt.scribble=PNG out=OUT`` (or ``prompt.mask=PNG`` for a full reference
-mask, or ``prompt.clicks=[[x,y],...]``), with ``method=diffusion`` (default), ``uplift`` or ``sam``
-(then ``extractor=sam`` or ``sam2``: SAM masks prompted from the reprojected prompt, uplifted), writes
+mask, or ``prompt.clicks=[[x,y],...]``), with ``method=diffusion`` (default), ``uplift``, ``sam``
+(then ``extractor=sam`` or ``sam2``: SAM masks prompted from the reprojected prompt, uplifted) or
+``geometry`` (the reference mask uplifted and reprojected, no features: :mod:`.baselines`), writes
 
 - ``OUT/mask3d.npy``: one boolean per Gaussian, PLY order;
 - ``OUT/masks/<camera>.png``: the rendered 3D mask on every camera, 0/255;
@@ -35,7 +36,7 @@ from omegaconf import OmegaConf
 from fulcra.engine import atomic_write_text
 from fulcra.errors import ConfigError, FormatError, FulcraError
 
-METHODS = ("diffusion", "uplift", "sam")
+METHODS = ("diffusion", "uplift", "sam", "geometry")
 
 __all__ = ["METHODS", "SegmentWorkflow", "SegmentSyntheticWorkflow", "PromptConfig", "save_overlay", "load_prompt_png"]
 
@@ -204,8 +205,9 @@ class SegmentWorkflow:
     (scribble PNG, full mask PNG or clicks) on ``prompt.view`` is uplifted and refined by graph
     diffusion; ``method=uplift`` (or ``diffusion=false``): the uplifted features are scored directly;
     ``method=sam`` (``extractor=sam`` or ``sam2``): the prompt is uplifted and reprojected onto every
-    view, SAM's masks from point prompts drawn there are averaged and uplifted (C.1.1). The
-    per-Gaussian scores are binarised in 3D and rendered on every camera.
+    view, SAM's masks from point prompts drawn there are averaged and uplifted (C.1.1);
+    ``method=geometry``: the reference mask alone uplifted from ``prompt.view`` (Table 5.2's baseline,
+    no extractor is built). The per-Gaussian scores are binarised in 3D and rendered on every camera.
     """
 
     @dataclass
@@ -230,7 +232,7 @@ class SegmentWorkflow:
         method: str = field(
             default="diffusion",
             metadata={
-                "help": "diffusion (uplift + graph diffusion), uplift (score the uplifted features) or sam (SAM/SAM 2 masks from reprojected prompts, uplifted; extractor=sam or sam2)"
+                "help": "diffusion (uplift + graph diffusion), uplift (score the uplifted features), sam (SAM/SAM 2 masks from reprojected prompts, uplifted; extractor=sam or sam2) or geometry (the reference mask, else the prompt, uplifted from the reference view and rendered: no extractor, Table 5.2's baseline)"
             },
         )
         diffusion: bool = field(
@@ -294,10 +296,11 @@ class SegmentWorkflow:
         method = str(cfg.method)
         if method not in METHODS:
             raise ConfigError(f"segment: key 'method' must be one of {', '.join(METHODS)}, got {method!r}")
-        _check_extractor(
-            "uplift" if method == "diffusion" and not cfg.diffusion else method,
-            OmegaConf.to_container(cfg.extractor, resolve=True),
-        )
+        if method != "geometry":  # the geometry baseline uses no extractor
+            _check_extractor(
+                "uplift" if method == "diffusion" and not cfg.diffusion else method,
+                OmegaConf.to_container(cfg.extractor, resolve=True),
+            )
         if str(cfg.masks) not in ("auto", "scores", "selection"):
             raise ConfigError(f"segment: key 'masks' must be auto, scores or selection, got {cfg.masks!r}")
         if cfg.reference_extractor is not None:
@@ -334,7 +337,8 @@ class SegmentWorkflow:
         if masks_mode not in ("auto", "scores", "selection"):
             raise ConfigError(f"segment: key 'masks' must be auto, scores or selection, got {masks_mode!r}")
         extractor_node = OmegaConf.to_container(cfg.extractor, resolve=True)
-        _check_extractor(method, extractor_node)  # before loading the scene: a wrong pairing fails at once
+        if method != "geometry":  # before loading the scene: a wrong pairing fails at once
+            _check_extractor(method, extractor_node)
         th = str(cfg.threshold)
         if th not in ("auto", "otsu", "li"):
             try:
@@ -380,7 +384,7 @@ class SegmentWorkflow:
             Image.fromarray(target.cpu().numpy().astype(np.uint8) * 255).save(out / "reference_mask.png")
         if target is None:
             say(ctx, "segment", R.FALLBACKS[method])
-        extractor = fulcra.create("feature_extractors", extractor_node)
+        extractor = fulcra.create("feature_extractors", extractor_node) if method != "geometry" else None
         resumed = False
         from PIL import Image
 
@@ -412,6 +416,13 @@ class SegmentWorkflow:
             (out / "sam_prompts").mkdir(exist_ok=True)
             for name, pos in seg.prompts.items():
                 Image.fromarray(pos.cpu().numpy().astype(np.uint8) * 255).save(out / "sam_prompts" / f"{name}.png")
+        elif method == "geometry":
+            from .baselines import segment_geometry
+
+            # Table 5.2 uplifts the reference mask; without one, the prompt itself
+            seg, tuning = segment_geometry(
+                scene, ref, prompt if target is None else target, target=target, reference=source, log=log
+            )
         else:
             up = uplift_views(
                 scene,
