@@ -116,7 +116,16 @@ def _segment_stage(cfg: Any, out: Path, ctx: Any):
         "config": OmegaConf.to_container(cfg, resolve=True),
         "files": {k: file_identity(v) for k, v in files.items() if v},
     }
-    outputs = ["mask3d.npy", "masks", "overlay.png", "removed.ply", "results.json", "sam_prompts", "reference_mask.png"]
+    outputs = [
+        "mask3d.npy",
+        "masks",
+        "overlay.png",
+        "removed.ply",
+        "results.json",
+        "sam_prompts",
+        "reference_mask.png",
+        "figures",
+    ]
     return Stage(out, "segment", inputs, [out / o for o in outputs], ctx.hooks.message, writer=ctx.is_main)
 
 
@@ -196,6 +205,49 @@ def _check_extractor(method: str, node) -> None:
             f"segment: extractor={name!r} needs point prompts; use method=sam with it, "
             f"or a feature extractor (dinov2, rgb, ...) with method={method}"
         )
+
+
+def _diffusion_figures(
+    ctx, cfg, method, scene, ref, prompt, kind, imgs, out, tuning, refiner=None, features=None, weights=None
+) -> list:
+    """``figures=true``: ``OUT/figures/diffusion_t{t}.png`` (:func:`.figures.diffusion_steps`) with the
+    refiner's chosen parameters; one line (returned, for ``results.json``) when it cannot be drawn."""
+    from fulcra.interfaces import SnapshotRefiner, TunableRefiner
+
+    from .figures import diffusion_steps
+    from .lifting import say
+
+    if method != "diffusion":
+        return [say(ctx, "segment", f"no figures: figures=true draws the graph diffusion, method={method} has none")]
+    if tuning.params and isinstance(refiner, TunableRefiner):
+        refiner = refiner.with_params(**tuning.params)
+    if not isinstance(refiner, SnapshotRefiner):
+        return [
+            say(
+                ctx,
+                "segment",
+                f"no figures: refiner {type(refiner).__name__} has no snapshots() (fulcra.interfaces.SnapshotRefiner)",
+            )
+        ]
+    image = imgs[ref.name] if ref.name in imgs else None
+    if image is not None and tuple(image.shape[-2:]) != (ref.height, ref.width):
+        image = None
+    try:
+        diffusion_steps(
+            scene,
+            ref,
+            prompt,
+            features,
+            refiner,
+            steps=[int(t) for t in cfg.figure_steps],
+            kind=kind,
+            weights=weights,
+            image=image,
+            out=out / "figures",
+        )
+    except FulcraError as exc:  # matplotlib missing
+        return [say(ctx, "segment", f"no figures: {exc}")]
+    return []
 
 
 class SegmentWorkflow:
@@ -283,6 +335,15 @@ class SegmentWorkflow:
             default=0.5, metadata={"help": "threshold of the rendered 3D mask (masks=selection)"}
         )
         save_removed: bool = field(default=True, metadata={"help": "write OUT/removed.ply"})
+        figures: bool = field(
+            default=False,
+            metadata={
+                "help": "write OUT/figures/diffusion_t{t}.png: the diffusion's g_t rendered on the reference view at figure_steps (thesis Fig. C.3; method=diffusion with a SnapshotRefiner; needs matplotlib)"
+            },
+        )
+        figure_steps: list = field(
+            default_factory=lambda: [1, 5, 20, 100], metadata={"help": "the steps t of figures=true"}
+        )
 
     def __init__(self, config):
         self.cfg = config
@@ -496,18 +557,24 @@ class SegmentWorkflow:
                 f"segment: the prompt selects no Gaussian (scores max {float(seg.scores.max()):.3g}); "
                 "try a larger prompt, another method or another extractor"
             )
+        if cfg.figures:
+            used = {"refiner": refiner, "features": features, "weights": weights} if method == "diffusion" else {}
+            if notes := _diffusion_figures(ctx, cfg, method, scene, ref, prompt, kind, imgs, out, tuning, **used):
+                results["notes"] = notes
+            else:
+                results["figures"] = str(out / "figures")
         if cfg.save_removed:
             if isinstance(scene, EditableScene):
                 results["removed"] = str(save_removed(scene, mask3d, out / "removed.ply"))
             else:
-                results["notes"] = [
+                results.setdefault("notes", []).append(
                     say(
                         ctx,
                         "segment",
                         f"removed.ply not written: removal needs a scene with subset() and "
                         f"save_ply() (EditableScene); scenes plugin {type(scene).__name__} has not",
                     )
-                ]
+                )
         # results.json last, then the stage record: a run killed earlier leaves no results.json and a
         # record that says complete: false, so nothing it left looks finished
         atomic_write_text(json.dumps(results, indent=2), out / "results.json")
