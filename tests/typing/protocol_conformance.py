@@ -28,6 +28,7 @@ from fulcra_plugins.extractors.sam2 import SAM2Extractor
 from fulcra_plugins.extractors.vit import ViTExtractor
 from fulcra_plugins.generators.imagemixer import ImageMixer
 from fulcra_plugins.generators.mixing import CutMix, Mixup
+from fulcra_plugins.ludvig.removal import RemoveWorkflow
 from fulcra_plugins.ludvig.tasks import MultiviewSegmentation, OpenVocabLocalisation
 from fulcra_plugins.ludvig.uplift_workflow import UpliftWorkflow
 from fulcra_plugins.ludvig.workflows import SegmentSyntheticWorkflow, SegmentWorkflow
@@ -362,6 +363,14 @@ def _teachers_probed_seg_Teacher(x: ProbedSegTeacher) -> Teacher:
 
 
 def _workflows_distill_Workflow(x: DistillWorkflow) -> Workflow:
+    return x
+
+
+def _workflows_remove_Workflow(x: RemoveWorkflow) -> Workflow:
+    return x
+
+
+def _workflows_remove_CheckedWorkflow(x: RemoveWorkflow) -> CheckedWorkflow:
     return x
 
 
