@@ -25,14 +25,17 @@ TARGET = ROOT / "tests" / "typing" / "protocol_conformance.py"
 
 # kind -> (main protocol, optional protocols)
 PROTOCOLS = {
-    "feature_extractors": ("FeatureExtractor", ("FittableExtractor", "PromptedExtractor", "CachingExtractor")),
+    "feature_extractors": (
+        "FeatureExtractor",
+        ("FittableExtractor", "PromptedExtractor", "CachingExtractor", "TextExtractor"),
+    ),
     "augmentations": ("AugmentationOp", ()),
     "appliers": ("PolicyApplier", ()),
     "policy_optimizers": ("PolicyOptimizer", ()),
     "teachers": ("Teacher", ()),
     "students": ("Student", ()),
     "scenes": ("SceneRepresentation", ("EditableScene", "AlphaScene", "RGBScene", "AdjointScene")),
-    "refiners": ("Refiner", ("TunableRefiner",)),
+    "refiners": ("Refiner", ("TunableRefiner", "SnapshotRefiner")),
     "backbones": ("Backbone", ()),
     "tasks": ("Task", ()),
     "datasets": ("Dataset", ()),

@@ -44,6 +44,8 @@ __all__ = [
     "FittableExtractor",
     "PromptedExtractor",
     "CachingExtractor",
+    "TextExtractor",
+    "SnapshotRefiner",
     "Backbone",
     "BACKBONE_KEYS",
     "Task",
@@ -122,6 +124,23 @@ class CachingExtractor(Protocol):
     def cache_dir(self) -> Any: ...
 
     def set_cache(self, directory: str | Path | None) -> None: ...
+
+
+@runtime_checkable
+class TextExtractor(Protocol):
+    """An extractor whose features live in a joint image-text space (CLIP-like): text prompts score them.
+
+    ``embed_text(texts)``: ``T`` strings -> ``[T, D]`` float32 text embeddings, in the space of the
+    extractor's ``D`` feature channels. ``relevancy(features [..., D], queries)``: ``queries`` a list
+    of ``Q`` strings (or ``[Q, D]`` embeddings) -> ``[..., Q]`` float32 relevancies in [0, 1] (LERF's
+    Eq. C.2 for ``clip``), usable on 2D maps and on per-Gaussian uplifted features alike. The
+    open-vocabulary workflows (``remove``) need one and refuse any other extractor before anything is
+    written.
+    """
+
+    def embed_text(self, texts: Sequence[str]) -> torch.Tensor: ...
+
+    def relevancy(self, features: torch.Tensor, queries: Any) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -385,6 +404,28 @@ class TunableRefiner(Protocol):
     def fallback_params(self, prompt: str) -> dict: ...
 
     def with_params(self, **params: Any) -> Any: ...
+
+
+@runtime_checkable
+class SnapshotRefiner(Protocol):
+    """Optional: a refiner that can show its iterative process part-way (figures such as thesis Fig. C.3).
+
+    ``snapshots(positions [N, 3], features [N, D], scores [N] or [N, Q], steps=(t1, t2, ...),
+    **kwargs) -> {t: [N] or [N, Q]}``: for each requested step count ``t`` (``t >= 0``), the
+    refiner's internal state after ``t`` iterations (graph diffusion: the weight vector ``g_t`` of
+    Eq. 5.8, non-negative, arbitrary scale) for the same inputs and keyword arguments as
+    :meth:`Refiner.refine`. It never changes what ``refine`` returns. Workflows that draw the
+    process (``segment figures=true``) skip the figure with one line when the refiner lacks it.
+    """
+
+    def snapshots(
+        self,
+        positions: torch.Tensor,
+        features: torch.Tensor,
+        scores: torch.Tensor,
+        steps: Sequence[int] = (1, 5, 20, 100),
+        **kwargs: Any,
+    ) -> dict[int, torch.Tensor]: ...
 
 
 #: the constructor keywords every consumer may pass to a backbone plugin (see :class:`Backbone`)

@@ -3,7 +3,7 @@ satisfies its kind's Protocol (and the optional ones whose members it defines): 
 from its interface fails `make test` before any workflow runs."""
 
 # ruff: noqa: I001
-from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, CheckedWorkflow, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, Student, Task, Teacher, TunableRefiner, Workflow)
+from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, CheckedWorkflow, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, SnapshotRefiner, Student, Task, Teacher, TextExtractor, TunableRefiner, Workflow)
 from fulcra_plugins.augment._base import Identity
 from fulcra_plugins.augment.colour import Brightness, Color, Contrast, Grayscale, Hue, Invert, Posterize, Sharpness, Solarize
 from fulcra_plugins.augment.composite import CompositeAugment
@@ -30,6 +30,7 @@ from fulcra_plugins.generators.imagemixer import ImageMixer
 from fulcra_plugins.generators.mixing import CutMix, Mixup
 from fulcra_plugins.ludvig.benchmarks import NvosWorkflow, SpinnerfWorkflow
 from fulcra_plugins.ludvig.lerf_benchmark import LerfWorkflow
+from fulcra_plugins.ludvig.removal import RemoveWorkflow
 from fulcra_plugins.ludvig.tasks import MultiviewSegmentation, OpenVocabLocalisation
 from fulcra_plugins.ludvig.uplift_workflow import UpliftWorkflow
 from fulcra_plugins.ludvig.workflows import SegmentSyntheticWorkflow, SegmentWorkflow
@@ -171,6 +172,10 @@ def _feature_extractors_clip_CachingExtractor(x: CLIPExtractor) -> CachingExtrac
     return x
 
 
+def _feature_extractors_clip_TextExtractor(x: CLIPExtractor) -> TextExtractor:
+    return x
+
+
 def _feature_extractors_dinov2_FeatureExtractor(x: DINOv2Extractor) -> FeatureExtractor:
     return x
 
@@ -260,6 +265,10 @@ def _refiners_graph_diffusion_Refiner(x: GraphDiffusion) -> Refiner:
 
 
 def _refiners_graph_diffusion_TunableRefiner(x: GraphDiffusion) -> TunableRefiner:
+    return x
+
+
+def _refiners_graph_diffusion_SnapshotRefiner(x: GraphDiffusion) -> SnapshotRefiner:
     return x
 
 
@@ -372,6 +381,14 @@ def _workflows_nvos_Workflow(x: NvosWorkflow) -> Workflow:
 
 
 def _workflows_nvos_CheckedWorkflow(x: NvosWorkflow) -> CheckedWorkflow:
+    return x
+
+
+def _workflows_remove_Workflow(x: RemoveWorkflow) -> Workflow:
+    return x
+
+
+def _workflows_remove_CheckedWorkflow(x: RemoveWorkflow) -> CheckedWorkflow:
     return x
 
 

@@ -149,18 +149,18 @@ def transposed_table(per_scene: dict, rows: list[tuple[str, str]], scale: float 
     return "\n".join(lines)
 
 
-def _node(x: Any) -> Any:
+def plain_node(x: Any) -> Any:
     return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
 
 
-def _say(ctx, name: str, msg: str) -> str:
+def say_line(ctx, name: str, msg: str) -> str:
     from .lifting import say
 
     return say(ctx, name, msg)
 
 
 @dataclass
-class _Scene:
+class BenchScene:
     """What a runner resolved for one scene before running it."""
 
     name: str
@@ -174,8 +174,8 @@ def run_scenes(
     workflow: str,
     cfg: Any,
     ctx: Any,
-    scenes: list[_Scene],
-    evaluate: Callable[[_Scene, Path], dict],
+    scenes: list[BenchScene],
+    evaluate: Callable[[BenchScene, Path], dict],
     table: Callable[[dict], str],
     title: str,
     notes: list[str],
@@ -313,7 +313,7 @@ class _SegmentationBenchmark:
 
     # -- shared
     def _check_config(self) -> None:
-        from .workflows import _check_extractor
+        from .workflows import check_extractor
 
         cfg = self.cfg
         if not cfg.data:
@@ -322,17 +322,17 @@ class _SegmentationBenchmark:
             raise ConfigError(f"{self.name}: set scenes=ROOT of the trained 3DGS outputs")
         if str(cfg.method) not in _METHODS:
             raise ConfigError(f"{self.name}: key 'method' must be one of {', '.join(_METHODS)}, got {cfg.method!r}")
-        _check_extractor(str(cfg.method), _node(cfg.extractor))
+        check_extractor(str(cfg.method), plain_node(cfg.extractor))
         ref = getattr(cfg, "reference_extractor", None)
         if ref is not None:
             try:
-                _check_extractor("sam", _node(ref))
+                check_extractor("sam", plain_node(ref))
             except ConfigError as exc:
                 raise ConfigError(
                     f"{self.name}: key 'reference_extractor' must be a prompted extractor (sam, sam2): {exc}"
                 ) from None
 
-    def _resolve(self) -> list[tuple[_Scene, Any]]:
+    def _resolve(self) -> list[tuple[BenchScene, Any]]:
         from fulcra_plugins.scenes import scene_inputs
 
         names = [str(s) for s in self.cfg.scenes_list] or self.all_scenes()
@@ -349,7 +349,7 @@ class _SegmentationBenchmark:
                 raise FormatError(
                     f"{cams_path}: scene {name!r} has no camera {missing[0]!r} (the {self.name} view; cameras: {', '.join(sorted(by_name)[:6])}...)"
                 )
-            out.append((_Scene(name, ply, cams_path, images, self.data_files(name)), case))
+            out.append((BenchScene(name, ply, cams_path, images, self.data_files(name)), case))
         return out
 
     def check(self) -> None:
@@ -366,14 +366,14 @@ class _SegmentationBenchmark:
             from . import reference as R
 
             notes.append(
-                _say(
+                say_line(
                     ctx,
                     self.name,
                     f"no reference_extractor: {R.FALLBACKS[str(self.cfg.method)]} (set reference_extractor=sam for the thesis' protocol)",
                 )
             )
 
-        def evaluate(sc: _Scene, sdir: Path) -> dict:
+        def evaluate(sc: BenchScene, sdir: Path) -> dict:
             return self._evaluate(sc, cases[sc.name], sdir, ctx)
 
         return run_scenes(
@@ -387,7 +387,7 @@ class _SegmentationBenchmark:
             notes,
         )
 
-    def _evaluate(self, sc: _Scene, case, sdir: Path, ctx) -> dict:
+    def _evaluate(self, sc: BenchScene, case, sdir: Path, ctx) -> dict:
         from PIL import Image
 
         import fulcra
@@ -405,7 +405,7 @@ class _SegmentationBenchmark:
         if case.kind == "mask":
             target, source = prompt, "first-frame mask"
         elif getattr(cfg, "reference_extractor", None) is not None:
-            node = _node(cfg.reference_extractor)
+            node = plain_node(cfg.reference_extractor)
             if ref.name not in imgs:
                 raise FormatError(
                     f"{sc.images}: no image of the reference view {ref.name!r} for the SAM reference mask"
@@ -416,9 +416,9 @@ class _SegmentationBenchmark:
         views = [c for c in cams if c.name in imgs]
         if not views:
             raise FormatError(f"{sc.images}: no image matches a camera of {sc.cameras}")
-        node = _node(cfg.extractor)
+        node = plain_node(cfg.extractor)
         extractor = fulcra.create("feature_extractors", node)
-        log = lambda m: _say(ctx, self.name, f"{sc.name}: {m}")  # noqa: E731
+        log = lambda m: say_line(ctx, self.name, f"{sc.name}: {m}")  # noqa: E731
         if method == "sam":
             seg, tuning = segment_with_reference(
                 scene, ref, prompt, "scribble" if case.kind != "mask" else "mask", "sam",
@@ -430,7 +430,7 @@ class _SegmentationBenchmark:
                 scene, views, imgs, extractor, out=sdir, ply=str(sc.ply), extractor_node=node,
                 hooks=ctx.hooks, center=cfg.center, stage="features", is_main=ctx.is_main,
             )  # fmt: skip
-            refiner = fulcra.create("refiners", _node(cfg.refiner)) if method == "diffusion" else None
+            refiner = fulcra.create("refiners", plain_node(cfg.refiner)) if method == "diffusion" else None
             seg, tuning = segment_with_reference(
                 scene, ref, prompt, case.kind, method, features=up.features, weights=up.weights,
                 refiner=refiner, target=target, reference=source, search=cfg.search, log=log,

@@ -32,7 +32,16 @@ import torch
 
 from fulcra.errors import ConfigError, FormatError
 
-from .benchmarks import _node, _say, _Scene, image_folder, run_scenes, scene_folder, trained_scene, transposed_table
+from .benchmarks import (
+    BenchScene,
+    image_folder,
+    plain_node,
+    run_scenes,
+    say_line,
+    scene_folder,
+    trained_scene,
+    transposed_table,
+)
 
 __all__ = ["LerfWorkflow", "text_relevancy", "localisation_hit_any"]
 
@@ -165,7 +174,7 @@ class LerfWorkflow:
             raise FormatError(f"{root}: LERF folder not found (data= is lerf_ovs or lerf_ovs/label)")
         return root, root.parent
 
-    def _resolve(self) -> list[tuple[_Scene, list]]:
+    def _resolve(self) -> list[tuple[BenchScene, list]]:
         from fulcra_plugins.scenes import scene_inputs
 
         from .protocols import read_lerf
@@ -186,13 +195,13 @@ class LerfWorkflow:
             for case in cases:
                 if case.image not in known:
                     raise FormatError(f"{cams_path}: scene {name!r} has no camera {case.image!r} (a LERF frame)")
-            out.append((_Scene(name, ply, cams_path, images, [labels / name]), cases))
+            out.append((BenchScene(name, ply, cams_path, images, [labels / name]), cases))
         return out
 
     def _check_extractors(self) -> None:
         import fulcra
 
-        node = _node(self.cfg.extractor)
+        node = plain_node(self.cfg.extractor)
         name = node if isinstance(node, str) else (node or {}).get("name")
         try:
             from fulcra.registry import preset
@@ -217,7 +226,9 @@ class LerfWorkflow:
         cases = {sc.name: c for sc, c in resolved}
         notes: list[str] = []
         if self.cfg.sam_extractor is None:
-            notes.append(_say(ctx, "lerf", "no sam_extractor: the SAM rows (Table 5.4 top, 5.5 rows 3-4) are skipped"))
+            notes.append(
+                say_line(ctx, "lerf", "no sam_extractor: the SAM rows (Table 5.4 top, 5.5 rows 3-4) are skipped")
+            )
         return run_scenes(
             "lerf",
             self.cfg,
@@ -229,7 +240,7 @@ class LerfWorkflow:
             notes,
         )
 
-    def _evaluate(self, sc: _Scene, cases: list, sdir: Path, ctx) -> dict:
+    def _evaluate(self, sc: BenchScene, cases: list, sdir: Path, ctx) -> dict:
         import fulcra
         from fulcra_plugins.scenes import load_scene
 
@@ -245,7 +256,7 @@ class LerfWorkflow:
         if not views:
             raise FormatError(f"{sc.images}: no image matches a camera of {sc.cameras}")
         texts = sorted({q.text for case in cases for q in case.queries})
-        node = _node(cfg.extractor)
+        node = plain_node(cfg.extractor)
         text_ex = fulcra.create("feature_extractors", node)
         clip = uplift_views(
             scene, views, imgs, text_ex, out=sdir / "text", ply=str(sc.ply), extractor_node=node,
@@ -254,15 +265,19 @@ class LerfWorkflow:
         rel = text_relevancy(text_ex, clip.features, texts)  # [N, Q]
         rel = torch.where(clip.weights[:, None] > 0, rel, torch.zeros_like(rel))  # unseen Gaussians: no relevancy
         variants = {"raw": rel}
-        sam = fulcra.create("feature_extractors", _node(cfg.sam_extractor)) if cfg.sam_extractor is not None else None
+        sam = (
+            fulcra.create("feature_extractors", plain_node(cfg.sam_extractor))
+            if cfg.sam_extractor is not None
+            else None
+        )
         if cfg.diffusion:
-            gnode = _node(cfg.graph_extractor)
+            gnode = plain_node(cfg.graph_extractor)
             (sdir / "graph").mkdir(parents=True, exist_ok=True)
             graph = uplift_views(
                 scene, views, imgs, fulcra.create("feature_extractors", gnode), out=sdir / "graph", ply=str(sc.ply),
                 extractor_node=gnode, hooks=ctx.hooks, center=True, stage="graph features", is_main=ctx.is_main,
             )  # fmt: skip
-            refiner = fulcra.create("refiners", _node(cfg.refiner))
+            refiner = fulcra.create("refiners", plain_node(cfg.refiner))
             pos = scene_positions(scene)
             variants["diffused"] = _refine(refiner, pos, graph, rel)
             if sam is not None and hasattr(refiner, "with_params"):

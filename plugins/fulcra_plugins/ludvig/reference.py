@@ -61,6 +61,7 @@ FALLBACKS = {
     "diffusion": "no reference mask: the refiner's default bandwidths and its fallback_params (graph_diffusion: only reached Gaussians at least as similar to the prompt as its least similar anchor); h > 0, 2D masks rendered from that selection",
     "sam": "no reference mask: Gaussians covered by more than half of their SAM masks (h > 0.5), 2D masks rendered from that selection",
     "single_view": "no reference mask: Li's threshold on each view's normalised score map; 3D: a Gaussian's uplifted vote > 0.5",
+    "geometry": "no reference mask: Gaussians with more than half of their reference-view rendering weight inside the prompt (h > 0.5), 2D masks rendered from that selection",
 }
 FALLBACK = FALLBACKS["uplift"]
 

@@ -1,9 +1,11 @@
 """The embedded synthetic scene as a segmentation benchmark with ground truth (Table 5.2 ablation).
 
 For every object of the scene: a scribble on a reference view (a cross drawn inside the object's
-eroded ground-truth mask on the view where it looks largest), then three routes, all under the
+eroded ground-truth mask on the view where it looks largest), then four routes, all under the
 same reference-view protocol (:mod:`.reference`, the thesis's and the official evaluation's):
 
+- ``geometry``: the reference mask (the scribble without one) uplifted from the reference view and
+  rendered on the others, no features (:mod:`.baselines`, Table 5.2's "geometry only");
 - ``single_view``: each view's own 2D features scored against the reference scribble's mean
   feature (no 3D); its 2D threshold is chosen on the reference view's own score map, its 3D mask
   is the uplift of the per-view masks, binarised at the threshold chosen on the reference view;
@@ -33,7 +35,7 @@ from .segmentation import build_refiner
 
 __all__ = ["scribble_from_mask", "run_synthetic_benchmark", "VARIANTS"]
 
-VARIANTS = ("single_view", "uplift", "uplift_diffusion")
+VARIANTS = ("geometry", "single_view", "uplift", "uplift_diffusion")
 
 
 def scribble_from_mask(mask: torch.Tensor, erode: int = 2, thickness: int = 1) -> torch.Tensor:
@@ -165,6 +167,16 @@ def run_synthetic_benchmark(
             masks3d[(o, "single_view")] = votes > 0.5
         tunings["single_view"] = sv_tuning.as_dict()
         masks2d[(o, "single_view")] = sv_masks
+        # geometry only (Table 5.2): the reference mask (without one, the scribble) uplifted from the
+        # reference view and rendered everywhere, no features (fulcra_plugins.ludvig.baselines)
+        from .baselines import segment_geometry
+
+        geo, geo_tuning = segment_geometry(
+            scene, ref, prompt if target is None else target, target=target, reference=source
+        )
+        masks3d[(o, "geometry")] = R.mask_3d(geo.scores, geo_tuning)
+        masks2d[(o, "geometry")] = (geo.scores, geo_tuning)
+        tunings["geometry"] = geo_tuning.as_dict()
         per_object[name] = {
             "reference_view": ref.name,
             "seconds": round(time.time() - t, 2),

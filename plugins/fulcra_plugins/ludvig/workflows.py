@@ -2,8 +2,9 @@
 
 ``fulcra run segment scene.ply=PLY scene.cameras=CAMERAS scene.images=DIR extractor=NAME
 prompt.view=CAMERA_NAME prompt.scribble=PNG out=OUT`` (or ``prompt.mask=PNG`` for a full reference
-mask, or ``prompt.clicks=[[x,y],...]``), with ``method=diffusion`` (default), ``uplift`` or ``sam``
-(then ``extractor=sam`` or ``sam2``: SAM masks prompted from the reprojected prompt, uplifted), writes
+mask, or ``prompt.clicks=[[x,y],...]``), with ``method=diffusion`` (default), ``uplift``, ``sam``
+(then ``extractor=sam`` or ``sam2``: SAM masks prompted from the reprojected prompt, uplifted) or
+``geometry`` (the reference mask uplifted and reprojected, no features: :mod:`.baselines`), writes
 
 - ``OUT/mask3d.npy``: one boolean per Gaussian, PLY order;
 - ``OUT/masks/<camera>.png``: the rendered 3D mask on every camera, 0/255;
@@ -35,7 +36,7 @@ from omegaconf import OmegaConf
 from fulcra.engine import atomic_write_text
 from fulcra.errors import ConfigError, FormatError, FulcraError
 
-METHODS = ("diffusion", "uplift", "sam")
+METHODS = ("diffusion", "uplift", "sam", "geometry")
 
 __all__ = ["METHODS", "SegmentWorkflow", "SegmentSyntheticWorkflow", "PromptConfig", "save_overlay", "load_prompt_png"]
 
@@ -115,7 +116,16 @@ def _segment_stage(cfg: Any, out: Path, ctx: Any):
         "config": OmegaConf.to_container(cfg, resolve=True),
         "files": {k: file_identity(v) for k, v in files.items() if v},
     }
-    outputs = ["mask3d.npy", "masks", "overlay.png", "removed.ply", "results.json", "sam_prompts", "reference_mask.png"]
+    outputs = [
+        "mask3d.npy",
+        "masks",
+        "overlay.png",
+        "removed.ply",
+        "results.json",
+        "sam_prompts",
+        "reference_mask.png",
+        "figures",
+    ]
     return Stage(out, "segment", inputs, [out / o for o in outputs], ctx.hooks.message, writer=ctx.is_main)
 
 
@@ -170,7 +180,7 @@ def save_overlay(image: torch.Tensor, mask: torch.Tensor, path: str | Path, prom
     return save_png(torch.from_numpy(img), path, min_width=480)
 
 
-def _check_extractor(method: str, node) -> None:
+def check_extractor(method: str, node) -> None:
     """One-line ConfigError when ``method`` and the extractor do not fit: ``sam`` needs a prompted
     extractor (``sam``, ``sam2``), the feature routes one that maps an image alone to features."""
     import fulcra
@@ -197,6 +207,49 @@ def _check_extractor(method: str, node) -> None:
         )
 
 
+def _diffusion_figures(
+    ctx, cfg, method, scene, ref, prompt, kind, imgs, out, tuning, refiner=None, features=None, weights=None
+) -> list:
+    """``figures=true``: ``OUT/figures/diffusion_t{t}.png`` (:func:`.figures.diffusion_steps`) with the
+    refiner's chosen parameters; one line (returned, for ``results.json``) when it cannot be drawn."""
+    from fulcra.interfaces import SnapshotRefiner, TunableRefiner
+
+    from .figures import diffusion_steps
+    from .lifting import say
+
+    if method != "diffusion":
+        return [say(ctx, "segment", f"no figures: figures=true draws the graph diffusion, method={method} has none")]
+    if tuning.params and isinstance(refiner, TunableRefiner):
+        refiner = refiner.with_params(**tuning.params)
+    if not isinstance(refiner, SnapshotRefiner):
+        return [
+            say(
+                ctx,
+                "segment",
+                f"no figures: refiner {type(refiner).__name__} has no snapshots() (fulcra.interfaces.SnapshotRefiner)",
+            )
+        ]
+    image = imgs[ref.name] if ref.name in imgs else None
+    if image is not None and tuple(image.shape[-2:]) != (ref.height, ref.width):
+        image = None
+    try:
+        diffusion_steps(
+            scene,
+            ref,
+            prompt,
+            features,
+            refiner,
+            steps=[int(t) for t in cfg.figure_steps],
+            kind=kind,
+            weights=weights,
+            image=image,
+            out=out / "figures",
+        )
+    except FulcraError as exc:  # matplotlib missing
+        return [say(ctx, "segment", f"no figures: {exc}")]
+    return []
+
+
 class SegmentWorkflow:
     """Segment an object in 3D from a prompt on one view, render its mask everywhere, remove it (LUDVIG §5.4.1).
 
@@ -204,8 +257,9 @@ class SegmentWorkflow:
     (scribble PNG, full mask PNG or clicks) on ``prompt.view`` is uplifted and refined by graph
     diffusion; ``method=uplift`` (or ``diffusion=false``): the uplifted features are scored directly;
     ``method=sam`` (``extractor=sam`` or ``sam2``): the prompt is uplifted and reprojected onto every
-    view, SAM's masks from point prompts drawn there are averaged and uplifted (C.1.1). The
-    per-Gaussian scores are binarised in 3D and rendered on every camera.
+    view, SAM's masks from point prompts drawn there are averaged and uplifted (C.1.1);
+    ``method=geometry``: the reference mask alone uplifted from ``prompt.view`` (Table 5.2's baseline,
+    no extractor is built). The per-Gaussian scores are binarised in 3D and rendered on every camera.
     """
 
     @dataclass
@@ -230,7 +284,7 @@ class SegmentWorkflow:
         method: str = field(
             default="diffusion",
             metadata={
-                "help": "diffusion (uplift + graph diffusion), uplift (score the uplifted features) or sam (SAM/SAM 2 masks from reprojected prompts, uplifted; extractor=sam or sam2)"
+                "help": "diffusion (uplift + graph diffusion), uplift (score the uplifted features), sam (SAM/SAM 2 masks from reprojected prompts, uplifted; extractor=sam or sam2) or geometry (the reference mask, else the prompt, uplifted from the reference view and rendered: no extractor, Table 5.2's baseline)"
             },
         )
         diffusion: bool = field(
@@ -281,6 +335,15 @@ class SegmentWorkflow:
             default=0.5, metadata={"help": "threshold of the rendered 3D mask (masks=selection)"}
         )
         save_removed: bool = field(default=True, metadata={"help": "write OUT/removed.ply"})
+        figures: bool = field(
+            default=False,
+            metadata={
+                "help": "write OUT/figures/diffusion_t{t}.png: the diffusion's g_t rendered on the reference view at figure_steps (thesis Fig. C.3; method=diffusion with a SnapshotRefiner; needs matplotlib)"
+            },
+        )
+        figure_steps: list = field(
+            default_factory=lambda: [1, 5, 20, 100], metadata={"help": "the steps t of figures=true"}
+        )
 
     def __init__(self, config):
         self.cfg = config
@@ -294,17 +357,18 @@ class SegmentWorkflow:
         method = str(cfg.method)
         if method not in METHODS:
             raise ConfigError(f"segment: key 'method' must be one of {', '.join(METHODS)}, got {method!r}")
-        _check_extractor(
-            "uplift" if method == "diffusion" and not cfg.diffusion else method,
-            OmegaConf.to_container(cfg.extractor, resolve=True),
-        )
+        if method != "geometry":  # the geometry baseline uses no extractor
+            check_extractor(
+                "uplift" if method == "diffusion" and not cfg.diffusion else method,
+                OmegaConf.to_container(cfg.extractor, resolve=True),
+            )
         if str(cfg.masks) not in ("auto", "scores", "selection"):
             raise ConfigError(f"segment: key 'masks' must be auto, scores or selection, got {cfg.masks!r}")
         if cfg.reference_extractor is not None:
             node = cfg.reference_extractor
             node = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
             try:
-                _check_extractor("sam", node)
+                check_extractor("sam", node)
             except ConfigError as exc:
                 raise ConfigError(
                     f"segment: key 'reference_extractor' must be a prompted extractor (sam, sam2): {exc}"
@@ -334,7 +398,8 @@ class SegmentWorkflow:
         if masks_mode not in ("auto", "scores", "selection"):
             raise ConfigError(f"segment: key 'masks' must be auto, scores or selection, got {masks_mode!r}")
         extractor_node = OmegaConf.to_container(cfg.extractor, resolve=True)
-        _check_extractor(method, extractor_node)  # before loading the scene: a wrong pairing fails at once
+        if method != "geometry":  # before loading the scene: a wrong pairing fails at once
+            check_extractor(method, extractor_node)
         th = str(cfg.threshold)
         if th not in ("auto", "otsu", "li"):
             try:
@@ -380,7 +445,7 @@ class SegmentWorkflow:
             Image.fromarray(target.cpu().numpy().astype(np.uint8) * 255).save(out / "reference_mask.png")
         if target is None:
             say(ctx, "segment", R.FALLBACKS[method])
-        extractor = fulcra.create("feature_extractors", extractor_node)
+        extractor = fulcra.create("feature_extractors", extractor_node) if method != "geometry" else None
         resumed = False
         from PIL import Image
 
@@ -412,6 +477,13 @@ class SegmentWorkflow:
             (out / "sam_prompts").mkdir(exist_ok=True)
             for name, pos in seg.prompts.items():
                 Image.fromarray(pos.cpu().numpy().astype(np.uint8) * 255).save(out / "sam_prompts" / f"{name}.png")
+        elif method == "geometry":
+            from .baselines import segment_geometry
+
+            # Table 5.2 uplifts the reference mask; without one, the prompt itself
+            seg, tuning = segment_geometry(
+                scene, ref, prompt if target is None else target, target=target, reference=source, log=log
+            )
         else:
             up = uplift_views(
                 scene,
@@ -485,18 +557,24 @@ class SegmentWorkflow:
                 f"segment: the prompt selects no Gaussian (scores max {float(seg.scores.max()):.3g}); "
                 "try a larger prompt, another method or another extractor"
             )
+        if cfg.figures:
+            used = {"refiner": refiner, "features": features, "weights": weights} if method == "diffusion" else {}
+            if notes := _diffusion_figures(ctx, cfg, method, scene, ref, prompt, kind, imgs, out, tuning, **used):
+                results["notes"] = notes
+            else:
+                results["figures"] = str(out / "figures")
         if cfg.save_removed:
             if isinstance(scene, EditableScene):
                 results["removed"] = str(save_removed(scene, mask3d, out / "removed.ply"))
             else:
-                results["notes"] = [
+                results.setdefault("notes", []).append(
                     say(
                         ctx,
                         "segment",
                         f"removed.ply not written: removal needs a scene with subset() and "
                         f"save_ply() (EditableScene); scenes plugin {type(scene).__name__} has not",
                     )
-                ]
+                )
         # results.json last, then the stage record: a run killed earlier leaves no results.json and a
         # record that says complete: false, so nothing it left looks finished
         atomic_write_text(json.dumps(results, indent=2), out / "results.json")

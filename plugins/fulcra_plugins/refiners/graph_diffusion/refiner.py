@@ -290,6 +290,36 @@ class GraphDiffusion:
             setattr(other, name, value)
         return other
 
+    # -- snapshots (figures of the diffusion, thesis Fig. C.3) -------------------------------------
+    def snapshots(
+        self,
+        positions: torch.Tensor,
+        features: torch.Tensor,
+        scores: torch.Tensor,
+        steps: Any = (1, 5, 20, 100),
+        **kwargs: Any,
+    ) -> dict[int, torch.Tensor]:
+        """The weight vector ``g_t`` of Eq. 5.8 after each of ``steps`` iterations (the
+        :class:`~fulcra.interfaces.SnapshotRefiner` protocol), for the inputs and keywords of
+        :meth:`refine` (``prompt=``, ``weights=``, ``reference_weights=``, ...).
+
+        Each ``t`` is one run of this refiner with ``steps=t`` on the shared cached graph, so the
+        anchors, the unary term and the matrix (binarised as ``refine`` binarises it) are those of
+        :meth:`refine`; ``t = 0`` gives ``g_0``. What ``refine`` returns is unchanged.
+
+        Returns:
+            ``{t: [N] or [N, Q]}`` float32, non-negative, in the caller's node order (pruned Gaussians
+            take the value of the kept Gaussian they attach to, as in ``refine``).
+        """
+        kwargs.pop("return_diffused", None)
+        out: dict[int, torch.Tensor] = {}
+        for t in sorted({int(t) for t in steps}):
+            if t < 0:
+                raise ValueError(f"graph_diffusion: snapshot steps must be >= 0, got {t}")
+            res = self.with_params(steps=t).run(positions, features, scores, return_diffused=True, **kwargs)
+            out[t] = res.diffused.clamp_min(0)
+        return out
+
     # -- graph -----------------------------------------------------------------------------------
     def _device(self, like: torch.Tensor) -> torch.device:
         # "auto" follows the data: a scene on the GPU diffuses on the GPU
