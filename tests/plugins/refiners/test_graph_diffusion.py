@@ -475,3 +475,18 @@ def test_pruned_nodes_are_attached_to_a_kept_one():
     sel = half.scores > 0
     assert (sel & truth).sum() / truth.sum() > 0.9 and not bool((sel & ~truth).any())
     assert bool((half.reached[~half.kept] | ~truth[~half.kept]).all())
+
+
+def test_grid_knn_is_identical_for_any_thread_count():
+    from fulcra_plugins.refiners.graph_diffusion import _graph as G
+
+    rng = np.random.default_rng(5)
+    pos = np.concatenate([rng.normal(size=(3000, 3)), rng.normal(size=(1000, 3)) * 0.1 + 4]).astype(np.float32)
+    feats = rng.normal(size=(4000, 8)).astype(np.float32)
+    q, lo, scale = G._quantise(pos, cubic=True)
+    codes = G._interleave(q)
+    perm = np.argsort(codes, kind="stable")
+    args = (pos[perm].astype(np.float64), q[perm], codes[perm], lo, scale, 20, feats[perm])
+    one = G._grid_knn_sorted(*args, workers=1)
+    two = G._grid_knn_sorted(*args, workers=3)
+    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])

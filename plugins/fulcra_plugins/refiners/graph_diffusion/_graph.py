@@ -221,7 +221,7 @@ def _knn_block(pos, sq, feats, qi, r_lo, r_hi, kk, margin2, budget):
     return done, failed
 
 
-def _grid_knn_sorted(pos, q, codes, lo, scale, k, feats=None, bits=21, tau=3.0, budget=1 << 20):
+def _grid_knn_sorted(pos, q, codes, lo, scale, k, feats=None, bits=21, tau=3.0, budget=1 << 20, workers=None):
     """Exact ``k + 1`` nearest neighbours (the point itself included) of points sorted by cubic Morton code.
 
     Octree cells at each level are contiguous ranges of the sorted points. Points are grouped by a
@@ -240,7 +240,10 @@ def _grid_knn_sorted(pos, q, codes, lo, scale, k, feats=None, bits=21, tau=3.0, 
     Returns:
         ``(nbrs [N, k+1] int32, dots [N, k+1] float32 or None)``; each row holds the point itself.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     n = len(pos)
+    workers = int(workers or max(1, min(4, torch.get_num_threads())))
     kk = k + 1
     nbrs = np.empty((n, kk), dtype=np.int32)
     dots = np.empty((n, kk), dtype=np.float32) if feats is not None else None
@@ -262,6 +265,7 @@ def _grid_knn_sorted(pos, q, codes, lo, scale, k, feats=None, bits=21, tau=3.0, 
             if L == 0:
                 r_lo = np.zeros((len(gs), 1), dtype=np.int64)
                 r_hi = np.full((len(gs), 1), n, dtype=np.int64)
+                b_lo = b_hi = None
             else:
                 nc = coord[:, None, :] + _OFFSETS[None]  # [G, 27, 3]
                 valid = ((nc >= 0) & (nc < side)).all(-1)
@@ -276,18 +280,30 @@ def _grid_knn_sorted(pos, q, codes, lo, scale, k, feats=None, bits=21, tau=3.0, 
                 cell = float(1 << (bits - L))
                 b_lo = lo + (coord - 1) * cell / scale
                 b_hi = lo + (coord + 2) * cell / scale
-            for g in range(len(gs)):
+
+            def group(g, L=L, idx=idx, gs=gs, ge=ge, r_lo=r_lo, r_hi=r_hi, b_lo=b_lo, b_hi=b_hi):
                 qi = idx[gs[g] : ge[g]]
                 margin2 = None
                 if L > 0:
                     mq = np.minimum(pos[qi] - b_lo[g], b_hi[g] - pos[qi]).min(1)
                     margin2 = np.where(mq > 0, mq * mq * (1 - 1e-9), -1.0)
                 out = _knn_block(pos, sq, feats, qi, r_lo[g], r_hi[g], kk, margin2, budget)
-                for rows, nb, dt in out[0]:
+                for rows, nb, dt in out[0]:  # disjoint rows per group: no two writers overlap
                     nbrs[rows] = nb
                     if dots is not None:
                         dots[rows] = dt
-                failed.extend(out[1])
+                return out[1]
+
+            # groups are independent; NumPy releases the GIL in its GEMMs and partitions, so a few
+            # threads share the work (results are placed by row and the failures kept in group
+            # order: identical output for any thread count)
+            if workers > 1 and len(gs) > 1:
+                with ThreadPoolExecutor(workers) as ex:
+                    for f in ex.map(group, range(len(gs))):
+                        failed.extend(f)
+            else:
+                for g in range(len(gs)):
+                    failed.extend(group(g))
         pending = np.concatenate(failed) if failed else np.zeros(0, dtype=np.int64)
         level[pending] -= 1
     return nbrs, dots
