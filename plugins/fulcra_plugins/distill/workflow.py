@@ -455,6 +455,9 @@ class DistillWorkflow:
             batch_size=sc.batch_size,
             device=ctx.device,
             progress=progress if total > 1 else None,
+            # the whole generator node (model, steps, guidance, alpha, ...): changing any of it
+            # regenerates the set instead of reusing stale images
+            config={"generator": gnode},
         )
 
     def _table(self, ctx, rows, metric, scores) -> dict:

@@ -47,6 +47,7 @@ def build_synthetic_set(
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    config: dict | None = None,
 ) -> torch.Tensor:
     """Generate ``n_images`` synthetic images from ``images`` (uint8 ``[N, 3, H, W]``).
 
@@ -58,6 +59,10 @@ def build_synthetic_set(
         seed: seeds the choice of sources and the generation.
         batch_size: synthetic images per chunk (one ``generate`` call).
         progress: optional ``progress(done_chunks, total_chunks)`` callback.
+        config: the generator's configuration (its config node: model, steps, guidance, Mixup α, ...)
+            and anything else the images depend on. Part of the set's identity with the request
+            (count, seed, sources): when any of it changes, the old chunks are discarded. Without it,
+            the generator's public scalar attributes stand in (a stale set is never reused silently).
 
     Returns:
         uint8 ``[n_images, 3, H', W']`` (every rank gets the whole set).
@@ -72,6 +77,7 @@ def build_synthetic_set(
         "batch_size": int(batch_size),
         "n_source": int(images.shape[0]),
         "generator": type(generator).__name__,
+        "config": _jsonable(config if config is not None else _public_scalars(generator)),
     }
     index = out / "index.json"
     if dist.rank() == 0:
@@ -97,6 +103,20 @@ def build_synthetic_set(
             progress(c + 1, n_chunks)
     dist.barrier()
     return load_synthetic_set(out)
+
+
+def _public_scalars(obj: Any) -> dict:
+    """The public int/float/str/bool/None attributes of a generator (its settings, when no config node is given)."""
+    return {
+        k: v
+        for k, v in sorted(vars(obj).items())
+        if not k.startswith("_") and (v is None or isinstance(v, (bool, int, float, str)))
+    }
+
+
+def _jsonable(x: Any) -> Any:
+    """``x`` as plain JSON data (sorted keys), so equal configurations compare equal after a round trip."""
+    return json.loads(json.dumps(x, sort_keys=True, default=str))
 
 
 def load_synthetic_set(out_dir: str | Path) -> torch.Tensor:

@@ -170,3 +170,21 @@ def test_imagemixer_missing_model_says_where(tmp_path):
         ImageMixer().generate(torch.rand(2, 3, 8, 8))
     with pytest.raises(WeightsNotFoundError, match="unet/"):
         ImageMixer(model=str(tmp_path)).generate(torch.rand(2, 3, 8, 8))
+
+
+def test_synthetic_set_is_regenerated_when_the_generator_config_changes(tmp_path):
+    imgs = (torch.rand(6, 3, 8, 8) * 255).to(torch.uint8)
+    a = build_synthetic_set(Mixup(mix_k=2, alpha=1.0), imgs, 4, tmp_path / "s", seed=0, batch_size=2)
+    again = build_synthetic_set(Mixup(mix_k=2, alpha=1.0), imgs, 4, tmp_path / "s", seed=0, batch_size=2)
+    assert torch.equal(a, again)
+    # another Mixup alpha: same class, same request; the old images must not be reused
+    b = build_synthetic_set(Mixup(mix_k=2, alpha=0.2), imgs, 4, tmp_path / "s", seed=0, batch_size=2)
+    assert not torch.equal(a, b)
+    assert json.loads((tmp_path / "s" / "index.json").read_text())["config"]["alpha"] == 0.2
+    # an explicit config node (what the distill workflow passes) is part of the identity too
+    c1 = build_synthetic_set(Mixup(mix_k=2), imgs, 4, tmp_path / "t", seed=0, batch_size=2, config={"steps": 10})
+    idx = json.loads((tmp_path / "t" / "index.json").read_text())
+    assert idx["config"] == {"steps": 10}
+    build_synthetic_set(Mixup(mix_k=2), imgs, 4, tmp_path / "t", seed=0, batch_size=2, config={"steps": 20})
+    assert json.loads((tmp_path / "t" / "index.json").read_text())["config"] == {"steps": 20}
+    assert c1.shape == (4, 3, 8, 8)
