@@ -111,3 +111,16 @@ def test_rerun_with_another_option_recomputes_and_says_why(tmp_path):
     run("distill-digits", [f"out={out}", *TINY, "rows=[student_alone]", "seeds=[0]", "train.lr=0.02"], hooks=[notes])
     line = next(m for m in notes.messages if m.startswith("recomputing distill"))
     assert "train.lr" in line and "-> 0.02" in line
+
+
+def test_a_tiny_student_without_weights_has_no_pretrained_init():
+    """With pre-training off, a tiny student without a weights file starts from random weights: the
+    "finetuned" row must not claim a pretrained initialisation (issue 16)."""
+    from fulcra_plugins.distill.workflow import DistillWorkflow
+
+    has = DistillWorkflow._has_pretrained_init
+    assert not has(None, {"name": "vit_small", "tiny": True})
+    assert not has(None, {"name": "vit_small", "tiny": True, "pretrained": True})
+    assert has(None, {"name": "vit_small", "tiny": True, "weights": "student.pt"})
+    assert has(None, {"name": "vit_small"})  # full size, pretrained: its weights are looked up
+    assert not has(None, {"name": "vit_small", "pretrained": False})

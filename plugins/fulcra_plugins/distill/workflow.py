@@ -198,10 +198,15 @@ class DistillWorkflow:
         return fulcra.create("students", node)
 
     def _has_pretrained_init(self, node: dict) -> bool:
+        """Whether the student starts from pretrained weights: a weights file, or ``pretrained`` on a
+        full-size model (whose weights are then looked up). A ``tiny`` model has no pretrained
+        weights of its own: without a file it starts from random weights."""
         params = _params("students", node["name"])
-        if "pretrained" in params:
-            return bool(node.get("pretrained", params["pretrained"]))
-        return bool(node.get("weights"))
+        if node.get("weights"):
+            return True
+        if "pretrained" in params and bool(node.get("pretrained", params["pretrained"])):
+            return not bool(node.get("tiny", params.get("tiny", False)))
+        return False
 
     def _preflight(self, tnode: dict, snode: dict, rows: list) -> None:
         """Fail before any work when a backbone's name, keys or weight file are wrong (nothing is loaded here)."""
