@@ -124,3 +124,14 @@ def test_a_tiny_student_without_weights_has_no_pretrained_init():
     assert has(None, {"name": "vit_small", "tiny": True, "weights": "student.pt"})
     assert has(None, {"name": "vit_small"})  # full size, pretrained: its weights are looked up
     assert not has(None, {"name": "vit_small", "pretrained": False})
+
+
+def test_dkd_with_synthetic_images_fails_before_any_work(tmp_path):
+    """DKD needs class labels; synthetic images have none: refused in one line before anything is
+    generated or trained (it used to skip them silently; issue 16)."""
+    from fulcra.errors import ConfigError
+
+    out = tmp_path / "o"
+    with pytest.raises(ConfigError, match="DKD needs class labels"):
+        run("distill-digits", [f"out={out}", *TINY, "rows=[distilled_synthetic]", "distill.loss=dkd"], hooks=[])
+    assert not (out / "synthetic").exists() and not (out / "seed0").exists()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fulcra.engine import Trainer, collate_batch, unwrap
+from fulcra.errors import ConfigError
 
 from ._common import resize_logits
 from .augment import augment_batch, mixup
@@ -158,6 +159,9 @@ def train_student(
         jitter=getattr(cfg, "jitter", 0.4),
         flip=getattr(cfg, "flip", True),
     )
+    aug_syn = dict(aug, scale=aug["scale"] or ((0.25, 1.0) if dense else (0.08, 1.0)))
+    if loss_name == "dkd" and syn is not None and teacher is not None:
+        raise ConfigError("distill: DKD needs class labels and synthetic images have none; use loss kd or hard")
 
     def transform(x, y, gen):
         x, y = augment_batch(to_unit(x), y, cfg.augment, gen, **aug)
@@ -167,7 +171,9 @@ def train_student(
             x, perm, lam = mixup(x, cfg.mixup, gen)
         if syn is not None and teacher is not None:
             pick = torch.randint(0, syn.shape[0], (n,), generator=gen, device=gen.device).cpu()
-            xs, _ = augment_batch(to_unit(syn[pick].to(x.device)), None, cfg.augment, gen, **aug)
+            # synthetic images carry no label map, so augment_batch cannot tell a dense task: give
+            # them the real images' crop scale (0.25 for segmentation, not 0.08)
+            xs, _ = augment_batch(to_unit(syn[pick].to(x.device)), None, cfg.augment, gen, **aug_syn)
             if xs.shape[-2:] != x.shape[-2:]:
                 xs = torch.nn.functional.interpolate(
                     xs, size=x.shape[-2:], mode="bilinear", align_corners=False, antialias=True

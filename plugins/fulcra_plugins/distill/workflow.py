@@ -209,7 +209,13 @@ class DistillWorkflow:
         return False
 
     def _preflight(self, tnode: dict, snode: dict, rows: list) -> None:
-        """Fail before any work when a backbone's name, keys or weight file are wrong (nothing is loaded here)."""
+        """Fail before any work when a backbone's name, keys or weight file are wrong (nothing is loaded
+        here), or when the distillation loss cannot use the synthetic images."""
+        if "distilled_synthetic" in rows and str(self.cfg.distill.loss) == "dkd":
+            raise ConfigError(
+                "distill: row distilled_synthetic with distill.loss=dkd: DKD needs class labels and "
+                "synthetic images have none; use distill.loss=kd or hard, or drop the row"
+            )
         params = _params("students", snode["name"])
         if "backbone" in tnode:
             check_backbone_ref(tnode["backbone"], owner="teacher.backbone")
