@@ -63,8 +63,10 @@ class ImageMixer:
         dtype: str = "auto",
         weights: list | None = None,
     ):
-        if mix_k < 2:
-            raise ConfigError(f"generators plugin 'imagemixer': mix_k must be >= 2, got {mix_k}")
+        if mix_k < 1:
+            raise ConfigError(
+                f"generators plugin 'imagemixer': mix_k must be >= 1 (1: image variations, Table 4.4), got {mix_k}"
+            )
         if weights is not None and len(weights) != mix_k:
             raise ConfigError(f"generators plugin 'imagemixer': {len(weights)} weights for mix_k={mix_k}")
         self.model, self.mix_k, self.steps = model, int(mix_k), int(steps)
@@ -136,10 +138,7 @@ class ImageMixer:
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """CLIP image embeddings ``[B, E]`` of ``images`` ``[B, 3, H, W]`` in [0, 1]."""
         p = self._load()
-        x = images.to(p["device"], torch.float32)
-        x = F.interpolate(
-            x, size=(p["clip_size"], p["clip_size"]), mode="bicubic", align_corners=False, antialias=True
-        ).clamp(0, 1)
+        x = clip_preprocess(images.to(p["device"], torch.float32), p["clip_size"])
         mean = torch.tensor(p["mean"], device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(p["std"], device=x.device).view(1, 3, 1, 1)
         return p["encoder"](pixel_values=((x - mean) / std).to(p["dtype"])).image_embeds
@@ -178,3 +177,17 @@ class ImageMixer:
         if self.keep_size and tuple(out.shape[-2:]) != (H, W):
             out = F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
         return out.to(images.device)
+
+
+def clip_preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
+    """CLIP's image preprocessing on ``[B, 3, H, W]`` in [0, 1]: the shorter side resized to ``size``
+    (bicubic, antialiased), then the centre ``size`` x ``size`` crop (as CLIPImageProcessor does; a
+    non-square image is not squashed)."""
+    H, W = images.shape[-2:]
+    if H <= W:  # the longer side truncated, as CLIPImageProcessor and torchvision's Resize
+        h, w = size, max(size, int(size * W / H))
+    else:
+        h, w = max(size, int(size * H / W)), size
+    x = F.interpolate(images, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top : top + size, left : left + size].clamp(0, 1)

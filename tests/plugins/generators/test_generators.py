@@ -188,3 +188,33 @@ def test_synthetic_set_is_regenerated_when_the_generator_config_changes(tmp_path
     build_synthetic_set(Mixup(mix_k=2), imgs, 4, tmp_path / "t", seed=0, batch_size=2, config={"steps": 20})
     assert json.loads((tmp_path / "t" / "index.json").read_text())["config"] == {"steps": 20}
     assert c1.shape == (4, 3, 8, 8)
+
+
+def test_clip_preprocess_resizes_the_short_side_and_centre_crops():
+    """ImageMixer's CLIP input as CLIPImageProcessor makes it (shorter side to the size, centre crop),
+    against torchvision's Resize + CenterCrop; a non-square image is not squashed (issue 16)."""
+    from torchvision.transforms import v2
+
+    from fulcra_plugins.generators.imagemixer import clip_preprocess
+
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 30), torch.linspace(0, 1, 50), indexing="ij")
+    x = torch.stack([xx, yy, (xx * yy)]).expand(2, 3, 30, 50).contiguous()  # smooth: resampling agrees
+    got = clip_preprocess(x, 16)
+    ref = v2.CenterCrop(16)(v2.Resize(16, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)(x)).clamp(0, 1)
+    assert got.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(got, ref, atol=2e-3, rtol=0)
+    # a squashed resize would see the whole width; the crop drops the sides
+    squashed = torch.nn.functional.interpolate(x, size=(16, 16), mode="bicubic", antialias=True, align_corners=False)
+    assert (got - squashed.clamp(0, 1)).abs().max() > 0.05
+
+
+def test_imagemixer_accepts_one_image_per_output(tiny_mixer_dir):
+    """mix_k = 1: ImageVariations, one source image per synthetic image (Table 4.4)."""
+    from fulcra_plugins.generators.imagemixer import ImageMixer
+
+    mixer = ImageMixer(model=str(tiny_mixer_dir), mix_k=1, steps=2, device="cpu")
+    x = torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    y = mixer.generate(x, _gen(0))
+    assert y.shape == (3, 3, 12, 12)
+    with pytest.raises(Exception, match="mix_k must be >= 1"):
+        ImageMixer(model=str(tiny_mixer_dir), mix_k=0)
