@@ -3,6 +3,7 @@ its results table, and its resume after an interruption."""
 
 import json
 
+import numpy as np
 import pytest
 
 from fulcra.runner import run
@@ -36,6 +37,8 @@ def test_distill_digits_table_and_resume(tmp_path):
     }
     for row in data["rows"].values():
         assert len(row["scores"]) == 2 and 0.0 <= row["mean"] <= 1.0 and row["ci95"] >= 0.0
+        sd = float(np.std(row["scores"], ddof=1))
+        assert row["sd196"] == pytest.approx(1.96 * sd)
     assert "± " in (out / "results.md").read_text() and res["metric"] == "accuracy"
     assert (out / "pca.png").is_file()
     assert json.loads((out / "synthetic" / "index.json").read_text())["mix_k"] == 2
