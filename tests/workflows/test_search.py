@@ -154,3 +154,28 @@ def test_policy_evaluation_killed_mid_training_resumes_to_the_same_weights(tmp_p
     resumed = train_with_policy(fresh(), X, Y, pol, ckpt_path=ckpt, **kw)
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_layerwise_fallback_to_double_backward_is_said(tmp_path):
+    """A model with a module the layerwise path cannot handle (LayerNorm) is searched with the
+    double-backward formulation, and the user is told in one line (it used to be silent; issue 15)."""
+
+    class Said(_Hooks):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def message(self, msg):
+            self.messages.append(msg)
+
+    def factory():  # LayerNorm is parametrised and not Conv2d/Linear/BatchNorm2d
+        return torch.nn.Sequential(SmallCNN(num_classes=10, width=4), torch.nn.LayerNorm(10))
+
+    train, val = _data()
+    hooks = Said()
+    s = Slack(space="cifar", pretrain_steps=2, rounds=1, retrain_steps=1, unrolled_steps=1, batch_size=8, b_aug=2)
+    s.search(train, val, factory, RunContext(out=tmp_path / "gn", device=torch.device("cpu"), hooks=hooks))
+    assert any("formulation=double_backward" in m and "Sequential" in m for m in hooks.messages)
+    plain = Said()
+    s.search(train, val, _factory, RunContext(out=tmp_path / "plain", device=torch.device("cpu"), hooks=plain))
+    assert not any("double_backward" in m for m in plain.messages)

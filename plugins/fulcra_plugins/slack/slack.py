@@ -273,6 +273,21 @@ class Slack:
         )
         torch.manual_seed(seed)
         model = model_factory().to(device).train()
+        if self.formulation == "layerwise":
+            from .layerwise import supports_layerwise
+
+            if not supports_layerwise(model) and getattr(ctx, "is_main", True):
+                # not silent: the fallback computes BatchNorm over the joint B_aug x N_t batch, a
+                # slightly different quantity than the method's per-group statistics
+                msg = (
+                    f"policy_optimizers.slack: formulation=layerwise needs a model made of Conv2d, Linear and "
+                    f"BatchNorm2d; {type(model).__name__} has other parametrised modules, so the search uses "
+                    "formulation=double_backward (BatchNorm over the joint B_aug x N_t batch)"
+                )
+                if hooks is not None and hasattr(hooks, "message"):
+                    hooks.message(msg)
+                else:
+                    print(f"[search] {msg}", flush=True)
         opt, sched = self._lower_opt(model, max(self.pretrain_steps, 1))
         state = {"phase": "pretrain", "step": 0, "round": 0, "j": 0, "history": [policy.probs().tolist()]}
         anchor = logits.detach().clone()
