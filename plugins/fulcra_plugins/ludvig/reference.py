@@ -39,10 +39,8 @@ from .thresholds import li, rescale
 
 __all__ = [
     "THRESHOLDS",
-    "FALLBACK",
     "FALLBACKS",
     "Tuning",
-    "thresholds",
     "best_threshold",
     "reference_iou",
     "choose_threshold_2d",
@@ -63,11 +61,6 @@ FALLBACKS = {
     "single_view": "no reference mask: Li's threshold on each view's normalised score map; 3D: a Gaussian's uplifted vote > 0.5",
     "geometry": "no reference mask: Gaussians with more than half of their reference-view rendering weight inside the prompt (h > 0.5), 2D masks rendered from that selection",
 }
-FALLBACK = FALLBACKS["uplift"]
-
-
-def thresholds() -> tuple[float, ...]:
-    return THRESHOLDS
 
 
 @dataclass
@@ -76,7 +69,7 @@ class Tuning:
 
     Attributes:
         reference: where the reference mask came from (``prompt mask``, ``sam``, ``user mask``,
-            ``ground truth``) or :data:`FALLBACK`.
+            ``ground truth``) or the route's entry of :data:`FALLBACKS`.
         threshold_2d: on the min-max normalised rendered scores of a view.
         threshold_3d: on the min-max normalised per-Gaussian scores.
         iou_2d / iou_3d: IoU with the reference mask on the reference view of the 2D mask and of the
@@ -220,7 +213,7 @@ def tune(
         raw = 0.0 if kind == "diffusion" else 0.5
         lo, hi = float(scores.min()), float(scores.max())
         t3 = (raw - lo) / (hi - lo) if hi > lo else 0.0
-        return scores, Tuning(FALLBACKS.get(kind, FALLBACK), 0.5, float(t3), mode_2d="selection")
+        return scores, Tuning(FALLBACKS[kind], 0.5, float(t3), mode_2d="selection")
     points = list(grid) or [{}]
     tried, best = [], None
     for params in points:

@@ -37,7 +37,6 @@ __all__ = [
     "segment_diffusion",
     "segment_single_view",
     "Segmentation3D",
-    "auto_threshold",
     "build_refiner",
     "scene_positions",
     "render_alpha",
@@ -172,16 +171,6 @@ def binarise_3d(scores: torch.Tensor, threshold: float | str = "otsu") -> torch.
         # Otsu splits the positive scores in two; when they are all alike keep them all
         return s > t if float(pos.min()) < t else s > 0
     return s > float(threshold)
-
-
-def auto_threshold(diffusion: bool, kind: str) -> float | str:
-    """The default 3D binarisation: with diffusion, ``h > 0`` for scribbles (the reached Gaussians: the
-    RBF unary term vanishes off the object, τ = 0 as C.1.4 uses for diffused scores) and ``h > 0.5``
-    for a mask (``h`` is then a logistic-regression probability on the reached set); without
-    diffusion, Otsu over the scores."""
-    if not diffusion:
-        return "otsu"
-    return 0.5 if kind == "mask" else 0.0
 
 
 @dataclass

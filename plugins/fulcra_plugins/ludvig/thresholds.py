@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["otsu", "li", "auto_threshold", "mean_filter", "rescale", "best_iou_threshold"]
+__all__ = ["otsu", "li", "auto_threshold", "mean_filter", "rescale"]
 
 
 def _values(x) -> np.ndarray:
@@ -72,18 +72,3 @@ def mean_filter(img: torch.Tensor, size: int = 5, padding: str = "zeros") -> tor
         den = F.avg_pool2d(F.pad(ones, (pad,) * 4), size, stride=1, divisor_override=1)
         out = (num / den)[0].permute(1, 2, 0)
     return out[..., 0] if squeeze else out
-
-
-def best_iou_threshold(scores: torch.Tensor, target: torch.Tensor, n: int = 100) -> tuple[float, float]:
-    """The threshold on a [0, 1] score map maximising IoU with ``target`` (the SPIn-NeRF protocol tunes it
-    on the reference view's mask). Returns ``(threshold, iou)``."""
-    from .metrics import iou
-
-    best = (0.5, -1.0)
-    t_np = target.bool()
-    for k in range(1, n):
-        t = k / n
-        v = iou(scores > t, t_np)
-        if v > best[1]:
-            best = (t, v)
-    return best

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from fulcra_plugins.ludvig import iou, localisation_hit, results_table
+from fulcra_plugins.ludvig.reference import best_threshold
 from fulcra_plugins.ludvig.tasks import MultiviewSegmentation, OpenVocabLocalisation
-from fulcra_plugins.ludvig.thresholds import best_iou_threshold, mean_filter, otsu
+from fulcra_plugins.ludvig.thresholds import mean_filter, otsu
 
 
 def test_iou_and_hits():
@@ -51,7 +52,7 @@ def test_otsu_and_best_threshold():
     t = otsu(v)
     assert v[:500].max() <= t < v[500:].min()
     s = torch.linspace(0, 1, 100).reshape(10, 10)
-    t, best = best_iou_threshold(s, s > 0.62)
+    t, best = best_threshold(s, s > 0.62)
     assert best == 1.0 and 0.6 <= t <= 0.63
 
 

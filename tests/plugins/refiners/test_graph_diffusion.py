@@ -490,3 +490,12 @@ def test_grid_knn_is_identical_for_any_thread_count():
     one = G._grid_knn_sorted(*args, workers=1)
     two = G._grid_knn_sorted(*args, workers=3)
     assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
+
+
+def test_min_weight_gate_reaches_the_pruned_nodes_too():
+    pos, feats, lab = two_blobs(400)
+    s = torch.from_numpy((lab == 0).astype(np.float32))
+    w = torch.from_numpy(np.random.default_rng(3).uniform(0.1, 1.0, 400).astype(np.float32))
+    res = GraphDiffusion(k=6, steps=30, prune=0.5, min_weight=0.5).run(pos, feats, s, weights=w)
+    low = w < 0.5 * float(w[res.kept].median())
+    assert bool(low.any()) and bool((res.unary[low] == 0).all())

@@ -415,6 +415,7 @@ class GraphDiffusion:
             drop_mask = torch.ones(n, dtype=torch.bool, device=features.device)
             drop_mask[kept.to(features.device)] = False
             extra = features[drop_mask] if self.pruned == "nearest" else None
+            extra_w = weights[drop_mask.to(weights.device)] if extra is not None else None
             sub, sub_px, sub_output = self._run(
                 positions[kept],
                 features[kept.to(features.device)],
@@ -425,6 +426,7 @@ class GraphDiffusion:
                 None if anchors is None else anchors.reshape(s.shape)[kept.to(anchors.device)],
                 return_diffused,
                 extra,
+                extra_w,
             )
             mask = torch.zeros(n, dtype=torch.bool, device=sub.scores.device)
             mask[kept.to(mask.device)] = True
@@ -471,7 +473,19 @@ class GraphDiffusion:
                     setattr(res, name, x[:, 0])
         return res
 
-    def _run(self, positions, features, s, prompt, weights, reference_weights, anchors, return_diffused, extra=None):
+    def _run(
+        self,
+        positions,
+        features,
+        s,
+        prompt,
+        weights,
+        reference_weights,
+        anchors,
+        return_diffused,
+        extra=None,
+        extra_w=None,
+    ):
         par = self.resolved(prompt)
         steps = par["steps"]
         G = self.graph(positions, features, par["bandwidth"])
@@ -540,7 +554,10 @@ class GraphDiffusion:
         if w_m is not None and self.min_weight > 0:
             seen = w_m[w_m > 0]
             if seen.numel():
-                P = P * (w_m[:, None] >= self.min_weight * float(seen.median()))
+                w_min = self.min_weight * float(seen.median())
+                P = P * (w_m[:, None] >= w_min)
+                if Px is not None and extra_w is not None:  # the same gate on the pruned Gaussians
+                    Px = Px * (extra_w.detach().float().to(dev)[:, None] >= w_min)
         sqrt_p = P.clamp_min(0).sqrt()
         q = g0.shape[1]
         if self.median == "anchors" and prompt == "relevancy" and q > 1:
