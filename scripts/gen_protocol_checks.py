@@ -41,6 +41,7 @@ PROTOCOLS = {
     "datasets": ("Dataset", ()),
     "generators": ("Generator", ()),
     "workflows": ("Workflow", ("CheckedWorkflow",)),
+    "commands": ("Command", ()),
 }
 
 

@@ -7,6 +7,7 @@
     fulcra run RECIPE --help                  the recipe's keys: types, values, help
     fulcra recipes [--json]                   the runnable recipes
     fulcra demo [out=DIR] [--only a,b]        every workflow on embedded data, with a report
+    fulcra NAME ...                           a plugin's command (kind ``commands``: ``fulcra plugins --kind commands``)
 
 Bad input exits with status 2 and one line on stderr; --debug (or FULCRA_DEBUG=1) shows tracebacks.
 """
@@ -344,7 +345,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="same as out=DIR")
     p.add_argument("--only", default=None, help="comma-separated stages")
     p.set_defaults(fn=cmd_demo)
+
+    # plugins' commands, listed without importing them (the module is loaded only when run)
+    for name in sorted(_plugin_commands()):
+        if name not in sub.choices:
+            sub.add_parser(name, help=_plugin_commands()[name] or f"plugin command {name!r}", add_help=False)
     return parser
+
+
+BUILTIN_COMMANDS = ("plugins", "run", "config", "recipes", "demo")
+
+
+def _plugin_commands() -> dict[str, str]:
+    """``{name: summary}`` of the installed ``fulcra.commands`` entry points."""
+    from . import registry
+
+    cat = registry.catalogue()["plugins"].get("commands") or {}
+    return {
+        name: (cat.get(name) or {}).get("summary", "")
+        for name in registry.discover()["commands"]
+        if name not in BUILTIN_COMMANDS
+    }
+
+
+def run_plugin_command(name: str, argv: Sequence[str]) -> int:
+    """Load the ``commands`` plugin ``name``, parse ``argv`` with its arguments and run it."""
+    from . import registry
+
+    cls = registry.load_plugin("commands", name)
+    command = cls()
+    parser = argparse.ArgumentParser(prog=f"fulcra {name}", description=getattr(command, "help", None))
+    command.add_arguments(parser)
+    args = parser.parse_args(list(argv))
+    return int(command.run(args) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -359,6 +392,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _recipe_help(argv_run[0])
         except FulcraError as exc:
             print(f"fulcra: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 2
+    lead = [a for a in argv if a not in ("--debug",)]
+    if lead and lead[0] not in BUILTIN_COMMANDS and not lead[0].startswith("-") and lead[0] in _plugin_commands():
+        if "--debug" in argv[: argv.index(lead[0])]:
+            os.environ["FULCRA_DEBUG"] = "1"
+        try:
+            return run_plugin_command(lead[0], argv[argv.index(lead[0]) + 1 :])
+        except FulcraError as exc:
+            if os.environ.get("FULCRA_DEBUG"):
+                raise
+            print(f"fulcra: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
             return 2
     args = parser.parse_args(argv)
     if args.debug:

@@ -51,6 +51,7 @@ __all__ = [
     "Task",
     "Workflow",
     "CheckedWorkflow",
+    "Command",
     "Dataset",
     "Generator",
     "RunContext",
@@ -570,6 +571,31 @@ class CheckedWorkflow(Protocol):
     def check(self) -> None: ...
 
 
+@runtime_checkable
+class Command(Protocol):
+    """A ``fulcra NAME ...`` sub-command contributed by a plugin (``fulcra view``, ``fulcra policy``).
+
+    The entry point names the command; the CLI imports it only when that command is run, so a
+    command's module must not import its heavy dependencies at module level. The class is built
+    with no arguments.
+
+    Attributes:
+        help: one line shown by ``fulcra --help``.
+
+    ``add_arguments(parser)``: declare the command's arguments on an ``argparse.ArgumentParser``
+    (its ``prog`` is ``fulcra NAME``; sub-parsers are allowed). ``run(args) -> int``: do the work
+    and return the exit status; raise a :class:`~fulcra.errors.FulcraError` for bad input (the CLI
+    prints its first line and exits with status 2).
+    """
+
+    @property
+    def help(self) -> str: ...
+
+    def add_arguments(self, parser: Any) -> None: ...
+
+    def run(self, args: Any) -> int: ...
+
+
 # kind -> (entry point group, protocol, required members)
 KINDS: dict[str, tuple[str, type, tuple[str, ...]]] = {
     "feature_extractors": ("fulcra.feature_extractors", FeatureExtractor, ("__call__",)),
@@ -586,4 +612,5 @@ KINDS: dict[str, tuple[str, type, tuple[str, ...]]] = {
     "generators": ("fulcra.generators", Generator, ("generate",)),
     "workflows": ("fulcra.workflows", Workflow, ("run",)),
     "hooks": ("fulcra.hooks", object, ()),
+    "commands": ("fulcra.commands", Command, ("add_arguments", "run")),
 }

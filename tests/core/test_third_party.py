@@ -86,3 +86,21 @@ def test_component_param_typo_is_caught_before_running(example, tmp_path):
 
     with pytest.raises(ConfigError, match=r"augmentations plugin 'checker_invert'.*'value_rnage'.*value_range"):
         prepare({"workflow": "toy_train", "augmentation": {"name": "checker_invert", "value_rnage": [1, 2]}})
+
+
+def test_third_party_command_runs_from_the_cli(example):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(example), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run(
+        [sys.executable, "-m", "fulcra", "hello", "world", "--times", "2"], capture_output=True, text=True, env=env
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["hello world", "hello world"]
+    top = subprocess.run([sys.executable, "-m", "fulcra", "--help"], capture_output=True, text=True, env=env)
+    assert "hello" in top.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "fulcra", "hello", "world", "--times", "0"], capture_output=True, text=True, env=env
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "fulcra: error: hello: --times must be >= 1, got 0"
+    ]
+    check_plugin("commands", "hello")

@@ -111,3 +111,22 @@ class CountingHook:
     @hookimpl
     def fulcra_step(self, workflow, step, metrics, total, stage):
         CountingHook.steps += 1
+
+
+class HelloCommand:
+    """A third-party ``fulcra hello`` command: ``fulcra hello NAME [--times N]``."""
+
+    help = "greet NAME (example third-party command)"
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("name")
+        parser.add_argument("--times", type=int, default=1)
+
+    def run(self, args) -> int:
+        from fulcra.errors import ConfigError
+
+        if args.times < 1:
+            raise ConfigError(f"hello: --times must be >= 1, got {args.times}")
+        for _ in range(args.times):
+            print(f"hello {args.name}")
+        return 0
