@@ -3,7 +3,7 @@ satisfies its kind's Protocol (and the optional ones whose members it defines): 
 from its interface fails `make test` before any workflow runs."""
 
 # ruff: noqa: I001
-from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, CheckedWorkflow, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, SnapshotRefiner, Student, Task, Teacher, TextExtractor, TunableRefiner, Workflow)
+from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, CheckedWorkflow, Command, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, SnapshotRefiner, Student, Task, Teacher, TextExtractor, TunableRefiner, Workflow)
 from fulcra_plugins.augment._base import Identity
 from fulcra_plugins.augment.colour import Brightness, Color, Contrast, Grayscale, Hue, Invert, Posterize, Sharpness, Solarize
 from fulcra_plugins.augment.composite import CompositeAugment
@@ -14,6 +14,7 @@ from fulcra_plugins.backbones.named_clip import NamedClipBackbone
 from fulcra_plugins.backbones.named_timm import NamedTimmBackbone
 from fulcra_plugins.backbones.vit_open_clip import ClipBackbone
 from fulcra_plugins.backbones.vit_timm import TimmBackbone
+from fulcra_plugins.commands.convert import ConvertCommand
 from fulcra_plugins.data.digits import Digits
 from fulcra_plugins.data.vision import Cifar10, Cifar100, ImageFolder
 from fulcra_plugins.distill.segdata import DigitsSegmentation
@@ -141,6 +142,10 @@ def _backbones_open_clip_Backbone(x: ClipBackbone) -> Backbone:
 
 
 def _backbones_timm_Backbone(x: TimmBackbone) -> Backbone:
+    return x
+
+
+def _commands_convert_Command(x: ConvertCommand) -> Command:
     return x
 
 

@@ -1,0 +1,1 @@
+"""Bundled ``fulcra`` sub-commands (kind ``commands``)."""
