@@ -37,7 +37,7 @@ PROTOCOLS = {
     "scenes": ("SceneRepresentation", ("EditableScene", "AlphaScene", "RGBScene", "AdjointScene")),
     "refiners": ("Refiner", ("TunableRefiner", "SnapshotRefiner")),
     "backbones": ("Backbone", ()),
-    "tasks": ("Task", ()),
+    "tasks": ("Task", ("PredictingTask",)),
     "datasets": ("Dataset", ()),
     "generators": ("Generator", ()),
     "workflows": ("Workflow", ("CheckedWorkflow",)),

@@ -49,6 +49,8 @@ __all__ = [
     "Backbone",
     "BACKBONE_KEYS",
     "Task",
+    "PredictingTask",
+    "AugmentingDataset",
     "Workflow",
     "CheckedWorkflow",
     "Command",
@@ -512,6 +514,23 @@ class Task(Protocol):
 
 
 @runtime_checkable
+class PredictingTask(Protocol):
+    """A task that decides how a model is applied to an evaluation image (optional).
+
+    ``predict(forward, images [B, 3, H, W] float in [0, 1]) -> outputs``, where ``forward`` maps a
+    batch of (crops of) images to outputs: ``semantic_segmentation`` with ``inference=slide`` runs
+    mmseg's sliding windows and averages the overlapping logits. ``per_image``: evaluation must feed
+    one image at a time (the images of a split may differ in size). A workflow that finds no
+    ``predict`` calls ``forward`` on the whole batch.
+    """
+
+    @property
+    def per_image(self) -> bool: ...
+
+    def predict(self, forward: Any, images: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class Dataset(Protocol):
     """A data source: ``splits() -> dict[str, torch.utils.data.Dataset]`` of ``(image, target)``
     pairs, images ``[C, H, W]`` uint8, plus ``num_classes``."""
@@ -520,6 +539,20 @@ class Dataset(Protocol):
     def num_classes(self) -> int: ...
 
     def splits(self) -> dict: ...
+
+
+@runtime_checkable
+class AugmentingDataset(Protocol):
+    """A dataset split that augments each sample itself (optional; the split, not the plugin).
+
+    mmsegmentation's training pipeline resizes and crops every image at its own size before the
+    images can share a batch, so it cannot run on a collated batch. ``augmented_batch(indices,
+    generator) -> (images [B, 3, h, w] uint8, targets)`` draws all its randomness from ``generator``
+    (the engine's Trainer passes one seeded by (seed, step, rank), so exact resume holds); the
+    plain ``get_batch(indices)`` / ``__getitem__`` stay deterministic (feature caches, plots).
+    """
+
+    def augmented_batch(self, indices: Any, generator: torch.Generator) -> Any: ...
 
 
 @runtime_checkable

@@ -3,7 +3,7 @@ satisfies its kind's Protocol (and the optional ones whose members it defines): 
 from its interface fails `make test` before any workflow runs."""
 
 # ruff: noqa: I001
-from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, CheckedWorkflow, Command, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, SnapshotRefiner, Student, Task, Teacher, TextExtractor, TunableRefiner, Workflow)
+from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, CheckedWorkflow, Command, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PredictingTask, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, SnapshotRefiner, Student, Task, Teacher, TextExtractor, TunableRefiner, Workflow)
 from fulcra_plugins.augment._base import Identity
 from fulcra_plugins.augment.colour import Brightness, Color, Contrast, Grayscale, Hue, Invert, Posterize, Sharpness, Solarize
 from fulcra_plugins.augment.composite import CompositeAugment
@@ -16,6 +16,7 @@ from fulcra_plugins.backbones.vit_open_clip import ClipBackbone
 from fulcra_plugins.backbones.vit_timm import TimmBackbone
 from fulcra_plugins.commands.convert import ConvertCommand
 from fulcra_plugins.data.digits import Digits
+from fulcra_plugins.data.segmentation import ADE20K, Cityscapes, PascalVOC
 from fulcra_plugins.data.vision import Cifar10, Cifar100, ImageFolder
 from fulcra_plugins.distill.segdata import DigitsSegmentation
 from fulcra_plugins.distill.students import DeepLabStudent, ResNetStudent, TimmStudent, VitStudent
@@ -149,11 +150,19 @@ def _commands_convert_Command(x: ConvertCommand) -> Command:
     return x
 
 
+def _datasets_ade20k_Dataset(x: ADE20K) -> Dataset:
+    return x
+
+
 def _datasets_cifar10_Dataset(x: Cifar10) -> Dataset:
     return x
 
 
 def _datasets_cifar100_Dataset(x: Cifar100) -> Dataset:
+    return x
+
+
+def _datasets_cityscapes_Dataset(x: Cityscapes) -> Dataset:
     return x
 
 
@@ -166,6 +175,10 @@ def _datasets_digits_seg_Dataset(x: DigitsSegmentation) -> Dataset:
 
 
 def _datasets_imagefolder_Dataset(x: ImageFolder) -> Dataset:
+    return x
+
+
+def _datasets_pascal_voc_Dataset(x: PascalVOC) -> Dataset:
     return x
 
 
@@ -358,6 +371,10 @@ def _tasks_open_vocab_localisation_Task(x: OpenVocabLocalisation) -> Task:
 
 
 def _tasks_semantic_segmentation_Task(x: SemanticSegmentation) -> Task:
+    return x
+
+
+def _tasks_semantic_segmentation_PredictingTask(x: SemanticSegmentation) -> PredictingTask:
     return x
 
 

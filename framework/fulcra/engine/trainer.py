@@ -166,7 +166,13 @@ class Trainer:
         return self.model
 
     def train_step(self, indices: Sequence[int]) -> dict:
-        inputs, targets = collate_batch(self.dataset, indices)
+        if hasattr(self.dataset, "augmented_batch"):  # fulcra.interfaces.AugmentingDataset
+            # per-sample augmentation inside the dataset (mmseg's pipeline): its own stream, keyed
+            # like the step's so a resumed run draws the same crops
+            data_gen = step_generator(self.seed, self.step, self.rank, 0xDA7A)
+            inputs, targets = self.dataset.augmented_batch(list(indices), data_gen)
+        else:
+            inputs, targets = collate_batch(self.dataset, indices)
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         if self.batch_transform is not None:

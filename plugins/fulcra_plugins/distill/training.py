@@ -19,6 +19,7 @@ from torch import nn
 
 from fulcra.engine import Trainer, collate_batch, unwrap
 from fulcra.errors import ConfigError
+from fulcra.interfaces import PredictingTask
 
 from ._common import resize_logits
 from .augment import augment_batch, mixup
@@ -239,14 +240,19 @@ def train_student(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Any, task: Any, device: torch.device, batch_size: int = 256) -> dict:
-    """Reduced task metrics of ``model`` over ``dataset`` (Resize/CenterCrop only: ``prepare``)."""
+    """Reduced task metrics of ``model`` over ``dataset`` (Resize/CenterCrop only: ``prepare``).
+
+    A task with ``predict`` (:class:`fulcra.interfaces.PredictingTask`, e.g. sliding windows)
+    decides how the model sees each image; with ``per_image`` images go one at a time."""
     was = model.training
     model.eval()
     metrics = []
-    for i in range(0, len(dataset), batch_size):
-        x, y = collate_batch(dataset, list(range(i, min(len(dataset), i + batch_size))))
+    predict = task.predict if isinstance(task, PredictingTask) else None
+    step = 1 if predict is not None and task.per_image else batch_size
+    for i in range(0, len(dataset), step):
+        x, y = collate_batch(dataset, list(range(i, min(len(dataset), i + step))))
         x, y = to_unit(x.to(device)), torch.as_tensor(y).to(device)
-        out = model(model.prepare(x))
+        out = predict(lambda z: model(model.prepare(z)), x) if predict is not None else model(model.prepare(x))
         if _is_dense(y):
             out = resize_logits(out, tuple(y.shape[-2:]))
         metrics.append(task.metric(out, y))

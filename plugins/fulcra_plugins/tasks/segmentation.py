@@ -1,9 +1,16 @@
-"""The ``semantic_segmentation`` task: per-pixel cross-entropy with an ignore index, mIoU."""
+"""The ``semantic_segmentation`` task: per-pixel cross-entropy with an ignore index, mIoU, and how a
+model is applied to an evaluation image (whole, or mmseg's sliding windows as the thesis evaluates)."""
 
 from __future__ import annotations
 
+from typing import Any, Callable, Optional
+
 import torch
 import torch.nn.functional as F
+
+from fulcra.errors import ConfigError
+
+from .sliding import slide_inference
 
 __all__ = ["SemanticSegmentation"]
 
@@ -14,6 +21,13 @@ class SemanticSegmentation:
 
     Args:
         ignore_index: label value of unlabelled pixels (255 as in ADE20K / VOC / Cityscapes).
+        inference: ``whole`` (the model sees the whole image, resized to its input size; images of
+            an evaluation batch must share a size) or ``slide`` (mmseg's slide mode: windows of
+            ``crop_size`` every ``stride`` pixels, logits averaged where they overlap; images one
+            at a time, any size). The thesis: ``slide`` with ``(560, 560)`` windows, stride 280.
+        crop_size: window size, ``int`` or ``[h, w]``.
+        stride: window step (default ``crop_size // 2``, the thesis's ``s/2``).
+        window_batch: windows per forward pass in ``slide`` mode.
 
     Shapes: outputs ``[B, K, H, W]`` logits (resized bilinearly to the targets when they differ),
     targets ``[B, H, W]`` int64.
@@ -21,8 +35,41 @@ class SemanticSegmentation:
 
     metric_name = "miou"
 
-    def __init__(self, ignore_index: int = 255):
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        inference: str = "whole",
+        crop_size: Any = 560,
+        stride: Optional[Any] = None,
+        window_batch: int = 4,
+    ):
         self.ignore_index = int(ignore_index)
+        if inference not in ("whole", "slide"):
+            raise ConfigError(
+                f"tasks plugin 'semantic_segmentation': inference must be whole or slide, got {inference!r}"
+            )
+        self.inference = inference
+        crop = [int(crop_size)] * 2 if isinstance(crop_size, (int, float)) else [int(c) for c in crop_size]
+        step = [c // 2 for c in crop] if stride is None else stride
+        step = [int(step)] * 2 if isinstance(step, (int, float)) else [int(s) for s in step]
+        if len(crop) != 2 or len(step) != 2 or min(crop + step) <= 0:
+            raise ConfigError(
+                f"tasks plugin 'semantic_segmentation': crop_size {crop_size!r} and stride {stride!r} must be "
+                "positive ints or [h, w] pairs"
+            )
+        self.crop_size, self.stride, self.window_batch = tuple(crop), tuple(step), int(window_batch)
+
+    @property
+    def per_image(self) -> bool:
+        """Whether evaluation feeds images one at a time (``slide``: they may differ in size)."""
+        return self.inference == "slide"
+
+    def predict(self, forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, K, H, W]`` of ``images`` ``[B, 3, H, W]`` (float in [0, 1]) for evaluation:
+        ``forward(images)`` in ``whole`` mode, averaged windows (:func:`slide_inference`) in ``slide``."""
+        if self.inference == "whole":
+            return forward(images)
+        return slide_inference(forward, images, self.crop_size, self.stride, self.window_batch)
 
     def _match(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if tuple(outputs.shape[-2:]) != tuple(targets.shape[-2:]):
