@@ -7,6 +7,12 @@ same augmented batch is fed to teacher and student (Beyer et al., 2022).
 - ``random``: RandomResizedCrop (scale ``(0.08, 1)`` for classification, ``(0.25, 1)`` for
   segmentation, the area range of mmsegmentation's resize 0.5-2 + crop), horizontal flip with
   probability 0.5 and ColorJitter (brightness, contrast, saturation in ``[0.6, 1.4]``).
+- ``mmseg``: for segmentation datasets that augment each sample themselves with mmseg's pipeline
+  (``ade20k``, ``cityscapes``, ``pascal_voc``: see :mod:`fulcra_plugins.data.seg_transforms`):
+  labelled images pass through unchanged, images without labels (the synthetic ones, app. B.1.3:
+  "data augmentation on both training and synthetic images") get the same pipeline here, image by
+  image (RandomResize of the short side by 0.5-2, RandomCrop back to the input size, RandomFlip,
+  PhotoMetricDistortion, Pad), from the step's generator.
 - :func:`mixup`: Mixup with ``Beta(a, a)``, ``a = 0.2``; applied to original images only.
 """
 
@@ -22,7 +28,7 @@ from fulcra.errors import ConfigError
 
 __all__ = ["augment_batch", "mixup", "AUGMENTATIONS"]
 
-AUGMENTATIONS = ("deterministic", "random")
+AUGMENTATIONS = ("deterministic", "random", "mmseg")
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator | None, device) -> torch.Tensor:
@@ -55,6 +61,8 @@ def augment_batch(
     """
     if mode == "deterministic":
         return images, labels
+    if mode == "mmseg":
+        return (images, labels) if labels is not None else (_mmseg_unlabelled(images, gen), None)
     if mode != "random":
         raise ConfigError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {mode!r}")
     B, _, H, W = images.shape
@@ -87,6 +95,25 @@ def augment_batch(
         gray = (0.299 * out[:, 0] + 0.587 * out[:, 1] + 0.114 * out[:, 2]).unsqueeze(1)
         out = (gray + (out - gray) * s).clamp(0, 1)
     return out, labels
+
+
+def _mmseg_unlabelled(images: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """mmseg's training pipeline on images without labels, ``[B, 3, H, W]`` float in [0, 1] -> same
+    shape: the resize scale is ``(4H, H)`` so the ratio range acts on the short side as it does on a
+    dataset image at its ``(2048, s)`` scale; no label, so no ``cat_max_ratio`` retries."""
+    from fulcra_plugins.data.seg_transforms import MmsegTrainPipeline
+
+    B, _, H, W = images.shape
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen, device=_dev(gen))))
+    pipe = MmsegTrainPipeline(crop_size=(H, W), scale=(4 * max(H, W), min(H, W)), cat_max_ratio=1.0)
+    u8 = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    dummy = torch.zeros(H, W, dtype=torch.long)
+    out = torch.stack([pipe(u8[i], dummy, g)[0] for i in range(B)])
+    return out.to(images.device).float() / 255.0
+
+
+def _dev(gen: torch.Generator | None):
+    return gen.device if gen is not None else "cpu"
 
 
 def mixup(images: torch.Tensor, alpha: float, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -100,9 +100,36 @@ def pca_figure(
     return path
 
 
+class _SquareView:
+    """Dense items resized to ``size`` x ``size`` (image bilinear, labels nearest), so evaluation
+    images of varied sizes (ADE20K, Cityscapes, VOC) stack into one batch for the PCA."""
+
+    def __init__(self, dataset: Any, size: int):
+        self.dataset, self.size = dataset, int(size)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        import torch.nn.functional as F
+
+        x, y = self.dataset[i]
+        y = torch.as_tensor(y)
+        if y.ndim != 2 or tuple(x.shape[-2:]) == tuple(y.shape) == (self.size, self.size):
+            return x, y
+        s = (self.size, self.size)
+        xf = F.interpolate(x[None].float(), size=s, mode="bilinear", align_corners=False, antialias=True)[0]
+        x = xf.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else xf
+        y = F.interpolate(y[None, None].float(), size=s, mode="nearest")[0, 0].long()
+        return x, y
+
+
 def _points(model, dataset, device, num_classes, ignore_index, max_classes, limit=500):
     from .training import collect_features
 
+    size = getattr(model, "image_size", None)
+    if size:
+        dataset = _SquareView(dataset, size)
     feats, ys = collect_features(model, dataset, device, limit=limit)
     if feats.ndim == 4:
         return patch_points(feats, ys, num_classes, ignore_index, max_classes=max_classes)

@@ -266,3 +266,19 @@ def test_photometric_distortion_definition():
     # brightness alone (the other draws off): x + beta, clipped, truncated
     flat = torch.full((3, 2, 2), 250, dtype=torch.uint8)
     assert T._convert(flat, beta=10.7).max() == 255 and T._convert(flat, beta=-0.5).max() == 249
+
+
+def test_distill_augment_mmseg_mode():
+    """augment=mmseg: labelled (dataset-augmented) images pass through; unlabelled (synthetic) ones
+    get mmseg's pipeline, seeded by the step generator."""
+    from fulcra_plugins.distill.augment import augment_batch
+
+    x = torch.rand(3, 3, 20, 20)
+    y = torch.zeros(3, 20, 20, dtype=torch.long)
+    a, b = augment_batch(x, y, "mmseg", torch.Generator().manual_seed(0))
+    assert a is x and b is y
+    s1, _ = augment_batch(x, None, "mmseg", torch.Generator().manual_seed(0))
+    s2, _ = augment_batch(x, None, "mmseg", torch.Generator().manual_seed(0))
+    s3, _ = augment_batch(x, None, "mmseg", torch.Generator().manual_seed(1))
+    assert s1.shape == x.shape and torch.equal(s1, s2) and not torch.equal(s1, s3)
+    assert s1.min() >= 0 and s1.max() <= 1 and not torch.allclose(s1, x, atol=0.01)
