@@ -33,7 +33,16 @@ from fulcra.errors import ConfigError, DataNotFoundError, FormatError, MissingDe
 
 from .seg_transforms import MmsegTrainPipeline, center_view, rescale_size, resize_pair
 
-__all__ = ["ADE20K", "Cityscapes", "PascalVOC", "SegFiles", "AugmentedSegFiles", "read_image", "read_label"]
+__all__ = [
+    "ADE20K",
+    "Cityscapes",
+    "PascalVOC",
+    "SegFiles",
+    "AugmentedSegFiles",
+    "read_image",
+    "read_label",
+    "write_tiny_layout",
+]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
@@ -228,7 +237,7 @@ class ADE20K(_SegDataset):
 
     Args:
         root: ``ADEChallengeData2016`` (or the folder holding it).
-        crop_size: training crop and sliding-window size ``s`` (thesis: 560).
+        crop_size: training crop ``s`` (thesis: 560; the task's sliding windows use the same).
         scale: RandomResize base / test resize ``(long, short)`` (thesis: ``(2048, s)``).
         ratio_range: RandomResize ratio range.
         cat_max_ratio: RandomCrop's largest share of a single class.
@@ -279,7 +288,16 @@ class Cityscapes(_SegDataset):
     The ``*_labelTrainIds.png`` files are made by cityscapesScripts' ``createTrainIdLabelImgs``
     (mmseg's ``tools/dataset_converters/cityscapes.py`` runs it); the official ``val`` split is ``test``.
 
-    Args: as :class:`ADE20K` (``root``: the folder holding ``leftImg8bit/`` and ``gtFine/``).
+    Args:
+        root: the folder holding ``leftImg8bit/`` and ``gtFine/``.
+        crop_size: training crop ``s`` (thesis: 560; the task's sliding windows use the same).
+        scale: RandomResize base / test resize ``(long, short)`` (thesis: ``(2048, s)``).
+        ratio_range: RandomResize ratio range.
+        cat_max_ratio: RandomCrop's largest share of a single class.
+        augment: ``mmseg`` (the training pipeline) or ``none`` (deterministic training views).
+        test_resize: resize evaluation images keep-ratio to ``scale`` (mmseg's test pipeline).
+        val_fraction: share of the training images held out as ``val``.
+        seed: seed of that hold-out.
     """
 
     name = "cityscapes"
@@ -328,7 +346,17 @@ class PascalVOC(_SegDataset):
     10,582 images with the standard files (Table B.1); each label comes from ``SegmentationClassAug``
     when it has one, else ``SegmentationClass``. ``test`` is ``val.txt`` with ``SegmentationClass``.
 
-    Args: as :class:`ADE20K`, plus ``aug``: ``auto``, ``true`` or ``false``.
+    Args:
+        root: ``VOCdevkit/VOC2012`` (or ``VOCdevkit``, or the folder holding it).
+        crop_size: training crop ``s`` (thesis: 560; the task's sliding windows use the same).
+        scale: RandomResize base / test resize ``(long, short)`` (thesis: ``(2048, s)``).
+        ratio_range: RandomResize ratio range.
+        cat_max_ratio: RandomCrop's largest share of a single class.
+        augment: ``mmseg`` (the training pipeline) or ``none`` (deterministic training views).
+        test_resize: resize evaluation images keep-ratio to ``scale`` (mmseg's test pipeline).
+        val_fraction: share of the training images held out as ``val``.
+        seed: seed of that hold-out.
+        aug: ``auto`` (use ``SegmentationClassAug/`` when present), ``true`` or ``false``.
     """
 
     name = "pascal_voc"
@@ -385,3 +413,59 @@ class PascalVOC(_SegDataset):
                     raise FormatError(f"datasets.pascal_voc: {f} missing (id {i} of the {split} list)")
             out.append((str(img), str(lab)))
         return out
+
+
+def write_tiny_layout(name: str, root: str | Path, n_train: int = 3, n_test: int = 2) -> Path:
+    """Write a tiny random dataset in ``name``'s published layout under ``root`` (conformance
+    checks, examples); returns the folder to pass as ``root=``. ``name``: ade20k, cityscapes, pascal_voc."""
+    import numpy as np
+
+    Image = _pil()
+    root = Path(root)
+    rng = np.random.default_rng(0)
+
+    def pair(img_path: Path, lab_path: Path, k: int, h: int = 20, w: int = 28):
+        img_path.parent.mkdir(parents=True, exist_ok=True)
+        lab_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(img_path)
+        Image.fromarray(rng.integers(0, k, (h, w)).astype(np.uint8), mode="L").save(lab_path)
+
+    if name == "ade20k":
+        root = root / "ADEChallengeData2016"
+        for sub, n in (("training", n_train), ("validation", n_test)):
+            for i in range(n):
+                stem = f"ADE_{sub}_{i:08d}"
+                pair(root / "images" / sub / f"{stem}.jpg", root / "annotations" / sub / f"{stem}.png", 151)
+    elif name == "cityscapes":
+        for sub, n in (("train", n_train), ("val", n_test)):
+            for i in range(n):
+                stem = f"city_{i:06d}_000019"
+                img = root / "leftImg8bit" / sub / "city" / f"{stem}_leftImg8bit.png"
+                pair(img, root / "gtFine" / sub / "city" / f"{stem}_gtFine_labelTrainIds.png", 19)
+    elif name == "pascal_voc":
+        root = root / "VOCdevkit" / "VOC2012"
+        ids = [f"2007_{i:06d}" for i in range(n_train + n_test)]
+        for i in ids:
+            pair(root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png", 21)
+        sets = root / "ImageSets" / "Segmentation"
+        sets.mkdir(parents=True, exist_ok=True)
+        (sets / "train.txt").write_text("\n".join(ids[:n_train]) + "\n")
+        (sets / "val.txt").write_text("\n".join(ids[n_train:]) + "\n")
+    else:
+        raise ConfigError(f"write_tiny_layout: unknown dataset {name!r} (ade20k, cityscapes, pascal_voc)")
+    return root
+
+
+def _conformance(name: str) -> Callable[[], dict]:
+    def params() -> dict:
+        import tempfile
+
+        root = write_tiny_layout(name, tempfile.mkdtemp(prefix=f"fulcra-{name}-"))
+        return {"root": str(root), "crop_size": 16, "scale": [64, 16], "val_fraction": 0.34}
+
+    return params
+
+
+ADE20K.conformance_params = staticmethod(_conformance("ade20k"))  # type: ignore[attr-defined]
+Cityscapes.conformance_params = staticmethod(_conformance("cityscapes"))  # type: ignore[attr-defined]
+PascalVOC.conformance_params = staticmethod(_conformance("pascal_voc"))  # type: ignore[attr-defined]
