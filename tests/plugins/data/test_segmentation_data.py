@@ -282,3 +282,33 @@ def test_distill_augment_mmseg_mode():
     s3, _ = augment_batch(x, None, "mmseg", torch.Generator().manual_seed(1))
     assert s1.shape == x.shape and torch.equal(s1, s2) and not torch.equal(s1, s3)
     assert s1.min() >= 0 and s1.max() <= 1 and not torch.allclose(s1, x, atol=0.01)
+
+
+def test_trainer_resume_is_exact_with_a_self_augmenting_dataset(ade, tmp_path):
+    """The crops come from a generator keyed by (seed, step, rank): a run killed mid-epoch and resumed
+    from its checkpoint ends with the weights of an uninterrupted run."""
+    tr = create("datasets", "ade20k", root=str(ade), crop_size=16, scale=[64, 16], val_fraction=0).splits()["train"]
+
+    def build():
+        torch.manual_seed(0)
+        return torch.nn.Conv2d(3, 150, 1)
+
+    def loss_fn(stop_at=None):
+        calls = []
+
+        def f(m, x, y):
+            calls.append(1)
+            if stop_at is not None and len(calls) > stop_at:
+                raise KeyboardInterrupt  # the kill
+            return torch.nn.functional.cross_entropy(m(x.float() / 255), y, ignore_index=255)
+
+        return f
+
+    kw = dict(epochs=2, batch_size=2, seed=5, lr=0.1)
+    ref = Trainer(build(), tr, loss_fn(), **kw).fit()
+    ckpt = tmp_path / "t.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(build(), tr, loss_fn(stop_at=4), ckpt_path=ckpt, ckpt_every=1, **kw).fit()
+    resumed = Trainer(build(), tr, loss_fn(), ckpt_path=ckpt, ckpt_every=1, **kw).fit()
+    for a, b in zip(ref.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
