@@ -44,8 +44,13 @@ def _label(node) -> str:
         return node
     name = node["name"]
     if name == "trivialaugment":
-        return f"trivialaugment_{node.get('variant', 'wide')}"
-    return name
+        label = f"trivialaugment_{node.get('variant', 'wide')}"
+    elif name == "randaugment":
+        label = "randaugment"
+    else:
+        return name
+    defaults = node.get("defaults", "none")
+    return label if defaults == "none" else f"{label}_{defaults}"
 
 
 class SearchWorkflow:
