@@ -114,6 +114,24 @@ def read_class_list(path: str | Path) -> list[str]:
     return ids
 
 
+def _tiny_layout(kind: str) -> dict:
+    """``conformance_params``: a few 12×10 images written in the published layout in a temporary folder."""
+    import tempfile
+
+    from torchvision.io import write_png
+
+    root = Path(tempfile.mkdtemp(prefix=f"fulcra-{kind}-"))
+    dirs = [root / "train", root / "val"] if kind == "imagenet100" else [root / "sketch"]
+    for d in dirs:
+        for c in ("n01440764", "n01443537"):
+            for i in range(3):
+                (d / c).mkdir(parents=True, exist_ok=True)
+                write_png(torch.full((3, 12, 10), 40 * i, dtype=torch.uint8), str(d / c / f"{i}.png"))
+    if kind == "imagenet100":
+        return {"root": str(root), "size": 8, "resize": 9}
+    return {"root": str(root), "domain": "sketch", "size": 8}
+
+
 def _seeded_split(n: int, n_test: int, seed: int) -> tuple[list[int], list[int]]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
     return sorted(perm[n_test:]), sorted(perm[:n_test])
@@ -147,6 +165,8 @@ class ImageNet100:
         val_fraction: a seeded fraction of ``train`` held out as ``val`` (0: ``val`` is the test set).
         seed: seed of that hold-out.
     """
+
+    conformance_params = staticmethod(lambda: _tiny_layout("imagenet100"))
 
     def __init__(
         self,
@@ -216,6 +236,8 @@ class DomainNet:
             ``resize_crop``), ``resize_crop`` or ``squash``.
         val_fraction: a seeded fraction of ``train`` held out as ``val`` (0: ``val`` is the test set).
     """
+
+    conformance_params = staticmethod(lambda: _tiny_layout("domainnet"))
 
     def __init__(
         self,
