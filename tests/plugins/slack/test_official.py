@@ -148,16 +148,18 @@ def test_the_cli_command(tmp_path):
     assert "cifar family" in res.stdout
     d = json.loads(out.read_text())
     torch.testing.assert_close(torch.tensor(d["probs"]).double(), torch.softmax(pi.double(), -1), rtol=0, atol=1e-7)
+    assert PolicyCommand.help
+
+
+def test_the_cli_refuses_a_bad_checkpoint_in_one_line(tmp_path, capsys):
+    from fulcra.cli import main
+
     bad = tmp_path / "bad.ckpt"
     torch.save({"outer_model": {"pi": torch.zeros(3, 5)}}, bad)
-    res = subprocess.run(
-        [sys.executable, "-m", "fulcra", "policy", "import", str(bad), "--out", str(out)],
-        capture_output=True,
-        text=True,
-    )
-    assert res.returncode == 2
-    assert len(res.stderr.strip().splitlines()) == 1 and "matches no official SLACK family" in res.stderr
-    assert PolicyCommand.help
+    assert main(["policy", "import", str(bad), "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "matches no official SLACK family" in err
+    assert not (tmp_path / "p.json").exists()
 
 
 def test_command_conformance():
