@@ -3,7 +3,7 @@ satisfies its kind's Protocol (and the optional ones whose members it defines): 
 from its interface fails `make test` before any workflow runs."""
 
 # ruff: noqa: I001
-from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, CheckedWorkflow, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, SnapshotRefiner, Student, Task, Teacher, TextExtractor, TunableRefiner, Workflow)
+from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, CheckedWorkflow, Command, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, SnapshotRefiner, Student, Task, Teacher, TextExtractor, TunableRefiner, Workflow)
 from fulcra_plugins.augment._base import Identity
 from fulcra_plugins.augment.colour import Brightness, Color, Contrast, Grayscale, Hue, Invert, Posterize, Sharpness, Solarize
 from fulcra_plugins.augment.composite import CompositeAugment
@@ -15,6 +15,7 @@ from fulcra_plugins.backbones.named_timm import NamedTimmBackbone
 from fulcra_plugins.backbones.vit_open_clip import ClipBackbone
 from fulcra_plugins.backbones.vit_timm import TimmBackbone
 from fulcra_plugins.data.digits import Digits
+from fulcra_plugins.data.published import DomainNet, ImageNet100
 from fulcra_plugins.data.vision import Cifar10, Cifar100, ImageFolder
 from fulcra_plugins.distill.segdata import DigitsSegmentation
 from fulcra_plugins.distill.students import DeepLabStudent, ResNetStudent, TimmStudent, VitStudent
@@ -39,6 +40,7 @@ from fulcra_plugins.scenes.gsplat_backend import GsplatScene
 from fulcra_plugins.scenes.torch_backend import TorchScene
 from fulcra_plugins.slack.baselines import RandAugment, TrivialAugment, UniformPolicy
 from fulcra_plugins.slack.models import ResNet18, SmallCNN, Wrn2810, Wrn402
+from fulcra_plugins.slack.official import PolicyCommand
 from fulcra_plugins.slack.slack import Slack
 from fulcra_plugins.slack.workflow import SearchWorkflow
 from fulcra_plugins.tasks.classification import Classification
@@ -144,6 +146,10 @@ def _backbones_timm_Backbone(x: TimmBackbone) -> Backbone:
     return x
 
 
+def _commands_policy_Command(x: PolicyCommand) -> Command:
+    return x
+
+
 def _datasets_cifar10_Dataset(x: Cifar10) -> Dataset:
     return x
 
@@ -160,7 +166,15 @@ def _datasets_digits_seg_Dataset(x: DigitsSegmentation) -> Dataset:
     return x
 
 
+def _datasets_domainnet_Dataset(x: DomainNet) -> Dataset:
+    return x
+
+
 def _datasets_imagefolder_Dataset(x: ImageFolder) -> Dataset:
+    return x
+
+
+def _datasets_imagenet100_Dataset(x: ImageNet100) -> Dataset:
     return x
 
 
