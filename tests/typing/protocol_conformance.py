@@ -3,7 +3,7 @@ satisfies its kind's Protocol (and the optional ones whose members it defines): 
 from its interface fails `make test` before any workflow runs."""
 
 # ruff: noqa: I001
-from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, CheckedWorkflow, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, SnapshotRefiner, Student, Task, Teacher, TextExtractor, TunableRefiner, Workflow)
+from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, CheckedWorkflow, Command, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, SnapshotRefiner, Student, Task, Teacher, TextExtractor, TunableRefiner, Workflow)
 from fulcra_plugins.augment._base import Identity
 from fulcra_plugins.augment.colour import Brightness, Color, Contrast, Grayscale, Hue, Invert, Posterize, Sharpness, Solarize
 from fulcra_plugins.augment.composite import CompositeAugment
@@ -43,6 +43,7 @@ from fulcra_plugins.slack.slack import Slack
 from fulcra_plugins.slack.workflow import SearchWorkflow
 from fulcra_plugins.tasks.classification import Classification
 from fulcra_plugins.tasks.segmentation import SemanticSegmentation
+from fulcra_plugins.viewer import ViewCommand
 
 def _appliers_composite_PolicyApplier(x: CompositeAugment) -> PolicyApplier:
     return x
@@ -141,6 +142,10 @@ def _backbones_open_clip_Backbone(x: ClipBackbone) -> Backbone:
 
 
 def _backbones_timm_Backbone(x: TimmBackbone) -> Backbone:
+    return x
+
+
+def _commands_view_Command(x: ViewCommand) -> Command:
     return x
 
 
