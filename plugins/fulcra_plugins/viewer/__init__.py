@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-__all__ = ["ViewCommand", "serve"]
+__all__ = ["ViewCommand", "serve", "check"]
 
 #: the modules the viewer needs beyond the core, all in the ``viewer`` extra
 _NEEDS = {"PIL": "pillow", "safetensors": "safetensors", "scipy": "scipy", "plyfile": "plyfile"}
@@ -152,6 +152,39 @@ class ViewCommand:
             "refiner=, threshold=, ...), out=DIR (exports and the feature cache) and port=N (default 8080)",
         )
 
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="validate the keys (and the scene's files, unless scene.synthetic) and print the config; serve nothing",
+        )
+
     def run(self, args) -> int:
+        if args.check:
+            return check(args.overrides)
         serve(args.overrides)
         return 0
+
+
+def check(overrides: Iterable[str] | Mapping[str, Any] = ()) -> int:
+    """``fulcra view --check``: the keys validated as ``serve`` validates them, the scene's files
+    checked (not for the synthetic scene, which would be generated), the resolved config printed."""
+    from omegaconf import OmegaConf
+
+    from fulcra.config import to_yaml
+    from fulcra.errors import ConfigError
+    from fulcra.runner import prepare
+    from fulcra_plugins.ludvig.lifting import check_scene
+    from fulcra_plugins.ludvig.session import SegmentSession
+
+    _check_extra()
+    rest, port = _split(overrides)
+    _, cfg, common = prepare("segment", rest)
+    unknown = set(common) - {"out", "device", "seed", "hooks", "workflow"}
+    if unknown:
+        raise ConfigError(f"fulcra view: unknown key(s) {sorted(unknown)}")
+    SegmentSession(cfg, common.get("out") or "runs/view")  # method, masks, threshold, extractor pairing
+    if cfg.scene.ply or not cfg.scene.synthetic:
+        check_scene(cfg.scene, "view")
+    node = {"port": 8080 if port is None else port, "out": str(common.get("out") or "runs/view")}
+    print(to_yaml({**node, **OmegaConf.to_container(cfg, resolve=True)}), end="")
+    return 0

@@ -9,6 +9,7 @@ API (all answers JSON unless said):
   selection highlighted (a PNG data URL) and the training cameras' positions in it;
 - ``GET /api/orbit-of?view=NAME``: the orbit angles looking from that camera's direction;
 - ``POST /api/select {"view": NAME, "clicks": [[x, y], ...]}``: segment (the same code as ``fulcra run segment``);
+- ``POST /api/text {"text": WORDS}``: open-vocabulary selection (a text-capable extractor);
 - ``POST /api/threshold {"value": number | null}``: re-binarise the kept scores;
 - ``POST /api/clear``, ``POST /api/export``.
 
@@ -107,6 +108,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise ConfigError("request body must be a JSON object")
         if url.path == "/api/select":
             return self._json(200, st.select(str(body.get("view", "")), list(body.get("clicks") or [])))
+        if url.path == "/api/text":
+            return self._json(200, st.select_text(str(body.get("text", ""))))
         if url.path == "/api/threshold":
             return self._json(200, st.set_threshold(body.get("value")))
         if url.path == "/api/clear":

@@ -98,7 +98,11 @@ class ViewerState:
         self.by_name = {c.name: c for c in self.cams}
         self.view = session.cfg.prompt.view if session.cfg.prompt.view in self.by_name else self.cams[0].name
         self.clicks: list[list[int]] = []
-        self.answer = None
+        self.answer = None  # the clicks' SegmentAnswer, or None
+        self.text: str | None = None  # or the text query whose scores are kept
+        self.text_scores: torch.Tensor | None = None
+        self._text_t = 0.0
+        self._text_up = None
         self.mask3d: torch.Tensor | None = None
         self.mode = "selection"
         self.threshold: float | None = None  # None: the config's threshold (auto: the protocol's)
@@ -114,8 +118,9 @@ class ViewerState:
         up = ups.mean(0)
         self.up = (up / up.norm()).double() if float(up.norm()) > 1e-6 else torch.tensor([0.0, 0.0, 1.0]).double()
         self.radius = float((centres.double() - self.center).norm(dim=1).median())
-        w0 = self.cams[0].width
-        self.orbit_size = (min(480, 2 * w0), int(round(min(480, 2 * w0) * self.cams[0].height / w0)))
+        w0, h0 = self.cams[0].width, self.cams[0].height
+        w = max(320, min(480, 2 * w0))  # small enough to render in a fraction of a second on a CPU
+        self.orbit_size = (w, int(round(w * h0 / w0)))
 
     # ------------------------------------------------------------------ selection
     def prompt_node(self, view: str, clicks: list) -> Any:
@@ -149,6 +154,7 @@ class ViewerState:
             target, source = s.reference_target(ref, prompt, kind)
             answer = s.segment(ref, prompt, kind, target, source)
             self.view, self.clicks, self.answer, self.threshold = view, pts, answer, None
+            self.text = self.text_scores = None
             self._binarise()
             self.seconds = round(time.perf_counter() - t0, 3)
             n = int(self.mask3d.sum())
@@ -158,11 +164,71 @@ class ViewerState:
             self.log(self.message)
         return self.state()
 
+    def select_text(self, text: str) -> dict:
+        """Open-vocabulary selection: the 3D relevancy of ``text`` from the text-capable extractor,
+        refined by the session's refiner over its features and thresholded, as ``fulcra run remove
+        extractor=E features=E prompt.text=TEXT`` does (:func:`fulcra_plugins.ludvig.removal.text_scores`)."""
+        from fulcra.interfaces import TextExtractor
+        from fulcra_plugins.ludvig.lifting import uplift_views
+        from fulcra_plugins.ludvig.removal import text_scores
+
+        s = self.session
+        text = str(text or "").strip()
+        if not text:
+            raise ConfigError("text: type what to find (e.g. 'teddy bear')")
+        if not isinstance(s.extractor, TextExtractor):
+            raise ConfigError(
+                f"text: extractor {type(s.extractor).__name__} cannot embed text (TextExtractor); "
+                "open the viewer with extractor=clip"
+            )
+        if s.method not in ("diffusion", "uplift"):
+            raise ConfigError(f"text: method={s.method} has no text route; use method=diffusion or uplift")
+        with self.lock:
+            t0 = time.perf_counter()
+            if self._text_up is None:  # relevancies compare directions in the joint space: uncentred, as remove
+                self._text_up = uplift_views(
+                    s.scene,
+                    s.views,
+                    s.imgs,
+                    s.extractor,
+                    out=self.out / "text_features",
+                    ply=s.ply,
+                    extractor_node=s.extractor_node,
+                    hooks=s.hooks,
+                    center=False,
+                    stage="text_features",
+                    is_main=s.is_main,
+                )
+            up = self._text_up
+            diffuse = s.method == "diffusion"
+            try:
+                _, scores, _ = text_scores(
+                    s.scene,
+                    up.features,
+                    up.weights,
+                    s.extractor,
+                    text,
+                    refiner=s.refiner if diffuse else None,
+                    features=s.features,
+                    weights=s.weights,
+                )
+            except ValueError as exc:  # the extractor's own word for a query it cannot embed
+                raise ConfigError(f"text: {str(exc).splitlines()[0]}") from None
+            self.text, self.text_scores, self.answer, self.clicks, self.threshold = text, scores, None, [], None
+            self._binarise()
+            self.seconds = round(time.perf_counter() - t0, 3)
+            self.message = f"{text!r}: {int(self.mask3d.sum())} Gaussians in {self.seconds:.2f} s"
+            self.log(self.message)
+        return self.state()
+
+    def _scores(self) -> torch.Tensor | None:
+        return self.answer.scores if self.answer is not None else self.text_scores
+
     def set_threshold(self, value: float | None) -> dict:
         """Re-binarise the kept scores at ``value`` (raw scores, as ``threshold=VALUE``), or back to the
         config's threshold (``None``); nothing upstream is recomputed."""
         with self.lock:
-            if self.answer is None:
+            if self._scores() is None:
                 raise ConfigError("threshold: select something first")
             if value is not None and not isinstance(value, (int, float)):
                 raise ConfigError(f"threshold: expected a number or null, got {value!r}")
@@ -174,13 +240,24 @@ class ViewerState:
     def clear(self) -> dict:
         with self.lock:
             self.clicks, self.answer, self.mask3d, self.masks, self.threshold = [], None, None, {}, None
+            self.text = self.text_scores = None
             self.message = "cleared"
         return self.state()
 
     def _binarise(self) -> None:
         s, a = self.session, self.answer
-        self.mask3d = s.mask3d(a, self.threshold)
-        self.mode = s.mode(a, self.threshold)
+        if a is None:  # a text query: remove's rule, or a number on the raw scores
+            from fulcra_plugins.ludvig.removal import removal_rule, select_removal
+
+            if self.threshold is None:
+                rule = removal_rule("auto", s.method == "diffusion")
+                self.mask3d, self._text_t = select_removal(self.text_scores, rule, self.text or "")
+            else:
+                self.mask3d = self.text_scores.float() > self.threshold
+            self.mode = "selection"
+        else:
+            self.mask3d = s.mask3d(a, self.threshold)
+            self.mode = s.mode(a, self.threshold)
         self.masks = {c.name: s.view_mask(a, self.mask3d, c, self.mode).cpu() for c in self.cams}
 
     def _threshold_label(self) -> str:
@@ -188,12 +265,14 @@ class ViewerState:
 
     def threshold_range(self) -> dict | None:
         """The slider: raw scores from min to max, at the value the current mask corresponds to."""
-        if self.answer is None:
+        if self._scores() is None:
             return None
-        sc = self.answer.scores.float()
+        sc = self._scores().float()
         lo, hi = float(sc.min()), float(sc.max())
         if self.threshold is not None:
             value = self.threshold
+        elif self.answer is None:  # remove's rule: a fraction of the maximum
+            value = self._text_t * hi
         elif self.session.threshold == "auto":  # the protocol thresholds min-max normalised scores
             value = lo + float(self.answer.tuning.threshold_3d) * (hi - lo)
         elif isinstance(self.session.threshold, float):
@@ -216,7 +295,8 @@ class ViewerState:
             "num_gaussians": s.scene.num_primitives,
             "method": s.method,
             "threshold": self.threshold_range(),
-            "masks_from": self.mode if self.answer is not None else None,
+            "masks_from": self.mode if self._scores() is not None else None,
+            "query": self.text,
             "seconds": self.seconds,
             "message": self.message,
             "text": isinstance(s.extractor, TextExtractor),
@@ -326,7 +406,7 @@ class ViewerState:
         from fulcra_plugins.ludvig.workflows import save_overlay
 
         with self.lock:
-            if self.answer is None or self.mask3d is None:
+            if self._scores() is None or self.mask3d is None:
                 raise ConfigError("export: nothing is selected yet (click on an object in a view)")
             if int(self.mask3d.sum()) == 0:
                 raise ConfigError("export: the selection is empty (lower the threshold or click again)")
@@ -340,9 +420,10 @@ class ViewerState:
                 for c in self.cams:
                     save_mask_png(self.masks[c.name], tmp / "masks" / f"{c.name}.png")
                 written = ["mask3d.npy", "masks"]
-                ref = a.ref
+                ref = a.ref if a is not None else self.by_name[self.view]
                 if ref.name in s.imgs:
-                    save_overlay(s.imgs[ref.name], self.masks[ref.name], tmp / "overlay.png", a.prompt)
+                    prompt = a.prompt if a is not None else None
+                    save_overlay(s.imgs[ref.name], self.masks[ref.name], tmp / "overlay.png", prompt)
                     written.append("overlay.png")
                 notes = []
                 if isinstance(s.scene, EditableScene):
@@ -354,20 +435,26 @@ class ViewerState:
                         f"removed.ply and selected.ply not written: scenes plugin {type(s.scene).__name__} "
                         "has no subset() and save_ply() (EditableScene)"
                     )
-                th = s.threshold if self.threshold is None else self.threshold
                 results = {
                     "num_gaussians": s.scene.num_primitives,
                     "selected": int(self.mask3d.sum()),
-                    "prompt": a.kind,
-                    "reference_view": ref.name,
-                    "clicks": self.clicks,
                     "method": s.method,
-                    "threshold": th if th != "auto" else a.tuning.threshold_3d,
                     "masks_from": self.mode,
-                    "tuning": a.tuning.as_dict(),
                     "command": self.command_line(),
                     "files": written,
                 }
+                if a is not None:
+                    th = s.threshold if self.threshold is None else self.threshold
+                    results.update(
+                        prompt=a.kind,
+                        reference_view=ref.name,
+                        clicks=self.clicks,
+                        threshold=th if th != "auto" else a.tuning.threshold_3d,
+                        tuning=a.tuning.as_dict(),
+                    )
+                else:
+                    th = self._text_t * float(self.text_scores.max()) if self.threshold is None else self.threshold
+                    results.update(prompt="text", text=self.text, threshold=th)
                 if notes:
                     results["notes"] = notes
                 for name in written:  # into place one by one; a folder replaces the old one
@@ -388,7 +475,10 @@ class ViewerState:
             return {"files": [*written, "results.json"], "out": str(out), "message": self.message}
 
     def command_line(self) -> str:
-        """The ``fulcra run segment`` call that gives the same ``mask3d.npy``."""
+        """The ``fulcra run segment`` (or ``remove``, for a text query) call that gives the same ``mask3d.npy``."""
+        if self.answer is None and self.text is not None:
+            th = "" if self.threshold is None else " (a threshold moved by the slider: scores > value)"
+            return f"fulcra run remove <the viewer's scene keys> extractor=E features=E prompt.text={self.text!r}{th}"
         pts = ",".join(f"[{x},{y}]" for x, y in self.clicks)
         th = "" if self.threshold is None else f" threshold={self.threshold:.9g}"
         return f"fulcra run segment <the viewer's scene keys> prompt.view={self.view} 'prompt.clicks=[{pts}]'{th}"

@@ -8,6 +8,7 @@ import json
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +191,30 @@ def test_missing_extra_names_it(monkeypatch, capsys):
     assert main(["view", "scene.synthetic=true"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "fulcra[viewer]" in err[0]
+
+
+def test_text_box_selects_as_remove_does(scene_dir, tmp_path, monkeypatch, server):
+    """With a text-capable extractor (the test-only colour-word one, weight-free), the text query gives
+    ``fulcra run remove extractor=E features=E prompt.text=T``'s mask; without one, a one-line 400."""
+    import fulcra
+
+    status, ans = _post(server, "/api/text", {"text": "red"})  # the rgb extractor embeds no text
+    assert status == 400 and "cannot embed text" in ans["error"]
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "workflows"))
+    words = "extractor=_colour_words:ColourWords"
+    keys = [k for k in scene_keys(scene_dir) if not k.startswith("extractor.")]
+    srv = fulcra.viewer.serve([*keys, words, f"out={tmp_path / 'view'}"], port=0, block=False, log=lambda m: None)
+    try:
+        status, st = _post(srv, "/api/text", {"text": "the red sphere"})
+        assert status == 200 and st["selected"] > 0 and st["text"] and st["query"] == "the red sphere"
+        status, ans = _post(srv, "/api/text", {"text": "purple"})
+        assert status == 400 and "purple" in ans["error"] and "\n" not in ans["error"]
+        _post(srv, "/api/text", {"text": "the red sphere"})
+        status, _ = _post(srv, "/api/export", {})
+        assert status == 200
+        got = np.load(tmp_path / "view" / "mask3d.npy")
+    finally:
+        srv.stop()
+    args = ["run", "remove", *keys, words, "features=_colour_words:ColourWords", "prompt.text=the red sphere"]
+    assert main([*args, "renders=0", "figures=false", f"out={tmp_path / 'rm'}", "hooks=[]"]) == 0
+    assert np.array_equal(got, np.load(tmp_path / "rm" / "mask3d.npy"))

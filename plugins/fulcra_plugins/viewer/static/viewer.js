@@ -35,7 +35,8 @@ function applyState(st) {
     $("threshold").step = (t.max - t.min) / 1000 || 0.001; $("threshold").value = t.value;
     $("threshold-label").textContent = t.auto ? `${t.label} (${t.value.toPrecision(4)})` : t.label;
   } else { $("threshold-label").textContent = ""; }
-  $("command").textContent = st.clicks.length ? `same as: fulcra run segment ... prompt.view=${st.view} 'prompt.clicks=${JSON.stringify(st.clicks)}'` + (t && !t.auto ? ` threshold=${t.value}` : "") : "";
+  $("text-row").style.display = st.text ? "" : "none";
+  $("command").textContent = st.query ? `text query: ${st.query}` : st.clicks.length ? `same as: fulcra run segment ... prompt.view=${st.view} 'prompt.clicks=${JSON.stringify(st.clicks)}'` + (t && !t.auto ? ` threshold=${t.value}` : "") : "";
   const sel = $("view-select");
   if (!sel.options.length) for (const v of st.views) sel.add(new Option(v.name, v.name));
   sel.value = st.view;
@@ -183,6 +184,13 @@ function setup() {
     try { const r = await api("/api/export", {}); applyState(r.state); $("message").textContent = r.message; document.body.dataset.exported = "1"; }
     catch (e) { setBusy(""); }
   };
+  const find = async () => {
+    setBusy("searching…");
+    try { applyState(await api("/api/text", { text: $("text").value })); } catch (e) { setBusy(""); }
+    await refresh();
+  };
+  $("text-go").onclick = find;
+  $("text").addEventListener("keydown", (e) => { if (e.key === "Enter") find(); });
   $("threshold").onchange = async (e) => { applyState(await api("/api/threshold", { value: parseFloat(e.target.value) })); await refresh(); };
   $("threshold-auto").onclick = async () => { applyState(await api("/api/threshold", { value: null })); await refresh(); };
 }
