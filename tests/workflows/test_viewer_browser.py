@@ -131,6 +131,8 @@ def test_click_in_chromium_selects_as_segment_and_shows_the_highlight(browser, t
         (tmp_path / "viewer.png").write_bytes(page)
         if os.environ.get("FULCRA_UPDATE_DOCS_IMG") == "1":
             (ROOT / "docs" / "img").mkdir(exist_ok=True)
-            Image.open(io.BytesIO(page)).convert("RGB").save(ROOT / "docs" / "img" / "viewer.png", optimize=True)
+            Image.open(io.BytesIO(page)).convert("RGB").quantize(256).save(
+                ROOT / "docs" / "img" / "viewer.png", optimize=True
+            )
     finally:
         srv.stop()

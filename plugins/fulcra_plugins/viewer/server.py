@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlparse
 
 from fulcra.errors import ConfigError, FulcraError
 
-from .state import ViewerState, check_fulcra_error
+from .state import ViewerState, one_line
 
 __all__ = ["ViewerServer", "make_server"]
 
@@ -60,11 +60,11 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             fn()
         except (FulcraError, ValueError, KeyError, TypeError) as exc:
-            line = check_fulcra_error(exc)
+            line = one_line(exc)
             self.server.log(f"request {self.path}: {line}")
             self._json(400, {"error": line})
         except Exception as exc:  # a bug must not stop the server; the page shows the line
-            line = check_fulcra_error(exc)
+            line = one_line(exc)
             self.server.log(f"request {self.path} failed: {line}")
             self._json(500, {"error": line})
 

@@ -484,7 +484,7 @@ class ViewerState:
         return f"fulcra run segment <the viewer's scene keys> prompt.view={self.view} 'prompt.clicks=[{pts}]'{th}"
 
 
-def check_fulcra_error(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """The one line a request's error becomes."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text if isinstance(exc, FulcraError) else f"{type(exc).__name__}: {text}"

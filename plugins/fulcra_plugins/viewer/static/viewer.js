@@ -134,7 +134,8 @@ async function select(clicks) {
 function pixelOf(e) {
   const c = $("view"), r = c.getBoundingClientRect();
   const v = S.views.find((x) => x.name === S.view);
-  return [Math.floor((e.clientX - r.left) * v.width / r.width), Math.floor((e.clientY - r.top) * v.height / r.height)];
+  const x = Math.floor((e.clientX - r.left) * v.width / r.width), y = Math.floor((e.clientY - r.top) * v.height / r.height);
+  return [Math.min(v.width - 1, Math.max(0, x)), Math.min(v.height - 1, Math.max(0, y))];  // the canvas edge
 }
 
 function addPixel(p) {
@@ -153,9 +154,9 @@ function setup() {
   vc.addEventListener("mousemove", (e) => { if (stroke) { addPixel(pixelOf(e)); drawView(); } });
   window.addEventListener("mouseup", () => {
     if (!stroke) return;
-    const same = S.clicks.filter((c) => true);
-    for (const p of stroke) if (!same.some((s) => s[0] === p[0] && s[1] === p[1])) same.push(p);
-    select(same);
+    const clicks = [...S.clicks];  // the new stroke adds to the clicks already on this view
+    for (const p of stroke) if (!clicks.some((s) => s[0] === p[0] && s[1] === p[1])) clicks.push(p);
+    select(clicks);
   });
   const oc = $("orbit");
   let drag = null;
