@@ -214,8 +214,13 @@ class ViewerState:
                 )
             except ValueError as exc:  # the extractor's own word for a query it cannot embed
                 raise ConfigError(f"text: {str(exc).splitlines()[0]}") from None
+            before = (self.text, self.text_scores, self.answer, self.clicks, self.threshold)
             self.text, self.text_scores, self.answer, self.clicks, self.threshold = text, scores, None, [], None
-            self._binarise()
+            try:
+                self._binarise()
+            except Exception:  # e.g. the query selects nothing: the previous selection stays
+                self.text, self.text_scores, self.answer, self.clicks, self.threshold = before
+                raise
             self.seconds = round(time.perf_counter() - t0, 3)
             self.message = f"{text!r}: {int(self.mask3d.sum())} Gaussians in {self.seconds:.2f} s"
             self.log(self.message)
