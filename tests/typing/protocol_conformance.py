@@ -45,6 +45,7 @@ from fulcra_plugins.slack.slack import Slack
 from fulcra_plugins.slack.workflow import SearchWorkflow
 from fulcra_plugins.tasks.classification import Classification
 from fulcra_plugins.tasks.segmentation import SemanticSegmentation
+from fulcra_plugins.viewer import ViewCommand
 
 def _appliers_composite_PolicyApplier(x: CompositeAugment) -> PolicyApplier:
     return x
@@ -147,6 +148,10 @@ def _backbones_timm_Backbone(x: TimmBackbone) -> Backbone:
 
 
 def _commands_policy_Command(x: PolicyCommand) -> Command:
+    return x
+
+
+def _commands_view_Command(x: ViewCommand) -> Command:
     return x
 
 
