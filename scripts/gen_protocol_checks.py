@@ -18,7 +18,10 @@ import re
 import sys
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli backport
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "tests" / "typing" / "protocol_conformance.py"

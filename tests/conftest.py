@@ -45,7 +45,10 @@ EXAMPLE_PLUGIN = Path(__file__).resolve().parent / "example_plugin"
 def example(tmp_path):
     """The example third-party distribution (tests/example_plugin) installed for one test: its entry
     points and modules on a temporary site path, exactly as pip would register them."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     from fulcra.testing import fake_distribution
 

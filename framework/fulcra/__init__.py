@@ -62,6 +62,7 @@ _LAZY = {
     "testing": ("fulcra.testing", None),
     "engine": ("fulcra.engine", None),
     "hooks": ("fulcra.hooks", None),
+    "viewer": ("fulcra.viewer", None),
 }
 
 

@@ -313,6 +313,26 @@ class Policy:
             raise FormatError(f"{path}: expected a JSON object")
         return cls.from_dict(d, str(path))
 
+    @classmethod
+    def from_official(cls, path: str | Path, **kwargs: Any) -> Policy:
+        """Read a policy published with the official SLACK code (a ``models.ckpt`` holding ``pi``
+        ``[K, N]`` and ``mu``), mapped onto fulcra's op names.
+
+        The core knows no official op table: this asks the ``commands`` plugin ``policy`` (through
+        the registry) for its ``from_official`` importer, the bundled
+        ``fulcra_plugins.slack.official.from_official``. ``kwargs`` go to it (``family=``).
+        """
+        from .errors import PluginLoadError
+        from .registry import load_plugin
+
+        importer = getattr(load_plugin("commands", "policy"), "from_official", None)
+        if not callable(importer):
+            raise PluginLoadError("commands plugin 'policy' has no from_official(path) importer")
+        policy = importer(path, **kwargs)
+        if not isinstance(policy, Policy):
+            raise PluginLoadError(f"commands plugin 'policy': from_official returned {type(policy).__name__}")
+        return policy
+
     def __repr__(self) -> str:
         return f"Policy(K={self.num_stages}, N={self.num_ops}, ops={self.ops})"
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli backport
+    import tomli as tomllib
 
 from fulcra import create, registry
 from fulcra.errors import DataNotFoundError, MissingDependencyError, WeightsNotFoundError

@@ -5,7 +5,10 @@ be replaced by a third party's distribution without touching the others."""
 import ast
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli backport
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "framework" / "fulcra"

@@ -47,6 +47,8 @@ def test_the_readme_has_commands():
 def test_readme_command(argv, expected, tmp_path):
     if argv[0] == "run":
         argv = ["config", "show", "--no-check", *argv[1:]]  # the scene and weights are not here
+    elif argv[0] == "view":
+        argv = [*argv, "--check"]  # validates the keys and prints the config instead of serving
     res = subprocess.run(
         [sys.executable, "-m", "fulcra", *argv], capture_output=True, text=True, cwd=tmp_path, timeout=300
     )

@@ -8,7 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli backport
+    import tomli as tomllib
 import torch
 
 import fulcra

@@ -16,6 +16,7 @@ from fulcra_plugins.backbones.vit_open_clip import ClipBackbone
 from fulcra_plugins.backbones.vit_timm import TimmBackbone
 from fulcra_plugins.commands.convert import ConvertCommand
 from fulcra_plugins.data.digits import Digits
+from fulcra_plugins.data.published import DomainNet, ImageNet100
 from fulcra_plugins.data.segmentation import ADE20K, Cityscapes, PascalVOC
 from fulcra_plugins.data.vision import Cifar10, Cifar100, ImageFolder
 from fulcra_plugins.distill.segdata import DigitsSegmentation
@@ -41,10 +42,12 @@ from fulcra_plugins.scenes.gsplat_backend import GsplatScene
 from fulcra_plugins.scenes.torch_backend import TorchScene
 from fulcra_plugins.slack.baselines import RandAugment, TrivialAugment, UniformPolicy
 from fulcra_plugins.slack.models import ResNet18, SmallCNN, Wrn2810, Wrn402
+from fulcra_plugins.slack.official import PolicyCommand
 from fulcra_plugins.slack.slack import Slack
 from fulcra_plugins.slack.workflow import SearchWorkflow
 from fulcra_plugins.tasks.classification import Classification
 from fulcra_plugins.tasks.segmentation import SemanticSegmentation
+from fulcra_plugins.viewer import ViewCommand
 
 def _appliers_composite_PolicyApplier(x: CompositeAugment) -> PolicyApplier:
     return x
@@ -150,6 +153,14 @@ def _commands_convert_Command(x: ConvertCommand) -> Command:
     return x
 
 
+def _commands_policy_Command(x: PolicyCommand) -> Command:
+    return x
+
+
+def _commands_view_Command(x: ViewCommand) -> Command:
+    return x
+
+
 def _datasets_ade20k_Dataset(x: ADE20K) -> Dataset:
     return x
 
@@ -174,7 +185,15 @@ def _datasets_digits_seg_Dataset(x: DigitsSegmentation) -> Dataset:
     return x
 
 
+def _datasets_domainnet_Dataset(x: DomainNet) -> Dataset:
+    return x
+
+
 def _datasets_imagefolder_Dataset(x: ImageFolder) -> Dataset:
+    return x
+
+
+def _datasets_imagenet100_Dataset(x: ImageNet100) -> Dataset:
     return x
 
 

@@ -119,6 +119,53 @@ def select_removal(
     return mask, float(t)
 
 
+def text_scores(
+    scene,
+    text_features: torch.Tensor,
+    text_weights: torch.Tensor,
+    extractor,
+    text: str,
+    *,
+    refiner=None,
+    features: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The 3D scores of a text query, as ``fulcra run remove`` computes them (§5.5, C.1.4).
+
+    Args:
+        text_features: ``[N, D]`` uncentred uplifted features of the text-capable ``extractor``;
+            ``text_weights``: ``[N]`` their weight sums (a Gaussian no view saw has no relevancy).
+        refiner: refine the relevancies (``prompt="relevancy"``) over ``features [N, F]`` with the
+            weight sums ``weights [N]``; None: the raw relevancies.
+
+    Returns:
+        ``(relevancy [N, 1], scores [N], the refiner's resolved parameters)``.
+    """
+    from .localisation import relevancy_3d
+    from .segmentation import scene_positions
+
+    seen = text_weights > 0
+    relev = relevancy_3d(text_features, extractor, [text]).float() * seen[:, None].to(text_features.device)
+    scores, params = relev[:, 0], {}
+    if refiner is not None:
+        refined = refiner.refine(scene_positions(scene), features, relev, prompt="relevancy", weights=weights)
+        scores = torch.as_tensor(refined).float().reshape(-1, 1)[:, 0]
+        resolved = getattr(refiner, "resolved", None)
+        params = resolved("relevancy") if callable(resolved) else {}
+    return relev, scores, params
+
+
+def removal_rule(threshold: str | float, diffusion: bool) -> str | float:
+    """The rule of :func:`select_removal` for a ``threshold`` key: ``auto`` is 0.006 of the max for
+    diffused scores (the official removal demo) and Otsu for raw relevancies."""
+    if threshold == "auto":
+        return OFFICIAL_THRESHOLD if diffusion else "otsu"
+    return threshold
+
+
+__all__ += ["text_scores", "removal_rule"]
+
+
 def _save_npy(array: np.ndarray, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
@@ -233,8 +280,7 @@ class RemoveWorkflow:
 
         from .editing import remove as remove_selection
         from .lifting import open_scene, resolve_scene_paths, say, uplift_views
-        from .localisation import relevancy_3d
-        from .segmentation import render_scores, scene_positions
+        from .segmentation import render_scores
 
         self._check_config()  # the runner ran check(); a direct call still fails before any writing
         cfg, out = self.cfg, Path(ctx.out)
@@ -283,11 +329,7 @@ class RemoveWorkflow:
             stage="text_features",
             is_main=ctx.is_main,
         )
-        seen = up.weights > 0
-        # a Gaussian no view saw has no feature, hence no relevancy (a zero vector would score 0.5)
-        relev = relevancy_3d(up.features, extractor, [text]).float() * seen[:, None].to(up.features.device)
-        scores = relev[:, 0]
-        params: dict = {}
+        upf, refiner = None, None
         if cfg.diffusion:
             feat_node = _node(cfg.features)
             fx = fulcra.create("feature_extractors", feat_node)
@@ -305,15 +347,18 @@ class RemoveWorkflow:
                 is_main=ctx.is_main,
             )
             refiner = fulcra.create("refiners", _node(cfg.refiner))
-            refined = refiner.refine(
-                scene_positions(scene), upf.features, relev, prompt="relevancy", weights=upf.weights
-            )
-            scores = torch.as_tensor(refined).float().reshape(-1, 1)[:, 0]
-            resolved = getattr(refiner, "resolved", None)
-            params = resolved("relevancy") if callable(resolved) else {}
-        rule = th
-        if th == "auto":
-            rule = OFFICIAL_THRESHOLD if cfg.diffusion else "otsu"
+        relev, scores, params = text_scores(
+            scene,
+            up.features,
+            up.weights,
+            extractor,
+            text,
+            refiner=refiner,
+            features=None if upf is None else upf.features,
+            weights=None if upf is None else upf.weights,
+        )
+        seen = up.weights > 0
+        rule = removal_rule(th, bool(cfg.diffusion))
         mask3d, t = select_removal(scores, rule, text)
         if int(mask3d.sum()) == 0:
             raise ConfigError(

@@ -38,7 +38,16 @@ from fulcra.errors import ConfigError, FormatError, FulcraError
 
 METHODS = ("diffusion", "uplift", "sam", "geometry")
 
-__all__ = ["METHODS", "SegmentWorkflow", "SegmentSyntheticWorkflow", "PromptConfig", "save_overlay", "load_prompt_png"]
+__all__ = [
+    "METHODS",
+    "SegmentWorkflow",
+    "SegmentSyntheticWorkflow",
+    "PromptConfig",
+    "save_overlay",
+    "load_prompt_png",
+    "reference_prompt",
+    "check_extractor",
+]
 
 
 def _scene_config():
@@ -129,7 +138,7 @@ def _segment_stage(cfg: Any, out: Path, ctx: Any):
     return Stage(out, "segment", inputs, [out / o for o in outputs], ctx.hooks.message, writer=ctx.is_main)
 
 
-def _reference_prompt(pc: Any, by_name: dict) -> tuple[Any, torch.Tensor, str]:
+def reference_prompt(pc: Any, by_name: dict) -> tuple[Any, torch.Tensor, str]:
     """``(reference camera, prompt [H, W] bool, kind)`` of the ``prompt`` config, checked: the view is a
     camera, exactly one of scribble/mask/clicks is given, a PNG has the view's size and is readable,
     clicks are ``[[x, y], ...]`` inside the image."""
@@ -375,164 +384,51 @@ class SegmentWorkflow:
                 ) from None
         cams, _ = check_scene(cfg.scene, "segment")
         by_name = {c.name: c for c in cams}
-        _reference_prompt(cfg.prompt, by_name)
+        reference_prompt(cfg.prompt, by_name)
         if cfg.prompt.reference:
             load_prompt_png(cfg.prompt.reference, by_name[cfg.prompt.view])
 
     def run(self, ctx) -> dict:
-        import fulcra
+        from PIL import Image
+
         from fulcra.interfaces import EditableScene
 
-        from . import reference as R
         from .editing import save_removed
-        from .lifting import open_scene, say, uplift_views
-        from .segmentation import binarise_3d, render_mask, sam_reference_mask, segment_with_reference
+        from .lifting import say
+        from .session import SegmentSession, save_mask_png
 
         cfg, out = self.cfg, Path(ctx.out)
-        method = str(cfg.method)
-        if method not in METHODS:
-            raise ConfigError(f"segment: key 'method' must be one of {', '.join(METHODS)}, got {method!r}")
-        if method == "diffusion" and not cfg.diffusion:
-            method = "uplift"
-        masks_mode = str(cfg.masks)
-        if masks_mode not in ("auto", "scores", "selection"):
-            raise ConfigError(f"segment: key 'masks' must be auto, scores or selection, got {masks_mode!r}")
-        extractor_node = OmegaConf.to_container(cfg.extractor, resolve=True)
-        if method != "geometry":  # before loading the scene: a wrong pairing fails at once
-            check_extractor(method, extractor_node)
-        th = str(cfg.threshold)
-        if th not in ("auto", "otsu", "li"):
-            try:
-                th = float(th)
-            except ValueError:
-                raise ConfigError(
-                    f"segment: key 'threshold' must be auto, otsu, li or a number, got {cfg.threshold!r}"
-                ) from None
+        log = lambda m: say(ctx, "segment", m)  # noqa: E731
+        # the same session fulcra view opens: method, masks, threshold and extractor pairing checked here
+        session = SegmentSession(cfg, out, ctx.device, hooks=ctx.hooks, is_main=ctx.is_main, log=log)
+        method, th = session.method, session.threshold
         out.mkdir(parents=True, exist_ok=True)
         stage = _segment_stage(cfg, out, ctx)
         if not stage.begin() and (out / "results.json").is_file():
             return json.loads((out / "results.json").read_text())
         t0 = time.time()
-        scene, cams, imgs, ply = open_scene(cfg.scene, ctx.device, "segment")
-        by_name = {c.name: c for c in cams}
-        ref, prompt, kind = _reference_prompt(cfg.prompt, by_name)
-        if note := imgs.size_note():
-            say(ctx, "segment", note)
-        views = [by_name[v] for v in cfg.views] if cfg.views else [c for c in cams if c.name in imgs]
-        if not views:
-            raise FormatError(f"{imgs.folder or '(no image folder; set scene.images)'}: no image matches a camera")
+        session.open()
+        scene, cams, imgs = session.scene, session.cams, session.imgs
+        ref, prompt, kind = session.prompt(cfg.prompt)
         # the reference mask the protocol tunes on: the prompt mask, the user's own, or SAM's from the scribbles
-        target, source = None, ""
-        if kind == "mask":
-            target, source = prompt, "prompt mask"
-        elif cfg.prompt.reference:
-            target, source = load_prompt_png(cfg.prompt.reference, ref), f"user mask {cfg.prompt.reference}"
-        elif cfg.reference_extractor is not None:
-            node = (
-                OmegaConf.to_container(cfg.reference_extractor, resolve=True)
-                if OmegaConf.is_config(cfg.reference_extractor)
-                else cfg.reference_extractor
-            )
-            if ref.name not in imgs:
-                raise FormatError(f"segment: reference_extractor needs the image of the reference view {ref.name!r}")
-            sam_ref = fulcra.create("feature_extractors", node)
-            target, source = (
-                sam_reference_mask(sam_ref, imgs[ref.name], prompt, ref),
-                f"sam mask ({node.get('name') if isinstance(node, dict) else node})",
-            )
-            from PIL import Image
-
+        target, source = session.reference_target(ref, prompt, kind)
+        if target is not None and cfg.reference_extractor is not None and kind != "mask" and not cfg.prompt.reference:
             Image.fromarray(target.cpu().numpy().astype(np.uint8) * 255).save(out / "reference_mask.png")
-        if target is None:
-            say(ctx, "segment", R.FALLBACKS[method])
-        extractor = fulcra.create("feature_extractors", extractor_node) if method != "geometry" else None
-        resumed = False
-        from PIL import Image
-
-        log = lambda m: say(ctx, "segment", m)  # noqa: E731
+        answer = session.segment(ref, prompt, kind, target, source)
+        seg, tuning = answer.seg, answer.tuning
         if method == "sam":
-            if getattr(extractor, "dim", 1) not in (1, 3):
-                raise ConfigError(
-                    f"segment: method=sam uplifts SAM's masks; set extractor.mask to single, best, 0, 1, 2 or all (got {getattr(extractor, 'mask', '?')!r})"
-                )
-            if ref.name in imgs and ref.name not in {c.name for c in views}:
-                views = [ref, *views]  # the reference view's own prompt is SAM's best cue there
-            seg, tuning = segment_with_reference(
-                scene,
-                ref,
-                prompt,
-                kind,
-                "sam",
-                target=target,
-                reference=source,
-                search=cfg.search,
-                cameras=views,
-                images=imgs,
-                extractor=extractor,
-                tau=cfg.tau,
-                rule=str(cfg.rule),
-                progress=lambda i, n: ctx.hooks.step(step=i, metrics={"view": float(i - 1)}, total=n, stage="sam"),
-                log=log,
-            )
             (out / "sam_prompts").mkdir(exist_ok=True)
             for name, pos in seg.prompts.items():
                 Image.fromarray(pos.cpu().numpy().astype(np.uint8) * 255).save(out / "sam_prompts" / f"{name}.png")
-        elif method == "geometry":
-            from .baselines import segment_geometry
-
-            # Table 5.2 uplifts the reference mask; without one, the prompt itself
-            seg, tuning = segment_geometry(
-                scene, ref, prompt if target is None else target, target=target, reference=source, log=log
-            )
-        else:
-            up = uplift_views(
-                scene,
-                views,
-                imgs,
-                extractor,
-                out=out,
-                ply=ply,
-                extractor_node=extractor_node,
-                hooks=ctx.hooks,
-                center=cfg.center,
-                stage="features",
-                is_main=ctx.is_main,
-            )
-            features, weights, resumed = up.features, up.weights, up.resumed
-            refiner = (
-                fulcra.create("refiners", OmegaConf.to_container(cfg.refiner, resolve=True))
-                if method == "diffusion"
-                else None
-            )
-            seg, tuning = segment_with_reference(
-                scene,
-                ref,
-                prompt,
-                kind,
-                method,
-                features=features,
-                weights=weights,
-                refiner=refiner,
-                target=target,
-                reference=source,
-                search=cfg.search,
-                log=log,
-            )
-        if th == "auto":
-            mask3d = R.mask_3d(seg.scores, tuning)
-        else:
-            mask3d = binarise_3d(seg.scores, th)
-        mode = masks_mode if masks_mode != "auto" else (tuning.mode_2d if th == "auto" else "selection")
+        mask3d = session.mask3d(answer)
+        mode = session.mode(answer)
         _save_npy(mask3d.cpu().numpy(), out / "mask3d.npy")
 
         (out / "masks").mkdir(exist_ok=True)
         fractions = {}
         for i, cam in enumerate(cams):
-            if mode == "scores":
-                m = R.mask_2d(scene, seg.scores, cam, tuning.threshold_2d)
-            else:
-                m = render_mask(scene, mask3d, cam, cfg.render_threshold)
-            Image.fromarray(m.cpu().numpy().astype(np.uint8) * 255).save(out / "masks" / f"{cam.name}.png")
+            m = session.view_mask(answer, mask3d, cam, mode)
+            save_mask_png(m, out / "masks" / f"{cam.name}.png")
             fractions[cam.name] = float(m.float().mean())
             ctx.hooks.step(step=i + 1, metrics={"mask_fraction": fractions[cam.name]}, total=len(cams), stage="render")
             if cam.name == ref.name and ref.name in imgs:
@@ -544,7 +440,7 @@ class SegmentWorkflow:
             "reference_view": ref.name,
             "method": method,
             "diffusion": method == "diffusion",
-            "features_resumed": resumed,
+            "features_resumed": session.resumed,
             "threshold": th if th != "auto" else tuning.threshold_3d,
             "masks_from": mode,
             "tuning": tuning.as_dict(),
@@ -558,7 +454,11 @@ class SegmentWorkflow:
                 "try a larger prompt, another method or another extractor"
             )
         if cfg.figures:
-            used = {"refiner": refiner, "features": features, "weights": weights} if method == "diffusion" else {}
+            used = (
+                {"refiner": session.refiner, "features": session.features, "weights": session.weights}
+                if method == "diffusion"
+                else {}
+            )
             if notes := _diffusion_figures(ctx, cfg, method, scene, ref, prompt, kind, imgs, out, tuning, **used):
                 results["notes"] = notes
             else:

@@ -79,6 +79,45 @@ def _ta_ranges(variant: str, width: int) -> dict:
     return r
 
 
+# The transforms TrivialAugment's training pipelines hard-code around the random op (Table A.2,
+# "Default" rows): CIFAR pads by 4 px (0.125 of 32) and crops back, flips, and cuts a 16 px square
+# (0.5 of 32) at the end; ImageNet (and DomainNet "ImageNet") starts with RandomResizedCrop of area
+# in [0.08, 1] and flips. A fixed value is a range [v, v]; a drawn one a range of magnitude U(0, 1).
+# Each becomes a stage with probability 1 on its op; the flip is the workflow's ``flip=true``.
+_DEFAULTS = {
+    "none": ([], []),
+    "cifar": ([], [("random_crop", [0.125, 0.125]), ("cutout", [0.5, 0.5])]),
+    "imagenet": ([("random_resized_crop", [1.0, 0.08])], []),
+}
+
+
+def _with_defaults(
+    ranges: dict, n_random: int, defaults: str, plugin: str, mu: float = 1.0
+) -> tuple[list, torch.Tensor, torch.Tensor, dict]:
+    """``(ops, logits [K, N], mu [N], ranges)``: ``n_random`` stages uniform over TA_OPS, wrapped in
+    the hard-coded stages of ``defaults`` (before: applied first; after: applied last)."""
+    if defaults not in _DEFAULTS:
+        raise ConfigError(f"policy_optimizers.{plugin}: defaults must be one of {sorted(_DEFAULTS)}, got '{defaults}'")
+    before, after = _DEFAULTS[defaults]
+    fixed = [*before, *after]
+    ops = [*TA_OPS, *(o for o, _ in fixed)]
+    r = dict(ranges)
+    r.update({o: list(v) for o, v in fixed})
+    n = len(ops)
+    ninf = float("-inf")
+
+    def one_hot(op):
+        row = torch.full((n,), ninf)
+        row[ops.index(op)] = 0.0
+        return row
+
+    uniform = torch.cat([torch.zeros(len(TA_OPS)), torch.full((n - len(TA_OPS),), ninf)])
+    rows = [one_hot(o) for o, _ in before] + [uniform] * n_random + [one_hot(o) for o, _ in after]
+    mus = torch.full((n,), float(mu))
+    mus[len(TA_OPS) :] = 1.0  # fixed values come from their [v, v] range; drawn ones from U(0, 1)
+    return ops, torch.stack(rows), mus, r
+
+
 class UniformPolicy:
     """SLACK's initial policy: K stages, uniform over the search space, every μ at ``mu``.
 
@@ -106,15 +145,21 @@ class TrivialAugment:
 
     Args:
         variant: ``wide`` (TrivialAugmentWide's ranges) or ``ra`` (RandAugment's ranges).
+        defaults: the transforms TrivialAugment's own pipelines hard-code: ``none``; ``cifar``
+            (the TA op, then RandomCrop with 4 px padding, then Cutout of 16 px, on 32 px images;
+            Table 3.1's "3 total, 2 hard-coded" with the flip); ``imagenet`` (RandomResizedCrop of
+            area [0.08, 1] first). The horizontal flip is the workflow's ``flip=true``.
     """
 
-    def __init__(self, variant: str = "wide"):
+    def __init__(self, variant: str = "wide", defaults: str = "none"):
         _ta_ranges(variant, 32)
-        self.variant = variant
+        _with_defaults({}, 1, defaults, "trivialaugment")
+        self.variant, self.defaults = variant, defaults
 
     def search(self, train_data=None, val_data=None, model_factory: Callable | None = None, ctx=None) -> Policy:
         r = _ta_ranges(self.variant, _image_width(train_data))
-        return Policy(TA_OPS, torch.zeros(1, len(TA_OPS)), torch.ones(len(TA_OPS)), r, sigma=0.0)
+        ops, logits, mu, r = _with_defaults(r, 1, self.defaults, "trivialaugment")
+        return Policy(ops, logits, mu, r, sigma=0.0)
 
 
 class RandAugment:
@@ -124,21 +169,25 @@ class RandAugment:
         num_ops: transforms per image (N).
         magnitude: magnitude index (M) out of ``num_magnitude_bins - 1``.
         num_magnitude_bins: torchvision's bin count (31).
+        defaults: ``none`` or ``cifar`` (RandomCrop 4 px and Cutout 16 px after the N ops, as
+            TrivialAugment's CIFAR pipeline; the flip is the workflow's).
     """
 
-    def __init__(self, num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31):
+    def __init__(self, num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31, defaults: str = "none"):
         if not 0 <= magnitude < num_magnitude_bins:
             raise ConfigError(f"policy_optimizers.randaugment: magnitude must be in [0, {num_magnitude_bins - 1}]")
+        if defaults == "imagenet":
+            # a fixed magnitude cannot draw RandomResizedCrop's area: not expressible in this model
+            raise ConfigError(
+                "policy_optimizers.randaugment: defaults 'imagenet' needs a drawn crop area; use "
+                "trivialaugment (variant ra) with defaults=imagenet, or defaults 'cifar' / 'none'"
+            )
+        _with_defaults({}, 1, defaults, "randaugment")
         self.num_ops, self.magnitude, self.bins = int(num_ops), int(magnitude), int(num_magnitude_bins)
+        self.defaults = defaults
 
     def search(self, train_data=None, val_data=None, model_factory: Callable | None = None, ctx=None) -> Policy:
         r = _ta_ranges("ra", _image_width(train_data))
         m = max(self.magnitude / (self.bins - 1), 1e-6)
-        return Policy(
-            TA_OPS,
-            torch.zeros(self.num_ops, len(TA_OPS)),
-            torch.full((len(TA_OPS),), m),
-            r,
-            sigma=0.0,
-            magnitude_mode="fixed",
-        )
+        ops, logits, mu, r = _with_defaults(r, self.num_ops, self.defaults, "randaugment", mu=m)
+        return Policy(ops, logits, mu, r, sigma=0.0, magnitude_mode="fixed")

@@ -110,6 +110,10 @@ class Slack:
         num_stages: K, the transforms composed per image.
         mu_init: initial magnitude upper bound (0.75).
         pretrain_steps: steps of pre-training with the uniform policy.
+        pretrain_epochs: when > 0, pre-train for this many epochs of D_train instead (§3.4.1: the
+            evaluation's 200 epochs, on the search's half of the training set); overrides ``pretrain_steps``.
+        pretrain_lr: pre-training learning rate (0: ``lower_lr``); §3.4.1 pre-trains as the
+            evaluation trains (TrivialAugment's 0.1).
         rounds: n_rounds of cold-started search.
         retrain_steps: n_retrain plain model steps at the start of each round.
         unrolled_steps: n_total − n_retrain alternating model/policy steps per round.
@@ -144,6 +148,8 @@ class Slack:
         num_stages: int = 3,
         mu_init: float = 0.75,
         pretrain_steps: int = 78000,
+        pretrain_epochs: float = 0.0,
+        pretrain_lr: float = 0.0,
         rounds: int = 10,
         retrain_steps: int = 1000,
         unrolled_steps: int = 400,
@@ -208,6 +214,9 @@ class Slack:
             if value < low:
                 raise ConfigError(f"policy_optimizers 'slack': key {key!r} must be >= {low}, got {value}")
         self.lower_lr, self.upper_lr = float(lower_lr), float(upper_lr)
+        if pretrain_epochs < 0 or pretrain_lr < 0:
+            raise ConfigError("policy_optimizers 'slack': pretrain_epochs and pretrain_lr must be >= 0")
+        self.pretrain_epochs, self.pretrain_lr = float(pretrain_epochs), float(pretrain_lr) or float(lower_lr)
         self.mu_lr_divisor = float(mu_lr_divisor) or (40.0 if kl else 10.0)
         self.kl_weight = float(kl_weight) if kl else 0.0
         self.weight_decay, self.momentum, self.upper_momentum = (
@@ -262,6 +271,9 @@ class Slack:
         Xtr, Ytr = as_tensors(train_data)
         Xva, Yva = as_tensors(val_data)
         hooks = getattr(ctx, "hooks", None)
+        if self.pretrain_epochs > 0:  # epochs of D_train, as batch_indices draws them
+            per_epoch = max(1, Xtr.shape[0] // min(self.batch_size, Xtr.shape[0]))
+            self.pretrain_steps = max(1, int(round(self.pretrain_epochs * per_epoch)))
 
         policy = self.initial_policy()
         logits = policy.logits.clone().to(device).requires_grad_(self.learn_pi)
@@ -288,7 +300,7 @@ class Slack:
                     hooks.message(msg)
                 else:
                     print(f"[search] {msg}", flush=True)
-        opt, sched = self._lower_opt(model, max(self.pretrain_steps, 1))
+        opt, sched = self._lower_opt(model, max(self.pretrain_steps, 1), self.pretrain_lr)
         state = {"phase": "pretrain", "step": 0, "round": 0, "j": 0, "history": [policy.probs().tolist()]}
         anchor = logits.detach().clone()
 
@@ -406,9 +418,13 @@ class Slack:
     def _round_steps(self) -> int:
         return self.retrain_steps + self.unrolled_steps
 
-    def _lower_opt(self, model, steps):
+    def _lower_opt(self, model, steps, lr=None):
         opt = torch.optim.SGD(
-            model.parameters(), lr=self.lower_lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=False
+            model.parameters(),
+            lr=self.lower_lr if lr is None else lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            nesterov=False,
         )
         return opt, make_scheduler(opt, steps)
 

@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 
 import fulcra
 from fulcra.engine import Stage, atomic_write_text, format_mean_ci, over_seeds
+from fulcra.errors import DataNotFoundError
 
 from .common import TensorSplit, as_tensors, evaluate, train_with_policy
 from .plots import plot_evolution, plot_pie
@@ -43,8 +44,13 @@ def _label(node) -> str:
         return node
     name = node["name"]
     if name == "trivialaugment":
-        return f"trivialaugment_{node.get('variant', 'wide')}"
-    return name
+        label = f"trivialaugment_{node.get('variant', 'wide')}"
+    elif name == "randaugment":
+        label = "randaugment"
+    else:
+        return name
+    defaults = node.get("defaults", "none")
+    return label if defaults == "none" else f"{label}_{defaults}"
 
 
 class SearchWorkflow:
@@ -86,6 +92,13 @@ class SearchWorkflow:
         include_no_augmentation: bool = field(
             default=True, metadata={"help": "also evaluate training without augmentation"}
         )
+        policy: str = field(
+            default="",
+            metadata={
+                "help": "evaluate this policy instead of searching one: a policy.json or an official SLACK "
+                ".ckpt (read by fulcra.Policy.from_official); the optimizer is not run"
+            },
+        )
 
     def __init__(self, config):
         self.cfg = config
@@ -93,7 +106,10 @@ class SearchWorkflow:
     def check(self) -> None:
         """Before anything is written: the search and baseline optimizers build (their ops exist,
         their ranges name ops of the space) and the dataset is on disk."""
-        fulcra.create("policy_optimizers", _node(self.cfg.optimizer))
+        if self.cfg.policy:
+            _given_policy(self.cfg.policy)
+        else:
+            fulcra.create("policy_optimizers", _node(self.cfg.optimizer))
         for b in self.cfg.baselines:
             fulcra.create("policy_optimizers", _node(b))
         fulcra.create("datasets", _node(self.cfg.data))
@@ -123,7 +139,6 @@ class SearchWorkflow:
 
         # --- search --------------------------------------------------------------------------------
         opt_node = _node(cfg.optimizer)
-        searcher = fulcra.create("policy_optimizers", opt_node)
         policy_path = out / "policy.json"
         done_flag = out / "search" / "DONE"
         common = {
@@ -132,6 +147,32 @@ class SearchWorkflow:
             "seed": int(ctx.seed),
             "search_val_fraction": float(cfg.search_val_fraction),
         }
+        if cfg.policy:
+            # a given policy (policy.json or an official checkpoint) replaces the search
+            policy = _given_policy(cfg.policy)
+            opt_node = {"name": "policy"}
+            if ctx.rank == 0:
+                policy.save(policy_path)
+                plot_pie(policy, out / "policy.png")
+            ctx.hooks.message(f"search: skipped, evaluating the given policy {cfg.policy}")
+            return self._evaluate(
+                ctx,
+                cfg,
+                out,
+                device,
+                factory,
+                policy,
+                opt_node,
+                policy_path,
+                common,
+                Xtr,
+                Ytr,
+                Xte,
+                Yte,
+                d_train,
+                d_val,
+            )
+        searcher = fulcra.create("policy_optimizers", opt_node)
         search_stage = Stage(
             out,
             "search",
@@ -162,6 +203,13 @@ class SearchWorkflow:
                 done_flag.write_text("search finished\n")
                 search_stage.complete()
 
+        return self._evaluate(
+            ctx, cfg, out, device, factory, policy, opt_node, policy_path, common, Xtr, Ytr, Xte, Yte, d_train, d_val
+        )
+
+    def _evaluate(
+        self, ctx, cfg, out, device, factory, policy, opt_node, policy_path, common, Xtr, Ytr, Xte, Yte, d_train, d_val
+    ) -> dict:
         # --- evaluation from scratch over seeds ----------------------------------------------------
         if ctx.world_size > 1 and ctx.rank != 0:
             # under torchrun the processes ensemble the search only; rank 0 evaluates (independent
@@ -233,6 +281,16 @@ class SearchWorkflow:
             atomic_write_text(json.dumps(results, indent=1), out / "results.json")
             atomic_write_text(results_table(results), out / "results.md")
         return {"policy": str(policy_path), "results": results, "summary": results_table(results)}
+
+
+def _given_policy(path: str) -> fulcra.Policy:
+    """``policy=PATH``: a fulcra ``policy.json``, or an official SLACK checkpoint (``.ckpt``/``.pt``)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataNotFoundError(f"search: policy file not found: {p}")
+    if p.suffix in (".ckpt", ".pt", ".pth"):
+        return fulcra.Policy.from_official(p)
+    return fulcra.Policy.load(p)
 
 
 def results_table(results: dict) -> str:
