@@ -22,6 +22,14 @@ statistics of the joint ``B_aug × N_t`` batch). The default ``formulation="laye
 separate forward passes would, and gets the same B_aug inner products from the saved layer inputs
 and output gradients of one ordinary backward plus one linear forward with ``v`` as weights.
 
+Groups and stabilisers (Table A.4 "8×128" and the official code): every re-training and search
+step draws one augmentation per group for ``B_aug`` groups of the same ``N_t`` images; each group's
+gradient is clipped to norm ``clip`` (5) and the clipped gradients averaged (the REINFORCE weights
+then use them: ``c_τ vᵀ ∇_θ l_τ``); ``v`` is clipped tensor by tensor to ``val_clip`` (5); the policy
+optimiser is rebuilt at every anchor update. ``double_backward`` is used only when asked for a
+model with BatchNorm (its joint-batch statistics are not the method's), or for a model without
+batch statistics, where it is the same quantity.
+
 η is the *initial* lower-level learning rate (app. A.2.1), μ's learning rate is π's divided by
 ``mu_lr_divisor`` (40, or 10 without KL), and ``∇_π KL(p_π ‖ p_π̃)`` is the exact closed form.
 Under ``torchrun`` each process trains its own model (pre-trained from its own seed) and the

@@ -207,3 +207,27 @@ def test_grouped_search_steps_are_deterministic():
     assert torch.equal(outs[0][0], outs[1][0])
     assert all(torch.equal(a, b) for a, b in zip(outs[0][1], outs[1][1]))
     assert not torch.equal(outs[0][0], Policy.uniform(s.ops, 3).logits)
+
+
+def test_mu_is_clamped_to_the_official_bounds_after_a_policy_step():
+    """μ ∈ [0.1, 1] after every policy step (official ``clip_m``; fulcra had [0.01, 1])."""
+    from fulcra_plugins.slack.common import MethodAugment, channel_mean
+    from fulcra_plugins.slack.models import SmallCNN
+
+    X = torch.randint(0, 256, (16, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    Y = torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=10, width=4)
+    s = Slack(space="cifar", b_aug=2, batch_size=8)
+    pol = s.initial_policy()
+    aug = MethodAugment(pol, pol.augmenter(), flip=False, cutout_last=True, fill=channel_mean(X))
+    logits = pol.logits.clone().requires_grad_(True)
+    mu = torch.where(torch.arange(len(s.ops)) % 2 == 0, 0.02, 2.0).requires_grad_(True)
+    upper = torch.optim.SGD([logits, mu], lr=1e-6)
+    opt, sched = s._lower_opt(model, 10)
+    cur = Policy(s.ops, logits.detach(), mu.detach().clamp(0.1, 1), pol.ranges)
+    s._bilevel_step(
+        model, opt, sched, pol, cur, aug, logits, mu, logits.detach().clone(), upper,
+        X, Y, X, Y, 0, (3, 0, 1), 0.1, torch.device("cpu"), 1,
+    )  # fmt: skip
+    assert float(mu.detach().min()) == pytest.approx(0.1) and float(mu.detach().max()) == pytest.approx(1.0)
