@@ -33,6 +33,7 @@ def test_demo_budget_note_counts_its_own_budget():
     o = DEMO_CONFIG["optimizer"]
     assert f"{o['rounds'] * o['unrolled_steps']} policy updates" in note["budget"]
     assert "4,000" in note["budget"] and note["can_show"] and "cannot" not in note["can_show"]
+    assert all(len(v) < 255 for v in note.values())  # the demo report probes string values as paths
     bigger = copy.deepcopy(DEMO_CONFIG)
     bigger["optimizer"]["rounds"] = 10
     assert f"{10 * o['unrolled_steps']} policy updates" in budget_note(bigger)["budget"]
