@@ -15,8 +15,8 @@ loss ``l_τ`` is weighted by ``w_τ = 1 + log p_φ(τ) − stop_grad(log p_φ(τ
 ``θ̂``); the validation gradient ``v = ∇_θ l̂_val(θ̂)`` is taken at ``θ̂`` through
 ``torch.func.functional_call`` (one extra parameter-sized tensor set, no module copy); and one
 more backward of ``⟨ĝ_θ, v⟩`` to φ yields exactly ``(1/B_aug) Σ_τ (vᵀ ∇_θ l_τ) ∇_φ log p_φ(τ)``,
-which times ``−η`` is ``Ĝ_φ``. No per-augmentation gradient is ever stored: the B_aug inner
-products come out of a single double-backward (``formulation="double_backward"``; BatchNorm
+which times ``−η`` is ``Ĝ_φ``. Without clipping no per-augmentation gradient is stored: the B_aug
+inner products come out of a single double-backward (``formulation="double_backward"``; BatchNorm
 statistics of the joint ``B_aug × N_t`` batch). The default ``formulation="layerwise"``
 (:mod:`.layerwise`) normalises each augmentation group with its own BatchNorm statistics, as
 separate forward passes would, and gets the same B_aug inner products from the saved layer inputs
