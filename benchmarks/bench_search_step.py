@@ -1,8 +1,11 @@
-"""Cost of one SLACK search step vs one plain training step on the same B_aug × N_t images (issue 3,
-item 8b). The search step = augment B_aug × N_t images, forward (per-group BatchNorm), backward, the
-validation gradient at θ̂, the B_aug REINFORCE weights (default ``layerwise`` formulation), model and
-policy updates. The plain step = augment the same number of images, forward, backward, model update.
-Interleaved repeats, medians, one process.
+"""Cost of one SLACK search step and one re-training step vs one plain training step on the same
+B_aug × N_t images (issue 3, item 8b; issue 15). The search step = augment B_aug × N_t images (one
+augmentation per group, flip, Cutout last), forward (per-group BatchNorm), backward, each group's
+gradient and its clipping (norm 5), the validation gradient at θ̂ (clipped), the B_aug REINFORCE
+weights (default ``layerwise`` formulation), model and policy updates. The re-training step = the
+same groups, one forward/backward pass per group, per-group clipping, averaged, model update. The
+plain step = augment the same number of images (one augmentation per image), forward, backward,
+model update. Interleaved repeats, medians, one process.
 
     .venv/bin/python benchmarks/bench_search_step.py --threads 1 --out bench_search_step.json
 """
@@ -31,6 +34,7 @@ def main(argv=None):
     import fulcra
     from fulcra.policy import Policy
     from fulcra_plugins.slack import Slack
+    from fulcra_plugins.slack.common import MethodAugment, channel_mean
 
     n_img = args.b_aug * args.batch
     X = torch.randint(0, 256, (4 * n_img, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -42,7 +46,7 @@ def main(argv=None):
         search = Slack(b_aug=args.b_aug, batch_size=args.batch)
         plain = Slack(b_aug=1, batch_size=n_img)
         policy = search.initial_policy()
-        aug = policy.augmenter()
+        aug = MethodAugment(policy, policy.augmenter(), flip=True, cutout_last=True, fill=channel_mean(X))
         logits = policy.logits.clone().requires_grad_(True)
         mu = policy.mu.clone().requires_grad_(True)
         anchor = logits.detach().clone()
@@ -79,7 +83,12 @@ def main(argv=None):
             step[0] += 1
             plain._plain_step(model, opt, sched, policy, aug, X, Y, 0, (1, step[0]), torch.device("cpu"))
 
-        fns = {"search_step": search_step, "plain_step": plain_step}
+        def retrain_step():
+            step[0] += 1
+            cur = Policy(policy.ops, logits.detach(), mu.detach(), policy.ranges)
+            search._retrain_step(model, opt, sched, cur, aug, X, Y, 0, (2, 0, step[0]), torch.device("cpu"))
+
+        fns = {"search_step": search_step, "retrain_step": retrain_step, "plain_step": plain_step}
         for fn in fns.values():
             fn()
         ts = {k: [] for k in fns}
@@ -97,6 +106,7 @@ def main(argv=None):
             "threads": args.threads,
             "seconds": med,
             "ratio_search_over_plain": med["search_step"] / med["plain_step"],
+            "ratio_retrain_over_plain": med["retrain_step"] / med["plain_step"],
         }
         rows.append(row)
         print(json.dumps(row))

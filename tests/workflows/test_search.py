@@ -156,9 +156,12 @@ def test_policy_evaluation_killed_mid_training_resumes_to_the_same_weights(tmp_p
         assert torch.equal(a, b)
 
 
-def test_layerwise_fallback_to_double_backward_is_said(tmp_path):
-    """A model with a module the layerwise path cannot handle (LayerNorm) is searched with the
-    double-backward formulation, and the user is told in one line (it used to be silent; issue 15)."""
+def test_layerwise_is_never_silently_replaced(tmp_path):
+    """A model with BatchNorm and a module the layerwise path cannot handle (LayerNorm) is refused
+    with a one-line error asking for formulation=double_backward (its joint-batch statistics are not
+    the method's per-group ones); asked for, it runs. A model without batch statistics falls back,
+    said in one line, since both formulations are then the same quantity (issue 15)."""
+    from fulcra.errors import ConfigError
 
     class Said(_Hooks):
         def __init__(self):
@@ -168,14 +171,30 @@ def test_layerwise_fallback_to_double_backward_is_said(tmp_path):
         def message(self, msg):
             self.messages.append(msg)
 
-    def factory():  # LayerNorm is parametrised and not Conv2d/Linear/BatchNorm2d
+    def with_bn():  # LayerNorm is parametrised and not Conv2d/Linear/BatchNorm2d
         return torch.nn.Sequential(SmallCNN(num_classes=10, width=4), torch.nn.LayerNorm(10))
 
+    def without_bn():
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3, padding=1),
+            torch.nn.GroupNorm(2, 4),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4, 10),
+        )
+
     train, val = _data()
-    hooks = Said()
-    s = Slack(space="cifar", pretrain_steps=2, rounds=1, retrain_steps=1, unrolled_steps=1, batch_size=8, b_aug=2)
-    s.search(train, val, factory, RunContext(out=tmp_path / "gn", device=torch.device("cpu"), hooks=hooks))
-    assert any("formulation=double_backward" in m and "Sequential" in m for m in hooks.messages)
+    kw = dict(space="cifar", pretrain_steps=2, rounds=1, retrain_steps=1, unrolled_steps=1, batch_size=8, b_aug=2)
+    ctx = lambda name, hooks: RunContext(out=tmp_path / name, device=torch.device("cpu"), hooks=hooks)  # noqa: E731
+    with pytest.raises(ConfigError, match="formulation=double_backward"):
+        Slack(**kw).search(train, val, with_bn, ctx("bn", Said()))
+    asked = Said()
+    Slack(**kw, formulation="double_backward").search(train, val, with_bn, ctx("asked", asked))
+    assert not any("double_backward" in m for m in asked.messages)
+    said = Said()
+    Slack(**kw).search(train, val, without_bn, ctx("gn", said))
+    assert any("formulation=double_backward" in m and "Sequential" in m for m in said.messages)
     plain = Said()
-    s.search(train, val, _factory, RunContext(out=tmp_path / "plain", device=torch.device("cpu"), hooks=plain))
+    Slack(**kw).search(train, val, _factory, ctx("plain", plain))
     assert not any("double_backward" in m for m in plain.messages)

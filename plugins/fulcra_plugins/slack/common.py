@@ -13,7 +13,17 @@ import torch.nn.functional as F
 from fulcra.engine import Trainer, step_generator
 from fulcra_plugins.data.digits import TensorImageDataset as TensorSplit
 
-__all__ = ["TensorSplit", "as_tensors", "batch_indices", "to_input", "train_with_policy", "evaluate", "SEARCH_SPACES"]
+__all__ = [
+    "TensorSplit",
+    "as_tensors",
+    "batch_indices",
+    "to_input",
+    "channel_mean",
+    "MethodAugment",
+    "train_with_policy",
+    "evaluate",
+    "SEARCH_SPACES",
+]
 
 # The search spaces of the method (§3.4.1: the 15 standard transforms plus the defaults of each
 # benchmark, and Hue where ColorJitter is usual), in the official SLACK code's order, so that op
@@ -83,6 +93,90 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
     return (x - 127.5) / 64.0
 
 
+def channel_mean(images: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean ``[C]`` of ``images`` ``[N, C, H, W]`` in network-input units (:func:`to_input`).
+
+    uint8 images are summed in int64 (exact), so the value is the same whatever the thread count."""
+    if images.dtype == torch.uint8:
+        n = images.shape[0] * images.shape[2] * images.shape[3]
+        m = images.to(torch.int64).sum(dim=(0, 2, 3)).to(torch.float64) / max(n, 1)
+    else:
+        m = images.to(torch.float64).mean(dim=(0, 2, 3)) * 255.0
+    return ((m - 127.5) / 64.0).to(torch.float32)
+
+
+class MethodAugment:
+    """The method's augmentation of a batch, as the official SLACK code applies it at every search
+    step and in the evaluation training: the policy's sampled ops (RandomResizedCrop first, by the
+    applier), then a random horizontal flip (``flip``), then normalisation (:func:`to_input`), then
+    Cutout last (``cutout_last``): a sampled Cutout is withheld from its stage and cut after
+    normalisation, filled with the training images' mean (``fill``, ``[C]`` network-input units), at
+    the magnitude of the last stage that drew it.
+
+    Args:
+        policy: gives the ops, their ranges and the index of ``cutout`` / ``identity``.
+        applier: the policy's :class:`~fulcra.interfaces.PolicyApplier` (``policy.augmenter()``).
+        flip: random horizontal flip with probability 1/2 after the policy.
+        cutout_last: apply a sampled Cutout last, after normalisation, with mean fill (else at its
+            stage, black fill).
+        fill: ``[C]`` fill of the late Cutout (network-input units); ``None``: 0 (grey 127.5).
+    Raises:
+        ConfigError: ``cutout_last`` with a Cutout range not starting at 0 in a space without
+            ``identity`` (the withheld stage could not be made a no-op).
+    """
+
+    def __init__(self, policy, applier, *, flip: bool, cutout_last: bool, fill: torch.Tensor | None = None):
+        from fulcra.errors import ConfigError
+
+        self.applier, self.flip = applier, bool(flip)
+        ops = list(policy.ops)
+        self.ci = ops.index("cutout") if cutout_last and "cutout" in ops else None
+        self.ii = ops.index("identity") if "identity" in ops else None
+        self.cut = None
+        if self.ci is not None:
+            self.cut = policy.build_ops()[self.ci]
+            if self.ii is None and float(self.cut.magnitude_to_value(torch.zeros(1, dtype=torch.float64))[0]) != 0.0:
+                raise ConfigError(
+                    "cutout_last: the space has no 'identity' and the Cutout range does not start at 0, so a "
+                    "withheld Cutout stage cannot be skipped; set cutout_last=false or add 'identity'"
+                )
+        self.fill = fill
+
+    def __call__(
+        self, images: torch.Tensor, op_index: torch.Tensor, magnitude: torch.Tensor, generator
+    ) -> torch.Tensor:
+        """``images`` ``[B, C, H, W]`` (uint8 or float in [0, 1]), ``op_index``/``magnitude`` ``[B, K]``
+        -> float network input ``[B, C, H, W]``. All randomness from ``generator``."""
+        mags = magnitude.clamp(0, 1)
+        idx = op_index
+        if self.ci is not None:
+            is_cut = op_index == self.ci  # [B, K]
+            if self.ii is not None:
+                idx = torch.where(is_cut, torch.full_like(op_index, self.ii), op_index)
+            else:
+                mags = torch.where(is_cut, torch.zeros_like(mags), mags)
+        x = self.applier(images, idx, mags, generator)
+        if self.flip:
+            f = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+            x = torch.where(f.view(-1, 1, 1, 1), x.flip(-1), x)
+        x = to_input(x)
+        if self.ci is not None:
+            K = is_cut.shape[1]
+            has = is_cut.any(1)  # [B]
+            last = (K - 1) - is_cut.flip(1).to(torch.int8).argmax(1)  # last stage that drew Cutout
+            m = magnitude.clamp(0, 1).gather(1, last.view(-1, 1)).view(-1)
+            box = self.cut.sample_params(x, m, generator)
+            B, C, H, W = x.shape
+            t, lft = box["top"].view(B, 1, 1), box["left"].view(B, 1, 1)
+            h, w = box["height"].view(B, 1, 1), box["width"].view(B, 1, 1)
+            ys = torch.arange(H, device=x.device).view(1, H, 1)
+            xs = torch.arange(W, device=x.device).view(1, 1, W)
+            inside = (ys >= t) & (ys < t + h) & (xs >= lft) & (xs < lft + w) & has.view(B, 1, 1)
+            fill = self.fill if self.fill is not None else torch.zeros(C)
+            x = torch.where(inside.unsqueeze(1), fill.to(x.device, x.dtype).view(1, C, 1, 1), x)
+        return x
+
+
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device, batch: int = 512) -> float:
     """Top-1 accuracy of ``model`` (eval mode) on uint8 ``images`` ``[N, C, H, W]``."""
     model.eval()
@@ -108,6 +202,7 @@ def train_with_policy(
     momentum: float = 0.9,
     seed: int = 0,
     flip: bool = False,
+    cutout_last: bool = False,
     device=None,
     ckpt_path: str | Path | None = None,
     ckpt_every: int = 0,
@@ -115,16 +210,22 @@ def train_with_policy(
     stage: str | None = None,
 ) -> nn.Module:
     """SGD (Nesterov, cosine schedule) for ``steps`` steps with one composite augmentation per image
-    from ``policy`` (``None``: no augmentation), then an optional random horizontal flip: the
+    from ``policy`` (``None``: no augmentation), then an optional random horizontal flip, and with
+    ``cutout_last`` a sampled Cutout applied last with mean fill (:class:`MethodAugment`): the
     evaluation training of a policy, on :class:`fulcra.engine.Trainer` (this process only, even
     under ``torchrun``). With ``ckpt_path`` a run killed mid-training resumes to the same weights.
     Deterministic for a seed."""
     device = torch.device(device or "cpu")
-    aug = policy.augmenter() if policy is not None else None
+    aug = (
+        MethodAugment(policy, policy.augmenter(), flip=flip, cutout_last=cutout_last, fill=channel_mean(images))
+        if policy is not None
+        else None
+    )
 
     def transform(x, y, g):
         if aug is not None:
-            x = policy.augment(x, g, aug)
+            idx, mags = policy.sample(x.shape[0], g, x.device)
+            return aug(x, idx, mags, g), y
         if flip:
             f = torch.rand(x.shape[0], generator=g, device=x.device) < 0.5
             x = torch.where(f.view(-1, 1, 1, 1), x.flip(-1), x)

@@ -13,8 +13,15 @@ validation gradient ``v`` as weights. Convolutions sum the other way round: thei
 are computed per group (``⟨v_W, ∇_W l_τ⟩``), which the model gradient needs anyway, so the B_aug
 weights cost about one ordinary backward instead of the double backward.
 
-Supported parametrised modules: ``Conv2d``, ``Linear``, ``BatchNorm2d`` (affine); a model with any
-other parametrised module raises ``NotImplementedError`` (use ``formulation="double_backward"``).
+With per-group gradient clipping (``clip > 0``, the official code's norm 5) the weights need each
+group's full gradient norm ``‖∇_θ l_τ‖`` before θ̂ exists, so every parameter's gradient is formed
+per group (convs by their weight-only backward, Linear by one batched product, BatchNorm and
+biases by reductions; B_aug parameter-sized copies); the model gradient is then
+``mean_τ c_τ ∇_θ l_τ`` and the weights ``c_τ vᵀ ∇_θ l_τ``.
+
+Supported parametrised modules: ``Conv2d`` (zero padding), ``Linear``, ``BatchNorm2d`` (affine);
+any other makes :func:`supports_layerwise` false (the search then refuses ``layerwise`` for a model
+with BatchNorm, and uses ``double_backward`` for one without).
 """
 
 from __future__ import annotations
@@ -32,9 +39,12 @@ _SUPPORTED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
 
 
 def supports_layerwise(model: nn.Module) -> bool:
-    """Whether every module owning parameters is a Conv2d, Linear or BatchNorm2d."""
+    """Whether every module owning parameters is a Conv2d (zero padding, numeric), Linear or
+    BatchNorm2d."""
     for m in model.modules():
         if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, _SUPPORTED):
+            return False
+        if isinstance(m, nn.Conv2d) and (m.padding_mode != "zeros" or isinstance(m.padding, str)):
             return False
     return True
 
@@ -99,9 +109,10 @@ def grouped_batchnorm(model: nn.Module, groups: int, store: dict | None = None):
 GROUP_GRAD_BYTES = 512 * 2**20
 
 
-def _split_convs(model: nn.Module, conv_out: dict, n_aug: int) -> list:
+def _split_convs(model: nn.Module, conv_out: dict, n_aug: int, force: bool = False) -> list:
     """The convs whose weight gradient is computed per group (all trainable zero-padded convs that
-    ran once with a grad-requiring output), or ``[]`` when that would exceed ``GROUP_GRAD_BYTES``."""
+    ran once with a grad-requiring output), or ``[]`` when that would exceed ``GROUP_GRAD_BYTES``
+    (unless ``force``: per-group clipping needs them whatever their size)."""
     convs = [
         m
         for m in model.modules()
@@ -113,7 +124,7 @@ def _split_convs(model: nn.Module, conv_out: dict, n_aug: int) -> list:
         and m.padding_mode == "zeros"
     ]
     size = sum(m.weight.numel() * m.weight.element_size() for m in convs) * n_aug
-    return convs if size <= GROUP_GRAD_BYTES else []
+    return convs if force or size <= GROUP_GRAD_BYTES else []
 
 
 def _group_weight_grads(m: nn.Conv2d, a: torch.Tensor, d: torch.Tensor, n_aug: int) -> torch.Tensor:
@@ -140,10 +151,54 @@ def _group_weight_grads(m: nn.Conv2d, a: torch.Tensor, d: torch.Tensor, n_aug: i
     return torch.stack(out)
 
 
+def _group_param_grads(model, pname, inputs, grads_out, bn_out, xhats, group_grads, n_aug) -> dict:
+    """``{name: [n_aug, *shape]}``: each parameter's gradient of ``L = mean_τ l_τ`` restricted to
+    each group's samples (= ∇ l_τ / n_aug), from the saved layer inputs and output gradients."""
+    out: dict = {}
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m in grads_out:
+            d = grads_out[m]
+            if m in group_grads and pname.get(m.weight) is not None:
+                out[pname[m.weight]] = group_grads[m]
+            if m.bias is not None and pname.get(m.bias) is not None:
+                out[pname[m.bias]] = d.sum(dim=(2, 3)).view(n_aug, -1, d.shape[1]).sum(1)
+        elif isinstance(m, nn.Linear) and m in grads_out:
+            d = grads_out[m].reshape(n_aug, -1, m.out_features)
+            a = inputs[m].reshape(n_aug, -1, m.in_features)
+            if pname.get(m.weight) is not None:
+                out[pname[m.weight]] = torch.bmm(d.transpose(1, 2), a)
+            if m.bias is not None and pname.get(m.bias) is not None:
+                out[pname[m.bias]] = d.sum(1)
+        elif isinstance(m, nn.BatchNorm2d) and m.affine and m in bn_out:
+            d = bn_out[m]
+            C = d.shape[1]
+            if pname.get(m.weight) is not None:
+                out[pname[m.weight]] = _xhat_dot(xhats[m], d).view(n_aug, -1, C).sum(1)
+            if pname.get(m.bias) is not None:
+                out[pname[m.bias]] = d.sum(dim=(2, 3)).view(n_aug, -1, C).sum(1)
+    return out
+
+
 def layerwise_hypergradient(
-    model, policy, logits, mu, x_aug, y_aug, op_index, magnitude, x_val, y_val, eta, loss_fn=F.cross_entropy
+    model,
+    policy,
+    logits,
+    mu,
+    x_aug,
+    y_aug,
+    op_index,
+    magnitude,
+    x_val,
+    y_val,
+    eta,
+    loss_fn=F.cross_entropy,
+    clip: float = 0.0,
+    val_clip: float = 0.0,
 ):
-    """Same contract as :func:`fulcra_plugins.slack.slack.hypergradient`, per-group BatchNorm."""
+    """Same contract as :func:`fulcra_plugins.slack.slack.hypergradient` (``clip``, ``val_clip``
+    included), per-group BatchNorm."""
+    from .slack import clip_each
+
     n_aug = op_index.shape[0]
     N = x_aug.shape[0]
     per_group = N // n_aug
@@ -178,7 +233,7 @@ def layerwise_hypergradient(
             per = loss_fn(model(x_aug), y_aug, reduction="none").view(n_aug, -1).mean(1)
             L = per.mean()
             names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
-            split = _split_convs(model, conv_out, n_aug)
+            split = _split_convs(model, conv_out, n_aug, force=clip > 0)
             if split:
                 # conv weight gradients per augmentation group (below) instead of inside the backward:
                 # their sum is the model gradient and their dot with v the conv part of w_τ, which
@@ -200,16 +255,31 @@ def layerwise_hypergradient(
         for h in handles:
             h.remove()
         conv_out.clear()
+    pname = {p: n for n, p in model.named_parameters()}
+    coef = None
+    if clip > 0:
+        # each group's full gradient ∇ l_τ = n_aug · (its share of ∇L): norms, then the clipped mean
+        shares = _group_param_grads(model, pname, inputs, grads_out, bn_out, xhats, group_grads, n_aug)
+        missing = [n for n in names if n not in shares]
+        if missing:
+            raise NotImplementedError(f"layerwise: no per-group gradient for parameter(s) {missing[:3]}")
+        sq = sum(shares[n].double().pow(2).flatten(1).sum(1) for n in names) * float(n_aug) ** 2
+        coef = torch.clamp(clip / (sq.sqrt() + 1e-6), max=1.0).to(x_aug.dtype)  # c_τ, [n_aug]
+        g = tuple((shares[n] * coef.view(-1, *[1] * (shares[n].dim() - 1))).sum(0) for n in names)
     theta_hat = {n: (p.detach() - eta * gi).requires_grad_(True) for n, p, gi in zip(names, params, g)}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     val_loss = loss_fn(functional_call(model, {**theta_hat, **buffers}, (x_val,)), y_val, reduction="mean")
-    v = dict(zip(names, torch.autograd.grad(val_loss, list(theta_hat.values()))))
-    pname = {p: n for n, p in model.named_parameters()}
+    v = dict(zip(names, clip_each(torch.autograd.grad(val_loss, list(theta_hat.values())), val_clip)))
 
     w = torch.zeros(N, dtype=x_aug.dtype, device=x_aug.device)  # per-sample contributions
     w_groups = torch.zeros(n_aug, dtype=x_aug.dtype, device=x_aug.device)  # per-group contributions
     with torch.no_grad():
-        for m in model.modules():
+        if coef is not None:
+            # (1/B_aug) c_τ vᵀ ∇ l_τ straight from the per-group gradients
+            for n in names:
+                w_groups += shares[n].flatten(1) @ v[n].flatten()
+            w_groups *= coef
+        for m in model.modules() if coef is None else ():
             if isinstance(m, nn.Conv2d) and m in grads_out:
                 vw = v.get(pname.get(m.weight))
                 d = grads_out[m]

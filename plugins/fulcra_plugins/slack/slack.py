@@ -15,12 +15,20 @@ loss ``l_τ`` is weighted by ``w_τ = 1 + log p_φ(τ) − stop_grad(log p_φ(τ
 ``θ̂``); the validation gradient ``v = ∇_θ l̂_val(θ̂)`` is taken at ``θ̂`` through
 ``torch.func.functional_call`` (one extra parameter-sized tensor set, no module copy); and one
 more backward of ``⟨ĝ_θ, v⟩`` to φ yields exactly ``(1/B_aug) Σ_τ (vᵀ ∇_θ l_τ) ∇_φ log p_φ(τ)``,
-which times ``−η`` is ``Ĝ_φ``. No per-augmentation gradient is ever stored: the B_aug inner
-products come out of a single double-backward (``formulation="double_backward"``; BatchNorm
+which times ``−η`` is ``Ĝ_φ``. Without clipping no per-augmentation gradient is stored: the B_aug
+inner products come out of a single double-backward (``formulation="double_backward"``; BatchNorm
 statistics of the joint ``B_aug × N_t`` batch). The default ``formulation="layerwise"``
 (:mod:`.layerwise`) normalises each augmentation group with its own BatchNorm statistics, as
 separate forward passes would, and gets the same B_aug inner products from the saved layer inputs
 and output gradients of one ordinary backward plus one linear forward with ``v`` as weights.
+
+Groups and stabilisers (Table A.4 "8×128" and the official code): every re-training and search
+step draws one augmentation per group for ``B_aug`` groups of the same ``N_t`` images; each group's
+gradient is clipped to norm ``clip`` (5) and the clipped gradients averaged (the REINFORCE weights
+then use them: ``c_τ vᵀ ∇_θ l_τ``); ``v`` is clipped tensor by tensor to ``val_clip`` (5); the policy
+optimiser is rebuilt at every anchor update. ``double_backward`` is used only when asked for a
+model with BatchNorm (its joint-batch statistics are not the method's), or for a model without
+batch statistics, where it is the same quantity.
 
 η is the *initial* lower-level learning rate (app. A.2.1), μ's learning rate is π's divided by
 ``mu_lr_divisor`` (40, or 10 without KL), and ``∇_π KL(p_π ‖ p_π̃)`` is the exact closed form.
@@ -43,7 +51,7 @@ from fulcra.engine import atomic_save, dist, load_checkpoint, make_scheduler, st
 from fulcra.errors import ConfigError
 from fulcra.policy import Policy
 
-from .common import SEARCH_SPACES, as_tensors, batch_indices, to_input
+from .common import SEARCH_SPACES, MethodAugment, as_tensors, batch_indices, channel_mean, to_input
 
 __all__ = ["Slack", "hypergradient"]
 
@@ -61,6 +69,8 @@ def hypergradient(
     y_val: torch.Tensor,
     eta: float,
     loss_fn: Callable[..., torch.Tensor] = F.cross_entropy,
+    clip: float = 0.0,
+    val_clip: float = 0.0,
 ):
     """One batched REINFORCE hypergradient (see the module docstring).
 
@@ -73,6 +83,10 @@ def hypergradient(
         x_val, y_val: validation batch (unaugmented network input, labels).
         eta: the step size of θ̂ = θ − η ĝ_θ.
         loss_fn: ``loss_fn(outputs, targets, reduction=...)`` pointwise loss (cross-entropy).
+        clip: > 0: each group's gradient ``∇_θ l_τ`` is scaled by ``c_τ = min(1, clip / (‖∇_θ l_τ‖ + 1e-6))``
+            (norm over all parameters) before averaging; the REINFORCE weights use the clipped
+            gradients, ``c_τ vᵀ ∇_θ l_τ``. Costs B_aug extra backward passes here (joint BatchNorm).
+        val_clip: > 0: each parameter tensor of ``v`` is scaled to norm at most ``val_clip``.
     Returns:
         ``(g_theta, g_logits, g_mu, train_loss, val_loss)``: the model gradient (list, one per
         parameter), ``Ĝ`` for π and μ (``None`` where not differentiable), and the two losses.
@@ -80,15 +94,20 @@ def hypergradient(
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
     n_aug = op_index.shape[0]
     per = loss_fn(model(x_aug), y_aug, reduction="none").view(n_aug, -1).mean(1)  # l_τ, [B_aug]
+    coef = torch.ones(n_aug, dtype=per.dtype, device=per.device)
+    if clip > 0:
+        for t in range(n_aug):
+            gt = torch.autograd.grad(per[t], params, retain_graph=True, allow_unused=True)
+            coef[t] = clip_coefficient(gt, clip)
     logp = policy.log_prob(op_index, magnitude, logits, mu)
     box = 1.0 + logp - logp.detach()
-    L = (box * per).mean()
+    L = (coef * box * per).mean()
     g = torch.autograd.grad(L, params, create_graph=True)
     theta_hat = {n: (p.detach() - eta * gi.detach()).requires_grad_(True) for n, p, gi in zip(names, params, g)}
     buffers = {n: b.clone() for n, b in model.named_buffers()}  # θ̂'s forward must not move running stats
     out_val = functional_call(model, {**theta_hat, **buffers}, (x_val,))
     val_loss = loss_fn(out_val, y_val, reduction="mean")
-    v = torch.autograd.grad(val_loss, list(theta_hat.values()))
+    v = clip_each(torch.autograd.grad(val_loss, list(theta_hat.values())), val_clip)
     inner = sum((gi * vi).sum() for gi, vi in zip(g, v))
     leaves = [t for t in (logits, mu) if t.requires_grad]
     grads = torch.autograd.grad(inner, leaves, allow_unused=True) if leaves else []
@@ -98,6 +117,26 @@ def hypergradient(
     g_logits = None if g_logits is None else -eta * g_logits
     g_mu = None if g_mu is None else -eta * g_mu
     return [gi.detach() for gi in g], g_logits, g_mu, float(per.detach().mean()), float(val_loss.detach())
+
+
+def clip_coefficient(grads, max_norm: float) -> torch.Tensor:
+    """``min(1, max_norm / (‖grads‖ + 1e-6))``, the norm over all tensors together (the official
+    code's per-group clipping; ``None`` entries count as zeros)."""
+    sq = sum(0.0 if gi is None else gi.detach().double().pow(2).sum() for gi in grads)
+    norm = torch.as_tensor(sq, dtype=torch.float64).sqrt()
+    return torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+
+
+def clip_each(tensors, max_norm: float) -> list:
+    """Each tensor scaled to norm at most ``max_norm`` (the official code's clipping of the
+    validation gradient, parameter tensor by parameter tensor); ``max_norm <= 0``: unchanged."""
+    if max_norm <= 0:
+        return list(tensors)
+    out = []
+    for t in tensors:
+        c = torch.clamp(max_norm / (t.detach().double().norm() + 1e-6), max=1.0)
+        out.append(t * c.to(t.dtype))
+    return out
 
 
 class Slack:
@@ -117,8 +156,17 @@ class Slack:
         rounds: n_rounds of cold-started search.
         retrain_steps: n_retrain plain model steps at the start of each round.
         unrolled_steps: n_total − n_retrain alternating model/policy steps per round.
-        batch_size: N_t training images per step (and N_v validation images).
-        b_aug: B_aug augmentations per policy step.
+        batch_size: N_t training images per group (and N_v validation images); Table A.4's "8×128"
+            is ``b_aug=8, batch_size=128``.
+        b_aug: B_aug augmentation groups per re-training and search step: one composite augmentation
+            is drawn per group and applied to all N_t images of the step's batch.
+        clip: each group's training gradient is clipped to this norm before the groups are averaged
+            (official code: 5; 0: off).
+        val_clip: the validation gradient is clipped to this norm, tensor by tensor (official: 5; 0: off).
+        flip: random horizontal flip after the policy at every step (the method's default for its
+            natural-image benchmarks; wrong for digits and text).
+        cutout_last: a sampled Cutout is applied last, after flip and normalisation, with the
+            training images' mean as fill (official code); False: at its stage, black fill.
         lower_lr: initial lower-level learning rate (also η).
         upper_lr: π's learning rate α.
         mu_lr_divisor: μ's learning rate is ``upper_lr / mu_lr_divisor`` (0: 40 with KL, 10 without).
@@ -132,10 +180,12 @@ class Slack:
             anchor, Table A.7): one round of ``unrolled_steps`` without cold starts.
         learn_pi: update π (Table 3.6 ablation).
         learn_mu: update μ (Table 3.6 ablation).
-        formulation: how the B_aug REINFORCE weights are computed, both exact: ``layerwise`` (one
-            backward + one linear forward, BatchNorm statistics per augmentation group; needs a model
-            made of Conv2d/Linear/BatchNorm2d, else falls back) or ``double_backward`` (any model,
-            BatchNorm over the joint batch).
+        formulation: how the B_aug REINFORCE weights are computed: ``layerwise`` (the method: each
+            augmentation group normalised by its own BatchNorm statistics, as separate forward
+            passes would; one backward; needs a model made of Conv2d/Linear/BatchNorm2d) or
+            ``double_backward`` (any model, but BatchNorm over the joint B_aug × N_t batch: a
+            different quantity when the model has BatchNorm, so it is used only when asked for; a
+            model without batch statistics gets it automatically, where it is the same quantity).
         checkpoint_every: steps between checkpoints (a killed search resumes from the last one).
         history_every: steps between recorded π snapshots (Fig. A.1).
     """
@@ -155,6 +205,10 @@ class Slack:
         unrolled_steps: int = 400,
         batch_size: int = 128,
         b_aug: int = 8,
+        clip: float = 5.0,
+        val_clip: float = 5.0,
+        flip: bool = True,
+        cutout_last: bool = True,
         lower_lr: float = 0.1,
         upper_lr: float = 1.0,
         mu_lr_divisor: float = 0.0,
@@ -213,6 +267,10 @@ class Slack:
         ):
             if value < low:
                 raise ConfigError(f"policy_optimizers 'slack': key {key!r} must be >= {low}, got {value}")
+        self.clip, self.val_clip = float(clip), float(val_clip)
+        if self.clip < 0 or self.val_clip < 0:
+            raise ConfigError("policy_optimizers 'slack': keys 'clip' and 'val_clip' must be >= 0 (0: off)")
+        self.flip, self.cutout_last = bool(flip), bool(cutout_last)
         self.lower_lr, self.upper_lr = float(lower_lr), float(upper_lr)
         if pretrain_epochs < 0 or pretrain_lr < 0:
             raise ConfigError("policy_optimizers 'slack': pretrain_epochs and pretrain_lr must be >= 0")
@@ -278,28 +336,21 @@ class Slack:
         policy = self.initial_policy()
         logits = policy.logits.clone().to(device).requires_grad_(self.learn_pi)
         mu = policy.mu.clone().to(device).requires_grad_(self.learn_mu)
-        upper = torch.optim.SGD(
-            [{"params": [logits], "lr": self.upper_lr}, {"params": [mu], "lr": self.upper_lr / self.mu_lr_divisor}],
-            lr=self.upper_lr,
-            momentum=self.upper_momentum,
-        )
+
+        def make_upper():
+            return torch.optim.SGD(
+                [
+                    {"params": [logits], "lr": self.upper_lr},
+                    {"params": [mu], "lr": self.upper_lr / self.mu_lr_divisor},
+                ],
+                lr=self.upper_lr,
+                momentum=self.upper_momentum,
+            )
+
+        upper = make_upper()
         torch.manual_seed(seed)
         model = model_factory().to(device).train()
-        if self.formulation == "layerwise":
-            from .layerwise import supports_layerwise
-
-            if not supports_layerwise(model) and getattr(ctx, "is_main", True):
-                # not silent: the fallback computes BatchNorm over the joint B_aug x N_t batch, a
-                # slightly different quantity than the method's per-group statistics
-                msg = (
-                    f"policy_optimizers.slack: formulation=layerwise needs a model made of Conv2d, Linear and "
-                    f"BatchNorm2d; {type(model).__name__} has other parametrised modules, so the search uses "
-                    "formulation=double_backward (BatchNorm over the joint B_aug x N_t batch)"
-                )
-                if hooks is not None and hasattr(hooks, "message"):
-                    hooks.message(msg)
-                else:
-                    print(f"[search] {msg}", flush=True)
+        self._use_layerwise = self._choose_formulation(model, hooks, getattr(ctx, "is_main", True))
         opt, sched = self._lower_opt(model, max(self.pretrain_steps, 1), self.pretrain_lr)
         state = {"phase": "pretrain", "step": 0, "round": 0, "j": 0, "history": [policy.probs().tolist()]}
         anchor = logits.detach().clone()
@@ -336,8 +387,10 @@ class Slack:
                 hooks.checkpoint(path=str(ckpt_path), step=state["step"])
 
         pre_policy = self.initial_policy()
-        pre_aug = pre_policy.augmenter()
-        aug = pre_aug  # same ops and ranges: the applier does not depend on π or μ
+        # same ops and ranges throughout: the applier does not depend on π or μ
+        pre_aug = aug = MethodAugment(
+            pre_policy, pre_policy.augmenter(), flip=self.flip, cutout_last=self.cutout_last, fill=channel_mean(Xtr)
+        )
         theta0_path = work / f"pretrained_rank{rank}.pt"
 
         # --- pre-training with the uniform policy (line 2) --------------------------------------
@@ -366,12 +419,13 @@ class Slack:
                     model.load_state_dict(theta0)  # line 4: cold start
                 opt, sched = self._lower_opt(model, n_total)
                 anchor = torch.zeros_like(logits.detach()) if self.unrolled else logits.detach().clone()  # line 5
+                upper = make_upper()  # the official code rebuilds the outer optimiser (momentum) at each anchor
                 state["j"] = 0
             while state["j"] < n_total:
                 j = state["j"]
                 cur = Policy(self.ops, logits.detach().cpu(), mu.detach().cpu(), policy.ranges, policy.sigma)
                 if j < self.retrain_steps:
-                    loss = self._plain_step(model, opt, sched, cur, aug, Xtr, Ytr, seed, (2, i, j), device)
+                    loss = self._retrain_step(model, opt, sched, cur, aug, Xtr, Ytr, seed, (2, i, j), device)
                     metrics = {"round": i, "retrain_loss": loss}
                 else:
                     metrics = self._bilevel_step(
@@ -415,6 +469,34 @@ class Slack:
         return Policy(self.ops, logits.detach().cpu(), mu.detach().cpu(), policy.ranges, policy.sigma)
 
     # ----------------------------------------------------------------------------------------------
+    def _choose_formulation(self, model, hooks=None, is_main: bool = True) -> bool:
+        """Whether the search steps use the layerwise formulation; an unsupported model with
+        BatchNorm is an error (the joint-batch statistics of ``double_backward`` are not the
+        method's), one without batch statistics falls back with one line (the same quantity)."""
+        if self.formulation != "layerwise":
+            return False
+        from .layerwise import supports_layerwise
+
+        if supports_layerwise(model):
+            return True
+        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            raise ConfigError(
+                f"policy_optimizers.slack: formulation=layerwise (per-group BatchNorm, the method) needs a model "
+                f"made of Conv2d (zero padding), Linear and BatchNorm2d; {type(model).__name__} has other "
+                "parametrised modules. Set formulation=double_backward to search with BatchNorm statistics of "
+                "the joint B_aug x N_t batch instead"
+            )
+        if is_main:
+            msg = (
+                f"policy_optimizers.slack: {type(model).__name__} is not layerwise-capable and has no BatchNorm, "
+                "so the search uses formulation=double_backward (the same quantity without batch statistics)"
+            )
+            if hooks is not None and hasattr(hooks, "message"):
+                hooks.message(msg)
+            else:
+                print(f"[search] {msg}", flush=True)
+        return False
+
     def _round_steps(self) -> int:
         return self.retrain_steps + self.unrolled_steps
 
@@ -429,18 +511,55 @@ class Slack:
         return opt, make_scheduler(opt, steps)
 
     def _plain_step(self, model, opt, sched, policy, aug, X, Y, seed, key, device) -> float:
-        """One lower-level step: each image of an N_t batch gets its own composite augmentation."""
+        """One pre-training step (the evaluation's setting, §3.4.1): each image of an N_t batch gets
+        its own composite augmentation."""
         step = key[-1] + 100003 * sum(key[:-1])
         idx = batch_indices(X.shape[0], self.batch_size, seed, step)
         x, y = X[idx].to(device), Y[idx].to(device)
         g = step_generator(seed, *key, device=device)
-        x = policy.augment(x, g, aug)
-        loss = F.cross_entropy(model(to_input(x)), y)
+        op_index, mags = policy.sample(x.shape[0], g, device)
+        loss = F.cross_entropy(model(aug(x, op_index, mags, g)), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         return float(loss.detach())
+
+    def _group_batch(self, cur, aug, X, Y, seed, key, device):
+        """The step's N_t images, B_aug augmentations drawn from ``cur`` (one per group) and the
+        ``[B_aug * N_t]`` group-major network input."""
+        step = key[-1] + 100003 * sum(key[:-1])
+        idx = batch_indices(X.shape[0], self.batch_size, seed, step)
+        x, y = X[idx].to(device), Y[idx].to(device)
+        g = step_generator(seed, *key, device=device)
+        op_index, mags = cur.sample(self.b_aug, g, device)
+        n_t = x.shape[0]
+        x_aug = aug(
+            x.repeat(self.b_aug, 1, 1, 1), op_index.repeat_interleave(n_t, 0), mags.repeat_interleave(n_t, 0), g
+        )
+        return x_aug, y.repeat(self.b_aug), op_index, mags, step, g
+
+    def _retrain_step(self, model, opt, sched, cur, aug, X, Y, seed, key, device) -> float:
+        """One re-training step (Table A.4 "8×128"): B_aug groups of the same N_t images, one
+        composite augmentation per group, each group's gradient from its own forward pass (its own
+        BatchNorm statistics) clipped to norm ``clip``, the clipped gradients averaged."""
+        x_aug, y_aug, *_ = self._group_batch(cur, aug, X, Y, seed, key, device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        total = [torch.zeros_like(p) for p in params]
+        losses = []
+        for xg, yg in zip(x_aug.chunk(self.b_aug), y_aug.chunk(self.b_aug)):
+            loss = F.cross_entropy(model(xg), yg)
+            gt = torch.autograd.grad(loss, params, allow_unused=True)
+            c = clip_coefficient(gt, self.clip) if self.clip > 0 else None
+            for t, gi in zip(total, gt):
+                if gi is not None:
+                    t.add_(gi if c is None else gi * c.to(gi.dtype))
+            losses.append(float(loss.detach()))
+        for p, t in zip(params, total):
+            p.grad = t / self.b_aug
+        opt.step()
+        sched.step()
+        return sum(losses) / len(losses)
 
     def _bilevel_step(
         self,
@@ -464,36 +583,32 @@ class Slack:
         device,
         world,
     ) -> dict:
-        """Lines 7-11: model step on B_aug × N_t augmented images, then the policy step."""
-        step = key[-1] + 100003 * sum(key[:-1])
-        idx = batch_indices(Xtr.shape[0], self.batch_size, seed, step)
+        """Lines 7-11: model step on B_aug × N_t augmented images (per-group clipped gradients,
+        averaged), then the policy step (validation gradient clipped)."""
+        x_aug, y_aug, op_index, mags, step, g = self._group_batch(cur, aug, Xtr, Ytr, seed, key, device)
         vidx = batch_indices(Xva.shape[0], self.batch_size, seed + 1, step)
-        x, y = Xtr[idx].to(device), Ytr[idx].to(device)
-        g = step_generator(seed, *key, device=device)
-        op_index, mags = cur.sample(self.b_aug, g, device)
-        n_t = x.shape[0]
-        rep_idx = op_index.repeat_interleave(n_t, dim=0)
-        rep_mag = mags.clamp(0, 1).repeat_interleave(n_t, dim=0)
-        x_aug = aug(x.repeat(self.b_aug, 1, 1, 1), rep_idx, rep_mag, g)
-        y_aug = y.repeat(self.b_aug)
+        use_layerwise = getattr(self, "_use_layerwise", None)
+        if use_layerwise is None:
+            use_layerwise = self._use_layerwise = self._choose_formulation(model)
         fn = hypergradient
-        if self.formulation == "layerwise":
-            from .layerwise import layerwise_hypergradient, supports_layerwise
+        if use_layerwise:
+            from .layerwise import layerwise_hypergradient
 
-            if supports_layerwise(model):
-                fn = layerwise_hypergradient
+            fn = layerwise_hypergradient
         g_theta, g_logits, g_mu, tr_loss, va_loss = fn(
             model,
             policy,
             logits,
             mu,
-            to_input(x_aug),
+            x_aug,
             y_aug,
             op_index,
             mags,
             to_input(Xva[vidx].to(device)),
             Yva[vidx].to(device),
             eta,
+            clip=self.clip,
+            val_clip=self.val_clip,
         )
         # model step (line 8) with the gradient of the same batch
         for p, gi in zip([p for p in model.parameters() if p.requires_grad], g_theta):

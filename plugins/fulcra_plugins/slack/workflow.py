@@ -53,6 +53,19 @@ def _label(node) -> str:
     return label if defaults == "none" else f"{label}_{defaults}"
 
 
+def _search_node(cfg) -> Any:
+    """The optimizer node, with the workflow's ``flip`` / ``cutout_last`` given to a ``slack``
+    search that does not set its own, so that search and evaluation augment alike."""
+    node = _node(cfg.optimizer)
+    if isinstance(node, str):
+        node = {"name": node}
+    node = dict(node)
+    if node.get("name") == "slack":
+        node.setdefault("flip", bool(cfg.flip))
+        node.setdefault("cutout_last", bool(cfg.cutout_last))
+    return node
+
+
 class SearchWorkflow:
     """SLACK end to end: split the training data 0.5/0.5, search a policy, train from scratch with it
     and with each baseline over seeds, report test accuracy as mean ± 95% CI in one table."""
@@ -87,7 +100,19 @@ class SearchWorkflow:
         eval_lr: float = field(default=0.1, metadata={"help": "evaluation SGD learning rate (cosine schedule)"})
         eval_weight_decay: float = field(default=5e-4, metadata={"help": "evaluation weight decay"})
         flip: bool = field(
-            default=False, metadata={"help": "random horizontal flip by default (True for natural images)"}
+            default=False,
+            metadata={
+                "help": "random horizontal flip after the policy, in the evaluation training and in a slack search "
+                "whose optimizer node does not set its own (the method: True for its natural-image benchmarks; "
+                "False, the default, for digits)"
+            },
+        )
+        cutout_last: bool = field(
+            default=True,
+            metadata={
+                "help": "a sampled Cutout is applied last, after flip and normalisation, with the training mean "
+                "as fill (the official code), in evaluation and in a slack search that does not set its own"
+            },
         )
         include_no_augmentation: bool = field(
             default=True, metadata={"help": "also evaluate training without augmentation"}
@@ -109,7 +134,7 @@ class SearchWorkflow:
         if self.cfg.policy:
             _given_policy(self.cfg.policy)
         else:
-            fulcra.create("policy_optimizers", _node(self.cfg.optimizer))
+            fulcra.create("policy_optimizers", _search_node(self.cfg))
         for b in self.cfg.baselines:
             fulcra.create("policy_optimizers", _node(b))
         fulcra.create("datasets", _node(self.cfg.data))
@@ -138,7 +163,7 @@ class SearchWorkflow:
         d_train = TensorSplit(Xtr[perm[n_val:]], Ytr[perm[n_val:]])
 
         # --- search --------------------------------------------------------------------------------
-        opt_node = _node(cfg.optimizer)
+        opt_node = _search_node(cfg)
         policy_path = out / "policy.json"
         done_flag = out / "search" / "DONE"
         common = {
@@ -233,6 +258,7 @@ class SearchWorkflow:
                 ("eval_lr", cfg.eval_lr),
                 ("eval_weight_decay", cfg.eval_weight_decay),
                 ("flip", cfg.flip),
+                ("cutout_last", cfg.cutout_last),
             )
         }
         for name, pol in methods.items():
@@ -264,6 +290,7 @@ class SearchWorkflow:
                     weight_decay=cfg.eval_weight_decay,
                     seed=seed,
                     flip=cfg.flip,
+                    cutout_last=cfg.cutout_last,
                     device=device,
                     ckpt_path=ckpt,
                     hooks=ctx.hooks,
