@@ -378,7 +378,9 @@ class Refiner(Protocol):
     - ``weights``: ``[N]`` float32 per-primitive rendering-weight sums from the uplift over all views
       (how well each primitive is seen), or ``None``;
     - ``reference_weights``: ``[N]`` float32 rendering weights of the reference view alone (segment
-      routes), or absent.
+      routes), or absent;
+    - ``negative``: ``[N, Q]`` (or ``[N]``) non-negative uplifted negative prompt ``Wᵀ M-`` of the
+      same view (negative scribbles or clicks, segment routes), passed only when the user gave one.
 
     The workflows binarise the result by the reference-view protocol (``fulcra_plugins.ludvig.reference``:
     the threshold whose rendered selection best matches the reference mask), or, without a reference

@@ -114,6 +114,7 @@ def feature_scorer(
     C: float = 0.01,
     max_samples: int = 50_000,
     seed: int = 0,
+    negative: torch.Tensor | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The score ``P`` of C.1.2, learnt from the reference view.
 
@@ -122,6 +123,9 @@ def feature_scorer(
         foreground: ``[M]`` bool, the prompt's pixels.
         kind: ``scribble`` -> cosine similarity to the mean foreground feature, mapped to [0, 1];
             ``mask`` -> probability of a logistic regression (balanced classes) trained on all pixels.
+        negative: ``[M]`` bool negative scribbles (``scribble`` only): the score becomes the
+            similarity to the positives minus the similarity to the negatives, as the official
+            code's ``scribble_3d_similarities``, mapped to [0, 1]: ``(2 + cos(x, m+) - cos(x, m-)) / 4``.
 
     Returns:
         a function mapping features ``[..., D]`` to scores ``[...]`` in [0, 1].
@@ -130,8 +134,19 @@ def feature_scorer(
     fg = foreground.bool().flatten()
     if not bool(fg.any()):
         raise ValueError("the prompt covers no pixel with features (empty scribble or mask)")
+    neg = None if negative is None else negative.bool().flatten() & ~fg
+    if neg is not None and kind != "scribble":
+        raise ValueError("negative scribbles go with a scribble prompt, not a mask")
     if kind == "scribble":
         mean = torch.nn.functional.normalize(f[fg].mean(0), dim=0)
+        if neg is not None and bool(neg.any()):
+            mean_n = torch.nn.functional.normalize(f[neg].mean(0), dim=0)
+
+            def score_pn(x: torch.Tensor) -> torch.Tensor:
+                xn = torch.nn.functional.normalize(x.float(), dim=-1)
+                return 0.25 * (2.0 + xn @ mean.to(x.device) - xn @ mean_n.to(x.device))
+
+            return score_pn
 
         def score(x: torch.Tensor) -> torch.Tensor:
             return 0.5 * (1.0 + torch.nn.functional.normalize(x.float(), dim=-1) @ mean.to(x.device))
@@ -200,7 +215,12 @@ def _reference_pixels(scene, features3d: torch.Tensor, camera: Camera) -> torch.
 
 
 def segment_uplift(
-    scene, features3d: torch.Tensor, camera: Camera, prompt: torch.Tensor, kind: str = "scribble"
+    scene,
+    features3d: torch.Tensor,
+    camera: Camera,
+    prompt: torch.Tensor,
+    kind: str = "scribble",
+    negative: torch.Tensor | None = None,
 ) -> Segmentation3D:
     """Uplifting route: score every Gaussian's uplifted feature with ``P`` learnt on the reference view.
 
@@ -210,11 +230,13 @@ def segment_uplift(
     Args:
         features3d: ``[N, D]`` uplifted features.
         camera: the reference view; ``prompt``: ``[H, W]`` bool scribbles or mask on it.
+        negative: ``[H, W]`` bool negative scribbles (see :func:`feature_scorer`), or None.
     """
     ref = _reference_pixels(scene, features3d, camera)
     alpha = render_alpha(scene, camera).flatten() > 0.5
     fg = torch.as_tensor(prompt).bool().flatten()
-    P = feature_scorer(ref[alpha], fg[alpha], kind)
+    neg = None if negative is None else torch.as_tensor(negative).bool().flatten()[alpha]
+    P = feature_scorer(ref[alpha], fg[alpha], kind, negative=neg)
     return Segmentation3D(scores=P(features3d.to(ref.device)))
 
 
@@ -226,6 +248,7 @@ def segment_diffusion(
     kind: str = "scribble",
     refiner=None,
     weights: torch.Tensor | None = None,
+    negative: torch.Tensor | None = None,
 ) -> Segmentation3D:
     """Uplifting + graph diffusion route (C.1.3): ``g_0`` = the uplifted prompt, refined by ``refiner``.
 
@@ -238,6 +261,9 @@ def segment_diffusion(
             official sample weights of the mask route's logistic regression). ``graph_diffusion``
             caches its graph, so reuse one refiner across prompts of the same scene.
         weights: ``[N]`` rendering-weight sums over all views (pruning of the lightest Gaussians).
+        negative: ``[H, W]`` bool negative scribbles, uplifted as ``Wᵀ M-`` and passed to the
+            refiner as ``negative=`` (the Refiner interface's optional negative prompt; the
+            official code diffuses the signed uplift of positive minus negative scribbles).
 
     Returns:
         ``Segmentation3D`` with the refined ``scores [N]`` and ``g0 [N]``, the uplifted prompt.
@@ -247,8 +273,11 @@ def segment_diffusion(
     # view's weights Wᵀ 1: their ratio is the normalised uplift (Eq. 5.3) that graph_diffusion ranks
     # anchors by, as the thesis and the official code
     g0, w_ref = uplift_mask(scene, camera, torch.as_tensor(prompt).float(), normalize=False)
+    kw: dict = {}
+    if negative is not None:
+        kw["negative"] = uplift_mask(scene, camera, torch.as_tensor(negative).float(), normalize=False)[0][:, None]
     scores = refiner.refine(
-        scene_positions(scene), features3d, g0[:, None], prompt=kind, weights=weights, reference_weights=w_ref
+        scene_positions(scene), features3d, g0[:, None], prompt=kind, weights=weights, reference_weights=w_ref, **kw
     )
     return Segmentation3D(scores=torch.as_tensor(scores)[:, 0].float(), g0=g0, weights=weights)
 
@@ -466,6 +495,7 @@ def segment_with_reference(
     rule: str = "mean",
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    negative: torch.Tensor | None = None,
 ):
     """One segmentation route under the reference-view protocol (:mod:`.reference`).
 
@@ -479,6 +509,7 @@ def segment_with_reference(
         reference: where ``target`` came from, for ``results.json``.
         cameras, images, extractor, tau, rule: the SAM route (:func:`segment_sam`); an extractor with
             ``mask="all"`` has SAM's mask index chosen on ``target``.
+        negative: ``[H, W]`` bool negative scribbles on ``ref`` (uplift and diffusion routes), or None.
 
     Returns:
         ``(Segmentation3D, Tuning)``: the chosen scores and what the protocol chose.
@@ -492,7 +523,7 @@ def segment_with_reference(
     if method == "uplift":
 
         def route(p):
-            return segment_uplift(scene, features, ref, prompt, kind).scores
+            return segment_uplift(scene, features, ref, prompt, kind, negative).scores
 
     elif method == "diffusion":
         refiner = build_refiner(refiner)
@@ -504,12 +535,14 @@ def segment_with_reference(
 
         def route(p):
             seg = segment_diffusion(
-                scene, features, ref, prompt, kind, refiner.with_params(**p) if p else refiner, weights
+                scene, features, ref, prompt, kind, refiner.with_params(**p) if p else refiner, weights, negative
             )
             extra["g0"] = seg.g0
             return seg.scores
 
     elif method == "sam":
+        if negative is not None:
+            raise ValueError("negative scribbles go with method=uplift or diffusion, not sam")
         seg = segment_sam(scene, cameras, images, ref, prompt, extractor, tau=tau, progress=progress, rule=rule)
         S = seg.scores
         extra.update(weights=seg.weights, prompts=seg.prompts)

@@ -54,6 +54,7 @@ class SegmentAnswer:
         seg: the :class:`.segmentation.Segmentation3D` (per-Gaussian ``scores [N]``).
         tuning: what the reference-view protocol chose (:class:`.reference.Tuning`).
         source: where the reference mask came from (``""``: none, the fallback rule).
+        negative: ``[H, W]`` bool negative scribbles on ``ref``, or None.
     """
 
     ref: Any
@@ -62,6 +63,7 @@ class SegmentAnswer:
     seg: Any
     tuning: Any
     source: str = ""
+    negative: torch.Tensor | None = None
 
     @property
     def scores(self) -> torch.Tensor:
@@ -169,6 +171,13 @@ class SegmentSession:
 
         return reference_prompt(pc, self.by_name)
 
+    def negative(self, pc: Any, ref: Any, kind: str) -> torch.Tensor | None:
+        """The negative scribbles of a ``prompt`` node on ``ref`` (``prompt.negative``,
+        ``prompt.negative_clicks``), checked as ``fulcra run segment`` checks them; None without."""
+        from .workflows import negative_prompt
+
+        return negative_prompt(pc, ref, kind)
+
     def reference_target(self, ref: Any, prompt: torch.Tensor, kind: str) -> tuple[torch.Tensor | None, str]:
         """The reference mask the protocol tunes on and where it came from: the prompt mask, the
         user's own (``prompt.reference``) or SAM's from the scribbles (``reference_extractor``);
@@ -200,8 +209,10 @@ class SegmentSession:
         kind: str,
         target: torch.Tensor | None = None,
         source: str = "",
+        negative: torch.Tensor | None = None,
     ) -> SegmentAnswer:
-        """Segment one prompt with the configured route under the reference-view protocol."""
+        """Segment one prompt with the configured route under the reference-view protocol
+        (``negative``: ``[H, W]`` bool negative scribbles, for the uplift and diffusion routes)."""
         from . import reference as R
         from .segmentation import segment_with_reference
 
@@ -209,6 +220,10 @@ class SegmentSession:
         cfg, method, scene = self.cfg, self.method, self.scene
         if target is None:
             self.log(R.FALLBACKS[method])
+        if negative is not None and method in ("sam", "geometry"):
+            raise ConfigError(
+                f"segment: negative prompts go with method=uplift or method=diffusion, not method={method} (drop prompt.negative / prompt.negative_clicks)"
+            )
         if method == "sam":
             if getattr(self.extractor, "dim", 1) not in (1, 3):
                 raise ConfigError(
@@ -260,8 +275,9 @@ class SegmentSession:
                 reference=source,
                 search=cfg.search,
                 log=self.log,
+                negative=negative,
             )
-        return SegmentAnswer(ref, prompt, kind, seg, tuning, source)
+        return SegmentAnswer(ref, prompt, kind, seg, tuning, source, negative)
 
     def mask3d(self, answer: SegmentAnswer, threshold: str | float | None = None) -> torch.Tensor:
         """``[N]`` bool: the 3D selection, by the protocol (``auto``) or ``otsu``/``li``/a number on

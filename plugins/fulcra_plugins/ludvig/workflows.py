@@ -46,6 +46,7 @@ __all__ = [
     "save_overlay",
     "load_prompt_png",
     "reference_prompt",
+    "negative_prompt",
     "check_extractor",
 ]
 
@@ -65,6 +66,16 @@ class PromptConfig:
     mask: str = field(default="", metadata={"help": "PNG of a full reference mask (non-zero = object)"})
     clicks: list = field(default_factory=list, metadata={"help": "clicked pixels [[x, y], ...] on the reference view"})
     radius: float = field(default=3.0, metadata={"help": "radius in pixels of the disc around each click"})
+    negative: str = field(
+        default="",
+        metadata={
+            "help": "PNG of the reference view's size; non-zero pixels are negative scribbles (not the object); with a scribble or clicks prompt"
+        },
+    )
+    negative_clicks: list = field(
+        default_factory=list,
+        metadata={"help": "negative clicked pixels [[x, y], ...] on the reference view (discs of prompt.radius)"},
+    )
     reference: str = field(
         default="",
         metadata={
@@ -120,6 +131,7 @@ def _segment_stage(cfg: Any, out: Path, ctx: Any):
         "scribble": cfg.prompt.scribble,
         "mask": cfg.prompt.mask,
         "reference": cfg.prompt.reference,
+        "negative": cfg.prompt.negative,
     }
     inputs = {
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -159,21 +171,50 @@ def reference_prompt(pc: Any, by_name: dict) -> tuple[Any, torch.Tensor, str]:
             f"segment: give exactly one of prompt.scribble, prompt.mask, prompt.clicks (got {given or 'none'})"
         )
     if pc.clicks:
-        clicks = list(pc.clicks)
-        for c in clicks:
-            ok = isinstance(c, (list, tuple)) or OmegaConf.is_list(c)
-            if not ok or len(c) != 2 or not all(isinstance(v, (int, float)) for v in c):
-                raise ConfigError(
-                    f"segment: key 'prompt.clicks' must be [[x, y], ...] pixel positions, got {OmegaConf.to_container(pc.clicks) if OmegaConf.is_config(pc.clicks) else pc.clicks!r}"
-                )
-            if not (0 <= c[0] < ref.width and 0 <= c[1] < ref.height):
-                raise ConfigError(
-                    f"segment: key 'prompt.clicks': [{c[0]}, {c[1]}] is outside the {ref.width}x{ref.height} view {ref.name!r}"
-                )
-        return ref, clicks_to_mask([tuple(c) for c in clicks], ref.height, ref.width, pc.radius), "scribble"
+        clicks = _check_clicks(pc.clicks, "prompt.clicks", ref)
+        return ref, clicks_to_mask(clicks, ref.height, ref.width, pc.radius), "scribble"
     if pc.scribble:
         return ref, load_prompt_png(pc.scribble, ref), "scribble"
     return ref, load_prompt_png(pc.mask, ref), "mask"
+
+
+def _check_clicks(clicks: Any, key: str, ref) -> list[tuple[float, float]]:
+    out = []
+    for c in list(clicks):
+        ok = isinstance(c, (list, tuple)) or OmegaConf.is_list(c)
+        if not ok or len(c) != 2 or not all(isinstance(v, (int, float)) for v in c):
+            shown = OmegaConf.to_container(clicks) if OmegaConf.is_config(clicks) else clicks
+            raise ConfigError(f"segment: key {key!r} must be [[x, y], ...] pixel positions, got {shown!r}")
+        if not (0 <= c[0] < ref.width and 0 <= c[1] < ref.height):
+            raise ConfigError(
+                f"segment: key {key!r}: [{c[0]}, {c[1]}] is outside the {ref.width}x{ref.height} view {ref.name!r}"
+            )
+        out.append((c[0], c[1]))
+    return out
+
+
+def negative_prompt(pc: Any, ref, kind: str) -> torch.Tensor | None:
+    """The ``[H, W]`` bool negative scribbles of the ``prompt`` config (``prompt.negative`` PNG and/or
+    ``prompt.negative_clicks``) on the reference view, or None; checked like the positive prompt.
+    A full mask prompt already says what is not the object, so it takes no negatives."""
+    from .segmentation import clicks_to_mask
+
+    neg_png = getattr(pc, "negative", "") or ""
+    neg_clicks = list(getattr(pc, "negative_clicks", None) or [])
+    if not neg_png and not neg_clicks:
+        return None
+    if kind == "mask":
+        raise ConfigError(
+            "segment: prompt.negative / prompt.negative_clicks go with a scribble or clicks prompt; a prompt.mask already marks what is not the object"
+        )
+    neg = torch.zeros(ref.height, ref.width, dtype=torch.bool)
+    if neg_clicks:
+        neg |= clicks_to_mask(
+            _check_clicks(neg_clicks, "prompt.negative_clicks", ref), ref.height, ref.width, pc.radius
+        )
+    if neg_png:
+        neg |= load_prompt_png(neg_png, ref)
+    return neg
 
 
 def save_overlay(image: torch.Tensor, mask: torch.Tensor, path: str | Path, prompt: torch.Tensor | None = None) -> Path:
@@ -384,7 +425,8 @@ class SegmentWorkflow:
                 ) from None
         cams, _ = check_scene(cfg.scene, "segment")
         by_name = {c.name: c for c in cams}
-        reference_prompt(cfg.prompt, by_name)
+        ref, _, kind = reference_prompt(cfg.prompt, by_name)
+        negative_prompt(cfg.prompt, ref, kind)
         if cfg.prompt.reference:
             load_prompt_png(cfg.prompt.reference, by_name[cfg.prompt.view])
 
@@ -414,7 +456,8 @@ class SegmentWorkflow:
         target, source = session.reference_target(ref, prompt, kind)
         if target is not None and cfg.reference_extractor is not None and kind != "mask" and not cfg.prompt.reference:
             Image.fromarray(target.cpu().numpy().astype(np.uint8) * 255).save(out / "reference_mask.png")
-        answer = session.segment(ref, prompt, kind, target, source)
+        negative = session.negative(cfg.prompt, ref, kind)
+        answer = session.segment(ref, prompt, kind, target, source, negative=negative)
         seg, tuning = answer.seg, answer.tuning
         if method == "sam":
             (out / "sam_prompts").mkdir(exist_ok=True)
@@ -437,6 +480,7 @@ class SegmentWorkflow:
             "num_gaussians": scene.num_primitives,
             "selected": int(mask3d.sum()),
             "prompt": kind,
+            "negative_pixels": 0 if negative is None else int(negative.sum()),
             "reference_view": ref.name,
             "method": method,
             "diffusion": method == "diffusion",

@@ -8,7 +8,8 @@ API (all answers JSON unless said):
 - ``GET /api/orbit?azimuth=A&elevation=E&radius=R``: the scene rendered from an orbit camera with the
   selection highlighted (a PNG data URL) and the training cameras' positions in it;
 - ``GET /api/orbit-of?view=NAME``: the orbit angles looking from that camera's direction;
-- ``POST /api/select {"view": NAME, "clicks": [[x, y], ...]}``: segment (the same code as ``fulcra run segment``);
+- ``POST /api/select {"view": NAME, "clicks": [[x, y], ...], "negative": [[x, y], ...]}``: segment (the same
+  code as ``fulcra run segment`` with ``prompt.clicks`` and ``prompt.negative_clicks``);
 - ``POST /api/text {"text": WORDS}``: open-vocabulary selection (a text-capable extractor);
 - ``POST /api/threshold {"value": number | null}``: re-binarise the kept scores;
 - ``POST /api/clear``, ``POST /api/export``.
@@ -107,7 +108,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             raise ConfigError("request body must be a JSON object")
         if url.path == "/api/select":
-            return self._json(200, st.select(str(body.get("view", "")), list(body.get("clicks") or [])))
+            return self._json(
+                200,
+                st.select(str(body.get("view", "")), list(body.get("clicks") or []), list(body.get("negative") or [])),
+            )
         if url.path == "/api/text":
             return self._json(200, st.select_text(str(body.get("text", ""))))
         if url.path == "/api/threshold":

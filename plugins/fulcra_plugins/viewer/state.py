@@ -98,6 +98,7 @@ class ViewerState:
         self.by_name = {c.name: c for c in self.cams}
         self.view = session.cfg.prompt.view if session.cfg.prompt.view in self.by_name else self.cams[0].name
         self.clicks: list[list[int]] = []
+        self.negative: list[list[int]] = []  # negative clicks on the same view
         self.answer = None  # the clicks' SegmentAnswer, or None
         self.text: str | None = None  # or the text query whose scores are kept
         self.text_scores: torch.Tensor | None = None
@@ -123,37 +124,53 @@ class ViewerState:
         self.orbit_size = (w, int(round(w * h0 / w0)))
 
     # ------------------------------------------------------------------ selection
-    def prompt_node(self, view: str, clicks: list) -> Any:
-        """The ``prompt`` node of this selection: the config's own with ``view`` and ``clicks`` set."""
+    def prompt_node(self, view: str, clicks: list, negative: list | None = None) -> Any:
+        """The ``prompt`` node of this selection: the config's own with ``view``, ``clicks`` and
+        ``negative_clicks`` set."""
         from omegaconf import OmegaConf
 
         node = OmegaConf.to_container(self.session.cfg.prompt, resolve=True)
-        node.update(view=view, clicks=[list(c) for c in clicks], scribble="", mask="")
+        node.update(
+            view=view,
+            clicks=[list(c) for c in clicks],
+            negative_clicks=[list(c) for c in negative or []],
+            scribble="",
+            mask="",
+            negative="",
+        )
         return OmegaConf.create(node)
 
-    def select(self, view: str, clicks: list) -> dict:
-        """Segment the clicks ``[[x, y], ...]`` on ``view``; one-line ConfigError for a bad click."""
+    @staticmethod
+    def _pixels(clicks: list, cam: Camera, view: str, what: str = "click") -> list[list[int]]:
+        pts: list[list[int]] = []
+        for c in clicks:
+            if not (isinstance(c, (list, tuple)) and len(c) == 2 and all(isinstance(v, (int, float)) for v in c)):
+                raise ConfigError(f"select: a {what} must be [x, y], got {c!r}")
+            x, y = int(math.floor(c[0])), int(math.floor(c[1]))
+            if not (0 <= x < cam.width and 0 <= y < cam.height):
+                raise ConfigError(f"select: {what} [{x}, {y}] is outside the {cam.width}x{cam.height} view {view!r}")
+            if [x, y] not in pts:
+                pts.append([x, y])
+        return pts
+
+    def select(self, view: str, clicks: list, negative: list | None = None) -> dict:
+        """Segment the clicks ``[[x, y], ...]`` (and ``negative`` clicks) on ``view``; one-line
+        ConfigError for a bad click."""
         if view not in self.by_name:
             raise ConfigError(f"view: unknown camera {view!r}")
         if not clicks:
             raise ConfigError("select: no click (left-click or drag on the view image)")
         cam = self.by_name[view]
-        pts = []
-        for c in clicks:
-            if not (isinstance(c, (list, tuple)) and len(c) == 2 and all(isinstance(v, (int, float)) for v in c)):
-                raise ConfigError(f"select: a click must be [x, y], got {c!r}")
-            x, y = int(math.floor(c[0])), int(math.floor(c[1]))
-            if not (0 <= x < cam.width and 0 <= y < cam.height):
-                raise ConfigError(f"select: click [{x}, {y}] is outside the {cam.width}x{cam.height} view {view!r}")
-            if [x, y] not in pts:
-                pts.append([x, y])
+        pts = self._pixels(clicks, cam, view)
+        neg = self._pixels(list(negative or []), cam, view, "negative click")
         with self.lock:
             t0 = time.perf_counter()
             s = self.session
-            ref, prompt, kind = s.prompt(self.prompt_node(view, pts))
+            node = self.prompt_node(view, pts, neg)
+            ref, prompt, kind = s.prompt(node)
             target, source = s.reference_target(ref, prompt, kind)
-            answer = s.segment(ref, prompt, kind, target, source)
-            self.view, self.clicks, self.answer, self.threshold = view, pts, answer, None
+            answer = s.segment(ref, prompt, kind, target, source, negative=s.negative(node, ref, kind))
+            self.view, self.clicks, self.negative, self.answer, self.threshold = view, pts, neg, answer, None
             self.text = self.text_scores = None
             self._binarise()
             self.seconds = round(time.perf_counter() - t0, 3)
@@ -216,6 +233,7 @@ class ViewerState:
                 raise ConfigError(f"text: {str(exc).splitlines()[0]}") from None
             before = (self.text, self.text_scores, self.answer, self.clicks, self.threshold)
             self.text, self.text_scores, self.answer, self.clicks, self.threshold = text, scores, None, [], None
+            self.negative = []
             try:
                 self._binarise()
             except Exception:  # e.g. the query selects nothing: the previous selection stays
@@ -245,6 +263,7 @@ class ViewerState:
     def clear(self) -> dict:
         with self.lock:
             self.clicks, self.answer, self.mask3d, self.masks, self.threshold = [], None, None, {}, None
+            self.negative = []
             self.text = self.text_scores = None
             self.message = "cleared"
         return self.state()
@@ -296,6 +315,7 @@ class ViewerState:
             "views": [{"name": c.name, "width": c.width, "height": c.height} for c in self.cams],
             "view": self.view,
             "clicks": self.clicks,
+            "negative": self.negative,
             "selected": None if self.mask3d is None else int(self.mask3d.sum()),
             "num_gaussians": s.scene.num_primitives,
             "method": s.method,
@@ -346,6 +366,8 @@ class ViewerState:
                 img[m] = 0.35 * img[m] + 0.65 * np.array(HIGHLIGHT)
             if overlay and self.answer is not None and name == self.answer.ref.name:
                 img[self.answer.prompt.cpu().numpy().astype(bool)] = (0.1, 1.0, 0.1)  # the prompt discs
+                if self.answer.negative is not None:
+                    img[self.answer.negative.cpu().numpy().astype(bool)] = (1.0, 0.15, 0.1)  # negative discs
         return _png(img)
 
     def _render_rgb(self, cam: Camera) -> np.ndarray:
@@ -454,6 +476,7 @@ class ViewerState:
                         prompt=a.kind,
                         reference_view=ref.name,
                         clicks=self.clicks,
+                        negative_clicks=self.negative,
                         threshold=th if th != "auto" else a.tuning.threshold_3d,
                         tuning=a.tuning.as_dict(),
                     )
@@ -486,7 +509,9 @@ class ViewerState:
             return f"fulcra run remove <the viewer's scene keys> extractor=E features=E prompt.text={self.text!r}{th}"
         pts = ",".join(f"[{x},{y}]" for x, y in self.clicks)
         th = "" if self.threshold is None else f" threshold={self.threshold:.9g}"
-        return f"fulcra run segment <the viewer's scene keys> prompt.view={self.view} 'prompt.clicks=[{pts}]'{th}"
+        neg = ",".join(f"[{x},{y}]" for x, y in self.negative)
+        neg = f" 'prompt.negative_clicks=[{neg}]'" if self.negative else ""
+        return f"fulcra run segment <the viewer's scene keys> prompt.view={self.view} 'prompt.clicks=[{pts}]'{neg}{th}"
 
 
 def one_line(exc: BaseException) -> str:

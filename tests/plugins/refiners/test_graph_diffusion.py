@@ -499,3 +499,33 @@ def test_min_weight_gate_reaches_the_pruned_nodes_too():
     res = GraphDiffusion(k=6, steps=30, prune=0.5, min_weight=0.5).run(pos, feats, s, weights=w)
     low = w < 0.5 * float(w[res.kept].median())
     assert bool(low.any()) and bool((res.unary[low] == 0).all())
+
+
+def test_negative_prompt_cuts_off_what_looks_like_the_negatives():
+    # one connected slab: x < 0 is object A, x > 0 object B, with different features; a wide unary
+    # bandwidth lets the diffusion from scribbles on A spread over B (the leak a negative click fixes)
+    rng = np.random.default_rng(3)
+    n = 400
+    pos = rng.uniform(-4, 4, size=(n, 3)) * [1.0, 1.0, 0.05]
+    lab = (pos[:, 0] > 0).astype(int)
+    base = rng.normal(size=(1, 8)).repeat(2, 0)
+    base[1, 0] += 1.0  # B's features differ from A's, not by enough for the wide kernels below
+    feats = base[lab] + 0.1 * rng.normal(size=(n, 8))
+    pos_t, f_t = torch.from_numpy(pos).float(), torch.from_numpy(feats).float()
+    s = torch.zeros(n)
+    s[torch.from_numpy((lab == 0) & (pos[:, 0] < -2))] = 1.0  # scribbles on A only
+    neg = torch.zeros(n)
+    neg[torch.from_numpy((lab == 1) & (pos[:, 0] > 2))] = 1.0  # negative scribbles on B
+    gd = GraphDiffusion(k=10, steps=60, bandwidth=100.0, unary_bandwidth=200.0, anchor_fraction=0.5)
+    plain = gd.refine(pos_t, f_t, s) > 0
+    a, b = torch.from_numpy(lab == 0), torch.from_numpy(lab == 1)
+    assert plain[b].float().mean() > 0.5, "the test needs a leak onto B without negatives"
+    cut = gd.refine(pos_t, f_t, s, negative=neg) > 0
+    assert cut[b].float().mean() < 0.05
+    assert cut[a].float().mean() > 0.9
+    # negatives never add to the selection, and without overlap they leave the anchors alone
+    assert not (cut & ~plain).any()
+    with pytest.raises(ValueError, match="negative must have the shape"):
+        gd.refine(pos_t, f_t, s, negative=neg[:10])
+    with pytest.raises(ValueError, match="not relevancy"):
+        gd.refine(pos_t, f_t, s, prompt="relevancy", negative=neg)

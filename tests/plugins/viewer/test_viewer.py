@@ -119,6 +119,25 @@ def test_clicks_select_as_segment_does_and_export_writes_its_files(server, scene
     assert orbit["image"].startswith("data:image/png;base64,") and orbit["cameras"]
 
 
+def test_negative_clicks_select_as_segment_does(server, scene_dir, tmp_path):
+    view, click = object_click(scene_dir)
+    ground = next(
+        [int(x), int(y)]
+        for y, x in zip(*np.nonzero(np.asarray(Image.open(scene_dir / "masks" / f"{view}.png")) == 0))
+        if y > 2 and x > 2
+    )
+    status, st = _post(server, "/api/select", {"view": view, "clicks": [click], "negative": [ground]})
+    assert status == 200 and st["negative"] == [ground] and st["selected"] > 0
+    assert "prompt.negative_clicks" in server.state.command_line()
+    _post(server, "/api/export", {})
+    got = np.load(server.state.out / "mask3d.npy")
+    want = _segment(scene_dir, tmp_path / "seg", view, [click], f"prompt.negative_clicks=[[{ground[0]},{ground[1]}]]")
+    assert np.array_equal(got, want)
+    assert json.loads((server.state.out / "results.json").read_text())["negative_clicks"] == [ground]
+    status, ans = _post(server, "/api/select", {"view": view, "clicks": [click], "negative": [[9999, 1]]})
+    assert status == 400 and "negative click" in ans["error"] and "outside" in ans["error"]
+
+
 def test_threshold_rebinarises_kept_scores_without_recomputing(server, scene_dir, tmp_path, monkeypatch):
     view, click = object_click(scene_dir)
     _post(server, "/api/select", {"view": view, "clicks": [click]})

@@ -68,6 +68,35 @@ def top_fraction_anchors(g0: torch.Tensor, fraction: float, tiebreak: torch.Tens
     return out
 
 
+def negative_gate(
+    P: torch.Tensor,  # [N, Q]
+    f: torch.Tensor,  # [N, D]
+    anchors: torch.Tensor,  # [N, Q] bool, the positive anchors
+    negatives: torch.Tensor,  # [N, Q] bool, the negative anchors
+    f_eval: torch.Tensor | None = None,
+    P_eval: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Negative prompts: ``P = 0`` on every node whose feature lies nearer the negative anchors' mean
+    feature than the positive anchors' (columns without negatives are unchanged).
+
+    The official code uplifts positive minus negative scribbles and scores Gaussians by their
+    similarity to the positives minus their similarity to the negatives; this is that sign as a gate
+    on the unary term, so the diffusion neither keeps nor crosses what looks like a negative.
+    """
+    P = P.clone()
+    P_eval = None if P_eval is None else P_eval.clone()
+    for j in range(P.shape[1]):
+        a, n = anchors[:, j], negatives[:, j] & ~anchors[:, j]
+        if not bool(a.any()) or not bool(n.any()):
+            continue
+        mp, mn = f[a].mean(0), f[n].mean(0)
+        P[:, j] = torch.where(((f - mp) ** 2).sum(1) <= ((f - mn) ** 2).sum(1), P[:, j], torch.zeros_like(P[:, j]))
+        if P_eval is not None and f_eval is not None and len(f_eval):
+            near = ((f_eval - mp) ** 2).sum(1) <= ((f_eval - mn) ** 2).sum(1)
+            P_eval[:, j] = torch.where(near, P_eval[:, j], torch.zeros_like(P_eval[:, j]))
+    return P, P_eval
+
+
 def rbf_unary(
     f: torch.Tensor, anchors: torch.Tensor, bandwidth: float, f_eval: torch.Tensor | None = None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

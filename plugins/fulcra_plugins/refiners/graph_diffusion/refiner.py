@@ -11,7 +11,7 @@ import torch
 
 from ._diffusion import _csr, power_iteration, reachable
 from ._graph import SceneGraph, build_scene_graph, fingerprint
-from ._unary import logreg_unary, rbf_unary, relevancy_anchors, top_fraction_anchors
+from ._unary import logreg_unary, negative_gate, rbf_unary, relevancy_anchors, top_fraction_anchors
 
 __all__ = ["GraphDiffusion", "DiffusionResult", "TUNING_GRIDS"]
 
@@ -372,6 +372,12 @@ class GraphDiffusion:
             features: ``[N, D]`` per-Gaussian features defining similarity (e.g. uplifted DINOv2).
             scores: ``[N]`` or ``[N, Q]`` non-negative initial scores, one column per prompt (uplifted
                 scribbles or mask, or relevancies).
+            negative: optional, same shape: the uplifted negative prompt ``Wᵀ M-`` (scribbles,
+                masks). The prompt is then the signed uplift ``Wᵀ (M+ - M-)``, as the official code
+                uplifts positive minus negative scribbles: positive anchors come from its positive
+                part, negative anchors (the top ``anchor_fraction``) from its negative part, and
+                ``P = 0`` on every node nearer the negative anchors' mean feature than the positive
+                anchors' (:func:`._unary.negative_gate`).
             prompt: ``scribble`` | ``mask`` | ``relevancy`` (default: the configured one).
             weights: optional ``[N]`` rendering-weight sums over all views (pruning; the sample
                 weights of the logistic regression when ``reference_weights`` is not given).
@@ -396,6 +402,7 @@ class GraphDiffusion:
         reference_weights: torch.Tensor | None = None,
         anchors: torch.Tensor | None = None,
         return_diffused: bool = False,
+        negative: torch.Tensor | None = None,
         **_: Any,
     ) -> DiffusionResult:
         """As :meth:`refine`, returning every intermediate (see :class:`DiffusionResult`)."""
@@ -410,6 +417,16 @@ class GraphDiffusion:
         for name, w in (("weights", weights), ("reference_weights", reference_weights)):
             if w is not None and tuple(w.shape) != (n,):
                 raise ValueError(f"graph_diffusion: {name} must be [N={n}], got {list(w.shape)}")
+        if negative is not None:
+            if prompt == "relevancy":
+                raise ValueError("graph_diffusion: negative= goes with scribble or mask prompts, not relevancy")
+            neg = negative[:, None] if negative.ndim == 1 else negative
+            if tuple(neg.shape) != tuple(s.shape):
+                raise ValueError(
+                    f"graph_diffusion: negative must have the shape of scores {list(s.shape)}, got {list(negative.shape)}"
+                )
+            # the signed uplift W^T (M+ - M-): _run takes its negative part as the negative prompt
+            s = s.float() - neg.to(s.device).float()
         kept = self._kept(weights, n, positions.device)
         if kept is not None:  # the graph, the unary term and the diffusion see only the kept Gaussians
             drop_mask = torch.ones(n, dtype=torch.bool, device=features.device)
@@ -544,6 +561,14 @@ class GraphDiffusion:
                 C = self.logreg_c if self.logreg_c is not None else 1e-2
                 P = logreg_unary(f, anchor_mask, b, C, sw_m, self.max_logreg_samples, self.seed, fx)
             P, Px = P if fx is not None else (P, None)
+            if bool((s_m < 0).any()):
+                s_neg = (-s_m).clamp_min(0)
+                if reference_weights is not None:
+                    s_neg = torch.where(
+                        rw_n[:, None] > 0, s_neg / rw_n[:, None].clamp_min(1e-30), torch.zeros_like(s_neg)
+                    )
+                negatives = top_fraction_anchors(s_neg, self.anchor_fraction, sw_m) > 0
+                P, Px = negative_gate(P, f, anchor_mask, negatives, fx, Px)
             binarize = 1e-5 if self.binarize is None else (self.binarize if self.binarize > 0 else None)
             output = self.output or "unary_on_reachable"
 

@@ -5,6 +5,7 @@ let S = null;            // the last /api/state
 let orbit = { azimuth: 0, elevation: 0.3, radius: 4 };
 let marks = [];          // training cameras projected in the orbit image
 let stroke = null;       // pixels of the scribble being drawn
+let strokeNegative = false;  // the stroke marks what is not the object (shift, or the "negative" box)
 let stamp = 0;           // cache buster of the images
 let viewImage = new Image();
 
@@ -36,7 +37,7 @@ function applyState(st) {
     $("threshold-label").textContent = t.auto ? `${t.label} (${t.value.toPrecision(4)})` : t.label;
   } else { $("threshold-label").textContent = ""; }
   $("text-row").style.display = st.text ? "" : "none";
-  $("command").textContent = st.query ? `text query: ${st.query}` : st.clicks.length ? `same as: fulcra run segment ... prompt.view=${st.view} 'prompt.clicks=${JSON.stringify(st.clicks)}'` + (t && !t.auto ? ` threshold=${t.value}` : "") : "";
+  $("command").textContent = st.query ? `text query: ${st.query}` : st.clicks.length ? `same as: fulcra run segment ... prompt.view=${st.view} 'prompt.clicks=${JSON.stringify(st.clicks)}'` + (st.negative && st.negative.length ? ` 'prompt.negative_clicks=${JSON.stringify(st.negative)}'` : "") + (t && !t.auto ? ` threshold=${t.value}` : "") : "";
   const sel = $("view-select");
   if (!sel.options.length) for (const v of st.views) sel.add(new Option(v.name, v.name));
   sel.value = st.view;
@@ -49,7 +50,7 @@ function drawView() {
   g.drawImage(viewImage, 0, 0, c.width, c.height);
   if (stroke) {
     const k = c.width / viewImage.naturalWidth;
-    g.fillStyle = "#3f3";
+    g.fillStyle = strokeNegative ? "#f42" : "#3f3";
     for (const [x, y] of stroke) g.fillRect(x * k, y * k, k, k);
   }
 }
@@ -116,16 +117,16 @@ async function refresh() {
 
 async function chooseView(name) {
   if (S.view === name) return;
-  S = { ...S, view: name, clicks: [] };  // the server's clicks belong to the view they were made on
+  S = { ...S, view: name, clicks: [], negative: [] };  // the server's clicks belong to the view they were made on
   $("view-select").value = name;
   orbit = await api(`/api/orbit-of?view=${encodeURIComponent(name)}`);  // fly to that camera's direction
   await refresh();
 }
 
-async function select(clicks) {
+async function select(clicks, negative) {
   setBusy("segmenting…");
   try {
-    applyState(await api("/api/select", { view: S.view, clicks }));
+    applyState(await api("/api/select", { view: S.view, clicks, negative: negative || [] }));
   } catch (e) { setBusy(""); }
   stroke = null;
   await refresh();
@@ -150,13 +151,16 @@ function addPixel(p) {
 
 function setup() {
   const vc = $("view");
-  vc.addEventListener("mousedown", (e) => { stroke = []; addPixel(pixelOf(e)); drawView(); });
+  vc.addEventListener("mousedown", (e) => {
+    stroke = []; strokeNegative = e.shiftKey || $("negative-mode").checked; addPixel(pixelOf(e)); drawView();
+  });
   vc.addEventListener("mousemove", (e) => { if (stroke) { addPixel(pixelOf(e)); drawView(); } });
   window.addEventListener("mouseup", () => {
     if (!stroke) return;
-    const clicks = [...S.clicks];  // the new stroke adds to the clicks already on this view
-    for (const p of stroke) if (!clicks.some((s) => s[0] === p[0] && s[1] === p[1])) clicks.push(p);
-    select(clicks);
+    const clicks = [...S.clicks], negative = [...(S.negative || [])];  // the stroke adds to this view's clicks
+    const into = strokeNegative ? negative : clicks;
+    for (const p of stroke) if (!into.some((s) => s[0] === p[0] && s[1] === p[1])) into.push(p);
+    select(clicks, negative);
   });
   const oc = $("orbit");
   let drag = null;
