@@ -48,7 +48,7 @@ from typing import Any
 __all__ = ["load", "reason", "enabled", "cache_dir", "ptr", "compiler"]
 
 _lock = threading.Lock()
-_loaded: dict[tuple, ctypes.CDLL | None] = {}
+_loaded: dict[tuple, tuple[ctypes.CDLL | None, str]] = {}
 _reasons: dict[str, str] = {}
 
 
@@ -124,10 +124,14 @@ def load(source: str | os.PathLike, *, openmp: bool = False, flags: tuple[str, .
     name = src.stem.lstrip("_") or "kernel"
     key = (str(src.resolve()), openmp, tuple(flags), enabled(), os.environ.get("CC"), str(cache_dir()))
     with _lock:
-        if key in _loaded:
-            return _loaded[key]
-        lib = _load_uncached(src, name, openmp, list(flags))
-        _loaded[key] = lib
+        if key not in _loaded:
+            lib = _load_uncached(src, name, openmp, list(flags))
+            _loaded[key] = (lib, _reasons.get(src.name, "") if lib is None else "")
+        lib, why = _loaded[key]
+        if lib is None:  # the reason of this load, whatever other loads (other settings) said since
+            _reasons[src.name] = why
+        else:
+            _reasons.pop(src.name, None)
         return lib
 
 

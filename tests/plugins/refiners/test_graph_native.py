@@ -13,6 +13,12 @@ from fulcra_plugins.refiners.graph_diffusion._graph import build_scene_graph
 needs_cc = pytest.mark.skipif(native.compiler() is None, reason="no C compiler: only the NumPy path exists")
 
 
+@pytest.fixture
+def kernel(monkeypatch):
+    """The kernel tests exercise the kernel even in a run with FULCRA_NATIVE=0 set for the rest."""
+    monkeypatch.delenv("FULCRA_NATIVE", raising=False)
+
+
 def _sorted_inputs(pos, feats=None):
     q, lo, scale = gm._quantise(pos, cubic=True)
     codes = gm._interleave(q)
@@ -37,7 +43,7 @@ def _clouds():
 @needs_cc
 @pytest.mark.parametrize("name", ["surface+blob", "lattice", "duplicates"])
 @pytest.mark.parametrize("k", [16, 200])
-def test_kernel_equals_numpy_path_and_bruteforce(name, k):
+def test_kernel_equals_numpy_path_and_bruteforce(kernel, name, k):
     pos = _clouds()[name]
     n = len(pos)
     rng = np.random.default_rng(k)
@@ -62,7 +68,7 @@ def test_kernel_equals_numpy_path_and_bruteforce(name, k):
 
 
 @needs_cc
-def test_kernel_is_bitwise_identical_for_1_and_2_threads():
+def test_kernel_is_bitwise_identical_for_1_and_2_threads(kernel):
     pos = _clouds()["surface+blob"]
     feats = np.random.default_rng(0).normal(size=(len(pos), 40)).astype(np.float32)
     args, f = _sorted_inputs(pos, feats)
