@@ -4,12 +4,15 @@ Measures in one process, on the scene-like points of :func:`bench_graph.scene_po
 features):
 
 1. graph construction — fulcra's :func:`build_scene_graph` (Morton order, exact kNN, symmetrised
-   CSR, feature distances on every edge, ``s_f``) against scipy
-   ``cKDTree(pts).query(pts, k+1, workers=-1)`` alone (the kNN query only, on the shuffled points);
+   CSR, feature distances on every edge, ``s_f``; the compiled kNN kernel when a C compiler is
+   there, and again with ``FULCRA_NATIVE=0``, the NumPy path) against scipy
+   ``cKDTree(pts).query(pts, k+1, workers=threads)`` alone (the query only — the tree build is timed
+   apart — on the shuffled float32 points, with as many threads as fulcra);
 2. diffusion, T steps of Eq. 5.8 with a unary term, 1 prompt and Q prompts as columns — fulcra's
    :func:`power_iteration` (the ``S_f`` values computed first, as every prompt needs them) against
-   scipy's ``csr_matrix @ x`` running the same iteration on the whole graph, in the input (shuffled)
-   order as a PLY stores it and in fulcra's Morton order.
+   scipy's float32 ``csr_matrix @ x`` running the same iteration on the whole graph, in the input
+   (shuffled) order as a PLY stores it and in fulcra's Morton order. scipy's sparse product has no
+   threads, so fulcra's one prompt is also timed on one torch thread (the same-threads ratio).
 
 Peak memory: ``VmHWM`` of the process after each phase (fulcra's phases run first).
 scipy's Q-prompt iteration can take minutes at k = 200; ``--scipy-steps`` runs fewer steps of it and
@@ -41,7 +44,16 @@ def hwm_gb() -> float:
     return float("nan")
 
 
-def bench(n: int, k: int, steps: int, prompts: int, threads: int, scipy_steps: int | None) -> dict:
+def bench(
+    n: int,
+    k: int,
+    steps: int,
+    prompts: int,
+    threads: int,
+    scipy_steps: int | None,
+    compare_numpy: bool = True,
+    segmentation: bool = True,
+) -> dict:
     import scipy.sparse as sp
     from scipy.spatial import cKDTree
 
@@ -53,11 +65,27 @@ def bench(n: int, k: int, steps: int, prompts: int, threads: int, scipy_steps: i
     res: dict = {"n": n, "k": k, "steps": steps, "prompts": prompts, "threads": threads, "torch": torch.__version__}
     res["hwm_inputs_gb"] = hwm_gb()
 
+    from fulcra import native
+    from fulcra_plugins.refiners.graph_diffusion._graph import _KNN_C, _knn_lib
+
+    res["native_knn"] = _knn_lib() is not None
+    res["native_reason"] = native.reason(_KNN_C)
     t0 = time.perf_counter()
     graph = build_scene_graph(torch.from_numpy(pts), torch.from_numpy(feats), k=k)
     res["fulcra_graph_s"] = time.perf_counter() - t0
     res["nnz"] = graph.nnz
     res["hwm_after_graph_gb"] = hwm_gb()
+    if compare_numpy and res["native_knn"]:  # the same graph without the compiled kernel
+        os.environ["FULCRA_NATIVE"] = "0"
+        t0 = time.perf_counter()
+        g_np = build_scene_graph(torch.from_numpy(pts), torch.from_numpy(feats), k=k)
+        res["fulcra_graph_numpy_path_s"] = time.perf_counter() - t0
+        del os.environ["FULCRA_NATIVE"]
+        res["numpy_path_same_graph"] = bool(
+            torch.equal(g_np.indptr, graph.indptr) and torch.equal(g_np.indices, graph.indices)
+        )
+        res["numpy_path_max_abs_distance_diff"] = float((g_np.distance - graph.distance).abs().max())
+        del g_np
 
     # prompts: 200 anchors on one object each, RBF unary term (the scribble case of C.1.3)
     rng = np.random.default_rng(1)
@@ -85,12 +113,27 @@ def bench(n: int, k: int, steps: int, prompts: int, threads: int, scipy_steps: i
         t0 = time.perf_counter()
         outs[tag] = power_iteration(graph, gq, steps, sq)
         res[f"fulcra_diffusion_{tag}_s"] = time.perf_counter() - t0
+    # scipy's sparse product runs on one thread whatever the machine has: fulcra's one prompt on one
+    # torch thread too, for a same-threads ratio
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    one_1t = power_iteration(graph, g0[:, :1].contiguous(), steps, sqrt_p[:, :1].contiguous())
+    res["fulcra_diffusion_one_1thread_s"] = time.perf_counter() - t0
+    res["one_1thread_equal_bitwise"] = bool(torch.equal(one_1t, outs["one"]))
+    torch.set_num_threads(threads)
+    del one_1t
     res["hwm_after_fulcra_gb"] = hwm_gb()
 
     # --- scipy references -------------------------------------------------------------------------
+    # cKDTree on the same float32 points (it computes in float64, as fulcra's exact search does),
+    # the same number of threads as fulcra (workers=threads), the build timed apart from the query
     t0 = time.perf_counter()
-    cKDTree(pts).query(pts, k=k + 1, workers=-1)
+    tree = cKDTree(pts)
+    res["scipy_ckdtree_build_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tree.query(pts, k=k + 1, workers=threads)
     res["scipy_ckdtree_query_s"] = time.perf_counter() - t0
+    del tree
 
     perm = graph.perm.numpy()
     inv = graph.inv.numpy()
@@ -131,6 +174,9 @@ def bench(n: int, k: int, steps: int, prompts: int, threads: int, scipy_steps: i
                 res[f"max_rel_err_{tag}_vs_scipy_{order}"] = float(
                     np.abs(got - ref).max() / (np.abs(ref).max() + 1e-30)
                 )
+    res["hwm_end_gb"] = hwm_gb()
+    if not segmentation:
+        return _ratios(res)
     # --- the segmentation route (scribbles, masks): the thesis binarises A at 1e-5 and keeps the nodes
     # with g_T > 0. fulcra computes that set exactly by breadth-first hops (reachable); the official
     # code runs T float products of the binarised matrix. One prompt, the same T.
@@ -156,16 +202,22 @@ def bench(n: int, k: int, steps: int, prompts: int, threads: int, scipy_steps: i
     res["segmentation_reached"] = int(reached.sum())
     del A_bin
     res["hwm_end_gb"] = hwm_gb()
-    r = res
-    r["speedup_segmentation_one_vs_scipy_input"] = r["scipy_segmentation_one_input_s"] / r["fulcra_segmentation_one_s"]
+    res["speedup_segmentation_one_vs_scipy_input"] = (
+        res["scipy_segmentation_one_input_s"] / res["fulcra_segmentation_one_s"]
+    )
+    return _ratios(res)
+
+
+def _ratios(r: dict) -> dict:
     r["ratio_graph_vs_ckdtree_query"] = r["fulcra_graph_s"] / r["scipy_ckdtree_query_s"]
     for tag in ("one", "many"):
         for order in ("input", "morton"):
             r[f"speedup_{tag}_vs_scipy_{order}"] = (
                 r[f"scipy_diffusion_{tag}_{order}_s"] / r[f"fulcra_diffusion_{tag}_s"]
             )
+    r["speedup_one_1thread_vs_scipy_morton"] = r["scipy_diffusion_one_morton_s"] / r["fulcra_diffusion_one_1thread_s"]
     r["many_over_one"] = r["fulcra_diffusion_many_s"] / r["fulcra_diffusion_one_s"]
-    return res
+    return r
 
 
 def main() -> None:
@@ -178,8 +230,12 @@ def main() -> None:
     ap.add_argument(
         "--scipy-steps", type=int, default=None, help="steps of scipy's Q-prompt run (time scaled to --steps)"
     )
+    ap.add_argument("--no-compare-numpy", action="store_true", help="skip the graph built without the C kernel")
+    ap.add_argument("--no-segmentation", action="store_true", help="skip the segmentation-route comparison")
     a = ap.parse_args()
-    print(json.dumps(bench(a.n, a.k, a.steps, a.prompts, a.threads, a.scipy_steps), indent=2))
+    out = bench(a.n, a.k, a.steps, a.prompts, a.threads, a.scipy_steps, not a.no_compare_numpy, not a.no_segmentation)
+    out["loadavg"] = open("/proc/loadavg").read().split()[:3]
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

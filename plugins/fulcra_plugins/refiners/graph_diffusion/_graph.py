@@ -14,8 +14,14 @@ Everything prompt-specific (unary term, anchors, diffusion) lives in :mod:`.grap
 
 from __future__ import annotations
 
+import ctypes
+import logging
+from pathlib import Path
+
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SceneGraph", "knn_indices", "morton_order", "symmetric_csr", "build_scene_graph"]
 
@@ -221,7 +227,71 @@ def _knn_block(pos, sq, feats, qi, r_lo, r_hi, kk, margin2, budget):
     return done, failed
 
 
-def _grid_knn_sorted(pos, q, codes, lo, scale, k, feats=None, bits=21, tau=3.0, budget=1 << 20, workers=None):
+_KNN_C = Path(__file__).with_name("_knn.c")
+_announced: set = set()
+
+
+def _knn_lib():
+    """The compiled kNN kernel (:mod:`fulcra.native`), or None (said once) when unavailable."""
+    from fulcra import native
+
+    lib = native.load(_KNN_C, openmp=True)
+    if lib is None:
+        why = native.reason(_KNN_C)
+        if why not in _announced:
+            _announced.add(why)
+            log.warning("graph_diffusion: compiled kNN kernel unavailable (%s); using the NumPy path", why)
+        return None
+    if not getattr(lib, "_fulcra_typed", False):
+        c = ctypes
+        vp, i64 = c.c_void_p, c.c_int64
+        lib.fulcra_knn_groups.argtypes = [vp, vp, i64, vp, vp, i64, vp, vp, i64, vp, vp, i64, vp, vp, vp, c.c_int]
+        lib.fulcra_knn_groups.restype = c.c_int
+        lib._fulcra_typed = True
+    return lib
+
+
+def _native_level(lib, pos, feats, idx, gs, r_lo, r_hi, b_lo, b_hi, kk, nbrs, dots) -> list:
+    """One octree level of :func:`_grid_knn_sorted` in the compiled kernel; returns the failed rows."""
+    from fulcra.native import ptr
+
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    gstart = np.ascontiguousarray(np.r_[gs, len(idx)], dtype=np.int64)
+    r_lo = np.ascontiguousarray(r_lo, dtype=np.int64)
+    r_hi = np.ascontiguousarray(r_hi, dtype=np.int64)
+    G, R = r_lo.shape
+    failed = np.zeros(len(idx), dtype=np.uint8)
+    if b_lo is not None:
+        b_lo = np.ascontiguousarray(b_lo, dtype=np.float64)
+        b_hi = np.ascontiguousarray(b_hi, dtype=np.float64)
+    D = feats.shape[1] if feats is not None else 0
+    status = lib.fulcra_knn_groups(
+        ptr(pos, np.float64, "pos"),
+        ptr(feats, np.float32, "feats") if feats is not None else None,
+        D,
+        ptr(idx, np.int64),
+        ptr(gstart, np.int64),
+        G,
+        ptr(r_lo, np.int64),
+        ptr(r_hi, np.int64),
+        R,
+        ptr(b_lo, np.float64) if b_lo is not None else None,
+        ptr(b_hi, np.float64) if b_hi is not None else None,
+        kk,
+        ptr(nbrs, np.int32, "nbrs"),
+        ptr(dots, np.float32, "dots") if dots is not None else None,
+        ptr(failed, np.uint8),
+        max(1, torch.get_num_threads()),
+    )
+    if status != 0:
+        raise MemoryError("graph_diffusion: the compiled kNN kernel ran out of memory")
+    bad = idx[failed.astype(bool)]
+    return [bad] if bad.size else []
+
+
+def _grid_knn_sorted(
+    pos, q, codes, lo, scale, k, feats=None, bits=21, tau=3.0, budget=1 << 20, workers=None, native=True
+):
     """Exact ``k + 1`` nearest neighbours (the point itself included) of points sorted by cubic Morton code.
 
     Octree cells at each level are contiguous ranges of the sorted points. Points are grouped by a
@@ -236,6 +306,10 @@ def _grid_knn_sorted(pos, q, codes, lo, scale, k, feats=None, bits=21, tau=3.0, 
         q, codes, lo, scale: the cubic quantisation of :func:`_quantise` and its Morton codes (sorted).
         k: neighbours per point besides itself (``k <= N - 1``).
         feats: optional ``[N, D]`` float32 features: the dot products on the selected pairs are returned.
+        native: use the compiled kernel (``_knn.c`` via :mod:`fulcra.native`) when it is available:
+            the same neighbour sets (exact float64 distances, lowest index first among equal ones),
+            the dot products accumulated in float64 (within float32 rounding of the NumPy path's
+            float32 GEMM). ``FULCRA_NATIVE=0`` or no C compiler: the NumPy path below.
 
     Returns:
         ``(nbrs [N, k+1] int32, dots [N, k+1] float32 or None)``; each row holds the point itself.
@@ -243,6 +317,7 @@ def _grid_knn_sorted(pos, q, codes, lo, scale, k, feats=None, bits=21, tau=3.0, 
     from concurrent.futures import ThreadPoolExecutor
 
     n = len(pos)
+    lib = _knn_lib() if native else None
     workers = int(workers or max(1, min(4, torch.get_num_threads())))
     kk = k + 1
     nbrs = np.empty((n, kk), dtype=np.int32)
@@ -280,6 +355,10 @@ def _grid_knn_sorted(pos, q, codes, lo, scale, k, feats=None, bits=21, tau=3.0, 
                 cell = float(1 << (bits - L))
                 b_lo = lo + (coord - 1) * cell / scale
                 b_hi = lo + (coord + 2) * cell / scale
+
+            if lib is not None:
+                failed.extend(_native_level(lib, pos, feats, idx, gs, r_lo, r_hi, b_lo, b_hi, kk, nbrs, dots))
+                continue
 
             def group(g, L=L, idx=idx, gs=gs, ge=ge, r_lo=r_lo, r_hi=r_hi, b_lo=b_lo, b_hi=b_hi):
                 qi = idx[gs[g] : ge[g]]
