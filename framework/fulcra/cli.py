@@ -227,6 +227,15 @@ def _rounded(value):
     return value
 
 
+def _is_path(text: str, kind: str) -> bool:
+    """Whether a result's string value names an existing file or folder; a long sentence (over the
+    file system's name limit) or a string with a NUL is simply not one."""
+    try:
+        return Path(text).is_file() if kind == "file" else Path(text).is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def _report_items(result: dict, out: Path) -> list[str]:
     """Markdown lines of a demo stage's result: rounded values, and images embedded (by paths
     relative to the report, so the folder can be moved)."""
@@ -234,9 +243,9 @@ def _report_items(result: dict, out: Path) -> list[str]:
     for k, v in result.items():
         if k == "summary":
             continue
-        if isinstance(v, str) and v.lower().endswith((".png", ".jpg")) and Path(v).is_file():
+        if isinstance(v, str) and _is_path(v, "file") and v.lower().endswith((".png", ".jpg")):
             images.append((k, Path(v)))
-        elif isinstance(v, str) and Path(v).is_dir() and any(Path(v).glob("*.png")):
+        elif isinstance(v, str) and _is_path(v, "dir") and any(Path(v).glob("*.png")):
             images.append((k, sorted(Path(v).glob("*.png"))[0]))
         lines.append(f"- `{k}`: {_rounded(v)}")
     for k, path in images:

@@ -132,3 +132,11 @@ def test_demo_report_rounds_numbers_and_embeds_images(tmp_path):
     )
     assert "- `accuracy`: 0.9123" in lines and "- `values`: [0.1235]" in lines
     assert "![plot](stage/policy.png)" in lines
+
+
+def test_demo_report_takes_long_sentences_that_are_not_paths(tmp_path):
+    from fulcra.cli import _report_items
+
+    note = "what this budget can show " * 20  # longer than a file name may be: Path.is_dir raises there
+    lines = _report_items({"note": note, "nul": "a\x00b"}, tmp_path)
+    assert any(line.startswith("- `note`:") for line in lines) and not any(line.startswith("![") for line in lines)
