@@ -205,3 +205,20 @@ def test_crd_distillation_end_to_end(tmp_path):
         hooks=[],
     )
     assert set(res["rows"]) == {"student_finetuned", "distilled"} and (out / "pca.png").is_file()
+
+
+def test_the_finetuned_teacher_and_the_probed_student_need_a_pretrained_encoder():
+    """Rows 2b and 1a start from pretrained weights; a tiny encoder without a file is random, so
+    "finetuning" or "probing" it would measure something else: those rows are skipped."""
+    from fulcra_plugins.distill.workflow import DistillWorkflow
+
+    wf = DistillWorkflow.__new__(DistillWorkflow)
+    assert wf._finetune_node({"name": "probed", "tiny": True}) is None
+    node = wf._finetune_node({"name": "probed", "tiny": True, "weights": "t.safetensors", "n_cls": 2})
+    assert node["name"] == "vit_small" and node["weights"] == "t.safetensors" and node["n_cls"] == 2
+    assert node["backbone"] == "dinov2_vitg14_reg" and node["task"] == "classification"
+    assert wf._finetune_node({"name": "someone_elses_teacher"}) is None
+    assert wf._student_probe_node({"name": "vit_small", "tiny": True}, "classification") is None
+    probe = wf._student_probe_node({"name": "vit_small", "tiny": True, "weights": "s.pt"}, "classification")
+    assert probe["name"] == "probed" and probe["weights"] == "s.pt" and probe["backbone"] == "dinov2_vits14"
+    assert wf._student_probe_node({"name": "resnet50"}, "classification") is None

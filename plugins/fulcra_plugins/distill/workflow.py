@@ -306,6 +306,8 @@ class DistillWorkflow:
         teacher is not a bundled probed one (a third party's teacher need not expose its encoder)."""
         if tnode["name"] not in ("probed", "probed_seg"):
             return None
+        if tnode.get("tiny") and not tnode.get("weights"):
+            return None  # a random encoder: "finetuning" it would be training from scratch
         params = _params("teachers", tnode["name"])
         node = {
             "name": "vit_small",
@@ -548,7 +550,9 @@ class DistillWorkflow:
         skip = {
             "student_finetuned": None if s_init else f"student '{snode['name']}' has no pretrained initialisation",
             "student_probed": None if sp_node else f"student '{snode['name']}' has no pretrained encoder to probe",
-            "teacher_finetuned": None if ft_node else f"teacher '{tnode['name']}' does not expose its encoder",
+            "teacher_finetuned": None
+            if ft_node
+            else f"teacher '{tnode['name']}' has no pretrained encoder to finetune (a third party's, or tiny without weights)",
         }
         skip["distilled_from_finetuned"] = skip["distilled_from_finetuned_synthetic"] = skip["teacher_finetuned"]
         for row in list(rows):
