@@ -222,3 +222,20 @@ def test_the_finetuned_teacher_and_the_probed_student_need_a_pretrained_encoder(
     probe = wf._student_probe_node({"name": "vit_small", "tiny": True, "weights": "s.pt"}, "classification")
     assert probe["name"] == "probed" and probe["weights"] == "s.pt" and probe["backbone"] == "dinov2_vits14"
     assert wf._student_probe_node({"name": "resnet50"}, "classification") is None
+
+
+def test_the_student_encoder_does_not_depend_on_whether_the_teacher_was_cached(tmp_path):
+    """The encoders' random init depends on pretrain.seed only: a cached teacher must give the same
+    student encoder as a teacher trained in the same run (it drew from the RNG left by the
+    teacher's training, so reruns with a cached teacher trained another student)."""
+    import shutil
+
+    args = [*TINY, "rows=[student_probed]", "seeds=[0]", "plots=false"]
+    run("distill-digits", [f"out={tmp_path / 'a'}", f"pretrain.cache_dir={tmp_path / 'ca'}", *args], hooks=[])
+    (tmp_path / "cb").mkdir()
+    for p in (tmp_path / "ca").glob("teacher-*"):
+        shutil.copy(p, tmp_path / "cb" / p.name)
+    run("distill-digits", [f"out={tmp_path / 'b'}", f"pretrain.cache_dir={tmp_path / 'cb'}", *args], hooks=[])
+    (a,) = (tmp_path / "ca").glob("student-*.safetensors")
+    (b,) = (tmp_path / "cb").glob("student-*.safetensors")
+    assert a.name == b.name and a.read_bytes() == b.read_bytes()

@@ -80,14 +80,25 @@ class _Unlabelled(torch.utils.data.Dataset):
 
 
 class _Encoder(nn.Module, InputSpec):
-    """A backbone plus a trainable projection, with the teachers' and students' ``prepare``."""
+    """A backbone plus a trainable projection, with the teachers' and students' ``prepare``. Its
+    ``forward`` does all the trainable work, so that under DDP every gradient is synchronised."""
 
-    def __init__(self, backbone: nn.Module, proj: nn.Module, image_size: int):
+    def __init__(self, backbone: nn.Module, proj: nn.Module, image_size: int, patch_size: tuple | None = None):
         super().__init__()
         self.backbone, self.proj, self.image_size = backbone, proj, int(image_size)
+        self.patch_size = patch_size  # set: (cls, patch tokens resized to this grid) through proj["cls"/"patch"]
 
     def normalize_resized(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone.normalize(images)
+
+    def forward(self, x: torch.Tensor):
+        tok = self.backbone.forward_tokens(x)
+        if self.patch_size is None:
+            return self.proj(tok["cls"][-1])
+        sp = tok["patch"]
+        if tuple(sp.shape[-2:]) != tuple(self.patch_size):
+            sp = F.interpolate(sp, size=self.patch_size, mode="bilinear", align_corners=False)
+        return self.proj["cls"](tok["cls"][-1]), self.proj["patch"](sp.flatten(2).transpose(1, 2))
 
 
 def _views(images01: torch.Tensor, gen: torch.Generator, aug: dict) -> torch.Tensor:
@@ -173,8 +184,7 @@ def pretrain_teacher_encoder(
 
         def loss_fn(m, x, _y):
             net = m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
-            cls = net.backbone.forward_tokens(net.prepare(x))["cls"][-1]
-            loss = nt_xent(net.proj(cls), float(cfg["temperature"]))
+            loss = nt_xent(m(net.prepare(x)), float(cfg["temperature"]))
             return loss, {"nt_xent": float(loss.detach())}
 
         _train(model, images, loss_fn, transform, cfg, device, int(cfg["seed"]), ckpt, hooks, "pretrain_teacher")
@@ -218,9 +228,13 @@ def distill_student_encoder(
     def build(ckpt):
         torch.manual_seed(int(cfg["seed"]))
         proj = nn.ModuleDict({"cls": nn.Linear(ds, dt), "patch": nn.Linear(ds, dt)})
-        model = _Encoder(student, proj, int(cfg["image_size"]))
         teacher.to(device)
         t_in = _Encoder(teacher, nn.Identity(), t_size)
+        with torch.no_grad():
+            grid = tuple(
+                teacher.forward_tokens(t_in.prepare(images[:1].to(device).float() / 255.0))["patch"].shape[-2:]
+            )
+        model = _Encoder(student, proj, int(cfg["image_size"]), patch_size=grid)
 
         def transform(x, y, gen):
             x = x.float() / 255.0 if x.dtype == torch.uint8 else x
@@ -230,13 +244,9 @@ def distill_student_encoder(
             net = m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
             with torch.no_grad():
                 tt = teacher.forward_tokens(t_in.prepare(x))
-            st = net.backbone.forward_tokens(net.prepare(x))
-            c = 1 - F.cosine_similarity(net.proj["cls"](st["cls"][-1]), tt["cls"][-1], dim=-1).mean()
-            sp = st["patch"]
-            if sp.shape[-2:] != tt["patch"].shape[-2:]:
-                sp = F.interpolate(sp, size=tt["patch"].shape[-2:], mode="bilinear", align_corners=False)
-            sp = net.proj["patch"](sp.flatten(2).transpose(1, 2))
-            p = 1 - F.cosine_similarity(sp, tt["patch"].flatten(2).transpose(1, 2), dim=-1).mean()
+            s_cls, s_patch = m(net.prepare(x))
+            c = 1 - F.cosine_similarity(s_cls, tt["cls"][-1], dim=-1).mean()
+            p = 1 - F.cosine_similarity(s_patch, tt["patch"].flatten(2).transpose(1, 2), dim=-1).mean()
             loss = c + p
             return loss, {"cls": float(c.detach()), "patch": float(p.detach())}
 

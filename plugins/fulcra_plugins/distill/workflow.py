@@ -394,6 +394,9 @@ class DistillWorkflow:
         }
         t_size = int(tnode.get("image_size", tparams.get("image_size", 224)))
         tiny = t_spec["tiny"]
+        # the encoders' random init depends on pretrain.seed only (part of their cache key), not on
+        # what ran before (a cached teacher must give the same student as a freshly trained one)
+        torch.manual_seed(int(pc.seed))
         tb = create_backbone(t_spec["backbone"], tiny=tiny, pretrained=tiny, owner="teacher.backbone")
         t_cfg = {**common, "epochs": pc.epochs, "temperature": pc.temperature, "image_size": t_size}
         t_path, t_info = pretrain_teacher_encoder(
@@ -409,6 +412,7 @@ class DistillWorkflow:
                 "tiny": True,
                 "teacher": t_info["key"],
             }
+            torch.manual_seed(int(pc.seed) + 1)
             sb = create_backbone(s_spec["backbone"], tiny=True, pretrained=True, owner="student.backbone")
             tb = create_backbone(t_spec["backbone"], weights=str(t_path), tiny=tiny, owner="teacher.backbone")
             s_cfg = {
