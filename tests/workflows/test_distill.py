@@ -239,3 +239,19 @@ def test_the_student_encoder_does_not_depend_on_whether_the_teacher_was_cached(t
     (a,) = (tmp_path / "ca").glob("student-*.safetensors")
     (b,) = (tmp_path / "cb").glob("student-*.safetensors")
     assert a.name == b.name and a.read_bytes() == b.read_bytes()
+
+
+def test_without_a_val_split_ten_percent_of_train_is_held_out():
+    """§4.4.1: "in instances where no predefined validation set exists, we allocate 10% of the
+    training set": disjoint, deterministic, and batches read through to the original items."""
+    import torch
+
+    from fulcra_plugins.data.digits import TensorImageDataset
+    from fulcra_plugins.distill.workflow import _hold_out
+
+    ds = TensorImageDataset(torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1).expand(50, 3, 2, 2), torch.arange(50))
+    train, val = _hold_out(ds, 0.1, seed=0)
+    assert len(train) == 45 and len(val) == 5 and not set(train.idx) & set(val.idx)
+    assert _hold_out(ds, 0.1, seed=0)[1].idx == val.idx
+    x, y = val.get_batch([0, 1])
+    assert y.tolist() == val.idx[:2] and x[:, 0, 0, 0].tolist() == val.idx[:2]
