@@ -112,6 +112,9 @@ def test_distill_digits_with_it_as_teacher_and_student(example, tmp_path):
             "synthetic.factor=0.1",
             "synthetic.batch_size=64",
             "plots=false",
+            "student_seeds=[0]",
+            "search.enabled=false",
+            "rows=[teacher_probed,student_alone,student_finetuned,distilled,distilled_synthetic]",
         ],
         hooks=[],
     )
@@ -126,9 +129,9 @@ def test_distill_digits_with_it_as_teacher_and_student(example, tmp_path):
     # the encoders pre-trained offline are patch_mixer state dicts (the teacher tiny: width 16)
     from safetensors.torch import load_file
 
-    teacher_sd = load_file(str(out / "pretrain" / "teacher_encoder.safetensors"))
+    teacher_sd = load_file(str(next((out / "pretrain_cache").glob("teacher-*.safetensors"))))
     assert teacher_sd["embed.weight"].shape == (16, 3, 4, 4) and "blocks.1.mlp.0.weight" in teacher_sd
-    student_sd = load_file(str(out / "pretrain" / "student_encoder.safetensors"))
+    student_sd = load_file(str(next((out / "pretrain_cache").glob("student-*.safetensors"))))
     assert student_sd["embed.weight"].shape == (8, 3, 4, 4)
     meta = json.loads(next((out / "feature_cache").rglob("meta.json")).read_text())
     assert "patch_mixer" in json.dumps(meta)

@@ -10,6 +10,12 @@ where they are computed per pixel and averaged over the valid pixels.
   to the task loss when ``T`` changes.
 - :func:`hard_kd_loss` — DeiT's hard-label distillation: cross-entropy to ``argmax`` of the teacher.
 - :func:`dkd_loss` — Decoupled KD (Zhao et al., 2022): ``α·TCKD + β·NCKD`` (needs labels).
+- :func:`crd_loss` — Contrastive Representation Distillation (Tian et al., 2020) on embeddings:
+  the student's and the teacher's features, each through a linear embedding (:class:`CRDEmbed`) and
+  L2-normalised, must pick their own image among the batch's (softmax over ``cos/τ``, both
+  directions). Table B.9 evaluates CRD *with* KD and ``τ = 0.5``; the workflow's ``distill.loss=crd``
+  is ``KD + β·CRD``. fulcra draws the negatives from the batch (the official CRD keeps a memory
+  bank of 16384 features with NCE): same objective family, no state outside the step.
 - :func:`combine` — ``(1 − α)·task + α·distill`` (Eq. 4.2) with α = 0.5 by default.
 """
 
@@ -18,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["kd_loss", "hard_kd_loss", "dkd_loss", "combine", "distill_loss", "LOSSES"]
+__all__ = ["kd_loss", "hard_kd_loss", "dkd_loss", "crd_loss", "CRDEmbed", "combine", "distill_loss", "LOSSES"]
 
 
 def _flatten(logits: torch.Tensor) -> torch.Tensor:
@@ -111,7 +117,39 @@ def dkd_loss(
     return _mean(per, _valid_mask(student, mask))
 
 
-LOSSES = {"kd": kd_loss, "hard": hard_kd_loss, "dkd": dkd_loss}
+class CRDEmbed(torch.nn.Module):
+    """CRD's embedding heads: linear maps of student ``[B, d_s]`` and teacher ``[B, d_t]`` features
+    to ``dim`` (128, as the official CRD), L2-normalised. Trained with the student."""
+
+    def __init__(self, d_student: int, d_teacher: int, dim: int = 128):
+        super().__init__()
+        self.student = torch.nn.Linear(int(d_student), int(dim))
+        self.teacher = torch.nn.Linear(int(d_teacher), int(dim))
+
+    def forward(self, fs: torch.Tensor, ft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.normalize(self.student(fs.float()), dim=-1), F.normalize(self.teacher(ft.detach().float()), dim=-1)
+
+
+def crd_loss(zs: torch.Tensor, zt: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """Contrastive representation distillation over a batch of embeddings.
+
+    Args:
+        zs: ``[B, d]`` student embeddings; zt: ``[B, d]`` teacher embeddings (row ``i`` of both is
+            image ``i``); both L2-normalised (:class:`CRDEmbed`).
+        temperature: ``τ`` (0.5 in Table B.9).
+
+    Returns:
+        scalar: ``½·(CE(zs·ztᵀ/τ, i) + CE(zt·zsᵀ/τ, i))``, the positive pair of each row against the
+        batch's other images as negatives.
+    """
+    if zs.shape != zt.shape or zs.ndim != 2:
+        raise ValueError(f"crd_loss needs two [B, d] embeddings of one shape, got {tuple(zs.shape)}, {tuple(zt.shape)}")
+    logits = zs @ zt.t() / float(temperature)
+    target = torch.arange(zs.shape[0], device=zs.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+LOSSES = {"kd": kd_loss, "hard": hard_kd_loss, "dkd": dkd_loss, "crd": kd_loss}
 
 
 def distill_loss(
@@ -123,8 +161,9 @@ def distill_loss(
     temperature: float = 2.0,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Dispatch by name: ``kd`` (Hinton), ``hard`` (hard-label KD) or ``dkd`` (needs ``labels``)."""
-    if name == "kd":
+    """Dispatch by name on logits: ``kd`` (Hinton), ``hard`` (hard-label KD) or ``dkd`` (needs ``labels``);
+    ``crd`` gives its KD part here (the contrastive part needs features: :func:`crd_loss`)."""
+    if name in ("kd", "crd"):
         return kd_loss(student, teacher, temperature, mask=mask)
     if name == "hard":
         return hard_kd_loss(student, teacher, mask=mask)
@@ -132,7 +171,7 @@ def distill_loss(
         if labels is None:
             raise ValueError("dkd needs labels")
         return dkd_loss(student, teacher, labels, mask=mask)
-    raise ValueError(f"unknown distillation loss {name!r} (choose kd, hard or dkd)")
+    raise ValueError(f"unknown distillation loss {name!r} (choose kd, hard, dkd or crd)")
 
 
 def combine(task: torch.Tensor, distill: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:

@@ -24,7 +24,7 @@ from fulcra.interfaces import PredictingTask
 from ._common import resize_logits
 from .augment import augment_batch, mixup
 from .cache import CachedFeatures, FeatureCache, dataset_fingerprint, file_fingerprint
-from .losses import combine, distill_loss
+from .losses import CRDEmbed, combine, crd_loss, distill_loss
 
 __all__ = ["probe_teacher", "train_student", "evaluate", "dataset_targets", "to_unit"]
 
@@ -126,6 +126,22 @@ def unwrap_prepare(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return unwrap(model).prepare(x)
 
 
+class _WithCRD(nn.Module):
+    """A student plus CRD's embedding heads, trained together; one forward gives the logits and both
+    embeddings (so DDP sees every parameter used inside its forward)."""
+
+    def __init__(self, student: nn.Module, embed: CRDEmbed):
+        super().__init__()
+        self.student, self.embed = student, embed
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return self.student.prepare(images)
+
+    def forward(self, x: torch.Tensor, t_feats: torch.Tensor):
+        zs, zt = self.embed(self.student.features(x), t_feats)
+        return self.student(x), zs, zt
+
+
 def train_student(
     student: nn.Module,
     task: Any,
@@ -145,7 +161,8 @@ def train_student(
 
     Args:
         cfg: ``epochs, batch_size, optimizer, lr, weight_decay, warmup_epochs, augment, mixup``.
-        distill_cfg: ``alpha, temperature, loss`` (``kd``, ``hard`` or ``dkd``).
+        distill_cfg: ``alpha, temperature, loss`` (``kd``, ``hard``, ``dkd`` or ``crd``: KD plus
+            ``crd_weight`` × the contrastive term of :func:`crd_loss` at ``crd_temperature``).
         synthetic: ``[M, 3, H, W]`` uint8 images used only in the distillation term.
     """
     dense = _is_dense(dataset_targets(train)[:1])
@@ -163,6 +180,17 @@ def train_student(
     aug_syn = dict(aug, scale=aug["scale"] or ((0.25, 1.0) if dense else (0.08, 1.0)))
     if loss_name == "dkd" and syn is not None and teacher is not None:
         raise ConfigError("distill: DKD needs class labels and synthetic images have none; use loss kd or hard")
+    model: nn.Module = student
+    use_crd = teacher is not None and loss_name == "crd"
+    if use_crd:
+        if dense:
+            raise ConfigError("distill: distill.loss=crd is for classification (it contrasts image-level features)")
+        x0 = to_unit(collate_batch(train, [0, min(1, len(train) - 1)])[0].to(device))
+        teacher.to(device).eval()
+        with torch.no_grad():
+            d_s = student.to(device).features(student.prepare(x0)).shape[-1]
+            d_t = teacher.features(teacher.prepare(x0)).shape[-1]
+        model = _WithCRD(student, CRDEmbed(d_s, d_t, int(getattr(distill_cfg, "crd_dim", 128))))
 
     def transform(x, y, gen):
         x, y = augment_batch(to_unit(x), y, cfg.augment, gen, **aug)
@@ -183,8 +211,14 @@ def train_student(
         return x, {"y": y, "perm": perm, "lam": lam, "n": n}
 
     def loss_fn(model, x, t):
-        s_out = model(unwrap(model).prepare(x))
         n, y = t["n"], t["y"]
+        if use_crd:
+            with torch.no_grad():
+                t_in = teacher.prepare(x)
+                t_out, t_feats = teacher(t_in), teacher.features(t_in)
+            s_out, zs, zt = model(unwrap(model).prepare(x), t_feats)
+        else:
+            s_out = model(unwrap(model).prepare(x))
         if dense:
             s_out = resize_logits(s_out, tuple(y.shape[-2:]))
         task_loss = t["lam"] * _task_loss(task, s_out[:n], y)
@@ -192,10 +226,11 @@ def train_student(
             task_loss = task_loss + (1 - t["lam"]) * _task_loss(task, s_out[:n], y[t["perm"]])
         if teacher is None:
             return task_loss, {"task": float(task_loss.detach())}
-        with torch.no_grad():
-            t_out = teacher(teacher.prepare(x))
-            if dense:
-                t_out = resize_logits(t_out, tuple(y.shape[-2:]))
+        if not use_crd:
+            with torch.no_grad():
+                t_out = teacher(teacher.prepare(x))
+                if dense:
+                    t_out = resize_logits(t_out, tuple(y.shape[-2:]))
         mask = None
         if dense and hasattr(task, "ignore_index"):
             # synthetic images carry no labels: all their pixels count; ignored real pixels do not
@@ -209,12 +244,17 @@ def train_student(
             d = distill_loss("dkd", s_out[:n], t_out[:n], labels=y, mask=None if mask is None else mask[:n])
         else:
             d = distill_loss(loss_name, s_out, t_out, temperature=distill_cfg.temperature, mask=mask)
+        extra = {}
+        if use_crd:
+            c = crd_loss(zs, zt, float(getattr(distill_cfg, "crd_temperature", 0.5)))
+            extra["crd"] = float(c.detach())
+            d = d + float(getattr(distill_cfg, "crd_weight", 0.8)) * c
         loss = combine(task_loss, d, distill_cfg.alpha)
-        return loss, {"task": float(task_loss.detach()), "distill": float(d.detach())}
+        return loss, {"task": float(task_loss.detach()), "distill": float(d.detach()), **extra}
 
     steps_per_epoch = max(1, len(train) // bs)
     trainer = Trainer(
-        student,
+        model,
         train,
         loss_fn,
         epochs=cfg.epochs,

@@ -82,3 +82,35 @@ def test_combine_eq_4_2():
     assert combine(torch.tensor(2.0), torch.tensor(4.0), 0.0).item() == 2.0
     with pytest.raises(ValueError):
         distill_loss("nope", torch.zeros(1, 2), torch.zeros(1, 2))
+
+
+def _crd_reference(zs, zt, tau):
+    # ½ (mean_i -log softmax_j(zs_i·zt_j/τ)[i] + mean_j -log softmax_i(zs_i·zt_j/τ)[j]), float64 loops
+    n = zs.shape[0]
+    sim = [[float(zs[i].double() @ zt[j].double()) / tau for j in range(n)] for i in range(n)]
+    rows = sum(-sim[i][i] + math.log(sum(math.exp(v) for v in sim[i])) for i in range(n)) / n
+    cols = sum(-sim[j][j] + math.log(sum(math.exp(sim[i][j]) for i in range(n))) for j in range(n)) / n
+    return 0.5 * (rows + cols)
+
+
+def test_crd_matches_its_formula_and_rewards_aligned_embeddings():
+    from fulcra_plugins.distill.losses import CRDEmbed, crd_loss
+
+    g = torch.Generator().manual_seed(0)
+    zs = torch.nn.functional.normalize(torch.randn(6, 4, generator=g), dim=-1)
+    zt = torch.nn.functional.normalize(torch.randn(6, 4, generator=g), dim=-1)
+    assert float(crd_loss(zs, zt, 0.5)) == pytest.approx(_crd_reference(zs, zt, 0.5), rel=1e-5)
+    assert float(crd_loss(zs, zs, 0.5)) < float(crd_loss(zs, zs[[1, 2, 3, 4, 5, 0]], 0.5))
+    # the embedding heads: the teacher's features are detached, both heads learn
+    embed = CRDEmbed(5, 7, dim=3)
+    fs, ft = torch.randn(4, 5, requires_grad=True), torch.randn(4, 7, requires_grad=True)
+    a, b = embed(fs, ft)
+    assert a.shape == b.shape == (4, 3) and torch.allclose(a.norm(dim=-1), torch.ones(4))
+    crd_loss(a, b).backward()
+    assert fs.grad is not None and ft.grad is None
+    assert embed.student.weight.grad.abs().sum() > 0 and embed.teacher.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="one shape"):
+        crd_loss(zs, zt[:3])
+    # distill_loss("crd") is its KD part on logits (the workflow adds β·CRD on features)
+    s, t = torch.randn(3, 4), torch.randn(3, 4)
+    torch.testing.assert_close(distill_loss("crd", s, t, temperature=2.0), kd_loss(s, t, 2.0))

@@ -139,3 +139,60 @@ def test_distillation_resumes_exactly(tmp_path):
     again = _student(tmp_path, "full", 0.5, None, loss="dkd")  # finished checkpoint: nothing retrained
     for pa, pb in zip(full.parameters(), again.parameters()):
         torch.testing.assert_close(pa, pb)
+
+
+def test_crd_distillation_trains_its_embedding_heads_and_the_student(tmp_path):
+    s = _student(tmp_path, "crd", 0.5, None, loss="crd")
+    sd = torch.load(tmp_path / "crd.ckpt", weights_only=True)["model"]
+    assert any(k.startswith("embed.student.") for k in sd) and any(k.startswith("embed.teacher.") for k in sd)
+    torch.manual_seed(1)
+    before = VitStudent(tiny=True, pretrained=False, num_classes=3, image_size=28)
+    assert max(float((a - b).abs().max()) for a, b in zip(s.parameters(), before.parameters())) > 1e-4
+
+
+def test_distillation_loss_only_ignores_the_labels(tmp_path):
+    """Table 4.6's "L_distill only" ablation is distill.alpha=1: the labels must not matter."""
+    ds = _data()
+    flipped = TensorImageDataset(ds.images, (ds.labels + 1) % 3)
+    out = []
+    for name, data in (("a", ds), ("b", flipped)):
+        torch.manual_seed(1)
+        s = VitStudent(tiny=True, pretrained=False, num_classes=3, image_size=28)
+        train_student(
+            s, Classification(), data, ckpt_path=tmp_path / f"{name}.ckpt", cfg=_cfg(), device=torch.device("cpu"),
+            seed=0, teacher=_teacher(), distill_cfg=SimpleNamespace(alpha=1.0, temperature=2.0, loss="kd"),
+        )  # fmt: skip
+        out.append(s)
+    for pa, pb in zip(out[0].parameters(), out[1].parameters()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+
+
+def test_synthetic_images_get_the_dense_crop_scale(tmp_path, monkeypatch):
+    """Synthetic images carry no label map; for segmentation they must still get the real images'
+    crop scale 0.25, not classification's 0.08 (issue 16: they got 0.08)."""
+    from fulcra_plugins.distill import training
+    from fulcra_plugins.distill.teachers import ProbedSegTeacher
+    from fulcra_plugins.tasks.segmentation import SemanticSegmentation
+
+    seen = []
+    real = training.augment_batch
+
+    def spy(images, labels, mode, gen, **kw):
+        seen.append((labels is None, kw.get("scale")))
+        return real(images, labels, mode, gen, **kw)
+
+    monkeypatch.setattr(training, "augment_batch", spy)
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(8, 3, 28, 28, generator=g) * 255).to(torch.uint8)
+    maps = torch.randint(0, 3, (8, 28, 28), generator=g)
+    ds = torch.utils.data.TensorDataset(images, maps)
+    torch.manual_seed(0)
+    teacher = ProbedSegTeacher("dinov2_vits14", tiny=True, num_classes=3, image_size=28)
+    s = VitStudent(tiny=True, pretrained=False, num_classes=3, image_size=28, task="segmentation")
+    train_student(
+        s, SemanticSegmentation(), ds, ckpt_path=None, cfg=_cfg(batch_size=4, epochs=1, mixup=0.0),
+        device=torch.device("cpu"), seed=0, teacher=teacher,
+        distill_cfg=SimpleNamespace(alpha=0.5, temperature=2.0, loss="kd"), synthetic=images[:4],
+    )  # fmt: skip
+    syn = [scale for unlabelled, scale in seen if unlabelled]
+    assert syn and all(scale == (0.25, 1.0) for scale in syn)
