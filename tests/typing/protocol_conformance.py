@@ -5,7 +5,7 @@ from its interface fails `make test` before any workflow runs."""
 # ruff: noqa: I001
 from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, CheckedWorkflow, Command, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PredictingTask, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, SnapshotRefiner, Student, Task, Teacher, TextExtractor, TunableRefiner, Workflow)
 from fulcra_plugins.augment._base import Identity
-from fulcra_plugins.augment.colour import Brightness, Color, Contrast, Grayscale, Hue, Invert, Posterize, Sharpness, Solarize
+from fulcra_plugins.augment.colour import Brightness, Color, ColorJitter, Contrast, Grayscale, Hue, Invert, Posterize, Sharpness, Solarize
 from fulcra_plugins.augment.composite import CompositeAugment
 from fulcra_plugins.augment.erase_crop import Cutout, RandomCrop, RandomResizedCrop
 from fulcra_plugins.augment.geometric import Rotate, ShearX, ShearY, TranslateX, TranslateY
@@ -62,6 +62,10 @@ def _augmentations_brightness_AugmentationOp(x: Brightness) -> AugmentationOp:
 
 
 def _augmentations_color_AugmentationOp(x: Color) -> AugmentationOp:
+    return x
+
+
+def _augmentations_color_jitter_AugmentationOp(x: ColorJitter) -> AugmentationOp:
     return x
 
 

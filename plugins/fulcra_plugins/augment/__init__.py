@@ -1,4 +1,4 @@
-"""The SLACK transform library: 20 batched augmentation ops and the composite applier.
+"""The SLACK transform library: 21 batched augmentation ops and the composite applier.
 
 Each op is an ``augmentations`` plugin (entry point name = ``Op.name``); see :mod:`.ops` for the
 value conventions and :mod:`.composite` for the fused per-image composition.
@@ -10,6 +10,7 @@ from .ops import (
     AutoContrast,
     Brightness,
     Color,
+    ColorJitter,
     Contrast,
     Cutout,
     Equalize,
@@ -56,4 +57,5 @@ __all__ = [
     "RandomResizedCrop",
     "Grayscale",
     "Hue",
+    "ColorJitter",
 ]

@@ -10,7 +10,18 @@ import torch.nn.functional as F
 from . import _kernels as K
 from ._base import Op, _Lut
 
-__all__ = ["Invert", "Solarize", "Posterize", "Brightness", "Contrast", "Color", "Sharpness", "Hue", "Grayscale"]
+__all__ = [
+    "Invert",
+    "Solarize",
+    "Posterize",
+    "Brightness",
+    "Contrast",
+    "Color",
+    "Sharpness",
+    "Hue",
+    "Grayscale",
+    "ColorJitter",
+]
 
 
 class Invert(_Lut):
@@ -260,3 +271,50 @@ class Grayscale(Op):
         else:
             g = _gray_floor(images)
         return g.expand_as(images).contiguous()
+
+
+class ColorJitter(Op):
+    """torchvision's ``ColorJitter(s, s, s)``: brightness, contrast and saturation factors each
+    uniform in ``[1 - s, 1 + s]``, applied in a random order per image (torchvision permutes its
+    sub-transforms at every call); the default pipeline of TrivialAugment's ImageNet training
+    (``s = 0.4``). Magnitudes map to the strength ``s`` (``value_range`` (0, 0.4)).
+
+    ``apply(images, s)`` is the deterministic form: factors ``1 + s`` in torchvision's order
+    brightness, contrast, saturation, i.e. ``F.adjust_saturation(F.adjust_contrast(
+    F.adjust_brightness(img, 1 + s), 1 + s), 1 + s)``; ``apply_params`` takes ``{"factors" [B, 3],
+    "order" [B, 3]}`` (a permutation of 0 = brightness, 1 = contrast, 2 = saturation) for replay,
+    each step bit-identical to torchvision's on uint8.
+    """
+
+    name = "color_jitter"
+    value_range = (0.0, 0.4)
+
+    def __init__(self, value_range: Sequence[float] | None = None):
+        super().__init__(value_range)
+        self._steps = (Brightness(), Contrast(), Color())
+
+    def sample_params(self, images, magnitude, generator):
+        s = self.magnitude_to_value(magnitude.to(torch.float64)).view(-1, 1)
+        n = images.shape[0]
+        u = torch.rand(n, 3, generator=generator, device=images.device, dtype=torch.float64)
+        order = torch.argsort(torch.rand(n, 3, generator=generator, device=images.device, dtype=torch.float64), dim=1)
+        return {"factors": 1.0 - s + 2.0 * s * u, "order": order}
+
+    def apply(self, images, value=0.0):
+        B = images.shape[0]
+        f = 1.0 + K.per_image(value, B, images.device).to(torch.float64).view(-1, 1).expand(B, 3)
+        order = torch.arange(3, device=images.device).expand(B, 3)
+        return self.apply_params(images, {"factors": f, "order": order})
+
+    def apply_params(self, images, params):
+        factors, order = params["factors"].to(torch.float64), params["order"].to(torch.int64)
+        out = images.clone()
+        # images with the same permutation go through the three steps together
+        perms, group = torch.unique(order, dim=0, return_inverse=True)
+        for g in range(perms.shape[0]):
+            idx = torch.nonzero(group == g, as_tuple=False).flatten()
+            x = out[idx]
+            for step in perms[g].tolist():
+                x = self._steps[step].apply_params(x, {"value": factors[idx, step]})
+            out[idx] = x
+        return out

@@ -1,6 +1,6 @@
 """The SLACK transforms as batched :class:`~fulcra.interfaces.BaseAugmentationOp` plugins, by family:
 :mod:`.geometric` (Shear, Translate, Rotate), :mod:`.colour` (Invert, Solarize, Posterize, the
-enhance ops, Hue, Grayscale), :mod:`.histogram` (AutoContrast, Equalize) and :mod:`.erase_crop`
+enhance ops, Hue, Grayscale, ColorJitter), :mod:`.histogram` (AutoContrast, Equalize) and :mod:`.erase_crop`
 (Cutout, RandomCrop, RandomResizedCrop), on the common base of :mod:`._base`.
 
 Conventions (thesis app. A.2.2, Table A.2):
@@ -27,7 +27,7 @@ images), ``kind = "affine"`` ops expose :meth:`matrix` (an inverse affine matrix
 from __future__ import annotations
 
 from ._base import Identity, Op
-from .colour import Brightness, Color, Contrast, Grayscale, Hue, Invert, Posterize, Sharpness, Solarize
+from .colour import Brightness, Color, ColorJitter, Contrast, Grayscale, Hue, Invert, Posterize, Sharpness, Solarize
 from .erase_crop import Cutout, RandomCrop, RandomResizedCrop
 from .geometric import Rotate, ShearX, ShearY, TranslateX, TranslateY
 from .histogram import AutoContrast, Equalize
@@ -54,6 +54,7 @@ __all__ = [
     "RandomResizedCrop",
     "Grayscale",
     "Hue",
+    "ColorJitter",
     "ALL_OPS",
 ]
 
@@ -79,4 +80,5 @@ ALL_OPS: tuple[type[Op], ...] = (
     RandomResizedCrop,
     Grayscale,
     Hue,
+    ColorJitter,
 )

@@ -82,12 +82,14 @@ def _ta_ranges(variant: str, width: int) -> dict:
 # The transforms TrivialAugment's training pipelines hard-code around the random op (Table A.2,
 # "Default" rows): CIFAR pads by 4 px (0.125 of 32) and crops back, flips, and cuts a 16 px square
 # (0.5 of 32) at the end; ImageNet (and DomainNet "ImageNet") starts with RandomResizedCrop of area
-# in [0.08, 1] and flips. A fixed value is a range [v, v]; a drawn one a range of magnitude U(0, 1).
+# in [0.08, 1], flips and applies ColorJitter(0.4, 0.4, 0.4) (the color_jitter op, last: photometric
+# and flip-invariant, so its place after the flip does not matter). A fixed value is a range [v, v];
+# a drawn one a range of magnitude U(0, 1).
 # Each becomes a stage with probability 1 on its op; the flip is the workflow's ``flip=true``.
 _DEFAULTS = {
     "none": ([], []),
     "cifar": ([], [("random_crop", [0.125, 0.125]), ("cutout", [0.5, 0.5])]),
-    "imagenet": ([("random_resized_crop", [1.0, 0.08])], []),
+    "imagenet": ([("random_resized_crop", [1.0, 0.08])], [("color_jitter", [0.4, 0.4])]),
 }
 
 
@@ -148,7 +150,8 @@ class TrivialAugment:
         defaults: the transforms TrivialAugment's own pipelines hard-code: ``none``; ``cifar``
             (the TA op, then RandomCrop with 4 px padding, then Cutout of 16 px, on 32 px images;
             Table 3.1's "3 total, 2 hard-coded" with the flip); ``imagenet`` (RandomResizedCrop of
-            area [0.08, 1] first). The horizontal flip is the workflow's ``flip=true``.
+            area [0.08, 1] first, ColorJitter(0.4, 0.4, 0.4) last). The horizontal flip is the
+            workflow's ``flip=true``.
     """
 
     def __init__(self, variant: str = "wide", defaults: str = "none"):

@@ -79,6 +79,11 @@ CASES = {
     "cutout": (_cutout, [0, 4, 9, 16, 33, 40], "exact"),
     "random_crop": (lambda im, v: F.crop(F.pad(im, [int(v)]), 0, 0, H, W), [0, 1, 4, 8, 16, 3], "exact"),
     "random_resized_crop": (_rrc, [1.0, 0.5, 0.05, 0.8, 0.3, 0.1], "resample"),
+    "color_jitter": (
+        lambda im, v: F.adjust_saturation(F.adjust_contrast(F.adjust_brightness(im, 1 + v), 1 + v), 1 + v),
+        [0.0, 0.1, 0.4, -0.3, 0.25, -0.4],
+        "exact",
+    ),
 }
 
 

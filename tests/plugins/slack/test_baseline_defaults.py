@@ -31,8 +31,10 @@ def test_cifar_defaults_crop_then_cutout_after_the_ta_op():
 
 def test_imagenet_defaults_random_resized_crop_first():
     p = fulcra.create("policy_optimizers", "trivialaugment", variant="ra", defaults="imagenet").search()
-    assert p.ops[-1] == "random_resized_crop" and p.num_stages == 2
-    assert p.probs()[0, -1] == 1 and p.ranges["random_resized_crop"] == [1.0, 0.08]
+    assert p.ops[-2:] == ["random_resized_crop", "color_jitter"] and p.num_stages == 3
+    assert p.probs()[0, -2] == 1 and p.ranges["random_resized_crop"] == [1.0, 0.08]
+    # TrivialAugment's ImageNet pipeline ends with ColorJitter(0.4, 0.4, 0.4): the last stage, always
+    assert p.probs()[-1, -1] == 1 and p.ranges["color_jitter"] == [0.4, 0.4]
     assert p.ranges["rotate"] == [0.0, 30.0]  # the RA ranges are kept
 
 
