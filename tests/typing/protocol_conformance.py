@@ -413,6 +413,10 @@ def _workflows_distill_Workflow(x: DistillWorkflow) -> Workflow:
     return x
 
 
+def _workflows_distill_CheckedWorkflow(x: DistillWorkflow) -> CheckedWorkflow:
+    return x
+
+
 def _workflows_lerf_Workflow(x: LerfWorkflow) -> Workflow:
     return x
 

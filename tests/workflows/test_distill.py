@@ -111,7 +111,20 @@ def test_missing_teacher_weights_fail_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setenv("FULCRA_WEIGHTS_DIR", str(tmp_path / "none"))
     with pytest.raises(WeightsNotFoundError, match="dinov2_vitg14_reg4_pretrain.pth"):
         run({"workflow": "distill", "out": str(tmp_path / "o"), "generator": {"name": "mixup"}}, [], hooks=[])
-    assert not (tmp_path / "o" / "synthetic").exists() and not (tmp_path / "o" / "seed0").exists()
+    assert not (tmp_path / "o").exists()  # checked before out= is created
+
+
+def test_missing_dataset_root_leaves_no_folder(tmp_path):
+    from fulcra.errors import DataNotFoundError
+
+    cfg = {
+        "workflow": "distill",
+        "out": str(tmp_path / "o"),
+        "data": {"name": "domainnet", "root": str(tmp_path / "nope")},
+    }
+    with pytest.raises(DataNotFoundError):
+        run(cfg, [], hooks=[])
+    assert not (tmp_path / "o").exists()
 
 
 class _Notes:

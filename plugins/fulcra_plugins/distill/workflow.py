@@ -484,10 +484,33 @@ class DistillWorkflow:
         return entry["best"]
 
     # --------------------------------------------------------------------------------- main
+    def check(self) -> None:
+        """Before anything is written (:class:`~fulcra.interfaces.CheckedWorkflow`): the dataset is on
+        disk and has the evaluation split, the search does not select on it, the backbones' names,
+        keys and weight files resolve, and the loss fits the rows."""
+        cfg = self.cfg
+        data = self._dataset()
+        splits = data.splits()
+        if cfg.eval_split not in splits:
+            raise ConfigError(
+                f"workflows plugin 'distill': eval_split {cfg.eval_split!r} not in the dataset's splits {sorted(splits)}"
+            )
+        if cfg.search.enabled and cfg.search.split == cfg.eval_split:
+            raise ConfigError(
+                f"workflows plugin 'distill': search.split {cfg.search.split!r} is the evaluation split; "
+                "hyperparameters are never chosen on the split the table reports"
+            )
+        self._preflight(self._node("teacher"), self._node("student"), list(cfg.rows))
+
+    def _dataset(self):
+        if getattr(self, "_data", None) is None:
+            self._data = fulcra.create("datasets", self._node("data"))
+        return self._data
+
     def run(self, ctx) -> dict:
         cfg = self.cfg
         out = Path(ctx.out)
-        data = fulcra.create("datasets", self._node("data"))
+        data = self._dataset()
         splits = data.splits()
         if cfg.eval_split not in splits:
             raise ConfigError(
