@@ -43,6 +43,7 @@ from fulcra_plugins.scenes.torch_backend import TorchScene
 from fulcra_plugins.slack.baselines import RandAugment, TrivialAugment, UniformPolicy
 from fulcra_plugins.slack.models import ResNet18, SmallCNN, Wrn2810, Wrn402
 from fulcra_plugins.slack.official import PolicyCommand
+from fulcra_plugins.slack.pool import PoolCommand
 from fulcra_plugins.slack.slack import Slack
 from fulcra_plugins.slack.workflow import SearchWorkflow
 from fulcra_plugins.tasks.classification import Classification
@@ -158,6 +159,10 @@ def _commands_convert_Command(x: ConvertCommand) -> Command:
 
 
 def _commands_policy_Command(x: PolicyCommand) -> Command:
+    return x
+
+
+def _commands_pool_Command(x: PoolCommand) -> Command:
     return x
 
 
