@@ -28,7 +28,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from fulcra.errors import ConfigError, DataNotFoundError, FormatError, MissingDependencyError
+from fulcra.errors import ConfigError, DataNotFoundError, FormatError
+
+from .vision import _torchvision
 
 __all__ = ["ImageNet100", "DomainNet", "DOMAINS", "read_class_list"]
 
@@ -39,16 +41,6 @@ _CAPPED = {"real": 50000, "quickdraw": 50000}
 _SQUASHED = {"clipart", "sketch", "quickdraw"}
 _EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 _PREPROCESS = ("resize_crop", "squash")
-
-
-def _torchvision():
-    try:
-        import torchvision
-    except ImportError as e:  # pragma: no cover
-        raise MissingDependencyError(
-            "this dataset needs torchvision: pip install 'fulcra[vision]'", extra="vision"
-        ) from e
-    return torchvision
 
 
 class _Images(TorchDataset):
