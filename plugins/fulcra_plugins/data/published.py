@@ -144,6 +144,21 @@ class _Split(TorchDataset):
         return self.base[self.indices[i]]
 
 
+def _at_size(ds, size: int):
+    """The same images (and split indices) pre-processed to another output side."""
+    if isinstance(ds, _Split):
+        return _Split(_at_size(ds.base, size), ds.indices)
+    return _Images(ds.samples, size, ds.resize, ds.preprocess)
+
+
+def _with_train_size(splits: dict, train_size: int, size: int, preprocess: str) -> dict:
+    """``train`` at ``R(resize) + CC(train_size)`` (the square the training's random crops of ``size``
+    come from, Table A.3's ``R(256) + RC((224, 224))``); ``val`` and ``test`` stay ``CC(size)``."""
+    if train_size <= 0 or train_size == size or preprocess != "resize_crop":
+        return splits
+    return {**splits, "train": _at_size(splits["train"], train_size)}
+
+
 class ImageNet100:
     """ImageNet-100 from an ImageNet folder and the 100-class list file.
 
@@ -156,6 +171,9 @@ class ImageNet100:
         preprocess: ``resize_crop`` (default, ``auto``) or ``squash``.
         val_fraction: a seeded fraction of ``train`` held out as ``val`` (0: ``val`` is the test set).
         seed: seed of that hold-out.
+        train_size: with ``resize_crop``, the ``train`` images are the central ``train_size`` square
+            of ``R(resize)`` (``val``/``test`` stay ``CC(size)``), for the search workflow's
+            ``train_crop=size`` random crops (Table A.3's SLACK ``R(256)+RC((224, 224))``; 0: off).
     """
 
     conformance_params = staticmethod(lambda: _tiny_layout("imagenet100"))
@@ -169,6 +187,7 @@ class ImageNet100:
         preprocess: str = "auto",
         val_fraction: float = 0.0,
         seed: int = 0,
+        train_size: int = 0,
     ):
         if not root:
             raise DataNotFoundError("datasets.imagenet100: set root= to the ImageNet folder (with train/ and val/)")
@@ -198,6 +217,11 @@ class ImageNet100:
         self.size, self.resize = int(size), int(resize)
         self.preprocess = "resize_crop" if preprocess == "auto" else preprocess
         self.val_fraction, self.seed = float(val_fraction), int(seed)
+        if int(train_size) < 0 or (int(train_size) and not self.size <= int(train_size) <= self.resize):
+            raise ConfigError(
+                f"datasets.imagenet100: train_size must be 0 or between size ({self.size}) and resize ({self.resize}), got {train_size}"
+            )
+        self.train_size = int(train_size)
 
     def splits(self) -> dict:
         train = _Images(_scan(self.root / "train", self.classes), self.size, self.resize, self.preprocess)
@@ -206,8 +230,10 @@ class ImageNet100:
             raise DataNotFoundError(f"datasets.imagenet100: no images of the listed classes under {self.root}")
         if self.val_fraction > 0:
             tr, va = _seeded_split(len(train), int(round(self.val_fraction * len(train))), self.seed)
-            return {"train": _Split(train, tr), "val": _Split(train, va), "test": test}
-        return {"train": train, "val": test, "test": test}
+            out = {"train": _Split(train, tr), "val": _Split(train, va), "test": test}
+        else:
+            out = {"train": train, "val": test, "test": test}
+        return _with_train_size(out, self.train_size, self.size, self.preprocess)
 
 
 class DomainNet:
@@ -227,6 +253,9 @@ class DomainNet:
         preprocess: ``auto`` (Table A.3: ``squash`` for clipart, sketch, quickdraw, else
             ``resize_crop``), ``resize_crop`` or ``squash``.
         val_fraction: a seeded fraction of ``train`` held out as ``val`` (0: ``val`` is the test set).
+        train_size: with ``resize_crop``, the ``train`` images are the central ``train_size`` square
+            of ``R(resize)`` (``val``/``test`` stay ``CC(size)``), for the search workflow's
+            ``train_crop=size`` random crops (Table A.3: painting, infograph, real; 0: off).
     """
 
     conformance_params = staticmethod(lambda: _tiny_layout("domainnet"))
@@ -243,6 +272,7 @@ class DomainNet:
         resize: int = 256,
         preprocess: str = "auto",
         val_fraction: float = 0.0,
+        train_size: int = 0,
     ):
         if not root:
             raise DataNotFoundError("datasets.domainnet: set root= to the DomainNet folder (holding <domain>/)")
@@ -270,6 +300,11 @@ class DomainNet:
         self.size, self.resize = int(size), int(resize)
         self.preprocess = preprocess if preprocess != "auto" else ("squash" if domain in _SQUASHED else "resize_crop")
         self.val_fraction = float(val_fraction)
+        if int(train_size) < 0 or (int(train_size) and not self.size <= int(train_size) <= self.resize):
+            raise ConfigError(
+                f"datasets.domainnet: train_size must be 0 or between size ({self.size}) and resize ({self.resize}), got {train_size}"
+            )
+        self.train_size = int(train_size)
         class_dir = self.dir / "train" if split == "folders" else self.dir
         if not class_dir.is_dir():
             raise DataNotFoundError(f"datasets.domainnet: split 'folders' needs {class_dir}")
@@ -326,5 +361,7 @@ class DomainNet:
         train, test = self._train_test()
         if self.val_fraction > 0:
             tr, va = _seeded_split(len(train), int(round(self.val_fraction * len(train))), self.split_seed + 1)
-            return {"train": _Split(train, tr), "val": _Split(train, va), "test": test}  # type: ignore[arg-type]
-        return {"train": train, "val": test, "test": test}
+            out = {"train": _Split(train, tr), "val": _Split(train, va), "test": test}  # type: ignore[arg-type]
+        else:
+            out = {"train": train, "val": test, "test": test}
+        return _with_train_size(out, self.train_size, self.size, self.preprocess)

@@ -20,6 +20,8 @@ __all__ = [
     "to_input",
     "channel_mean",
     "MethodAugment",
+    "random_crops",
+    "center_crops",
     "train_with_policy",
     "evaluate",
     "SEARCH_SPACES",
@@ -105,6 +107,31 @@ def channel_mean(images: torch.Tensor) -> torch.Tensor:
     return ((m - 127.5) / 64.0).to(torch.float32)
 
 
+def random_crops(images: torch.Tensor, size: int, generator) -> torch.Tensor:
+    """One uniformly placed ``size``×``size`` window per image (torchvision's ``RandomCrop(size)``
+    on each image; Table A.3's ``RC((224, 224))``); positions drawn from ``generator`` in image
+    order, so a batch gives each image the crop it would get alone with the same draws."""
+    B, C, H, W = images.shape
+    if size >= H and size >= W:
+        return images
+    if size > H or size > W:
+        raise ValueError(f"random crop of {size} px from {H}x{W} images")
+    ty = torch.floor(torch.rand(B, generator=generator, device=images.device, dtype=torch.float64) * (H - size + 1))
+    tx = torch.floor(torch.rand(B, generator=generator, device=images.device, dtype=torch.float64) * (W - size + 1))
+    return torch.stack(
+        [images[i, :, int(y) : int(y) + size, int(x) : int(x) + size] for i, (y, x) in enumerate(zip(ty, tx))]
+    )
+
+
+def center_crops(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size``×``size`` window of each image (torchvision's ``CenterCrop(size)`` offsets)."""
+    H, W = images.shape[-2:]
+    if size >= H and size >= W:
+        return images
+    top, left = int(round((H - size) / 2.0)), int(round((W - size) / 2.0))
+    return images[..., top : top + size, left : left + size]
+
+
 class MethodAugment:
     """The method's augmentation of a batch, as the official SLACK code applies it at every search
     step and in the evaluation training: the policy's sampled ops (RandomResizedCrop first, by the
@@ -120,15 +147,19 @@ class MethodAugment:
         cutout_last: apply a sampled Cutout last, after normalisation, with mean fill (else at its
             stage, black fill).
         fill: ``[C]`` fill of the late Cutout (network-input units); ``None``: 0 (grey 127.5).
+        crop: with ``crop > 0``, a random ``crop``×``crop`` window of each image first (Table A.3's
+            ``R(256) + RC((224, 224))`` for SLACK on ImageNet-100 and DomainNet), then the policy.
     Raises:
         ConfigError: ``cutout_last`` with a Cutout range not starting at 0 in a space without
             ``identity`` (the withheld stage could not be made a no-op).
     """
 
-    def __init__(self, policy, applier, *, flip: bool, cutout_last: bool, fill: torch.Tensor | None = None):
+    def __init__(
+        self, policy, applier, *, flip: bool, cutout_last: bool, fill: torch.Tensor | None = None, crop: int = 0
+    ):
         from fulcra.errors import ConfigError
 
-        self.applier, self.flip = applier, bool(flip)
+        self.applier, self.flip, self.crop = applier, bool(flip), int(crop)
         ops = list(policy.ops)
         self.ci = ops.index("cutout") if cutout_last and "cutout" in ops else None
         self.ii = ops.index("identity") if "identity" in ops else None
@@ -147,6 +178,8 @@ class MethodAugment:
     ) -> torch.Tensor:
         """``images`` ``[B, C, H, W]`` (uint8 or float in [0, 1]), ``op_index``/``magnitude`` ``[B, K]``
         -> float network input ``[B, C, H, W]``. All randomness from ``generator``."""
+        if self.crop > 0:
+            images = random_crops(images, self.crop, generator)
         mags = magnitude.clamp(0, 1)
         idx = op_index
         if self.ci is not None:
@@ -203,6 +236,7 @@ def train_with_policy(
     seed: int = 0,
     flip: bool = False,
     cutout_last: bool = False,
+    crop: int = 0,
     device=None,
     ckpt_path: str | Path | None = None,
     ckpt_every: int = 0,
@@ -211,13 +245,16 @@ def train_with_policy(
 ) -> nn.Module:
     """SGD (Nesterov, cosine schedule) for ``steps`` steps with one composite augmentation per image
     from ``policy`` (``None``: no augmentation), then an optional random horizontal flip, and with
-    ``cutout_last`` a sampled Cutout applied last with mean fill (:class:`MethodAugment`): the
+    ``cutout_last`` a sampled Cutout applied last with mean fill, with ``crop`` a random window of
+    that size first (:class:`MethodAugment`): the
     evaluation training of a policy, on :class:`fulcra.engine.Trainer` (this process only, even
     under ``torchrun``). With ``ckpt_path`` a run killed mid-training resumes to the same weights.
     Deterministic for a seed."""
     device = torch.device(device or "cpu")
     aug = (
-        MethodAugment(policy, policy.augmenter(), flip=flip, cutout_last=cutout_last, fill=channel_mean(images))
+        MethodAugment(
+            policy, policy.augmenter(), flip=flip, cutout_last=cutout_last, fill=channel_mean(images), crop=crop
+        )
         if policy is not None
         else None
     )
@@ -226,6 +263,8 @@ def train_with_policy(
         if aug is not None:
             idx, mags = policy.sample(x.shape[0], g, x.device)
             return aug(x, idx, mags, g), y
+        if crop > 0:
+            x = random_crops(x, crop, g)
         if flip:
             f = torch.rand(x.shape[0], generator=g, device=x.device) < 0.5
             x = torch.where(f.view(-1, 1, 1, 1), x.flip(-1), x)

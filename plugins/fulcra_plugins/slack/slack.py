@@ -167,6 +167,9 @@ class Slack:
             natural-image benchmarks; wrong for digits and text).
         cutout_last: a sampled Cutout is applied last, after flip and normalisation, with the
             training images' mean as fill (official code); False: at its stage, black fill.
+        train_crop: a random ``train_crop``×``train_crop`` window of each training image first, at
+            every step (Table A.3's ``RC((224, 224))`` for ImageNet-100 and DomainNet; 0: off). The
+            validation images are expected already centre-cropped to that size.
         lower_lr: initial lower-level learning rate (also η).
         upper_lr: π's learning rate α.
         mu_lr_divisor: μ's learning rate is ``upper_lr / mu_lr_divisor`` (0: 40 with KL, 10 without).
@@ -209,6 +212,7 @@ class Slack:
         val_clip: float = 5.0,
         flip: bool = True,
         cutout_last: bool = True,
+        train_crop: int = 0,
         lower_lr: float = 0.1,
         upper_lr: float = 1.0,
         mu_lr_divisor: float = 0.0,
@@ -271,6 +275,9 @@ class Slack:
         if self.clip < 0 or self.val_clip < 0:
             raise ConfigError("policy_optimizers 'slack': keys 'clip' and 'val_clip' must be >= 0 (0: off)")
         self.flip, self.cutout_last = bool(flip), bool(cutout_last)
+        if train_crop < 0:
+            raise ConfigError(f"policy_optimizers 'slack': key 'train_crop' must be >= 0, got {train_crop}")
+        self.train_crop = int(train_crop)
         self.lower_lr, self.upper_lr = float(lower_lr), float(upper_lr)
         if pretrain_epochs < 0 or pretrain_lr < 0:
             raise ConfigError("policy_optimizers 'slack': pretrain_epochs and pretrain_lr must be >= 0")
@@ -389,7 +396,12 @@ class Slack:
         pre_policy = self.initial_policy()
         # same ops and ranges throughout: the applier does not depend on π or μ
         pre_aug = aug = MethodAugment(
-            pre_policy, pre_policy.augmenter(), flip=self.flip, cutout_last=self.cutout_last, fill=channel_mean(Xtr)
+            pre_policy,
+            pre_policy.augmenter(),
+            flip=self.flip,
+            cutout_last=self.cutout_last,
+            fill=channel_mean(Xtr),
+            crop=self.train_crop,
         )
         theta0_path = work / f"pretrained_rank{rank}.pt"
 

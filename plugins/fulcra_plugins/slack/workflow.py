@@ -28,7 +28,7 @@ import fulcra
 from fulcra.engine import Stage, atomic_write_text, format_mean_ci, over_seeds
 from fulcra.errors import DataNotFoundError
 
-from .common import TensorSplit, as_tensors, evaluate, train_with_policy
+from .common import TensorSplit, as_tensors, center_crops, evaluate, train_with_policy
 from .plots import plot_evolution, plot_pie
 
 __all__ = ["SearchWorkflow"]
@@ -63,6 +63,8 @@ def _search_node(cfg) -> Any:
     if node.get("name") == "slack":
         node.setdefault("flip", bool(cfg.flip))
         node.setdefault("cutout_last", bool(cfg.cutout_last))
+        if int(cfg.train_crop) > 0:
+            node.setdefault("train_crop", int(cfg.train_crop))
     return node
 
 
@@ -114,6 +116,15 @@ class SearchWorkflow:
                 "as fill (the official code), in evaluation and in a slack search that does not set its own"
             },
         )
+        train_crop: int = field(
+            default=0,
+            metadata={
+                "help": "random train_crop x train_crop window of each training image first, at every step of the "
+                "search and of the evaluation training; the search's validation images are centre-cropped to it "
+                "(Table A.3: R(256)+RC(224) for ImageNet-100 and DomainNet, with data.train_size=256; 0: off)",
+                "min": 0,
+            },
+        )
         include_no_augmentation: bool = field(
             default=True, metadata={"help": "also evaluate training without augmentation"}
         )
@@ -159,7 +170,9 @@ class SearchWorkflow:
         # D_train / D_val of the search: a seeded 0.5/0.5 split of the training split
         perm = torch.randperm(Xtr.shape[0], generator=torch.Generator().manual_seed(int(ctx.seed) + 17))
         n_val = int(round(cfg.search_val_fraction * Xtr.shape[0]))
-        d_val = TensorSplit(Xtr[perm[:n_val]], Ytr[perm[:n_val]])
+        # the validation images are pre-processed as the test images (Table A.3: the centre crop)
+        x_val = Xtr[perm[:n_val]] if int(cfg.train_crop) <= 0 else center_crops(Xtr[perm[:n_val]], int(cfg.train_crop))
+        d_val = TensorSplit(x_val, Ytr[perm[:n_val]])
         d_train = TensorSplit(Xtr[perm[n_val:]], Ytr[perm[n_val:]])
 
         # --- search --------------------------------------------------------------------------------
@@ -261,6 +274,8 @@ class SearchWorkflow:
                 ("cutout_last", cfg.cutout_last),
             )
         }
+        if int(cfg.train_crop) > 0:  # only then, so the runs made before the key existed stay valid
+            eval_cfg["train_crop"] = int(cfg.train_crop)
         for name, pol in methods.items():
             stage = Stage(
                 out,
@@ -291,6 +306,7 @@ class SearchWorkflow:
                     seed=seed,
                     flip=cfg.flip,
                     cutout_last=cfg.cutout_last,
+                    crop=int(cfg.train_crop),
                     device=device,
                     ckpt_path=ckpt,
                     hooks=ctx.hooks,
