@@ -237,13 +237,16 @@ def train_with_policy(
     flip: bool = False,
     cutout_last: bool = False,
     crop: int = 0,
+    nesterov: bool = True,
+    warmup_steps: int = 0,
     device=None,
     ckpt_path: str | Path | None = None,
     ckpt_every: int = 0,
     hooks: Any = None,
     stage: str | None = None,
 ) -> nn.Module:
-    """SGD (Nesterov, cosine schedule) for ``steps`` steps with one composite augmentation per image
+    """SGD (Nesterov unless ``nesterov=False``; cosine schedule after ``warmup_steps`` of linear
+    warm-up) for ``steps`` steps with one composite augmentation per image
     from ``policy`` (``None``: no augmentation), then an optional random horizontal flip, and with
     ``cutout_last`` a sampled Cutout applied last with mean fill, with ``crop`` a random window of
     that size first (:class:`MethodAugment`): the
@@ -280,7 +283,8 @@ def train_with_policy(
         lr=lr,
         weight_decay=weight_decay,
         momentum=momentum,
-        nesterov=True,
+        nesterov=bool(nesterov),
+        warmup_steps=int(warmup_steps),
         device=device,
         seed=seed,
         ckpt_path=ckpt_path,

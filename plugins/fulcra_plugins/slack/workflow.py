@@ -101,6 +101,17 @@ class SearchWorkflow:
         eval_batch_size: int = field(default=128, metadata={"help": "evaluation batch size"})
         eval_lr: float = field(default=0.1, metadata={"help": "evaluation SGD learning rate (cosine schedule)"})
         eval_weight_decay: float = field(default=5e-4, metadata={"help": "evaluation weight decay"})
+        eval_nesterov: bool = field(
+            default=True,
+            metadata={
+                "help": "Nesterov momentum in the evaluation training (the official configs: false; the thesis "
+                "does not say; the digits recipe keeps true)"
+            },
+        )
+        eval_warmup_epochs: float = field(
+            default=0.0,
+            metadata={"help": "linear warm-up epochs before the cosine schedule (official ImageNet-100: 5)", "min": 0},
+        )
         flip: bool = field(
             default=False,
             metadata={
@@ -274,8 +285,14 @@ class SearchWorkflow:
                 ("cutout_last", cfg.cutout_last),
             )
         }
-        if int(cfg.train_crop) > 0:  # only then, so the runs made before the key existed stay valid
+        # only when set, so the runs made before these keys existed stay valid
+        if int(cfg.train_crop) > 0:
             eval_cfg["train_crop"] = int(cfg.train_crop)
+        if not cfg.eval_nesterov:
+            eval_cfg["eval_nesterov"] = False
+        warmup = int(round(float(cfg.eval_warmup_epochs) * steps / max(float(cfg.eval_epochs), 1e-12)))
+        if warmup > 0:
+            eval_cfg["eval_warmup_epochs"] = float(cfg.eval_warmup_epochs)
         for name, pol in methods.items():
             stage = Stage(
                 out,
@@ -307,6 +324,8 @@ class SearchWorkflow:
                     flip=cfg.flip,
                     cutout_last=cfg.cutout_last,
                     crop=int(cfg.train_crop),
+                    nesterov=bool(cfg.eval_nesterov),
+                    warmup_steps=warmup,
                     device=device,
                     ckpt_path=ckpt,
                     hooks=ctx.hooks,

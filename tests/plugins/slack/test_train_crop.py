@@ -70,3 +70,28 @@ def test_loaders_train_size_and_search_workflow_train_crop(tmp_path):
         hooks=[],
     )  # fmt: skip
     assert "slack" in json.loads((out / "results.json").read_text()) and res["results"]
+
+
+def test_evaluation_training_takes_the_official_sgd_and_warm_up(monkeypatch):
+    """The official configs/train/*.yaml: plain SGD (no Nesterov), 5 warm-up epochs on ImageNet-100."""
+    import fulcra_plugins.slack.common as C
+    from fulcra.runner import prepare
+
+    seen = {}
+
+    class FakeTrainer:
+        def __init__(self, model, data, loss, **kw):
+            seen.update(kw)
+
+        def fit(self):
+            return None
+
+    monkeypatch.setattr(C, "Trainer", FakeTrainer)
+    x, y = torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64)
+    C.train_with_policy(torch.nn.Linear(1, 1), x, y, None, steps=10, batch_size=2, lr=0.1, weight_decay=0.0,
+                        nesterov=False, warmup_steps=3)  # fmt: skip
+    assert seen["nesterov"] is False and seen["warmup_steps"] == 3
+    cfg = prepare("slack-imagenet100", [])[1]
+    assert cfg.eval_nesterov is False and cfg.eval_warmup_epochs == 5 and cfg.train_crop == 224
+    assert prepare("slack-cifar100", [])[1].eval_nesterov is False
+    assert prepare("slack-digits", [])[1].eval_nesterov is True  # its table was measured so
