@@ -118,9 +118,12 @@ def random_crops(images: torch.Tensor, size: int, generator) -> torch.Tensor:
         raise ValueError(f"random crop of {size} px from {H}x{W} images")
     ty = torch.floor(torch.rand(B, generator=generator, device=images.device, dtype=torch.float64) * (H - size + 1))
     tx = torch.floor(torch.rand(B, generator=generator, device=images.device, dtype=torch.float64) * (W - size + 1))
-    return torch.stack(
-        [images[i, :, int(y) : int(y) + size, int(x) : int(x) + size] for i, (y, x) in enumerate(zip(ty, tx))]
-    )
+    ar = torch.arange(size, device=images.device)
+    rows = (ty.long().view(B, 1) + ar).view(B, 1, size, 1)  # one gather for the whole batch
+    cols = (tx.long().view(B, 1) + ar).view(B, 1, 1, size)
+    b = torch.arange(B, device=images.device).view(B, 1, 1, 1)
+    c = torch.arange(C, device=images.device).view(1, C, 1, 1)
+    return images[b, c, rows, cols]
 
 
 def center_crops(images: torch.Tensor, size: int) -> torch.Tensor:
