@@ -19,8 +19,9 @@ What happens on :func:`load`:
   is then renamed onto the final name (atomic on POSIX), so concurrent first uses from several
   processes (pytest-xdist, torchrun) each either build their own copy or find a complete one;
 - the compiler is ``$CC`` or ``cc``, with portable flags (``-O3 -march=x86-64-v2`` on x86-64,
-  ``-O3`` elsewhere, ``-fPIC -shared``, plus ``-fopenmp`` when asked and supported: if the OpenMP
-  build fails the source is built again without it, so kernels must also compile as plain C, e.g.
+  ``-O3`` elsewhere, ``-fPIC -shared -std=c99 -fno-fast-math -ffp-contract=off`` (IEEE arithmetic as
+  written: no reassociation, no fused multiply-adds, so float kernels round alike on every
+  machine), plus ``-fopenmp`` when asked and supported: if the OpenMP build fails the source is built again without it, so kernels must also compile as plain C, e.g.
   guard ``omp.h`` with ``#ifdef _OPENMP``);
 - ``FULCRA_NATIVE=0`` (or ``false``/``no``/``off``) disables every kernel: :func:`load` returns
   None and the caller's fallback runs — the switch tests use to cover both paths.
@@ -73,7 +74,9 @@ def compiler() -> str | None:
 
 
 def _base_flags() -> list[str]:
-    flags = ["-O3", "-fPIC", "-shared", "-std=c99", "-fno-fast-math"]
+    # -ffp-contract=off: no fused multiply-adds behind the source's back (clang contracts by default,
+    # and FMA-capable targets would round differently from x86-64-v2): same bits on every machine.
+    flags = ["-O3", "-fPIC", "-shared", "-std=c99", "-fno-fast-math", "-ffp-contract=off"]
     if platform.machine().lower() in ("x86_64", "amd64"):
         flags.append("-march=x86-64-v2")  # SSE4.2/POPCNT: every x86-64 machine of the last decade
     return flags
