@@ -106,6 +106,8 @@ def serve(
     unknown = set(common) - {"out", "device", "seed", "hooks", "workflow"}
     if unknown:
         raise ConfigError(f"fulcra view: unknown key(s) {sorted(unknown)}")
+    if not cfg.scene.ply and not cfg.scene.synthetic:  # before the segment code can name itself
+        raise ConfigError("fulcra view: set scene.ply=PATH (or scene.synthetic=true for the embedded scene)")
     out = Path(common.get("out") or "runs/view").expanduser()
     server = make_server(None, port, say)  # bind first: a port in use fails before minutes of uplift
     try:

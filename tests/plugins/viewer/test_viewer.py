@@ -190,6 +190,8 @@ def test_missing_ply_and_port_in_use_are_one_line(scene_dir, tmp_path, capsys):
             fulcra.viewer.serve(keys, port=port, block=False)
     with pytest.raises(ConfigError, match="nope"):  # a segment key that does not exist
         fulcra.viewer.serve([*keys, "nope=1"], port=0, block=False)
+    with pytest.raises(ConfigError, match=r"^fulcra view: set scene\.ply=PATH"):  # no scene at all
+        fulcra.viewer.serve([], port=0, block=False)
 
 
 def test_reopening_reuses_the_cached_features(server, scene_dir):
