@@ -4,6 +4,10 @@ TrivialAugment, on uint8 batches. Every figure of one table comes from one run (
 interleaved repeats, medians).
 
     .venv/bin/python benchmarks/bench_augment.py --threads 1 --out bench_augment.json
+    python benchmarks/bench_augment.py --device cuda --out bench_augment_cuda.json   # GPU tensors
+
+On ``--device cuda`` every method works on GPU tensors (fulcra batched, torchvision v2 image by
+image, kornia batched) and each timed call ends with ``torch.cuda.synchronize()``.
 
 kornia is only needed for its column (``pip install kornia``); it is not a dependency of fulcra.
 """
@@ -37,8 +41,19 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where the images live")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def synced(fn):
+        def call():
+            out = fn()
+            sync()
+            return out
+
+        return call
 
     import torchvision.transforms.v2 as T
 
@@ -54,8 +69,8 @@ def main(argv=None):
     rows = []
     for shape in [(128, 3, 32, 32), (64, 3, 224, 224)]:
         B = shape[0]
-        x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).to(dev)
+        g = torch.Generator(device=dev).manual_seed(0)
 
         class _D:  # image width for TrivialAugment's pixel translations
             images = x
@@ -75,11 +90,12 @@ def main(argv=None):
             kta = KTA()
             xf = x.float() / 255  # kornia works on float input
             fns["kornia_trivialaugment_batched_float"] = lambda: kta(xf)
-        t = _interleaved_medians(fns, reps)
+        t = _interleaved_medians({k: synced(f) for k, f in fns.items()}, reps)
         ips = {k: B / v for k, v in t.items()}
         row = {
             "shape": list(shape),
             "threads": args.threads,
+            "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
             "images_per_s": ips,
             "speedup_vs_torchvision": ips["fulcra_trivialaugment_wide"]
             / ips["torchvision_trivialaugmentwide_per_image"],
