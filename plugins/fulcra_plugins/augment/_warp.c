@@ -1,0 +1,216 @@
+/* Nearest-pixel affine warp of a whole batch, for _kernels.warp_nearest (see there).
+ *
+ * Built at run time by fulcra.native (cc -O3 [-fopenmp] -fPIC -shared -ffp-contract=off). The
+ * source pixel of every output pixel is decided with exactly the arithmetic of
+ * _kernels.source_index (the torch reference):
+ *
+ *   r[c][k]  = (double)((float)theta[c][k] / (float)(size_c / 2))      c = 0 (x, size W), 1 (y, H)
+ *   col_c[j] = (float)((xs[j] * r[c][0]) * half_c)                      xs[j] = j + (0.5 - W/2)
+ *   row_c[i] = (float)((((ys[i] * r[c][1]) + (r[c][2] + 1.0)) * half_c) - 0.5)
+ *   p_c      = rintf(col_c[j] + row_c[i])        (float32 sum, round half to even)
+ *
+ * each double operation rounded once, in this order (no contraction into fused multiply-adds: the
+ * build passes -ffp-contract=off). The output pixel is the source pixel (p_x, p_y) when it lies in
+ * the image, zero otherwise (the reference clamps to the one-pixel zero border of a padded image
+ * and gathers from it: the same thing). Pixels are copied as raw elements of 1, 2, 4 or 8 bytes,
+ * so every dtype warps alike and the zero fill is the all-zero bit pattern (+0 for floats).
+ *
+ * Work is done row by row: the source offsets of one output row (int32, -1 for the fill) are
+ * computed once and used for every channel, so nothing larger than a few rows of indices is
+ * written besides the output itself. With OpenMP the (image, row) pairs are split between threads;
+ * every output element is computed by one thread in the same way: identical for any thread count.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* per image: the four float32 coordinate parts (x from columns, x from rows, y from columns, y from rows) */
+static void coord_parts(const double *theta, int64_t H, int64_t W, float *cx, float *rx, float *cy, float *ry) {
+    const double halfw = 0.5 * (double)W, halfh = 0.5 * (double)H;
+    const float sw = (float)halfw, sh = (float)halfh;
+    double r[2][3];
+    for (int k = 0; k < 3; k++) {
+        r[0][k] = (double)((float)theta[k] / sw);
+        r[1][k] = (double)((float)theta[3 + k] / sh);
+    }
+    const double offw = 0.5 - 0.5 * (double)W, offh = 0.5 - 0.5 * (double)H;
+    const double bx = r[0][2] + 1.0, by = r[1][2] + 1.0;
+    for (int64_t j = 0; j < W; j++) {
+        const double xs = (double)j + offw;
+        cx[j] = (float)((xs * r[0][0]) * halfw);
+        cy[j] = (float)((xs * r[1][0]) * halfh);
+    }
+    for (int64_t i = 0; i < H; i++) {
+        const double ys = (double)i + offh;
+        rx[i] = (float)((((ys * r[0][1]) + bx) * halfw) - 0.5);
+        ry[i] = (float)((((ys * r[1][1]) + by) * halfh) - 0.5);
+    }
+}
+
+/* source offsets (y * W + x) of output row i, -1 where the source lies outside the image */
+static void row_index(const float *cx, float rxi, const float *cy, float ryi, int64_t H, int64_t W, int32_t *idx) {
+    const float wmax = (float)(W - 1), hmax = (float)(H - 1);
+    for (int64_t j = 0; j < W; j++) {
+        const float px = rintf(cx[j] + rxi);
+        const float py = rintf(cy[j] + ryi);
+        /* NaN fails every comparison: filled */
+        const int in = (px >= 0.0f) & (px <= wmax) & (py >= 0.0f) & (py <= hmax);
+        idx[j] = in ? (int32_t)py * (int32_t)W + (int32_t)px : -1;
+    }
+}
+
+/* The valid pixels of a row: [*j0, *j1) when the sources inside the image are exactly those of
+ * one run of columns (always so for a finite matrix: each source coordinate is a rounded monotone
+ * function of the column, so the columns whose source lies inside form an interval), with *shift
+ * set when the run reads consecutive source pixels (a translation along the row). Returns 0 when
+ * the valid pixels are not one run (the caller then tests every pixel). */
+static int row_run(const int32_t *idx, int64_t W, int64_t *j0, int64_t *j1, int *shift) {
+    int64_t a = 0, b = W;
+    while (a < W && idx[a] < 0) a++;
+    while (b > a && idx[b - 1] < 0) b--;
+    int bad = 0, consecutive = 1;
+    for (int64_t j = a; j < b; j++) {
+        bad |= idx[j] < 0;
+        consecutive &= idx[j] == idx[a] + (int32_t)(j - a);
+    }
+    *j0 = a;
+    *j1 = b;
+    *shift = consecutive;
+    return !bad;
+}
+
+#define GATHER_ROW(T)                                                                            \
+    static void gather_##T(const T *src, T *dst, const int32_t *idx, int64_t W, int run,          \
+                           int64_t j0, int64_t j1, int shift) {                                   \
+        if (!run) {                                                                              \
+            for (int64_t j = 0; j < W; j++) {                                                    \
+                const int32_t k = idx[j];                                                        \
+                dst[j] = k < 0 ? (T)0 : src[k];                                                  \
+            }                                                                                    \
+            return;                                                                              \
+        }                                                                                        \
+        for (int64_t j = 0; j < j0; j++) dst[j] = (T)0;                                          \
+        if (shift && j1 > j0) {                                                                  \
+            memcpy(dst + j0, src + idx[j0], sizeof(T) * (size_t)(j1 - j0));                       \
+        } else {                                                                                 \
+            for (int64_t j = j0; j < j1; j++) dst[j] = src[idx[j]];                              \
+        }                                                                                        \
+        for (int64_t j = j1; j < W; j++) dst[j] = (T)0;                                          \
+    }
+GATHER_ROW(uint8_t)
+GATHER_ROW(uint16_t)
+GATHER_ROW(uint32_t)
+GATHER_ROW(uint64_t)
+
+/* three uint8 planes at once (RGB, the common case): one index load per pixel for three copies */
+static void gather3_u8(const uint8_t *src, uint8_t *dst, int64_t plane, const int32_t *idx, int64_t W, int run,
+                       int64_t j0, int64_t j1, int shift) {
+    const uint8_t *s0 = src, *s1 = src + plane, *s2 = src + 2 * plane;
+    uint8_t *d0 = dst, *d1 = dst + plane, *d2 = dst + 2 * plane;
+    if (!run || shift) {
+        for (int c = 0; c < 3; c++)
+            gather_uint8_t(src + c * plane, dst + c * plane, idx, W, run, j0, j1, shift);
+        return;
+    }
+    for (int64_t j = 0; j < j0; j++) d0[j] = d1[j] = d2[j] = 0;
+    for (int64_t j = j0; j < j1; j++) {
+        const int32_t k = idx[j];
+        d0[j] = s0[k];
+        d1[j] = s1[k];
+        d2[j] = s2[k];
+    }
+    for (int64_t j = j1; j < W; j++) d0[j] = d1[j] = d2[j] = 0;
+}
+
+static void gather_row(const void *src, void *dst, const int32_t *idx, int64_t W, int esize, int run, int64_t j0,
+                       int64_t j1, int shift) {
+    switch (esize) {
+    case 1: gather_uint8_t((const uint8_t *)src, (uint8_t *)dst, idx, W, run, j0, j1, shift); break;
+    case 2: gather_uint16_t((const uint16_t *)src, (uint16_t *)dst, idx, W, run, j0, j1, shift); break;
+    case 4: gather_uint32_t((const uint32_t *)src, (uint32_t *)dst, idx, W, run, j0, j1, shift); break;
+    default: gather_uint64_t((const uint64_t *)src, (uint64_t *)dst, idx, W, run, j0, j1, shift); break;
+    }
+}
+
+/* Source offsets of every output pixel of every image, exactly as warp_nearest decides them:
+ * index [B, H, W] int32 (y * W + x, -1 for the fill). For tests (the reference's source_index
+ * gives the same pixels in padded coordinates). Returns 0, or -1 when out of memory. */
+int fulcra_warp_index(const double *theta, int64_t B, int64_t H, int64_t W, int32_t *index) {
+    float *parts = (float *)malloc(sizeof(float) * (size_t)(2 * W + 2 * H));
+    if (!parts) return -1;
+    for (int64_t b = 0; b < B; b++) {
+        float *cx = parts, *cy = parts + W, *rx = parts + 2 * W, *ry = parts + 2 * W + H;
+        coord_parts(theta + 6 * b, H, W, cx, rx, cy, ry);
+        for (int64_t i = 0; i < H; i++) row_index(cx, rx[i], cy, ry[i], H, W, index + (b * H + i) * W);
+    }
+    free(parts);
+    return 0;
+}
+
+/* Warps images [B, C, H, W] (contiguous, elements of esize = 1, 2, 4 or 8 bytes) into out (same
+ * shape, contiguous, not overlapping) with per-image inverse matrices theta [B, 2, 3] float64 in
+ * centred pixel coordinates. threads <= 1 runs serially. Returns 0, -1 when out of memory, -2 for
+ * a bad argument, -3 when a matrix entry is not finite in float32 (nothing is written). */
+int fulcra_warp_nearest(const void *images, void *out, const double *theta, int64_t B, int64_t C, int64_t H,
+                        int64_t W, int esize, int threads) {
+    if (!(esize == 1 || esize == 2 || esize == 4 || esize == 8) || B < 0 || C < 1 || H < 1 || W < 1) return -2;
+    if (H * W > (int64_t)INT32_MAX) return -2;
+    if (B == 0) return 0;
+    for (int64_t k = 0; k < 6 * B; k++)
+        if (!isfinite((float)theta[k])) return -3;
+    const int64_t per = 2 * W + 2 * H; /* floats of coordinate parts per image */
+    float *parts = (float *)malloc(sizeof(float) * (size_t)(per * B));
+    if (!parts) return -1;
+    const int64_t plane = H * W;
+    int fail = 0;
+#ifdef _OPENMP
+    if (threads < 1) threads = 1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+#endif
+    {
+        int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (size_t)W);
+        if (!idx) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            fail = 1;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t b = 0; b < B; b++) {
+            float *p = parts + per * b;
+            coord_parts(theta + 6 * b, H, W, p, p + 2 * W, p + W, p + 2 * W + H);
+        }
+        /* (implicit barrier) */
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t t = 0; t < B * H; t++) {
+            if (idx) {
+                const int64_t b = t / H, i = t % H;
+                const float *p = parts + per * b;
+                row_index(p, p[2 * W + i], p + W, p[2 * W + H + i], H, W, idx);
+                int64_t j0, j1;
+                int shift;
+                const int run = row_run(idx, W, &j0, &j1, &shift);
+                const char *src = (const char *)images + (size_t)(b * C * plane) * esize;
+                char *dst = (char *)out + (size_t)((b * C * plane) + i * W) * esize;
+                if (esize == 1 && C == 3) {
+                    gather3_u8((const uint8_t *)src, (uint8_t *)dst, plane, idx, W, run, j0, j1, shift);
+                    continue;
+                }
+                for (int64_t c = 0; c < C; c++)
+                    gather_row(src + (size_t)(c * plane) * esize, dst + (size_t)(c * plane) * esize, idx, W, esize, run, j0,
+                               j1, shift);
+            }
+        }
+        free(idx);
+    }
+    free(parts);
+    return fail ? -1 : 0;
+}
