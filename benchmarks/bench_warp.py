@@ -131,6 +131,7 @@ def _per_op(old, new, repeats: int) -> list[dict]:
                 return TF.crop(TF.pad(x[i], [pad]), pad - int(ty[i]), pad - int(tx[i]), H, W)
 
             tv = [_crop]
+
         def stage(mod):
             th = mod.inverse_affine(*args)
             warp = _warp(mod)

@@ -38,6 +38,7 @@ __all__ = [
     "warp_nearest_torch",
     "warp_native_available",
     "crop_resize_bilinear",
+    "crop_resize_bilinear_torch",
     "rgb_to_hsv",
     "hsv_to_rgb",
 ]
@@ -275,6 +276,11 @@ def _warp_lib():
         lib.fulcra_warp_nearest.restype = ctypes.c_int
         lib.fulcra_warp_index.argtypes = [vp, i64, i64, i64, vp]
         lib.fulcra_warp_index.restype = ctypes.c_int
+        d = ctypes.c_double
+        lib.fulcra_crop_resize.argtypes = [vp, vp, vp, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
+        lib.fulcra_crop_resize.restype = ctypes.c_int
+        lib.fulcra_crop_axis.argtypes = [i64, d, d, vp, vp, vp]
+        lib.fulcra_crop_axis.restype = ctypes.c_int
         lib._fulcra_typed = True
     if len(_warp_libs) > 16:
         _warp_libs.clear()
@@ -360,6 +366,69 @@ def _crop_axis(n: int, start: torch.Tensor, length: torch.Tensor) -> tuple[torch
 
 
 def crop_resize_bilinear(
+    images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor, width: torch.Tensor
+) -> torch.Tensor:
+    """Per-image crop ``[top:top+height, left:left+width]`` resized bilinearly back to ``H, W``
+    (see :func:`crop_resize_bilinear_torch`, the reference).
+
+    Contiguous uint8 and float32 CPU images go through the compiled kernel ``_warp.c``, which
+    repeats the reference's float32 operations in the same order (one output row at a time, no
+    full-size float temporaries), bit-identical to it; other dtypes, CUDA, no C compiler or
+    ``FULCRA_NATIVE=0`` run the reference.
+    """
+    if images.device.type == "cpu" and images.dtype in (torch.uint8, torch.float32):
+        lib = _warp_libs.get(os.environ.get("FULCRA_NATIVE"), False)
+        if lib is False:
+            lib = _warp_lib()
+        if lib is not None and _native_crop_ok(images):
+            B, C, H, W = images.shape
+            box = torch.stack([torch.as_tensor(t).reshape(-1) for t in (top, left, height, width)], 1)
+            box = box.to(torch.float64).contiguous()
+            if box.shape == (B, 4):
+                out = torch.empty((B, C, H, W), dtype=images.dtype)
+                threads = torch.get_num_threads() if images.numel() >= _WARP_PARALLEL_MIN else 1
+                rc = lib.fulcra_crop_resize(
+                    images.data_ptr(),
+                    out.data_ptr(),
+                    box.data_ptr(),
+                    B,
+                    C,
+                    H,
+                    W,
+                    int(images.is_floating_point()),
+                    threads,
+                )
+                if rc == 0:
+                    return out
+                # a box outside its image (or out of memory): the reference, which says what is wrong
+    return crop_resize_bilinear_torch(images, top, left, height, width)
+
+
+def _native_crop_ok(images: torch.Tensor) -> bool:
+    return (
+        images.ndim == 4
+        and images.numel() > 0
+        and images.is_contiguous()
+        and not (images.requires_grad and torch.is_grad_enabled())
+        and images.shape[-2] * images.shape[-1] < (1 << 31)
+    )
+
+
+def crop_axis_native(n: int, start: float, length: float):
+    """The compiled kernel's axis tables ``(i0, i1, w1)`` for one crop span (as :func:`_crop_axis`
+    gives them for one image), or None when the kernel is unavailable or the span is outside
+    ``[0, n)``. For tests."""
+    lib = _warp_lib()
+    if lib is None:
+        return None
+    i0, i1 = torch.empty(n, dtype=torch.int32), torch.empty(n, dtype=torch.int32)
+    w1 = torch.empty(n, dtype=torch.float32)
+    if lib.fulcra_crop_axis(n, float(start), float(length), i0.data_ptr(), i1.data_ptr(), w1.data_ptr()) != 0:
+        return None
+    return i0.to(torch.int64), i1.to(torch.int64), w1
+
+
+def crop_resize_bilinear_torch(
     images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor, width: torch.Tensor
 ) -> torch.Tensor:
     """Per-image crop ``[top:top+height, left:left+width]`` resized bilinearly back to ``H, W``.

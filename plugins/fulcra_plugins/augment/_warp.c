@@ -214,3 +214,114 @@ int fulcra_warp_nearest(const void *images, void *out, const double *theta, int6
     free(parts);
     return fail ? -1 : 0;
 }
+
+/* ---- crop + bilinear resize, for _kernels.crop_resize_bilinear ------------------------------- */
+
+/* One axis of _kernels._crop_axis, the same float32 operations in the same order:
+ *   s  = max((j + 0.5f) * (length / n) - 0.5f, 0);  s = min(s, length - 1) + start
+ *   i0 = floor(s), w1 = s - i0, i1 = min(i0 + 1, start + length - 1)
+ * start and length integer-valued. Returns 0, or -2 when the span is not inside [0, n). */
+static int crop_axis(int64_t n, double start_d, double length_d, int32_t *i0, int32_t *i1, float *w1, float *w0) {
+    const float start = (float)start_d, length = (float)length_d;
+    if (!(start >= 0.0f) || !(length >= 1.0f) || !((double)start + (double)length <= (double)n)) return -2;
+    const float q = length / (float)n;
+    const float last = length - 1.0f;
+    const int32_t hi = (int32_t)(start + length - 1.0f);
+    for (int64_t j = 0; j < n; j++) {
+        float s = ((float)j + 0.5f) * q - 0.5f;
+        s = s < 0.0f ? 0.0f : s;
+        s = (s < last ? s : last) + start;
+        const float f = floorf(s);
+        const float w = s - f;
+        const int32_t k = (int32_t)f;
+        i0[j] = k;
+        i1[j] = k + 1 < hi ? k + 1 : hi;
+        w1[j] = w;
+        w0[j] = 1.0f - w;
+    }
+    return 0;
+}
+
+/* For tests: the axis tables of one (n, start, length), as _crop_axis gives them. */
+int fulcra_crop_axis(int64_t n, double start, double length, int32_t *i0, int32_t *i1, float *w1) {
+    float *w0 = (float *)malloc(sizeof(float) * (size_t)n);
+    if (!w0) return -1;
+    const int rc = crop_axis(n, start, length, i0, i1, w1, w0);
+    free(w0);
+    return rc;
+}
+
+/* Crops box b of images [B, C, H, W] (uint8 when is_float == 0, else float32; contiguous) and
+ * resizes it back to H x W bilinearly, into out (same shape and dtype): the arithmetic of
+ * _kernels.crop_resize_bilinear, in float32 with each product and sum rounded once (rows first:
+ * v = a * (1 - wy) + b * wy over the source columns of the crop, then columns the same way),
+ * uint8 results rounded half to even and clamped to [0, 255]. box [B, 4] float64 (top, left,
+ * height, width). Returns 0, -1 when out of memory, -2 when a box is not inside its image. */
+int fulcra_crop_resize(const void *images, void *out, const double *box, int64_t B, int64_t C, int64_t H, int64_t W,
+                       int is_float, int threads) {
+    if (B < 0 || C < 1 || H < 1 || W < 1 || H * W > (int64_t)INT32_MAX) return -2;
+    if (B == 0) return 0;
+    /* per image: y0, y1 [H] int32, wy1, wy0 [H] float, x0, x1 [W], wx1, wx0 [W] */
+    const int64_t per = 4 * H + 4 * W;
+    int32_t *tabs = (int32_t *)malloc(sizeof(int32_t) * (size_t)(per * B));
+    if (!tabs) return -1;
+    for (int64_t b = 0; b < B; b++) {
+        int32_t *t = tabs + per * b;
+        const double *bx = box + 4 * b;
+        if (crop_axis(H, bx[0], bx[2], t, t + H, (float *)(t + 2 * H), (float *)(t + 3 * H)) != 0 ||
+            crop_axis(W, bx[1], bx[3], t + 4 * H, t + 4 * H + W, (float *)(t + 4 * H + 2 * W),
+                      (float *)(t + 4 * H + 3 * W)) != 0) {
+            free(tabs);
+            return -2;
+        }
+    }
+    const int64_t plane = H * W;
+    int fail = 0;
+#ifdef _OPENMP
+    if (threads < 1) threads = 1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+#endif
+    {
+        float *v = (float *)malloc(sizeof(float) * (size_t)W);
+        if (!v) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            fail = 1;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t t = 0; t < B * C * H; t++) {
+            if (!v) continue;
+            const int64_t bc = t / H, i = t % H, b = bc / C;
+            const int32_t *tb = tabs + per * b;
+            const int32_t *y0 = tb, *y1 = tb + H, *x0 = tb + 4 * H, *x1 = tb + 4 * H + W;
+            const float *wy1 = (const float *)(tb + 2 * H), *wy0 = (const float *)(tb + 3 * H);
+            const float *wx1 = (const float *)(tb + 4 * H + 2 * W), *wx0 = (const float *)(tb + 4 * H + 3 * W);
+            /* the source columns the crop reads: [x0[0], x1[W - 1]] (both monotone) */
+            const int64_t lo = x0[0], hi = x1[W - 1];
+            const float a0 = wy0[i], a1 = wy1[i];
+            if (is_float) {
+                const float *r0 = (const float *)images + bc * plane + (int64_t)y0[i] * W;
+                const float *r1 = (const float *)images + bc * plane + (int64_t)y1[i] * W;
+                for (int64_t k = lo; k <= hi; k++) v[k] = r0[k] * a0 + r1[k] * a1;
+                float *o = (float *)out + bc * plane + i * W;
+                for (int64_t j = 0; j < W; j++) o[j] = v[x0[j]] * wx0[j] + v[x1[j]] * wx1[j];
+            } else {
+                const uint8_t *r0 = (const uint8_t *)images + bc * plane + (int64_t)y0[i] * W;
+                const uint8_t *r1 = (const uint8_t *)images + bc * plane + (int64_t)y1[i] * W;
+                for (int64_t k = lo; k <= hi; k++) v[k] = (float)r0[k] * a0 + (float)r1[k] * a1;
+                uint8_t *o = (uint8_t *)out + bc * plane + i * W;
+                for (int64_t j = 0; j < W; j++) {
+                    float r = rintf(v[x0[j]] * wx0[j] + v[x1[j]] * wx1[j]);
+                    r = r < 0.0f ? 0.0f : (r > 255.0f ? 255.0f : r);
+                    o[j] = (uint8_t)r;
+                }
+            }
+        }
+        free(v);
+    }
+    free(tabs);
+    return fail ? -1 : 0;
+}

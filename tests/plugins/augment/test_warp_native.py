@@ -176,3 +176,83 @@ def test_disabled_kernel_is_reported(monkeypatch):
     x = _images(2, 3, 9, 9, 0)
     th = _random_matrices(2, 9, 9, 0)[:2]
     assert torch.equal(K.warp_nearest(x, th), K.warp_nearest_torch(x, th))
+
+
+# ---- crop + bilinear resize (RandomResizedCrop) --------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 32, 61, 224, 500])
+def test_crop_axis_tables_match_the_reference(n):
+    lengths = sorted({1, 2, 3, n // 3 + 1, n // 2 + 1, n - 1, n} - {0})
+    lengths = [m for m in lengths if 1 <= m <= n] if n > 64 else range(1, n + 1)
+    for m in lengths:
+        for start in sorted({0, (n - m) // 2, n - m}):
+            ref = K._crop_axis(n, torch.tensor([float(start)]), torch.tensor([float(m)]))
+            got = K.crop_axis_native(n, start, m)
+            assert got is not None
+            for r, g in zip(ref, got):
+                assert torch.equal(r[0], g), (n, m, start)
+    assert K.crop_axis_native(n, 0, n + 1) is None  # a span outside the axis
+
+
+def _boxes(b, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    hh = (torch.rand(b, generator=g, dtype=torch.float64) * h).floor().clamp(1, h)
+    ww = (torch.rand(b, generator=g, dtype=torch.float64) * w).floor().clamp(1, w)
+    top = (torch.rand(b, generator=g, dtype=torch.float64) * (h - hh + 1)).floor()
+    left = (torch.rand(b, generator=g, dtype=torch.float64) * (w - ww + 1)).floor()
+    hh[0], ww[0], top[0], left[0] = h, w, 0, 0  # the whole image
+    return top, left, hh, ww
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("c", [1, 3])
+@pytest.mark.parametrize("h,w", SIZES + [(224, 224)])
+def test_crop_resize_is_the_reference(h, w, c, dtype):
+    b = 6 if h < 224 else 2
+    x = _images(b, c, h, w, h * w + c, dtype)
+    box = _boxes(b, h, w, h + w)
+    got = K.crop_resize_bilinear(x, *box)
+    ref = K.crop_resize_bilinear_torch(x, *box)
+    assert got.dtype == ref.dtype and torch.equal(got, ref)
+    for i in range(b):  # batch-independent
+        one = K.crop_resize_bilinear(x[i : i + 1], *(t[i : i + 1] for t in box))
+        assert torch.equal(one, ref[i : i + 1])
+
+
+def test_random_resized_crop_op_matches_the_torch_path(monkeypatch):
+    op = BUILTIN_OPS["random_resized_crop"]()
+    for dtype in (torch.uint8, torch.float32):
+        x = _images(9, 3, 45, 60, 1, dtype)
+        g = torch.Generator().manual_seed(4)
+        params = op.sample_params(x, torch.rand(9, generator=g), g)
+        calls = [lambda: op.apply_params(x, params)] + [lambda s=s: op.apply(x, s) for s in (1.0, 0.5, 0.05)]
+        native_out = [f() for f in calls]
+        monkeypatch.setenv("FULCRA_NATIVE", "0")
+        torch_out = [f() for f in calls]
+        monkeypatch.delenv("FULCRA_NATIVE")
+        assert all(torch.equal(a, r) for a, r in zip(native_out, torch_out))
+
+
+def test_crop_resize_thread_count_and_fallbacks():
+    x = _images(3, 3, 150, 160, 2)
+    box = _boxes(3, 150, 160, 8)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = K.crop_resize_bilinear(x, *box)
+        torch.set_num_threads(2)
+        assert x.numel() >= K._WARP_PARALLEL_MIN
+        assert torch.equal(K.crop_resize_bilinear(x, *box), one)
+    finally:
+        torch.set_num_threads(old)
+    # float64 and non-contiguous images take the reference path
+    xd = x.double() / 255
+    assert torch.equal(K.crop_resize_bilinear(xd, *box), K.crop_resize_bilinear_torch(xd, *box))
+    view = x[:, :, :, :80]
+    small = _boxes(3, 150, 80, 3)
+    assert torch.equal(K.crop_resize_bilinear(view, *small), K.crop_resize_bilinear_torch(view.contiguous(), *small))
+    # a box outside the image: the reference's own error
+    bad = (box[0], box[1], box[2] + 200, box[3])
+    with pytest.raises(RuntimeError):
+        K.crop_resize_bilinear(x, *bad)
