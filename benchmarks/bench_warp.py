@@ -12,7 +12,10 @@ pixels where the two revisions differ. Revisions up to 97a4285 expose ``affine_g
 as the composite applies one stage: the 64 matrices in one ``inverse_affine`` call, then one warp
 call per image) the stage with the other revision's kernels, with the current ones,
 and torchvision v2's own call for that op (``F.affine`` / ``F.rotate``, nearest, zero fill, as
-``TrivialAugmentWide`` makes it) on each ``[3, 224, 224]`` image, all interleaved in one run.
+``TrivialAugmentWide`` makes it; ``F.pad`` + ``F.crop`` for RandomCrop) on each ``[3, 224, 224]``
+image, and RandomResizedCrop (``crop_resize_bilinear`` of each revision vs ``F.resized_crop``),
+all interleaved in one run; ``identical_to_old`` says whether the current op's output equals the
+other revision's kernels' on every image.
 """
 
 from __future__ import annotations
@@ -107,10 +110,13 @@ def _per_op(old, new, repeats: int) -> list[dict]:
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (B, 3, H, W), dtype=torch.uint8, generator=g)
     out = []
-    for name in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate", "random_crop"):
+    for name in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate", "random_crop", "random_resized_crop"):
         op = BUILTIN_OPS[name]()
         params = op.sample_params(x, torch.rand(B, generator=g), g)
         one = [{k: v[i : i + 1] for k, v in params.items()} for i in range(B)]
+        if name == "random_resized_crop":
+            out.append(_time_op(name, op, x, one, old, new, repeats))
+            continue
         args = op.affine_args(params, H, W)  # all images' matrices in one call, as the composite does
         v = params.get("value")
         if name == "shear_x":
@@ -142,26 +148,47 @@ def _per_op(old, new, repeats: int) -> list[dict]:
             "new": lambda: stage(new),
             "torchvision": lambda: [tv[0](i) for i in range(B)],
         }
-        ts: dict[str, list[float]] = {k: [] for k in fns}
-        for f in fns.values():
-            f()
-        for _ in range(repeats):
-            for k, f in fns.items():
-                t = time.perf_counter()
-                f()
-                ts[k].append(time.perf_counter() - t)
         same = all(torch.equal(a, op.apply_params(x[i : i + 1], one[i])) for i, a in enumerate(stage(old)))
-        ms = {k: statistics.median(t) / B * 1e3 for k, t in ts.items()}
-        row = {
-            "op": name,
-            "ms_per_image": {k: round(m, 4) for k, m in ms.items()},
-            "new_over_old": round(ms["new"] / ms["old"], 3),
-            "torchvision_over_new": round(ms["torchvision"] / ms["new"], 2),
-            "identical_to_old": same,
-        }
-        print(json.dumps(row))
-        out.append(row)
+        out.append(_row(name, fns, B, repeats, same))
     return out
+
+
+def _time_op(name, op, x, one, old, new, repeats) -> dict:
+    """RandomResizedCrop: ``crop_resize_bilinear`` of each revision on each image, against
+    torchvision v2's ``resized_crop(..., antialias=True)`` on the same boxes."""
+    import torchvision.transforms.v2.functional as TF
+
+    B, _, H, W = x.shape
+    boxes = [tuple(p[k] for k in ("top", "left", "height", "width")) for p in one]
+    ints = [tuple(int(v) for v in b) for b in boxes]
+    fns = {
+        "old": lambda: [old.crop_resize_bilinear(x[i : i + 1], *boxes[i]) for i in range(B)],
+        "new": lambda: [new.crop_resize_bilinear(x[i : i + 1], *boxes[i]) for i in range(B)],
+        "torchvision": lambda: [TF.resized_crop(x[i], *ints[i], [H, W], antialias=True) for i in range(B)],
+    }
+    same = all(torch.equal(a, op.apply_params(x[i : i + 1], one[i])) for i, a in enumerate(fns["old"]()))
+    return _row(name, fns, B, repeats, same)
+
+
+def _row(name, fns, B, repeats, same) -> dict:
+    ts: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            ts[k].append(time.perf_counter() - t)
+    ms = {k: statistics.median(t) / B * 1e3 for k, t in ts.items()}
+    row = {
+        "op": name,
+        "ms_per_image": {k: round(m, 4) for k, m in ms.items()},
+        "new_over_old": round(ms["new"] / ms["old"], 3),
+        "torchvision_over_new": round(ms["torchvision"] / ms["new"], 2),
+        "identical_to_old": same,
+    }
+    print(json.dumps(row))
+    return row
 
 
 if __name__ == "__main__":
