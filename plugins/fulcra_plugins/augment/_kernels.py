@@ -322,9 +322,9 @@ def _warp_native(lib, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor
     rc = lib.fulcra_warp_nearest(
         images.data_ptr(), out.data_ptr(), th.data_ptr(), B, C, H, W, images.element_size(), threads
     )
-    if rc == -3:
-        raise ValueError("augment: an affine warp matrix has a non-finite entry (an infinite shear or a NaN value)")
-    if rc != 0:  # out of memory in the kernel: the torch path (which will say so itself if it fails)
+    if rc != 0:
+        # -3: a non-finite matrix (the reference fills with zeros for infinities, fails on NaNs);
+        # -1: out of memory in the kernel. The reference decides (and says what is wrong).
         return warp_nearest_torch(images, theta)
     return out
 

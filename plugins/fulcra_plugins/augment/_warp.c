@@ -154,18 +154,30 @@ int fulcra_warp_index(const double *theta, int64_t B, int64_t H, int64_t W, int3
 /* Warps images [B, C, H, W] (contiguous, elements of esize = 1, 2, 4 or 8 bytes) into out (same
  * shape, contiguous, not overlapping) with per-image inverse matrices theta [B, 2, 3] float64 in
  * centred pixel coordinates. threads <= 1 runs serially. Returns 0, -1 when out of memory, -2 for
- * a bad argument, -3 when a matrix entry is not finite in float32 (nothing is written). */
+ * a bad argument, -3 when a coordinate part is not finite (nothing is written). */
 int fulcra_warp_nearest(const void *images, void *out, const double *theta, int64_t B, int64_t C, int64_t H,
                         int64_t W, int esize, int threads) {
     if (!(esize == 1 || esize == 2 || esize == 4 || esize == 8) || B < 0 || C < 1 || H < 1 || W < 1) return -2;
     if (H * W > (int64_t)INT32_MAX) return -2;
     if (B == 0) return 0;
-    for (int64_t k = 0; k < 6 * B; k++)
-        if (!isfinite((float)theta[k])) return -3;
     const int64_t per = 2 * W + 2 * H; /* floats of coordinate parts per image */
     float *parts = (float *)malloc(sizeof(float) * (size_t)(per * B));
     if (!parts) return -1;
     const int64_t plane = H * W;
+    /* the coordinate parts of every image (O(B (H + W)), serial); a non-finite part (a NaN or
+     * infinite matrix entry, or an overflow to infinity) is left to the torch reference, whose
+     * result there (zeros for infinities, an index error for NaNs) the caller reproduces by
+     * running it */
+    for (int64_t b = 0; b < B; b++) {
+        float *p = parts + per * b;
+        coord_parts(theta + 6 * b, H, W, p, p + 2 * W, p + W, p + 2 * W + H);
+        int finite = 1;
+        for (int64_t k = 0; k < per; k++) finite &= isfinite(p[k]) != 0;
+        if (!finite) {
+            free(parts);
+            return -3;
+        }
+    }
     int fail = 0;
 #ifdef _OPENMP
     if (threads < 1) threads = 1;
@@ -179,14 +191,6 @@ int fulcra_warp_nearest(const void *images, void *out, const double *theta, int6
 #endif
             fail = 1;
         }
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (int64_t b = 0; b < B; b++) {
-            float *p = parts + per * b;
-            coord_parts(theta + 6 * b, H, W, p, p + 2 * W, p + W, p + 2 * W + H);
-        }
-        /* (implicit barrier) */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif

@@ -163,11 +163,37 @@ def test_non_contiguous_and_grad_inputs_take_the_torch_path():
     assert xf.grad is not None
 
 
-def test_non_finite_matrix_is_a_clear_error():
-    x = _images(1, 3, 8, 8, 0)
-    th = torch.full((1, 2, 3), math.nan, dtype=torch.float64)
-    with pytest.raises(ValueError, match="non-finite"):
+def test_non_finite_matrices_behave_as_the_reference():
+    x = _images(2, 3, 8, 8, 0)
+    th = _random_matrices(2, 8, 8, 0)[:2].clone()
+    th[0, 0, 2] = math.inf  # a translation to infinity: the reference fills the image with zeros
+    th[1, 1, 1] = 1e300  # finite in float64, infinite in float32
+    assert torch.equal(K.warp_nearest(x, th), K.warp_nearest_torch(x, th))
+    th[0, 0, 0] = math.nan  # the reference fails on a NaN matrix (an out-of-range index)
+    with pytest.raises(RuntimeError):
+        K.warp_nearest_torch(x, th)
+    with pytest.raises(RuntimeError):
         K.warp_nearest(x, th)
+
+
+def test_no_compiler_falls_back_to_the_torch_path(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("FULCRA_NATIVE_CACHE", str(tmp_path / "cache"))
+    saved = dict(K._warp_libs)
+    K._warp_libs.clear()
+    try:
+        with caplog.at_level("WARNING"):
+            assert not K.warp_native_available()
+        assert "no C compiler" in native.reason(K._WARP_C)
+        assert any("compiled warp kernel unavailable" in r.getMessage() for r in caplog.records)
+        x = _images(3, 3, 20, 21, 0)
+        th = _random_matrices(3, 20, 21, 0)[:3]
+        assert torch.equal(K.warp_nearest(x, th), K.warp_nearest_torch(x, th))
+        box = _boxes(3, 20, 21, 0)
+        assert torch.equal(K.crop_resize_bilinear(x, *box), K.crop_resize_bilinear_torch(x, *box))
+    finally:
+        K._warp_libs.clear()
+        K._warp_libs.update(saved)
 
 
 def test_disabled_kernel_is_reported(monkeypatch):
