@@ -308,8 +308,9 @@ def _native_warp_ok(images: torch.Tensor, theta: torch.Tensor) -> bool:
     )
 
 
-#: output values per call below which the kernel runs on one thread (thread start-up costs more)
-_WARP_PARALLEL_MIN = 1 << 16
+#: output values per call below which the kernels run on one thread: one 224×224 RGB image (the
+#: composite's chunk on CPU) takes ~0.1 ms, where waking a thread team costs more than it saves
+_WARP_PARALLEL_MIN = 1 << 18
 
 
 def _warp_native(lib, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

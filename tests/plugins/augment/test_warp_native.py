@@ -126,8 +126,8 @@ def test_thread_count_does_not_change_the_output(threads):
     # and through warp_nearest with torch's thread count above the parallel threshold
     old = torch.get_num_threads()
     try:
-        big = _images(2, 3, 150, 160, 6)
-        th2 = th[:2].contiguous()
+        big = _images(4, 3, 150, 160, 6)
+        th2 = _random_matrices(4, 150, 160, 2)[:4].contiguous()
         torch.set_num_threads(1)
         one = K.warp_nearest(big, th2)
         torch.set_num_threads(threads)
@@ -261,8 +261,8 @@ def test_random_resized_crop_op_matches_the_torch_path(monkeypatch):
 
 
 def test_crop_resize_thread_count_and_fallbacks():
-    x = _images(3, 3, 150, 160, 2)
-    box = _boxes(3, 150, 160, 8)
+    x = _images(4, 3, 150, 160, 2)
+    box = _boxes(4, 150, 160, 8)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -276,7 +276,7 @@ def test_crop_resize_thread_count_and_fallbacks():
     xd = x.double() / 255
     assert torch.equal(K.crop_resize_bilinear(xd, *box), K.crop_resize_bilinear_torch(xd, *box))
     view = x[:, :, :, :80]
-    small = _boxes(3, 150, 80, 3)
+    small = _boxes(4, 150, 80, 3)
     assert torch.equal(K.crop_resize_bilinear(view, *small), K.crop_resize_bilinear_torch(view.contiguous(), *small))
     # a box outside the image: the reference's own error
     bad = (box[0], box[1], box[2] + 200, box[3])
