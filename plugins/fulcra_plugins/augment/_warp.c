@@ -19,6 +19,9 @@
  * computed once and used for every channel, so nothing larger than a few rows of indices is
  * written besides the output itself. With OpenMP the (image, row) pairs are split between threads;
  * every output element is computed by one thread in the same way: identical for any thread count.
+ * A matrix whose coordinate parts are not all finite is refused (-3) and left to the reference.
+ *
+ * The same library holds RandomResizedCrop's crop + bilinear resize (fulcra_crop_resize, below).
  */
 #include <stdint.h>
 #include <stdlib.h>
