@@ -277,7 +277,7 @@ def _warp_lib():
         lib.fulcra_warp_index.argtypes = [vp, i64, i64, i64, vp]
         lib.fulcra_warp_index.restype = ctypes.c_int
         d = ctypes.c_double
-        lib.fulcra_crop_resize.argtypes = [vp, vp, vp, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
+        lib.fulcra_crop_resize.argtypes = [vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
         lib.fulcra_crop_resize.restype = ctypes.c_int
         lib.fulcra_crop_axis.argtypes = [i64, d, d, vp, vp, vp]
         lib.fulcra_crop_axis.restype = ctypes.c_int
@@ -383,15 +383,14 @@ def crop_resize_bilinear(
             lib = _warp_lib()
         if lib is not None and _native_crop_ok(images):
             B, C, H, W = images.shape
-            box = torch.stack([torch.as_tensor(t).reshape(-1) for t in (top, left, height, width)], 1)
-            box = box.to(torch.float64).contiguous()
-            if box.shape == (B, 4):
+            box = [_f64(t, B) for t in (top, left, height, width)]
+            if all(t is not None for t in box):
                 out = torch.empty((B, C, H, W), dtype=images.dtype)
                 threads = torch.get_num_threads() if images.numel() >= _WARP_PARALLEL_MIN else 1
                 rc = lib.fulcra_crop_resize(
                     images.data_ptr(),
                     out.data_ptr(),
-                    box.data_ptr(),
+                    *(t.data_ptr() for t in box),
                     B,
                     C,
                     H,
@@ -403,6 +402,16 @@ def crop_resize_bilinear(
                     return out
                 # a box outside its image (or out of memory): the reference, which says what is wrong
     return crop_resize_bilinear_torch(images, top, left, height, width)
+
+
+def _f64(t, n: int) -> torch.Tensor | None:
+    """A per-image box coordinate as a contiguous ``[n]`` float64 CPU tensor (None if it is not one)."""
+    if isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.shape == (n,) and t.is_contiguous():
+        return t if t.device.type == "cpu" else None
+    t = torch.as_tensor(t)
+    if t.device.type != "cpu" or t.numel() != n or t.is_complex():
+        return None
+    return t.detach().reshape(n).to(torch.float64).contiguous()
 
 
 def _native_crop_ok(images: torch.Tensor) -> bool:

@@ -262,10 +262,10 @@ int fulcra_crop_axis(int64_t n, double start, double length, int32_t *i0, int32_
  * resizes it back to H x W bilinearly, into out (same shape and dtype): the arithmetic of
  * _kernels.crop_resize_bilinear, in float32 with each product and sum rounded once (rows first:
  * v = a * (1 - wy) + b * wy over the source columns of the crop, then columns the same way),
- * uint8 results rounded half to even and clamped to [0, 255]. box [B, 4] float64 (top, left,
- * height, width). Returns 0, -1 when out of memory, -2 when a box is not inside its image. */
-int fulcra_crop_resize(const void *images, void *out, const double *box, int64_t B, int64_t C, int64_t H, int64_t W,
-                       int is_float, int threads) {
+ * uint8 results rounded half to even and clamped to [0, 255]. top, left, height, width [B]
+ * float64 (integer-valued). Returns 0, -1 when out of memory, -2 when a box is not inside its image. */
+int fulcra_crop_resize(const void *images, void *out, const double *top, const double *left, const double *height,
+                       const double *width, int64_t B, int64_t C, int64_t H, int64_t W, int is_float, int threads) {
     if (B < 0 || C < 1 || H < 1 || W < 1 || H * W > (int64_t)INT32_MAX) return -2;
     if (B == 0) return 0;
     /* per image: y0, y1 [H] int32, wy1, wy0 [H] float, x0, x1 [W], wx1, wx0 [W] */
@@ -274,9 +274,8 @@ int fulcra_crop_resize(const void *images, void *out, const double *box, int64_t
     if (!tabs) return -1;
     for (int64_t b = 0; b < B; b++) {
         int32_t *t = tabs + per * b;
-        const double *bx = box + 4 * b;
-        if (crop_axis(H, bx[0], bx[2], t, t + H, (float *)(t + 2 * H), (float *)(t + 3 * H)) != 0 ||
-            crop_axis(W, bx[1], bx[3], t + 4 * H, t + 4 * H + W, (float *)(t + 4 * H + 2 * W),
+        if (crop_axis(H, top[b], height[b], t, t + H, (float *)(t + 2 * H), (float *)(t + 3 * H)) != 0 ||
+            crop_axis(W, left[b], width[b], t + 4 * H, t + 4 * H + W, (float *)(t + 4 * H + 2 * W),
                       (float *)(t + 4 * H + 3 * W)) != 0) {
             free(tabs);
             return -2;
