@@ -1,0 +1,333 @@
+"""The fused gsplat uplift kernel (``scenes._adjoint_triton``) against slow references.
+
+On CPU the very Triton kernel runs in Triton's interpreter. The interpreter must be chosen before
+triton is first imported (``TRITON_INTERPRET=1``) and would then also interpret every other Triton
+kernel of the process, so this module runs itself in a child pytest with that variable set
+(``test_kernel_under_the_interpreter``); in the child the ``interp`` tests run. On CUDA (``-m gpu``)
+the compiled kernel is compared with autograd through gsplat's rasteriser.
+
+Inputs in gsplat's layout (projected means, conics, opacities, ``isect_offsets``,
+``flatten_ids``) come from gsplat's pure-torch reference functions when gsplat is installed, and
+from a layout built here from the ``torch`` backend's projection otherwise (and both are run when
+both can be).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fulcra.camera import Camera
+from fulcra_plugins.scenes.gaussians import Gaussians, rgb_to_sh
+from fulcra_plugins.scenes.torch_backend import TorchScene, project_gaussians
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+pytest.importorskip("triton")
+
+try:
+    from gsplat.cuda._torch_impl import _fully_fused_projection, _isect_offset_encode, _isect_tiles
+except Exception:  # noqa: BLE001 - gsplat absent (or broken): the layout is built here instead
+    _fully_fused_projection = None
+
+interp = pytest.mark.skipif(
+    not INTERPRET, reason="runs in the TRITON_INTERPRET=1 child of test_kernel_under_the_interpreter"
+)
+LAYOUTS = ["fulcra"] + (["gsplat"] if _fully_fused_projection is not None else [])
+
+
+def test_kernel_under_the_interpreter():
+    if INTERPRET:
+        pytest.skip("this is the interpreter child")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", __file__]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-6000:]
+    assert " passed" in out and "failed" not in out, out[-3000:]
+
+
+# ----------------------------------------------------------------------------------- scenes
+def make_scene(seed: int, n: int = 300) -> Gaussians:
+    """A few hundred overlapping Gaussians in front of the camera, many nearly opaque (so that
+    pixels reach the transmittance stop), a few behind it or off screen."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(n, 3, generator=g) * torch.tensor([0.7, 0.5, 0.4]) + torch.tensor([0.0, 0.0, 3.0])
+    means[:5, 2] = -1.0  # behind the camera: culled
+    means[5:8, 0] = 40.0  # far off screen: culled
+    q = torch.randn(n, 4, generator=g)
+    q = q / q.norm(dim=1, keepdim=True)
+    scales = torch.rand(n, 3, generator=g) * 0.15 + 0.02
+    opac = torch.where(
+        torch.rand(n, generator=g) < 0.6, 0.97 + 0.03 * torch.rand(n, generator=g), torch.rand(n, generator=g)
+    )
+    opac = opac.clamp(0.002, 0.9999)
+    return Gaussians(means, q, scales, opac, rgb_to_sh(torch.rand(n, 3, generator=g)))
+
+
+def make_camera(width: int = 32, height: int = 24, shift: float = 0.0) -> Camera:
+    K = torch.tensor([[30.0, 0, width / 2], [0, 30.0, height / 2], [0, 0, 1.0]])
+    V = torch.eye(4)
+    V[0, 3] = shift
+    return Camera(V, K, width, height, f"cam{shift}")
+
+
+# --------------------------------------------------------------------- gsplat's input layout
+def layout_gsplat(g: Gaussians, cam: Camera, ts: int) -> dict:
+    """gsplat 1.5's pure-torch projection and intersections (unpacked, one image)."""
+    radii, m2d, depths, conics, _ = _fully_fused_projection(
+        g.means, g.covariances(), cam.viewmat[None], cam.K[None], cam.width, cam.height, eps2d=0.3
+    )
+    tw, th = math.ceil(cam.width / ts), math.ceil(cam.height / ts)
+    _, isect_ids, flat = _isect_tiles(m2d, radii, depths, ts, tw, th)
+    offsets = _isect_offset_encode(isect_ids, 1, tw, th)
+    valid = (radii > 0).all(-1)[0]
+    return dict(
+        means2d=m2d,
+        conics=conics,
+        opacities=g.opacities[None],
+        offsets=offsets,
+        flat=flat,
+        valid=valid,
+        depths=depths[0],
+    )
+
+
+def layout_fulcra(g: Gaussians, cam: Camera, ts: int) -> dict:
+    """The same layout built from the ``torch`` backend's projection: gsplat's 3-sigma boxes
+    (``ceil(3.33 sqrt(cov))``), tiles it overlaps, pairs sorted by (tile, depth)."""
+    p = project_gaussians(g, cam, tile_size=ts)
+    n = len(g.opacities)
+    m2d, conics, opac = p.means2d[:n], p.conics[:n], g.opacities
+    a, b, c = conics.unbind(-1)
+    det = a * c - b * b
+    cov_xx, cov_yy = c / det, a / det  # the conic's inverse: the dilated 2D covariance
+    rx, ry = torch.ceil(3.33 * cov_xx.sqrt()), torch.ceil(3.33 * cov_yy.sqrt())
+    valid = p.opacities[:n] > 0
+    valid &= (m2d[:, 0] + rx > 0) & (m2d[:, 0] - rx < cam.width) & (m2d[:, 1] + ry > 0) & (m2d[:, 1] - ry < cam.height)
+    depth = (g.means @ cam.viewmat[:3, :3].T + cam.viewmat[:3, 3])[:, 2]
+    tw, th = math.ceil(cam.width / ts), math.ceil(cam.height / ts)
+    x0 = torch.floor((m2d[:, 0] - rx) / ts).clamp(0, tw).long()
+    x1 = torch.ceil((m2d[:, 0] + rx) / ts).clamp(0, tw).long()
+    y0 = torch.floor((m2d[:, 1] - ry) / ts).clamp(0, th).long()
+    y1 = torch.ceil((m2d[:, 1] + ry) / ts).clamp(0, th).long()
+    pairs = [
+        (y * tw + x, float(depth[i]), i)
+        for i in torch.nonzero(valid)[:, 0].tolist()
+        for y in range(y0[i], y1[i])
+        for x in range(x0[i], x1[i])
+    ]
+    pairs.sort()
+    flat = torch.tensor([i for _, _, i in pairs], dtype=torch.int32)
+    counts = torch.bincount(torch.tensor([t for t, _, _ in pairs], dtype=torch.long), minlength=tw * th)
+    offsets = (torch.cumsum(counts, 0) - counts).to(torch.int32).reshape(1, th, tw)
+    return dict(
+        means2d=m2d[None],
+        conics=conics[None],
+        opacities=opac[None],
+        offsets=offsets,
+        flat=flat,
+        valid=valid,
+        depths=depth,
+    )
+
+
+def build_layout(kind: str, g: Gaussians, cam: Camera, ts: int) -> dict:
+    return (layout_gsplat if kind == "gsplat" else layout_fulcra)(g, cam, ts)
+
+
+# ------------------------------------------------------------------------- slow reference
+def reference_adjoint(lay: dict, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """gsplat's compositing written out in float64: every valid Gaussian in depth order (no tiles),
+    all pixels at once, sequential transmittance, 1/255 skip, 0.999 clamp, exclusive stop at 1e-4.
+
+    Returns ``(Σ w F [N, D], Σ w [N], number of pixels that reached the stop)``.
+    """
+    d = torch.float64
+    H, W, D = images.shape
+    m2d, conics, opac = lay["means2d"][0].to(d), lay["conics"][0].to(d), lay["opacities"][0].to(d)
+    F = images.reshape(-1, D).to(d)
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=d) + 0.5, torch.arange(W, dtype=d) + 0.5, indexing="ij")
+    xs, ys = xs.reshape(-1), ys.reshape(-1)
+    T = torch.ones(H * W, dtype=d)
+    done = torch.zeros(H * W, dtype=torch.bool)
+    n = m2d.shape[0]
+    num = torch.zeros(n, D, dtype=d)
+    den = torch.zeros(n, dtype=d)
+    ids = torch.nonzero(lay["valid"])[:, 0]
+    for i in ids[torch.argsort(lay["depths"][ids], stable=True)].tolist():
+        dx, dy = m2d[i, 0] - xs, m2d[i, 1] - ys
+        a, b, c = conics[i]
+        sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+        alpha = torch.clamp(opac[i] * torch.exp(-sigma), max=0.999)
+        live = ~done & (sigma >= 0) & (alpha >= 1.0 / 255.0)
+        next_T = T * (1 - alpha)
+        stop = live & (next_T <= 1e-4)
+        done |= stop
+        live &= ~stop
+        w = torch.where(live, alpha * T, torch.zeros_like(T))
+        num[i] = w @ F
+        den[i] = w.sum()
+        T = torch.where(live, next_T, T)
+    return num.float(), den.float(), int(done.sum())
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, what: str, rel: float = 2e-5) -> float:
+    scale = float(want.abs().max().clamp_min(1e-6))
+    err = float((got - want).abs().max())
+    assert err <= rel * scale, f"{what}: max abs error {err:.3g} > {rel} x {scale:.3g}"
+    return err / scale
+
+
+# ------------------------------------------------------------------ CPU: the interpreted kernel
+@interp
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(("dim", "block"), [(1, 64), (3, 64), (40, 64), (40, 16)])
+def test_kernel_matches_per_pixel_reference_and_torch_backend(layout, dim, block):
+    from fulcra_plugins.scenes import _adjoint_triton as A
+
+    assert A.interpreted()
+    g, cam = make_scene(dim), make_camera()
+    lay = build_layout(layout, g, cam, 16)
+    F = torch.rand(cam.height, cam.width, dim, generator=torch.Generator().manual_seed(dim)) - 0.3
+    num, den = A.adjoint_from_projection(
+        len(g.opacities),
+        lay["means2d"],
+        lay["conics"],
+        lay["opacities"],
+        F,
+        16,
+        lay["offsets"],
+        lay["flat"],
+        max_channel_block=block,
+    )
+    ref_num, ref_den, stopped = reference_adjoint(lay, F)
+    assert stopped > 0, "the scene must saturate some pixels"
+    assert int((ref_den > 0).sum()) > 100
+    _close(num, ref_num, "Σ w F vs per-pixel reference")
+    _close(den, ref_den, "Σ w vs per-pixel reference")
+    # the torch backend's fused adjoint (its own projection and tiling) on the same scene
+    ts = TorchScene.from_gaussians(g, device="cpu")
+    tb = ts.render_adjoint(torch.cat([F, torch.ones_like(F[..., :1])], -1), cam)
+    _close(num, tb[:, :dim], "Σ w F vs torch backend", rel=1e-4)
+    _close(den, tb[:, dim], "Σ w vs torch backend", rel=1e-4)
+
+
+@interp
+def test_small_tiles_packed_rows_and_two_images():
+    """8-px tiles (12 of them, partial ones at the border), gsplat's packed layout mapped back to
+    Gaussians, and two images in one launch."""
+    from fulcra_plugins.scenes import _adjoint_triton as A
+
+    g = make_scene(7)
+    cams = [make_camera(), make_camera(shift=0.25)]
+    n, dim = len(g.opacities), 5
+    Fs = [torch.rand(24, 32, dim, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    lays = [build_layout("fulcra", g, c, 8) for c in cams]
+    refs = [reference_adjoint(lay, F) for lay, F in zip(lays, Fs)]
+    # unpacked, 8-px tiles
+    num, den = A.adjoint_from_projection(
+        n, lays[0]["means2d"], lays[0]["conics"], lays[0]["opacities"], Fs[0], 8, lays[0]["offsets"], lays[0]["flat"]
+    )
+    _close(num, refs[0][0], "8-px tiles")
+    _close(den, refs[0][1], "8-px tiles, weights")
+    # packed: rows are the valid Gaussians only; flatten_ids index those rows
+    lay = lays[0]
+    gid = torch.nonzero(lay["valid"])[:, 0]
+    row_of = torch.full((n,), -1, dtype=torch.long)
+    row_of[gid] = torch.arange(len(gid))
+    num_p, den_p = A.adjoint_from_projection(
+        n,
+        lay["means2d"][0, gid],
+        lay["conics"][0, gid],
+        lay["opacities"][0, gid],
+        Fs[0],
+        8,
+        lay["offsets"],
+        row_of[lay["flat"].long()].to(torch.int32),
+        gaussian_ids=gid.to(torch.int32),
+    )
+    torch.testing.assert_close(num_p, num, rtol=0, atol=0)
+    torch.testing.assert_close(den_p, den, rtol=0, atol=0)
+    # two images in one launch: rows [2 * N], offsets [2, TH, TW] into one flatten_ids
+    flat = torch.cat([lays[0]["flat"], lays[1]["flat"] + n])
+    offsets = torch.cat([lays[0]["offsets"], lays[1]["offsets"] + lays[0]["flat"].numel()])
+    num2, den2 = A.rasterize_adjoint(
+        torch.cat([lay["means2d"] for lay in lays]),
+        torch.cat([lay["conics"] for lay in lays]),
+        torch.cat([lay["opacities"] for lay in lays]),
+        torch.stack(Fs),
+        8,
+        offsets,
+        flat,
+    )
+    for i in range(2):
+        _close(num2[i * n : (i + 1) * n], refs[i][0], f"image {i} of 2")
+        _close(den2[i * n : (i + 1) * n], refs[i][1], f"image {i} of 2, weights")
+
+
+@interp
+def test_bad_inputs_name_the_argument():
+    from fulcra_plugins.scenes import _adjoint_triton as A
+
+    g, cam = make_scene(1, n=40), make_camera()
+    lay = build_layout("fulcra", g, cam, 16)
+    args = (lay["means2d"], lay["conics"], lay["opacities"])
+    with pytest.raises(ValueError, match="images must be"):
+        A.rasterize_adjoint(*args, torch.zeros(24, 32, 3), 16, lay["offsets"], lay["flat"])
+    with pytest.raises(ValueError, match="do not cover"):
+        A.rasterize_adjoint(*args, torch.zeros(1, 24, 32, 3), 8, lay["offsets"], lay["flat"])
+    with pytest.raises(ValueError, match="conics"):
+        A.rasterize_adjoint(
+            lay["means2d"],
+            lay["conics"][:, :5],
+            lay["opacities"],
+            torch.zeros(1, 24, 32, 3),
+            16,
+            lay["offsets"],
+            lay["flat"],
+        )
+    with pytest.raises(ValueError, match="16, 32 or 64"):
+        A.channel_block(3, 8)
+    # an empty intersection list is a zero adjoint, not an error
+    num, den = A.rasterize_adjoint(
+        *args, torch.ones(1, 24, 32, 2), 16, torch.zeros_like(lay["offsets"]), lay["flat"][:0]
+    )
+    assert not num.any() and not den.any()
+
+
+# ------------------------------------------------------------------------ GPU: compiled kernel
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET or not torch.cuda.is_available(), reason="needs CUDA and compiled Triton")
+@pytest.mark.parametrize("packed", [False, True])
+def test_gsplat_fused_adjoint_matches_autograd_on_cuda(packed):
+    pytest.importorskip("gsplat")
+    import fulcra
+    from fulcra_plugins.scenes.gsplat_backend import GsplatScene
+    from fulcra_plugins.scenes.synthetic import build_cameras, build_gaussians
+
+    g, _ = build_gaussians(seed=0, density=1.0)
+    cams = build_cameras(160, 120, n_ring=4, n_forward=1)
+    fused = GsplatScene.from_gaussians(g, device="cuda", packed=packed)
+    auto = GsplatScene.from_gaussians(g, device="cuda", packed=packed, fused_adjoint=False)
+    gen = torch.Generator("cuda").manual_seed(0)
+    for dim in (1, 41, 70):
+        for cam in cams[::2]:
+            F = torch.rand(cam.height, cam.width, dim, device="cuda", generator=gen)
+            a = fused.render_adjoint(F, cam)
+            assert fused.adjoint_path == "fused"
+            b = auto.render_adjoint(F, cam)
+            assert auto.adjoint_path == "autograd"
+            scale = b.abs().max()
+            assert float((a - b).abs().max()) <= 1e-4 * float(scale), (dim, float((a - b).abs().max()), float(scale))
+    # and the whole uplift against the torch backend (its own projection and tiling)
+    maps = [(c, torch.rand(8, 30, 40, device="cuda", generator=gen)) for c in cams]
+    f_g, w_g = fulcra.uplift(fused, maps)
+    f_t, w_t = fulcra.uplift(TorchScene.from_gaussians(g, device="cuda"), maps)
+    seen = w_t > 1e-2 * w_t.max()
+    assert float(((w_g - w_t).abs()[seen] / w_t[seen]).median()) < 1e-3
+    assert float((f_g[seen] - f_t[seen]).abs().mean()) < 1e-3
