@@ -37,7 +37,9 @@ except Exception:  # noqa: BLE001 - gsplat absent (or broken): the layout is bui
 interp = pytest.mark.skipif(
     not INTERPRET, reason="runs in the TRITON_INTERPRET=1 child of test_kernel_under_the_interpreter"
 )
-LAYOUTS = ["fulcra"] + (["gsplat"] if _fully_fused_projection is not None else [])
+# gsplat's own reference layout when it is installed, else the one built here (checked against
+# each other by test_layouts_agree where both exist)
+LAYOUT = "gsplat" if _fully_fused_projection is not None else "fulcra"
 
 
 def test_kernel_under_the_interpreter():
@@ -184,15 +186,38 @@ def _close(got: torch.Tensor, want: torch.Tensor, what: str, rel: float = 2e-5) 
 
 
 # ------------------------------------------------------------------ CPU: the interpreted kernel
+@pytest.mark.skipif(INTERPRET, reason="runs in the parent process")
+@pytest.mark.skipif(_fully_fused_projection is None, reason="needs gsplat's pure-torch reference functions")
+def test_layouts_agree():
+    """The layout built from the torch backend lists, per tile, the same Gaussians in the same
+    depth order as gsplat's reference ``_isect_tiles`` (wherever a Gaussian can be visible)."""
+    g, cam = make_scene(5), make_camera()
+    a, b = layout_gsplat(g, cam, 8), layout_fulcra(g, cam, 8)
+    # gsplat's boxes are conservative (and keep Gaussians under 1/255 opacity); the torch backend
+    # drops every Gaussian whose alpha reaches 1/255 at no pixel centre: a subset, and what it
+    # drops has no weight anywhere
+    v = b["valid"]
+    assert not (v & ~a["valid"]).any()
+    keep_a = v
+    extra = a["valid"] & ~v
+    assert not reference_adjoint(a, torch.ones(cam.height, cam.width, 1))[1][extra].any()
+    torch.testing.assert_close(a["means2d"][0, v], b["means2d"][0, v], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(a["conics"][0, v], b["conics"][0, v], rtol=1e-4, atol=1e-6)
+    fa, fb = a["flat"].long(), b["flat"].long()
+    oa, ob = a["offsets"].flatten().tolist() + [len(fa)], b["offsets"].flatten().tolist() + [len(fb)]
+    for t in range(len(oa) - 1):
+        la = [i for i in fa[oa[t] : oa[t + 1]].tolist() if keep_a[i]]
+        assert la == fb[ob[t] : ob[t + 1]].tolist(), f"tile {t}"
+
+
 @interp
-@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize(("dim", "block"), [(1, 64), (3, 64), (40, 64), (40, 16)])
-def test_kernel_matches_per_pixel_reference_and_torch_backend(layout, dim, block):
+def test_kernel_matches_per_pixel_reference_and_torch_backend(dim, block):
     from fulcra_plugins.scenes import _adjoint_triton as A
 
     assert A.interpreted()
     g, cam = make_scene(dim), make_camera()
-    lay = build_layout(layout, g, cam, 16)
+    lay = build_layout(LAYOUT, g, cam, 16)
     F = torch.rand(cam.height, cam.width, dim, generator=torch.Generator().manual_seed(dim)) - 0.3
     num, den = A.adjoint_from_projection(
         len(g.opacities),
@@ -219,8 +244,8 @@ def test_kernel_matches_per_pixel_reference_and_torch_backend(layout, dim, block
 
 @interp
 def test_small_tiles_packed_rows_and_two_images():
-    """8-px tiles (12 of them, partial ones at the border), gsplat's packed layout mapped back to
-    Gaussians, and two images in one launch."""
+    """8-px tiles (12 per image, partial ones at the border) for two images in one launch, and
+    gsplat's packed layout (rows: the visible Gaussians only) mapped back to Gaussians."""
     from fulcra_plugins.scenes import _adjoint_triton as A
 
     g = make_scene(7)
@@ -229,30 +254,6 @@ def test_small_tiles_packed_rows_and_two_images():
     Fs = [torch.rand(24, 32, dim, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     lays = [build_layout("fulcra", g, c, 8) for c in cams]
     refs = [reference_adjoint(lay, F) for lay, F in zip(lays, Fs)]
-    # unpacked, 8-px tiles
-    num, den = A.adjoint_from_projection(
-        n, lays[0]["means2d"], lays[0]["conics"], lays[0]["opacities"], Fs[0], 8, lays[0]["offsets"], lays[0]["flat"]
-    )
-    _close(num, refs[0][0], "8-px tiles")
-    _close(den, refs[0][1], "8-px tiles, weights")
-    # packed: rows are the valid Gaussians only; flatten_ids index those rows
-    lay = lays[0]
-    gid = torch.nonzero(lay["valid"])[:, 0]
-    row_of = torch.full((n,), -1, dtype=torch.long)
-    row_of[gid] = torch.arange(len(gid))
-    num_p, den_p = A.adjoint_from_projection(
-        n,
-        lay["means2d"][0, gid],
-        lay["conics"][0, gid],
-        lay["opacities"][0, gid],
-        Fs[0],
-        8,
-        lay["offsets"],
-        row_of[lay["flat"].long()].to(torch.int32),
-        gaussian_ids=gid.to(torch.int32),
-    )
-    torch.testing.assert_close(num_p, num, rtol=0, atol=0)
-    torch.testing.assert_close(den_p, den, rtol=0, atol=0)
     # two images in one launch: rows [2 * N], offsets [2, TH, TW] into one flatten_ids
     flat = torch.cat([lays[0]["flat"], lays[1]["flat"] + n])
     offsets = torch.cat([lays[0]["offsets"], lays[1]["offsets"] + lays[0]["flat"].numel()])
@@ -268,6 +269,25 @@ def test_small_tiles_packed_rows_and_two_images():
     for i in range(2):
         _close(num2[i * n : (i + 1) * n], refs[i][0], f"image {i} of 2")
         _close(den2[i * n : (i + 1) * n], refs[i][1], f"image {i} of 2, weights")
+    # packed, 16-px tiles: flatten_ids index the packed rows
+    lay = build_layout("fulcra", g, cams[0], 16)
+    gid = torch.nonzero(lay["valid"])[:, 0]
+    row_of = torch.full((n,), -1, dtype=torch.long)
+    row_of[gid] = torch.arange(len(gid))
+    num_p, den_p = A.adjoint_from_projection(
+        n,
+        lay["means2d"][0, gid],
+        lay["conics"][0, gid],
+        lay["opacities"][0, gid],
+        Fs[0],
+        16,
+        lay["offsets"],
+        row_of[lay["flat"].long()].to(torch.int32),
+        gaussian_ids=gid.to(torch.int32),
+    )
+    _close(num_p, refs[0][0], "packed rows")
+    _close(den_p, refs[0][1], "packed rows, weights")
+    assert not num_p[~lay["valid"]].any()
 
 
 @interp
@@ -298,6 +318,91 @@ def test_bad_inputs_name_the_argument():
         *args, torch.ones(1, 24, 32, 2), 16, torch.zeros_like(lay["offsets"]), lay["flat"][:0]
     )
     assert not num.any() and not den.any()
+
+
+class _CpuGsplat:
+    """gsplat 1.5.3's projection and intersection API (``fully_fused_projection``, ``isect_tiles``,
+    ``isect_offset_encode``; argument names, packed and unpacked return layouts) on CPU, through
+    its pure-torch reference functions: so the plumbing of ``GsplatScene.render_adjoint`` runs here."""
+
+    __version__ = "1.5.3"
+
+    def fully_fused_projection(
+        self,
+        means,
+        covars,
+        quats,
+        scales,
+        viewmats,
+        Ks,
+        width,
+        height,
+        eps2d=0.3,
+        near_plane=0.01,
+        far_plane=1e10,
+        radius_clip=0.0,
+        packed=False,
+        sparse_grad=False,
+        calc_compensations=False,
+        camera_model="pinhole",
+        opacities=None,
+    ):
+        from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
+
+        assert covars is None and radius_clip == 0.0 and not calc_compensations and opacities is not None
+        cov, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)
+        radii, m2d, depths, conics, comp = _fully_fused_projection(
+            means, cov, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane
+        )
+        if not packed:
+            return radii, m2d, depths, conics, comp
+        gid = torch.nonzero((radii[0] > 0).all(-1))[:, 0].to(torch.int32)
+        zeros = torch.zeros_like(gid)
+        return zeros, zeros, gid, radii[0, gid], m2d[0, gid], depths[0, gid], conics[0, gid], None
+
+    def isect_tiles(
+        self,
+        means2d,
+        radii,
+        depths,
+        tile_size,
+        tile_width,
+        tile_height,
+        sort=True,
+        segmented=False,
+        packed=False,
+        n_images=None,
+        image_ids=None,
+        gaussian_ids=None,
+    ):
+        if not packed:
+            return _isect_tiles(means2d, radii, depths, tile_size, tile_width, tile_height)
+        assert n_images == 1 and image_ids is not None and not image_ids.any()
+        # the unpacked intersections of the packed rows, renumbered to rows
+        tpg, ids, flat = _isect_tiles(means2d[None], radii[None], depths[None], tile_size, tile_width, tile_height)
+        return tpg[0], ids, flat
+
+    def isect_offset_encode(self, isect_ids, n_images, tile_width, tile_height):
+        return _isect_offset_encode(isect_ids, n_images, tile_width, tile_height)
+
+
+@interp
+@pytest.mark.skipif(_fully_fused_projection is None, reason="needs gsplat's pure-torch reference functions")
+@pytest.mark.parametrize("packed", [False, True])
+def test_gsplat_scene_render_adjoint_plumbing_on_cpu(packed):
+    """``GsplatScene``'s fused path (projection arguments, tuple layouts, packed rows mapped back)
+    with gsplat's CUDA entry points replaced by their CPU references, against the torch backend."""
+    from fulcra_plugins.scenes import _adjoint_triton as A
+    from fulcra_plugins.scenes.gsplat_backend import GsplatScene
+
+    g, cam = make_scene(11), make_camera(shift=0.1)
+    scene = object.__new__(GsplatScene)  # the constructor insists on CUDA
+    scene.device, scene.gaussians, scene._gs, scene.packed = torch.device("cpu"), g, _CpuGsplat(), packed
+    F = torch.rand(cam.height, cam.width, 6, generator=torch.Generator().manual_seed(3))
+    got = scene._fused(A, F, cam)
+    want = TorchScene.from_gaussians(g, device="cpu").render_adjoint(F, cam)
+    assert got.shape == (len(g.opacities), 6)
+    _close(got, want, f"GsplatScene._fused(packed={packed}) vs torch backend", rel=1e-4)
 
 
 # ------------------------------------------------------------------------ GPU: compiled kernel
