@@ -142,6 +142,54 @@ def measure(scene, cams, dim, repeats=1, autograd=True) -> dict:
     return row
 
 
+def kernel_sweep(scene, cam, dim, repeats=5) -> list[dict]:
+    """The gsplat backend's fused adjoint for one view (projection, intersections and the Triton
+    kernel) at several steps along a tile's list (``block_k``) and channel blocks, against a
+    forward render of the same view: which settings the defaults should be on this card."""
+    from fulcra_plugins.scenes import _adjoint_triton as kernel
+
+    dev = scene.device
+    gen = torch.Generator(device=dev).manual_seed(1)
+    images = torch.rand(cam.height, cam.width, dim + 1, device=dev, generator=gen)  # + the ones channel
+    feats = torch.rand(scene.num_primitives, dim, device=dev, generator=gen)
+
+    def best(fn):
+        fn()
+        out = float("inf")
+        for _ in range(repeats):
+            _sync(dev)
+            t = time.perf_counter()
+            fn()
+            _sync(dev)
+            out = min(out, time.perf_counter() - t)
+        return out
+
+    with torch.no_grad():
+        t_fwd = best(lambda: scene.render(feats, cam))
+    rows = []
+    for block_k in (16, 32, 64):
+        for block_c in (32, 64):
+            name = f"kernel(block_k={block_k}, channel_block={block_c})"
+            try:
+                t = best(lambda: scene._fused(kernel, images, cam, block_k=block_k, max_channel_block=block_c))
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                rows.append({"backend": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                continue
+            rows.append(
+                {
+                    "backend": name,
+                    "N": scene.num_primitives,
+                    "views": 1,
+                    "D": dim,
+                    "forward_ms_per_view": round(1e3 * t_fwd, 3),
+                    "uplift_ms_per_view": round(1e3 * t, 3),
+                    "ratio": round(t / t_fwd, 3),
+                    "uplift_ms_per_view_per_dim": round(1e3 * t / dim, 4),
+                }
+            )
+    return rows
+
+
 def cpu_suite(quick: bool) -> list[dict]:
     W, H = (128, 96) if quick else (256, 192)
     rows = []
@@ -179,6 +227,7 @@ def gpu_suite(quick: bool) -> list[dict]:
             rows.append({"backend": f"gsplat(channel_chunk={chunk})", **measure(scene, cams, 40, repeats=3)})
         for dim in (8, 128):
             rows.append({"backend": "gsplat(channel_chunk=64)", **measure(scene, cams, dim, repeats=2, autograd=False)})
+        rows += kernel_sweep(scene, cams[0], 40)
         del scene
     except Exception as exc:  # noqa: BLE001 - report and go on
         rows.append({"backend": "gsplat", "error": f"{type(exc).__name__}: {exc}"[:300]})

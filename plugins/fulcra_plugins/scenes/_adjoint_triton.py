@@ -162,6 +162,8 @@ def rasterize_adjoint(
     isect_offsets: torch.Tensor,  # [I, TH, TW] int32
     flatten_ids: torch.Tensor,  # [n_isects] int32
     max_channel_block: int = MAX_CHANNEL_BLOCK,
+    block_k: int = BLOCK_K,
+    num_warps: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The transpose of gsplat's ``rasterize_to_pixels`` for the colours: ``Wᵀ F`` and ``Wᵀ 1``.
 
@@ -178,6 +180,8 @@ def rasterize_adjoint(
         flatten_ids: ``[n_isects]`` int32 from ``isect_tiles`` (row indices into the flattened
             ``[I * N]`` or ``[nnz]`` rows).
         max_channel_block: 16, 32 or 64: the most channels one program holds.
+        block_k: Gaussians per step along a tile's list (16, 32 or 64; changes only float rounding).
+        num_warps: warps per program (0: 8 for 16-px tiles, 4 for smaller ones).
 
     Returns:
         ``(numerator [R, D], weights [R])`` float32 with ``R = I * N`` (unpacked) or ``nnz``
@@ -218,6 +222,8 @@ def rasterize_adjoint(
     n_tiles = n_img * th * tw
     if flatten_ids.numel() == 0 or n_tiles == 0 or d == 0:
         return out, wsum
+    if block_k not in (16, 32, 64):
+        raise ValueError(f"rasterize_adjoint: block_k must be 16, 32 or 64, got {block_k}")
     block_c = channel_block(d, max_channel_block)
     grid = (n_tiles, triton.cdiv(d, block_c))
     _adjoint_kernel[grid](
@@ -237,9 +243,9 @@ def rasterize_adjoint(
         width,
         d,
         TILE=tile_size,
-        BLOCK_K=BLOCK_K,
+        BLOCK_K=block_k,
         BLOCK_C=block_c,
-        num_warps=8 if P >= 256 else 4,
+        num_warps=num_warps or (8 if P >= 256 else 4),
     )
     return out, wsum
 
@@ -255,14 +261,16 @@ def adjoint_from_projection(
     flatten_ids: torch.Tensor,  # [n_isects]
     gaussian_ids: torch.Tensor | None = None,  # [nnz] (packed only)
     max_channel_block: int = MAX_CHANNEL_BLOCK,
+    **tuning,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One view's ``Wᵀ F`` ``[N, D]`` and ``Wᵀ 1`` ``[N]`` from gsplat's projection of one camera.
 
     Unpacked rows are the Gaussians themselves; packed rows are mapped back through
     ``gaussian_ids`` (unique within one camera, so the scatter is a plain assignment).
+    ``tuning``: ``block_k``, ``num_warps`` of :func:`rasterize_adjoint`.
     """
     num, wsum = rasterize_adjoint(
-        means2d, conics, opacities, images[None], tile_size, isect_offsets, flatten_ids, max_channel_block
+        means2d, conics, opacities, images[None], tile_size, isect_offsets, flatten_ids, max_channel_block, **tuning
     )
     if gaussian_ids is None:
         if num.shape[0] != n:

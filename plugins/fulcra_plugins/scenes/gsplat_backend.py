@@ -170,7 +170,8 @@ class GsplatScene(GaussianScene):
             _say_once(self._fused_off)
         return None
 
-    def _fused(self, kernel, images: torch.Tensor, camera: Camera) -> torch.Tensor:
+    def _fused(self, kernel, images: torch.Tensor, camera: Camera, **tuning) -> torch.Tensor:
+        """The fused path (``tuning``: ``block_k``, ``max_channel_block``, ``num_warps`` of the kernel)."""
         g = self.gaussians
         W, H = camera.width, camera.height
         gs = self._gs
@@ -216,7 +217,16 @@ class GsplatScene(GaussianScene):
                 _, isect_ids, flatten_ids = gs.isect_tiles(means2d, radii, depths, TILE_SIZE, tw, th)
             offsets = gs.isect_offset_encode(isect_ids, 1, tw, th)
             num, _ = kernel.adjoint_from_projection(
-                self.num_primitives, means2d, conics, opac, images, TILE_SIZE, offsets, flatten_ids, gaussian_ids
+                self.num_primitives,
+                means2d,
+                conics,
+                opac,
+                images,
+                TILE_SIZE,
+                offsets,
+                flatten_ids,
+                gaussian_ids,
+                **tuning,
             )
         return num
 
