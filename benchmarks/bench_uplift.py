@@ -167,26 +167,27 @@ def kernel_sweep(scene, cam, dim, repeats=5) -> list[dict]:
     with torch.no_grad():
         t_fwd = best(lambda: scene.render(feats, cam))
     rows = []
-    for block_k in (16, 32, 64):
-        for block_c in (32, 64):
-            name = f"kernel(block_k={block_k}, channel_block={block_c})"
-            try:
-                t = best(lambda: scene._fused(kernel, images, cam, block_k=block_k, max_channel_block=block_c))
-            except Exception as exc:  # noqa: BLE001 - report and go on
-                rows.append({"backend": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
-                continue
-            rows.append(
-                {
-                    "backend": name,
-                    "N": scene.num_primitives,
-                    "views": 1,
-                    "D": dim,
-                    "forward_ms_per_view": round(1e3 * t_fwd, 3),
-                    "uplift_ms_per_view": round(1e3 * t, 3),
-                    "ratio": round(t / t_fwd, 3),
-                    "uplift_ms_per_view_per_dim": round(1e3 * t / dim, 4),
-                }
-            )
+    configs = [(k, c, "ieee") for k in (16, 32, 64) for c in (32, 64)] + [(32, 64, "tf32x3"), (16, 32, "tf32x3")]
+    for block_k, block_c, prec in configs:
+        name = f"kernel(block_k={block_k}, channel_block={block_c}, {prec})"
+        tuning = dict(block_k=block_k, max_channel_block=block_c, dot_precision=prec)
+        try:
+            t = best(lambda: scene._fused(kernel, images, cam, **tuning))
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            rows.append({"backend": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            continue
+        rows.append(
+            {
+                "backend": name,
+                "N": scene.num_primitives,
+                "views": 1,
+                "D": dim,
+                "forward_ms_per_view": round(1e3 * t_fwd, 3),
+                "uplift_ms_per_view": round(1e3 * t, 3),
+                "ratio": round(t / t_fwd, 3),
+                "uplift_ms_per_view_per_dim": round(1e3 * t / dim, 4),
+            }
+        )
     return rows
 
 

@@ -19,8 +19,8 @@ backward kernel also computes every geometry gradient. This kernel computes only
   to a few ulps), carried from block to block; the loop leaves a tile once all its pixels are
   saturated or its list is exhausted;
 * the weights ``[BLOCK_K, P]`` are reduced over the tile's pixels inside the program: ``w @ F``
-  (``tl.dot`` in IEEE float32, never TF32) and ``Σ_p w``; then one atomic add per Gaussian per
-  tile per channel (Gaussians whose weight in the tile is zero add nothing).
+  (``tl.dot`` in IEEE float32 by default, never plain TF32) and ``Σ_p w``; then one atomic add
+  per Gaussian per tile per channel (Gaussians whose weight in the tile is zero add nothing).
 
 Any ``D`` runs without recompiling: ``D`` is a runtime argument and channels are covered by
 blocks of 16, 32 or 64 (the only compiled variants), one program per block, so memory per
@@ -54,6 +54,10 @@ __all__ = [
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
+# what the kernel reads: compiled Triton sees module globals only as constexprs
+_ALPHA_MIN = tl.constexpr(ALPHA_MIN)
+_ALPHA_MAX = tl.constexpr(ALPHA_MAX)
+_T_MIN = tl.constexpr(T_MIN)
 BLOCK_K = 32  # Gaussians per step along a tile's depth list (tl.dot needs >= 16)
 MAX_CHANNEL_BLOCK = 64
 
@@ -91,6 +95,7 @@ def _adjoint_kernel(
     TILE: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     tid = tl.program_id(0)  # global tile index over I * TH * TW (gsplat's isect_offsets order)
     cid = tl.program_id(1)  # channel block
@@ -119,7 +124,7 @@ def _adjoint_kernel(
     T = tl.where(inside, 1.0, 0.0)
     first_block = cid == 0
     k0 = start
-    while (k0 < end) & (tl.max(T, axis=0) > T_MIN):
+    while (k0 < end) & (tl.max(T, axis=0) > _T_MIN):
         ks = k0 + tl.arange(0, BLOCK_K)
         kmask = ks < end
         g = tl.load(flat_ptr + ks, mask=kmask, other=0)
@@ -134,18 +139,18 @@ def _adjoint_kernel(
         dx = mx[:, None] - fx[None, :]  # [K, P] (gsplat: delta = mean - pixel)
         dy = my[:, None] - fy[None, :]
         sigma = 0.5 * (ca[:, None] * dx * dx + cc[:, None] * dy * dy) + cb[:, None] * dx * dy
-        alpha = tl.minimum(op[:, None] * tl.exp(-sigma), ALPHA_MAX)
-        alpha = tl.where((sigma >= 0.0) & (alpha >= ALPHA_MIN) & kmask[:, None], alpha, 0.0)
+        alpha = tl.minimum(op[:, None] * tl.exp(-sigma), _ALPHA_MAX)
+        alpha = tl.where((sigma >= 0.0) & (alpha >= _ALPHA_MIN) & kmask[:, None], alpha, 0.0)
         one_minus = 1.0 - alpha
         next_T = T[None, :] * tl.cumprod(one_minus, axis=0)  # T after each Gaussian, [K, P]
-        counted = next_T > T_MIN  # exclusive stop; monotone along K, so nothing after it counts
+        counted = next_T > _T_MIN  # exclusive stop; monotone along K, so nothing after it counts
         w = tl.where(counted, alpha * (next_T / one_minus), 0.0)  # alpha * T before the Gaussian
         # the last row is the transmittance after the block (<= T_MIN once the pixel stopped)
         T = tl.min(next_T, axis=0)
 
         wsum = tl.sum(w, axis=1)  # [K]
         hit = kmask & (wsum > 0.0)
-        acc = tl.dot(w, feats, input_precision="ieee")  # [K, C]
+        acc = tl.dot(w, feats, input_precision=DOT_PRECISION)  # [K, C]
         tl.atomic_add(
             out_ptr + g64[:, None] * D + chans[None, :], acc, mask=hit[:, None] & cmask[None, :], sem="relaxed"
         )
@@ -164,6 +169,7 @@ def rasterize_adjoint(
     max_channel_block: int = MAX_CHANNEL_BLOCK,
     block_k: int = BLOCK_K,
     num_warps: int = 0,
+    dot_precision: str = "ieee",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The transpose of gsplat's ``rasterize_to_pixels`` for the colours: ``Wᵀ F`` and ``Wᵀ 1``.
 
@@ -182,6 +188,8 @@ def rasterize_adjoint(
         max_channel_block: 16, 32 or 64: the most channels one program holds.
         block_k: Gaussians per step along a tile's list (16, 32 or 64; changes only float rounding).
         num_warps: warps per program (0: 8 for 16-px tiles, 4 for smaller ones).
+        dot_precision: ``"ieee"`` (float32 FMAs, the default) or ``"tf32x3"`` (tensor cores, three
+            TF32 passes: float32-like accuracy; for benchmarking on a GPU).
 
     Returns:
         ``(numerator [R, D], weights [R])`` float32 with ``R = I * N`` (unpacked) or ``nnz``
@@ -222,6 +230,8 @@ def rasterize_adjoint(
     n_tiles = n_img * th * tw
     if flatten_ids.numel() == 0 or n_tiles == 0 or d == 0:
         return out, wsum
+    if dot_precision not in ("ieee", "tf32x3"):
+        raise ValueError(f"rasterize_adjoint: dot_precision must be 'ieee' or 'tf32x3', got {dot_precision!r}")
     if block_k not in (16, 32, 64):
         raise ValueError(f"rasterize_adjoint: block_k must be 16, 32 or 64, got {block_k}")
     block_c = channel_block(d, max_channel_block)
@@ -245,6 +255,7 @@ def rasterize_adjoint(
         TILE=tile_size,
         BLOCK_K=block_k,
         BLOCK_C=block_c,
+        DOT_PRECISION=dot_precision,
         num_warps=num_warps or (8 if P >= 256 else 4),
     )
     return out, wsum
@@ -267,7 +278,7 @@ def adjoint_from_projection(
 
     Unpacked rows are the Gaussians themselves; packed rows are mapped back through
     ``gaussian_ids`` (unique within one camera, so the scatter is a plain assignment).
-    ``tuning``: ``block_k``, ``num_warps`` of :func:`rasterize_adjoint`.
+    ``tuning``: ``block_k``, ``num_warps``, ``dot_precision`` of :func:`rasterize_adjoint`.
     """
     num, wsum = rasterize_adjoint(
         means2d, conics, opacities, images[None], tile_size, isect_offsets, flatten_ids, max_channel_block, **tuning
