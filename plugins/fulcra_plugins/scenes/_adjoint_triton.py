@@ -15,7 +15,7 @@ backward kernel also computes every geometry gradient. This kernel computes only
   first Gaussian whose ``T·(1-α)`` would fall to ``1e-4`` or below is not counted, nor any
   after it; pixels outside the image never count;
 * within a block, the transmittance before each Gaussian is an (inclusive) cumulative product
-  along the block divided by the Gaussian's own ``1-α`` (``≥ 0.001``, so the division is exact
+  along the block divided by the Gaussian's own ``1-α`` (``≥ 0.001``, so the quotient is right
   to a few ulps), carried from block to block; the loop leaves a tile once all its pixels are
   saturated or its list is exhausted;
 * the weights ``[BLOCK_K, P]`` are reduced over the tile's pixels inside the program: ``w @ F``
@@ -75,7 +75,9 @@ def channel_block(d: int, max_block: int = MAX_CHANNEL_BLOCK) -> int:
     return int(min(max_block, max(16, triton.next_power_of_2(max(1, int(d))))))
 
 
-@triton.jit
+# sizes change with every view: never specialise on them (Triton would otherwise compile variants
+# for values equal to 1 or divisible by 16), so one compiled kernel per channel block serves all
+@triton.jit(do_not_specialize=["n_isects", "n_tiles_total", "tiles_per_image", "tile_width", "height", "width", "D"])
 def _adjoint_kernel(
     means2d_ptr,  # [R, 2] float32 (R = I * N unpacked, nnz packed)
     conics_ptr,  # [R, 3] float32

@@ -171,7 +171,8 @@ class GsplatScene(GaussianScene):
         return None
 
     def _fused(self, kernel, images: torch.Tensor, camera: Camera, **tuning) -> torch.Tensor:
-        """The fused path (``tuning``: ``block_k``, ``max_channel_block``, ``num_warps`` of the kernel)."""
+        """The fused path (``tuning``: ``block_k``, ``max_channel_block``, ``num_warps``, ``dot_precision``
+        of :func:`_adjoint_triton.rasterize_adjoint`)."""
         g = self.gaussians
         W, H = camera.width, camera.height
         gs = self._gs
