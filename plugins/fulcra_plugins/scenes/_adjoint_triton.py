@@ -46,6 +46,7 @@ __all__ = [
     "adjoint_from_projection",
     "channel_block",
     "interpreted",
+    "compile_ahead",
     "ALPHA_MIN",
     "ALPHA_MAX",
     "T_MIN",
@@ -158,6 +159,40 @@ def _adjoint_kernel(
         )
         tl.atomic_add(wsum_ptr + g64, wsum, mask=hit & first_block, sem="relaxed")
         k0 += BLOCK_K
+
+
+def compile_ahead(
+    capability: int = 90,
+    block_k: int = BLOCK_K,
+    block_c: int = MAX_CHANNEL_BLOCK,
+    dot_precision: str = "ieee",
+    num_warps: int = 8,
+    tile: int = 16,
+):
+    """Compile the kernel for a CUDA compute capability without a GPU (Triton's compiler and the
+    wheel's ``ptxas``): the compiled kernel, whose ``asm`` holds ``ttir``/``ttgir``/``ptx``/``cubin``.
+
+    What only the compiler checks (constexpr globals, loop-carried types, dot shapes) fails here,
+    which the interpreter never runs; ``benchmarks/bench_adjoint_compile.py`` reports registers and
+    spills from it.
+    """
+    import inspect
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    consts = {"TILE": tile, "BLOCK_K": block_k, "BLOCK_C": block_c, "DOT_PRECISION": dot_precision}
+    fn = getattr(_adjoint_kernel, "fn", _adjoint_kernel)
+    sig = {}
+    for name in inspect.signature(fn).parameters:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*i32" if name in ("offsets_ptr", "flat_ptr") else "*fp32"
+        else:
+            sig[name] = "i32"
+    src = ASTSource(fn=_adjoint_kernel, signature=sig, constexprs=consts)
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": num_warps})
 
 
 def rasterize_adjoint(

@@ -412,26 +412,10 @@ def test_kernel_compiles_for_hopper_without_a_gpu(block_c, dot_precision):
     """The interpreter runs Python, not Triton's compiler: compile the kernel ahead of time for
     sm_90 (PTX and cubin through the wheel's ptxas; no GPU needed) so that what only the compiler
     rejects (non-constexpr globals, loop-carried types, dot shapes) fails here too."""
-    import inspect
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from fulcra_plugins.scenes import _adjoint_triton as A
 
-    consts = {"TILE": 16, "BLOCK_K": A.BLOCK_K, "BLOCK_C": block_c, "DOT_PRECISION": dot_precision}
-    sig = {}
-    for name in inspect.signature(A._adjoint_kernel.fn).parameters:
-        if name in consts:
-            sig[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            sig[name] = "*i32" if name in ("offsets_ptr", "flat_ptr") else "*fp32"
-        else:
-            sig[name] = "i32"
-    src = ASTSource(fn=A._adjoint_kernel, signature=sig, constexprs=consts)
     try:
-        k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+        k = A.compile_ahead(90, block_c=block_c, dot_precision=dot_precision)
     except RuntimeError as exc:  # a wheel without the NVIDIA backend's ptxas
         if "ptxas" in str(exc).lower():
             pytest.skip(f"no ptxas: {exc}")
