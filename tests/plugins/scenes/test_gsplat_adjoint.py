@@ -431,6 +431,8 @@ def test_kernel_compiles_for_hopper_without_a_gpu(block_c, dot_precision):
 def test_gsplat_fused_adjoint_matches_autograd_on_cuda(packed):
     pytest.importorskip("gsplat")
     import fulcra
+    from fulcra.testing import check_adjoint_scene
+    from fulcra_plugins.scenes import _adjoint_triton as A
     from fulcra_plugins.scenes.gsplat_backend import GsplatScene
     from fulcra_plugins.scenes.synthetic import build_cameras, build_gaussians
 
@@ -439,13 +441,11 @@ def test_gsplat_fused_adjoint_matches_autograd_on_cuda(packed):
     fused = GsplatScene.from_gaussians(g, device="cuda", packed=packed)
     auto = GsplatScene.from_gaussians(g, device="cuda", packed=packed, fused_adjoint=False)
     gen = torch.Generator("cuda").manual_seed(0)
-    from fulcra_plugins.scenes import _adjoint_triton as A
-
     for dim in (1, 41, 70):
         for cam in cams[::2]:
             F = torch.rand(cam.height, cam.width, dim, device="cuda", generator=gen)
             a = fused.render_adjoint(F, cam)
-            assert fused.adjoint_path == "fused"
+            assert fused.adjoint_path == "fused", fused._fused_off
             b = auto.render_adjoint(F, cam)
             assert auto.adjoint_path == "autograd"
             scale = float(b.abs().max())
@@ -459,5 +459,8 @@ def test_gsplat_fused_adjoint_matches_autograd_on_cuda(packed):
     f_g, w_g = fulcra.uplift(fused, maps)
     f_t, w_t = fulcra.uplift(TorchScene.from_gaussians(g, device="cuda"), maps)
     seen = w_t > 1e-2 * w_t.max()
-    assert float(((w_g - w_t).abs()[seen] / w_t[seen]).median()) < 1e-3
-    assert float((f_g[seen] - f_t[seen]).abs().mean()) < 1e-3
+    # the bounds of test_gsplat_backend (two projections and tilings: float rounding may flip a
+    # few transmittance stops); the fused-vs-autograd check above is the strict one
+    assert float(((w_g - w_t).abs()[seen] / w_t[seen]).median()) < 1e-2
+    assert float((f_g[seen] - f_t[seen]).abs().mean()) < 1e-2
+    check_adjoint_scene(fused, cams[0], dim=5)  # <render(f), F> = <f, render_adjoint(F)>
