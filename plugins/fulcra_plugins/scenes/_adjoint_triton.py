@@ -65,7 +65,9 @@ MAX_CHANNEL_BLOCK = 64
 
 def interpreted() -> bool:
     """Whether Triton runs in its CPU interpreter (``TRITON_INTERPRET=1`` when triton was imported)."""
-    return isinstance(_adjoint_kernel, triton.runtime.interpreter.InterpretedFunction)
+    from triton.runtime.interpreter import InterpretedFunction  # not imported by `import triton`
+
+    return isinstance(_adjoint_kernel, InterpretedFunction)
 
 
 def channel_block(d: int, max_block: int = MAX_CHANNEL_BLOCK) -> int:

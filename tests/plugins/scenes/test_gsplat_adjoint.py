@@ -424,6 +424,46 @@ def test_kernel_compiles_for_hopper_without_a_gpu(block_c, dot_precision):
     assert ("mma" in k.asm["ptx"]) == (dot_precision == "tf32x3")  # ieee: no tensor cores, no TF32
 
 
+def test_gsplat_scene_picks_its_path():
+    """Compiled Triton (this process unless it is the interpreter child): the fused path; the
+    interpreter, ``fused_adjoint=False`` or a gsplat without the 1.5 API: autograd, the reason
+    warned once (and not at all for an explicit ``fused_adjoint=False``)."""
+    import warnings
+
+    from fulcra_plugins.scenes import _adjoint_triton as A
+    from fulcra_plugins.scenes import gsplat_backend as gb
+
+    def scene(gs, fused=True):
+        s = object.__new__(gb.GsplatScene)  # the constructor insists on CUDA
+        s._gs, s.fused_adjoint, s._fused_off = gs, fused, "" if fused else "fused_adjoint=False"
+        return s
+
+    assert A.interpreted() == INTERPRET
+    gb._warned.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = scene(_CpuGsplat())._fused_kernel()
+        assert scene(_CpuGsplat(), fused=False)._fused_kernel() is None
+
+        class Old(_CpuGsplat):  # gsplat 1.4's isect_tiles: no image_ids
+            def isect_tiles(self, means2d, radii, depths, tile_size, tile_width, tile_height, sort=True):
+                raise AssertionError
+
+        old = scene(Old())
+        assert old._fused_kernel() is None and old._fused_kernel() is None
+    if INTERPRET:
+        assert got is None
+    else:
+        assert got is A
+    texts = [str(w.message) for w in caught]
+    # each reason said once, whatever the number of scenes and calls (under the interpreter that
+    # is the reason for every scene, checked before the gsplat version)
+    assert sum("predates the 1.5 API" in t for t in texts) == (0 if INTERPRET else 1), texts
+    assert sum("TRITON_INTERPRET" in t for t in texts) == (1 if INTERPRET else 0), texts
+    assert not any("fused_adjoint=False" in t for t in texts)
+    gb._warned.clear()
+
+
 # ------------------------------------------------------------------------ GPU: compiled kernel
 @pytest.mark.gpu
 @pytest.mark.skipif(INTERPRET or not torch.cuda.is_available(), reason="needs CUDA and compiled Triton")
