@@ -464,6 +464,68 @@ def test_gsplat_scene_picks_its_path():
     gb._warned.clear()
 
 
+def _cpu_gsplat_scene(g: Gaussians, packed: bool = False, fused: bool = True):
+    """A ``GsplatScene`` on CPU (its constructor insists on CUDA): gsplat's projection and
+    intersections from :class:`_CpuGsplat`, ``render`` from the torch backend (for the autograd path)."""
+    from fulcra_plugins.scenes.gsplat_backend import GsplatScene
+
+    s = object.__new__(GsplatScene)
+    s.device, s.gaussians, s.source, s._gs = torch.device("cpu"), g, None, _CpuGsplat()
+    s.channel_chunk, s.packed, s.fused_adjoint = 64, packed, fused
+    s.adjoint_path, s._fused_off, s._fused_tried = "", "" if fused else "fused_adjoint=False", False
+    s.render = TorchScene.from_gaussians(g, device="cpu").render
+    return s
+
+
+@interp
+@pytest.mark.skipif(_fully_fused_projection is None, reason="needs gsplat's pure-torch reference functions")
+def test_render_adjoint_end_to_end_on_cpu(monkeypatch):
+    """``render_adjoint`` and ``fulcra.uplift`` through the fused path (the interpreter standing in
+    for the compiled kernel), against the torch backend."""
+    import fulcra
+    from fulcra_plugins.scenes import _adjoint_triton as A
+
+    monkeypatch.setattr(A, "interpreted", lambda: False)
+    g, cams = make_scene(13), [make_camera(), make_camera(shift=0.2)]
+    scene = _cpu_gsplat_scene(g)
+    ref = TorchScene.from_gaussians(g, device="cpu")
+    F = torch.rand(24, 32, 4, generator=torch.Generator().manual_seed(0))
+    _close(scene.render_adjoint(F, cams[0]), ref.render_adjoint(F, cams[0]), "render_adjoint", rel=1e-4)
+    assert scene.adjoint_path == "fused"
+    maps = [(c, torch.rand(3, 24, 32, generator=torch.Generator().manual_seed(i))) for i, c in enumerate(cams)]
+    (f_a, w_a), (f_b, w_b) = fulcra.uplift(scene, maps), fulcra.uplift(ref, maps)
+    _close(w_a, w_b, "uplift weights", rel=1e-4)
+    seen = w_b > 1e-3 * w_b.max()
+    _close(f_a[seen], f_b[seen], "uplift features", rel=1e-4)
+    with pytest.raises(ValueError, match="images must be"):
+        scene.render_adjoint(F[:-1], cams[0])
+
+
+@pytest.mark.skipif(INTERPRET, reason="runs in the parent process (compiled Triton)")
+@pytest.mark.skipif(_fully_fused_projection is None, reason="needs gsplat's pure-torch reference functions")
+def test_render_adjoint_falls_back_when_the_kernel_fails_on_first_use():
+    """Compiled Triton cannot launch on CPU tensors here: the first call falls back to autograd,
+    says why once, and later calls go straight to autograd."""
+    from fulcra_plugins.scenes import gsplat_backend as gb
+
+    g, cam = make_scene(13), make_camera()
+    scene = _cpu_gsplat_scene(g)
+    F = torch.rand(24, 32, 4, generator=torch.Generator().manual_seed(0))
+    gb._warned.clear()
+    with pytest.warns(RuntimeWarning, match="failed on first use"):
+        got = scene.render_adjoint(F, cam)
+    assert scene.adjoint_path == "autograd"
+    _close(got, TorchScene.from_gaussians(g, device="cpu").render_adjoint(F, cam), "autograd fallback", rel=1e-5)
+    assert "failed on first use" in scene._fused_off
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scene.render_adjoint(F, cam)
+    assert scene.adjoint_path == "autograd" and not caught, [str(w.message) for w in caught]
+    gb._warned.clear()
+
+
 # ------------------------------------------------------------------------ GPU: compiled kernel
 @pytest.mark.gpu
 @pytest.mark.skipif(INTERPRET or not torch.cuda.is_available(), reason="needs CUDA and compiled Triton")
