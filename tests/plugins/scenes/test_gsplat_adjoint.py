@@ -464,6 +464,19 @@ def test_gsplat_scene_picks_its_path():
     gb._warned.clear()
 
 
+@pytest.mark.skipif(INTERPRET, reason="runs in the parent process")
+def test_cpu_stand_in_has_gsplats_signatures():
+    """:class:`_CpuGsplat` takes exactly the parameters of the installed gsplat's CUDA wrappers, so
+    the CPU tests of ``GsplatScene``'s fused path call what the GPU will call."""
+    import inspect
+
+    gsplat = pytest.importorskip("gsplat")
+    for name in ("fully_fused_projection", "isect_tiles", "isect_offset_encode"):
+        want = list(inspect.signature(getattr(gsplat, name)).parameters)
+        got = list(inspect.signature(getattr(_CpuGsplat(), name)).parameters)
+        assert got == want, f"{name}: stand-in {got} vs gsplat {gsplat.__version__} {want}"
+
+
 def _cpu_gsplat_scene(g: Gaussians, packed: bool = False, fused: bool = True):
     """A ``GsplatScene`` on CPU (its constructor insists on CUDA): gsplat's projection and
     intersections from :class:`_CpuGsplat`, ``render`` from the torch backend (for the autograd path)."""
