@@ -18,9 +18,10 @@ backward kernel also computes every geometry gradient. This kernel computes only
   along the block divided by the Gaussian's own ``1-α`` (``≥ 0.001``, so the quotient is right
   to a few ulps), carried from block to block; the loop leaves a tile once all its pixels are
   saturated or its list is exhausted;
-* the weights ``[BLOCK_K, P]`` are reduced over the tile's pixels inside the program: ``w @ F``
-  (``tl.dot`` in IEEE float32 by default, never plain TF32) and ``Σ_p w``; then one atomic add
-  per Gaussian per tile per channel (Gaussians whose weight in the tile is zero add nothing).
+* the weights ``[P, BLOCK_K]`` (pixels by Gaussians, so each pixel's scan runs along its row) are
+  reduced over the tile's pixels inside the program: ``wᵀ @ F`` (``tl.dot`` in IEEE float32 by
+  default, never plain TF32) and ``Σ_p w``; then one atomic add per Gaussian per tile per
+  channel (Gaussians whose weight in the tile is zero add nothing).
 
 Any ``D`` runs without recompiling: ``D`` is a runtime argument and channels are covered by
 blocks of 16, 32 or 64 (the only compiled variants), one program per block, so memory per
@@ -141,21 +142,22 @@ def _adjoint_kernel(
         cc = tl.load(conics_ptr + 3 * g64 + 2, mask=kmask, other=0.0)
         op = tl.load(opac_ptr + g64, mask=kmask, other=0.0)
 
-        dx = mx[:, None] - fx[None, :]  # [K, P] (gsplat: delta = mean - pixel)
-        dy = my[:, None] - fy[None, :]
-        sigma = 0.5 * (ca[:, None] * dx * dx + cc[:, None] * dy * dy) + cb[:, None] * dx * dy
-        alpha = tl.minimum(op[:, None] * tl.exp(-sigma), _ALPHA_MAX)
-        alpha = tl.where((sigma >= 0.0) & (alpha >= _ALPHA_MIN) & kmask[:, None], alpha, 0.0)
+        # pixels along axis 0 and Gaussians along axis 1: the scan runs along each pixel's row
+        dx = mx[None, :] - fx[:, None]  # [P, K] (gsplat: delta = mean - pixel)
+        dy = my[None, :] - fy[:, None]
+        sigma = 0.5 * (ca[None, :] * dx * dx + cc[None, :] * dy * dy) + cb[None, :] * dx * dy
+        alpha = tl.minimum(op[None, :] * tl.exp(-sigma), _ALPHA_MAX)
+        alpha = tl.where((sigma >= 0.0) & (alpha >= _ALPHA_MIN) & kmask[None, :], alpha, 0.0)
         one_minus = 1.0 - alpha
-        next_T = T[None, :] * tl.cumprod(one_minus, axis=0)  # T after each Gaussian, [K, P]
+        next_T = T[:, None] * tl.cumprod(one_minus, axis=1)  # T after each Gaussian, [P, K]
         counted = next_T > _T_MIN  # exclusive stop; monotone along K, so nothing after it counts
         w = tl.where(counted, alpha * (next_T / one_minus), 0.0)  # alpha * T before the Gaussian
-        # the last row is the transmittance after the block (<= T_MIN once the pixel stopped)
-        T = tl.min(next_T, axis=0)
+        # the last column is the transmittance after the block (<= T_MIN once the pixel stopped)
+        T = tl.min(next_T, axis=1)
 
-        wsum = tl.sum(w, axis=1)  # [K]
+        wsum = tl.sum(w, axis=0)  # [K]
         hit = kmask & (wsum > 0.0)
-        acc = tl.dot(w, feats, input_precision=DOT_PRECISION)  # [K, C]
+        acc = tl.dot(tl.trans(w), feats, input_precision=DOT_PRECISION)  # [K, C]
         tl.atomic_add(
             out_ptr + g64[:, None] * D + chans[None, :], acc, mask=hit[:, None] & cmask[None, :], sem="relaxed"
         )
