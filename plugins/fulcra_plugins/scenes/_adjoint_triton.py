@@ -178,7 +178,8 @@ def compile_ahead(
 
     What only the compiler checks (constexpr globals, loop-carried types, dot shapes) fails here,
     which the interpreter never runs; ``benchmarks/bench_adjoint_compile.py`` reports registers and
-    spills from it.
+    spills from it. Needs Triton >= 3.3 (its ``ASTSource(signature, constexprs)``); written and
+    tested with 3.8.
     """
     import inspect
 
