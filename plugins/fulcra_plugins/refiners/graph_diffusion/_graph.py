@@ -513,6 +513,7 @@ class SceneGraph:
         self.median_distance, self.bandwidth, self.k = float(median_distance), float(bandwidth), int(k)
         self.fingerprint = fingerprint
         self._sim_eps = 0.0  # with_bandwidth / with_similarity_scale add 1e-12 to the RBF denominator
+        self._upper = None  # S stored once for the compiled diffusion kernel (_diffusion.symmetric_upper)
 
     def __repr__(self) -> str:
         return (
