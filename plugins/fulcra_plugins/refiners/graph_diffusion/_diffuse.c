@@ -303,8 +303,9 @@ int fulcra_sym_power(int64_t n, int64_t q, int64_t W, int64_t sub, const int64_t
     M.far_ptr = far_ptr; M.far_col = far_col; M.far_val = far_val; M.sub_hop = sub_hop;
     const sym_t *m = &M;
     const int64_t np = M.nparts, per = W / sub;
-    /* the scatter buffer 1 KiB off x and y modulo 4 KiB (the caller puts buf1 2 KiB off buf0):
-     * no false store-to-load dependencies between the scatter's stores and the gather's loads */
+    /* the scatter buffer 1 KiB off x and y modulo 4 KiB (the caller puts buf1 2 KiB off buf0), a
+     * precaution against false store-to-load dependencies ("4K aliasing") between the scatter's
+     * stores and the gather's loads */
     float *nxt_mem = (float *)calloc((size_t)(np * W * q) + 2048, sizeof(float));
     float *nxt = nxt_mem;
     if (nxt_mem) {

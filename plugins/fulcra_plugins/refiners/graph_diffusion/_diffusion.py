@@ -497,10 +497,10 @@ def _power_native(lib, U: UpperS, graph, g0, steps, sqrt_p, eps, threads=None) -
     sub_hop = np.ascontiguousarray(sub_hop, dtype=np.int32)
     g = g0.detach().float().contiguous()
     sp = sqrt_p.detach().float().contiguous() if sqrt_p is not None else None
-    # the two iterates in one allocation, the second 2 KiB past a 4 KiB boundary relative to the
-    # first: the product stores into y[j] and then loads x[j] for the same j's from the next rows,
-    # and with equal 4 KiB offsets every such load waited on the pending store ("4K aliasing",
-    # 3-4x slower measured here); the kernel places its buffer 1 KiB off both
+    # the two iterates in one allocation, the second 2 KiB off the first modulo 4 KiB (the kernel
+    # puts its scatter buffer 1 KiB off both): the product stores into y[j] and soon loads x[j] for
+    # the same j's, which equal 4 KiB offsets could make falsely dependent ("4K aliasing"). A
+    # precaution: no difference was measurable on this machine
     m = n * q
     store = torch.zeros(2 * m + 2048, dtype=torch.float32)
     o0 = (-(store.data_ptr() // 4)) % 1024  # floats to the next 4 KiB boundary
