@@ -202,6 +202,9 @@ FULCRA_INLINE void rows_product(const sym_t *m, int64_t r0, int64_t r1, int64_t 
     const int64_t ld = m->ld;
     const uint16_t *restrict dl = m->delta;
     const float *restrict nv = m->near_val;
+    const int64_t *restrict fp = m->far_ptr;
+    const int32_t *restrict fc = m->far_col;
+    const float *restrict fv = m->far_val;
     for (int64_t i = r0; i < r1; i++) {
         float acc[QMAX];
         const float *restrict xi = x + i * ld;
@@ -236,9 +239,9 @@ FULCRA_INLINE void rows_product(const sym_t *m, int64_t r0, int64_t r1, int64_t 
             ENTRY(U16(w0, 3), vv[3]);
         }
         for (; e < e1; e++) ENTRY(dl[e], nv[e]);
-        for (int64_t f = m->far_ptr[i]; f < m->far_ptr[i + 1]; f++) {
-            float v = m->far_val[f];
-            const float *restrict xj = x + (int64_t)m->far_col[f] * ld;
+        for (int64_t f = fp[i], f1 = fp[i + 1]; f < f1; f++) {
+            const float v = fv[f];
+            const float *restrict xj = x + (int64_t)fc[f] * ld;
             for (int64_t c = 0; c < Q; c++) acc[c] += v * xj[c];
         }
         float *restrict yi = y + i * ld;
