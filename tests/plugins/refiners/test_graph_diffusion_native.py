@@ -182,6 +182,26 @@ def test_asymmetric_similarity_keeps_the_torch_path(kernel):
     assert torch.equal(power_iteration(g, g0, 5, spp), power_iteration(g, g0, 5, spp, native=False))
 
 
+@needs_cc
+def test_graphs_symmetric_by_construction_skip_the_check(kernel):
+    from fulcra_plugins.refiners.graph_diffusion._graph import build_scene_graph
+
+    rng = np.random.default_rng(2)
+    pos = torch.from_numpy(rng.normal(size=(3000, 3)).astype(np.float32))
+    feats = torch.from_numpy(rng.normal(size=(3000, 6)).astype(np.float32))
+    g = build_scene_graph(pos, feats, k=24)
+    assert g.symmetric and g.with_bandwidth(2.0).symmetric and g.to("cpu").symmetric
+    trusted = symmetric_upper(g)
+    g._upper = None
+    checked = symmetric_upper(g, check=True)  # built scene graphs pass the full check too
+    assert checked is not None
+    for name in ("near_ptr", "delta", "near_val", "far_ptr", "far_col", "far_val"):
+        np.testing.assert_array_equal(getattr(trusted, name), getattr(checked, name))
+    g0, spp = prompts(g.num_nodes, 2)
+    out = power_iteration(g, g0, 12, spp)
+    assert _rel(out, dense_reference(g, g0, 12, spp)) < TOL_F64
+
+
 def test_without_native_kernels_the_torch_path_runs(monkeypatch):
     monkeypatch.setenv("FULCRA_NATIVE", "0")
     assert dm._diffuse_lib() is None

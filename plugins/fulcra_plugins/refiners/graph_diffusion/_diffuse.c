@@ -98,13 +98,13 @@ int fulcra_sym_count(int64_t n, const int64_t *indptr, const int32_t *indices, i
     return status;
 }
 
-/* Fill the near and far arrays (positions from the prefix sums of the counts) and check that every
- * entry below the diagonal has its mirror above it with the same value (bit for bit). With as many
- * entries below as above (fulcra_sym_count) that makes S exactly symmetric. Returns 0, or 1 when
- * S is not symmetric (the caller then keeps the general CSR path). */
+/* Fill the near and far arrays (positions from the prefix sums of the counts) and, when `check`,
+ * check that every entry below the diagonal has its mirror above it with the same value (bit for
+ * bit). With as many entries below as above (fulcra_sym_count) that makes S exactly symmetric.
+ * Returns 0, or 1 when S is not symmetric (the caller then keeps the general CSR path). */
 int fulcra_sym_fill(int64_t n, const int64_t *indptr, const int32_t *indices, const float *values,
                     int64_t W, const int64_t *near_ptr, const int64_t *far_ptr, uint16_t *delta,
-                    float *near_val, int32_t *far_col, float *far_val, int nthreads) {
+                    float *near_val, int32_t *far_col, float *far_val, int check, int nthreads) {
     int asym = 0;
     if (nthreads < 1) nthreads = 1;
 #ifdef _OPENMP
@@ -126,7 +126,7 @@ int fulcra_sym_fill(int64_t n, const int64_t *indptr, const int32_t *indices, co
                 far_val[pf] = v;
                 pf++;
             }
-            if (d < 0 && !bad) { /* the mirror (j, i) in row j, by bisection */
+            if (check && d < 0 && !bad) { /* the mirror (j, i) in row j, by bisection */
                 int64_t a = indptr[j], b = indptr[j + 1];
                 while (a < b) {
                     int64_t h = a + (b - a) / 2;

@@ -375,7 +375,7 @@ def _diffuse_lib():
         vp, i64, f32 = c.c_void_p, c.c_int64, c.c_float
         lib.fulcra_sym_count.argtypes = [i64, vp, vp, i64, vp, vp, vp, c.c_int]
         lib.fulcra_sym_count.restype = c.c_int
-        lib.fulcra_sym_fill.argtypes = [i64, vp, vp, vp, i64, vp, vp, vp, vp, vp, vp, c.c_int]
+        lib.fulcra_sym_fill.argtypes = [i64, vp, vp, vp, i64, vp, vp, vp, vp, vp, vp, c.c_int, c.c_int]
         lib.fulcra_sym_fill.restype = c.c_int
         lib.fulcra_sym_power.argtypes = [i64, i64, i64, i64, vp, vp, vp, vp, vp, vp, vp, vp, vp]
         lib.fulcra_sym_power.argtypes += [i64, i64, f32, f32, vp, vp, c.c_int]
@@ -418,22 +418,33 @@ class UpperS:
 
 
 def symmetric_upper(
-    graph: SceneGraph, window: int = UPPER_WINDOW, sub: int = UPPER_SUB, threads: int | None = None
+    graph: SceneGraph,
+    window: int = UPPER_WINDOW,
+    sub: int = UPPER_SUB,
+    threads: int | None = None,
+    check: bool | None = None,
 ) -> UpperS | None:
     """The :class:`UpperS` storage of ``graph.similarity`` for the compiled kernel, built on first use
     and cached on the graph (like ``rows``).
 
-    Returns None when the kernel is unavailable, the graph is not on the CPU, or ``S`` is not exactly
-    symmetric (pattern and values, bit for bit: checked while building) or not a valid CSR with
-    ascending columns; the caller then keeps torch's CSR product.
+    ``check``: verify that ``S`` is exactly symmetric (pattern and values, bit for bit; a bisection
+    per entry below the diagonal, most of the build time). Default: unless ``graph.symmetric`` says
+    it is by construction (graphs :func:`~._graph.build_scene_graph` returns and those derived from
+    them): their construction is trusted (only the counts of entries below and above the diagonal
+    are compared) and the upper triangle's values serve both directions.
+
+    Returns None when the kernel is unavailable, the graph is not on the CPU, or ``S`` is not
+    symmetric or not a valid CSR with ascending columns; the caller then keeps torch's CSR product.
     """
+    if check is None:
+        check = not getattr(graph, "symmetric", False)
     if window < 1 or window > 65536 or sub < 1 or window % sub:
         raise ValueError(f"graph_diffusion: window must be in [1, 65536] and a multiple of sub, got {window}, {sub}")
     if graph.device.type != "cpu":
         return None
     vals = graph.similarity
     cached = graph._upper
-    if cached is not None and cached[0] is vals and cached[1] == (window, sub):
+    if cached is not None and cached[0] is vals and cached[1] == (window, sub) and (cached[3] or not check):
         return cached[2]
     lib = _diffuse_lib()
     if lib is None:
@@ -468,14 +479,14 @@ def symmetric_upper(
         asym = lib.fulcra_sym_fill(
             n, ptr(indptr, np.int64), ptr(indices, np.int32), ptr(values, np.float32), window,
             ptr(near_ptr, np.int64), ptr(far_ptr, np.int64), delta.ctypes.data, ptr(near_val, np.float32),
-            ptr(far_col, np.int32), ptr(far_val, np.float32), nt,
+            ptr(far_col, np.int32), ptr(far_val, np.float32), int(check), nt,
         )  # fmt: skip
         if not asym:
             out = UpperS(near_ptr, delta, near_val, far_ptr, far_col, far_val, window, sub, time.perf_counter() - t0)
     if out is None:
         why = {2: "a column index out of range", 3: "columns not ascending within a row"}.get(st, "S is not symmetric")
         log.debug("graph_diffusion: compiled diffusion kernel not used (%s)", why)
-    graph._upper = (vals, (window, sub), out)
+    graph._upper = (vals, (window, sub), out, bool(check))
     return out
 
 
