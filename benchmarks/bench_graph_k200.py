@@ -9,10 +9,13 @@ features):
    ``cKDTree(pts).query(pts, k+1, workers=threads)`` alone (the query only — the tree build is timed
    apart — on the shuffled float32 points, with as many threads as fulcra);
 2. diffusion, T steps of Eq. 5.8 with a unary term, 1 prompt and Q prompts as columns — fulcra's
-   :func:`power_iteration` (the ``S_f`` values computed first, as every prompt needs them) against
+   :func:`power_iteration` (the ``S_f`` values computed first, as every prompt needs them; the
+   compiled kernel on ``S`` stored once, whose structure build is timed and added to the
+   construction figure, and again the previous torch CSR path, ``native=False``) against
    scipy's float32 ``csr_matrix @ x`` running the same iteration on the whole graph, in the input
    (shuffled) order as a PLY stores it and in fulcra's Morton order. scipy's sparse product has no
-   threads, so fulcra's one prompt is also timed on one torch thread (the same-threads ratio).
+   threads, so fulcra's one prompt is also timed on one thread (the same-threads ratio; the kernel's
+   output must be bitwise the same on 1 and 2 threads).
 
 Peak memory: ``VmHWM`` of the process after each phase (fulcra's phases run first).
 scipy's Q-prompt iteration can take minutes at k = 200; ``--scipy-steps`` runs fewer steps of it and
@@ -107,22 +110,48 @@ def bench(
     t0 = time.perf_counter()
     sim = graph.similarity  # S_f on every edge (lazy: computed on first use)
     res["fulcra_similarity_s"] = time.perf_counter() - t0
-    outs = {}
-    for q, tag in ((1, "one"), (prompts, "many")):
-        gq, sq = g0[:, :q].contiguous(), sqrt_p[:, :q].contiguous()
-        t0 = time.perf_counter()
-        outs[tag] = power_iteration(graph, gq, steps, sq)
-        res[f"fulcra_diffusion_{tag}_s"] = time.perf_counter() - t0
-    # scipy's sparse product runs on one thread whatever the machine has: fulcra's one prompt on one
-    # torch thread too, for a same-threads ratio
-    torch.set_num_threads(1)
+    # S stored once for the compiled diffusion kernel (upper triangle, 16-bit deltas): built once per
+    # graph, part of the construction figure
+    from fulcra_plugins.refiners.graph_diffusion._diffusion import _DIFFUSE_C, symmetric_upper
+
     t0 = time.perf_counter()
-    one_1t = power_iteration(graph, g0[:, :1].contiguous(), steps, sqrt_p[:, :1].contiguous())
-    res["fulcra_diffusion_one_1thread_s"] = time.perf_counter() - t0
-    res["one_1thread_equal_bitwise"] = bool(torch.equal(one_1t, outs["one"]))
+    upper = symmetric_upper(graph)
+    res["fulcra_upper_build_s"] = time.perf_counter() - t0
+    res["native_diffusion"] = upper is not None
+    res["native_diffusion_reason"] = native.reason(_DIFFUSE_C)
+    if upper is not None:
+        res["upper_near_entries"] = int(len(upper.delta))
+        res["upper_far_entries"] = int(len(upper.far_col))
+        res["upper_mb"] = upper.nbytes / 1e6
+    res["fulcra_construction_s"] = res["fulcra_graph_s"] + res["fulcra_upper_build_s"]
+    res["hwm_after_upper_gb"] = hwm_gb()
+    outs = {}
+    # fulcra with the compiled kernel (the default on the CPU), then the previous torch CSR path
+    for label, nat in (("fulcra", True), ("torch_path", False)):
+        for q, tag in ((1, "one"), (prompts, "many")):
+            gq, sq = g0[:, :q].contiguous(), sqrt_p[:, :q].contiguous()
+            t0 = time.perf_counter()
+            o = power_iteration(graph, gq, steps, sq, native=nat)
+            res[f"{label}_diffusion_{tag}_s"] = time.perf_counter() - t0
+            if nat:
+                outs[tag] = o
+            else:
+                res[f"max_rel_err_{tag}_kernel_vs_torch_path"] = float(
+                    (o - outs[tag]).abs().max() / (o.abs().max() + 1e-30)
+                )
+            del o
+    res["hwm_after_fulcra_gb"] = hwm_gb()
+    # scipy's sparse product runs on one thread whatever the machine has: fulcra's one prompt on one
+    # thread too, for a same-threads ratio (and the kernel's output must not change with it)
+    torch.set_num_threads(1)
+    for label, nat in (("fulcra", True), ("torch_path", False)):
+        t0 = time.perf_counter()
+        one_1t = power_iteration(graph, g0[:, :1].contiguous(), steps, sqrt_p[:, :1].contiguous(), native=nat)
+        res[f"{label}_diffusion_one_1thread_s"] = time.perf_counter() - t0
+        if nat:
+            res["one_1thread_equal_bitwise"] = bool(torch.equal(one_1t, outs["one"]))
     torch.set_num_threads(threads)
     del one_1t
-    res["hwm_after_fulcra_gb"] = hwm_gb()
 
     # --- scipy references -------------------------------------------------------------------------
     # cKDTree on the same float32 points (it computes in float64, as fulcra's exact search does),
@@ -210,13 +239,19 @@ def bench(
 
 def _ratios(r: dict) -> dict:
     r["ratio_graph_vs_ckdtree_query"] = r["fulcra_graph_s"] / r["scipy_ckdtree_query_s"]
-    for tag in ("one", "many"):
-        for order in ("input", "morton"):
-            r[f"speedup_{tag}_vs_scipy_{order}"] = (
-                r[f"scipy_diffusion_{tag}_{order}_s"] / r[f"fulcra_diffusion_{tag}_s"]
-            )
-    r["speedup_one_1thread_vs_scipy_morton"] = r["scipy_diffusion_one_morton_s"] / r["fulcra_diffusion_one_1thread_s"]
-    r["many_over_one"] = r["fulcra_diffusion_many_s"] / r["fulcra_diffusion_one_s"]
+    r["ratio_construction_vs_ckdtree_query"] = r["fulcra_construction_s"] / r["scipy_ckdtree_query_s"]
+    for label in ("fulcra", "torch_path"):
+        for tag in ("one", "many"):
+            for order in ("input", "morton"):
+                r[f"speedup_{label}_{tag}_vs_scipy_{order}"] = (
+                    r[f"scipy_diffusion_{tag}_{order}_s"] / r[f"{label}_diffusion_{tag}_s"]
+                )
+        r[f"speedup_{label}_one_1thread_vs_scipy_morton"] = (
+            r["scipy_diffusion_one_morton_s"] / r[f"{label}_diffusion_one_1thread_s"]
+        )
+        r[f"{label}_many_over_one"] = r[f"{label}_diffusion_many_s"] / r[f"{label}_diffusion_one_s"]
+    r["speedup_kernel_vs_torch_path_one"] = r["torch_path_diffusion_one_s"] / r["fulcra_diffusion_one_s"]
+    r["speedup_kernel_vs_torch_path_many"] = r["torch_path_diffusion_many_s"] / r["fulcra_diffusion_many_s"]
     return r
 
 

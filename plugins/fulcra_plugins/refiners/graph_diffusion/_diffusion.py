@@ -8,17 +8,38 @@ Work is restricted to the nodes a prompt can reach. After ``t`` steps ``g_t`` is
 nodes within ``t`` hops of the initial support, so nodes are renumbered by hop distance (Morton order
 kept inside each hop layer) and step ``t`` multiplies only the leading ``n_{t+1}`` rows of the
 renumbered matrix: exact, and most of the graph is never touched.
+
+On the CPU the float iteration runs in a compiled kernel (``_diffuse.c`` through
+:mod:`fulcra.native`) on ``S`` stored once (:func:`symmetric_upper`: the upper triangle with
+16-bit column deltas, 6 bytes per stored entry instead of 8 bytes per directed entry), with the
+unary term, the restriction and the rescaling fused into its passes; the torch CSR path below is
+its reference, and runs on CUDA, with ``FULCRA_NATIVE=0`` or without a C compiler.
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import time
 import warnings
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from ._graph import SceneGraph
 
-__all__ = ["hop_distances", "reachable", "power_iteration", "power_iteration_full", "edge_values"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "hop_distances",
+    "reachable",
+    "power_iteration",
+    "power_iteration_full",
+    "edge_values",
+    "symmetric_upper",
+    "UpperS",
+]
 
 
 def _csr(crow, col, values, size) -> torch.Tensor:
@@ -209,6 +230,7 @@ def power_iteration(
     sqrt_p: torch.Tensor | None = None,  # [N, Q]
     binarize: float | None = None,
     eps: float = 1e-12,
+    native: bool = True,
 ) -> torch.Tensor:
     """``T`` steps of ``g_{t+1} = A g_t / ||g_t||`` (Eq. 5.8), restricted to reachable nodes.
 
@@ -220,6 +242,9 @@ def power_iteration(
         binarize: if set, ``A_ij := 1[S_ij √(P_i P_j) > binarize]`` (then each prompt has its own
             matrix and columns are diffused one by one).
         eps: guards the column normalisation.
+        native: on the CPU, run the float route (``binarize=None``) in the compiled kernel
+            (:func:`symmetric_upper`, ``_diffuse.c``) when it is available and ``S`` is exactly
+            symmetric; False keeps torch's CSR product (the reference). Equal to float32 rounding.
 
     Returns:
         ``[N, Q]`` float32 ``g_T`` (Morton order).
@@ -231,7 +256,7 @@ def power_iteration(
             sp = sqrt_p[:, j] if sqrt_p is not None else None
             out[:, j] = _power_restricted(graph, g0[:, j : j + 1], steps, None, binarize, sp, eps)[:, 0]
         return out
-    return _power_restricted(graph, g0, steps, sqrt_p, None, None, eps)
+    return _power_restricted(graph, g0, steps, sqrt_p, None, None, eps, native)
 
 
 def _mm_into(A: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -322,12 +347,199 @@ class _Blocks:
         return (rs[0][0], rs[-1][1]) if rs else (0, 0)
 
 
-def _power_restricted(graph, g0, steps, sqrt_p, binarize, sp_bin, eps):
+# --- the compiled kernel (_diffuse.c) ---------------------------------------------------------------
+
+_DIFFUSE_C = Path(__file__).with_name("_diffuse.c")
+UPPER_WINDOW = 16384
+"""Rows per partition of the compiled kernel, and the largest column distance ``j - i`` stored as a
+16-bit delta (entries farther apart are kept in both directions as a small CSR). A constant, not a
+function of the machine: the summation order of every output element depends on it."""
+UPPER_SUB = BLOCK_ROWS
+"""Rows per sub-block of the restriction in the compiled kernel (divides :data:`UPPER_WINDOW`)."""
+_announced: set = set()
+
+
+def _diffuse_lib():
+    """The compiled diffusion kernel (:mod:`fulcra.native`), or None (said once) when unavailable."""
+    from fulcra import native
+
+    lib = native.load(_DIFFUSE_C, openmp=True)
+    if lib is None:
+        why = native.reason(_DIFFUSE_C)
+        if why not in _announced:
+            _announced.add(why)
+            log.warning("graph_diffusion: compiled diffusion kernel unavailable (%s); using torch's CSR product", why)
+        return None
+    if not getattr(lib, "_fulcra_typed", False):
+        c = ctypes
+        vp, i64, f32 = c.c_void_p, c.c_int64, c.c_float
+        lib.fulcra_sym_count.argtypes = [i64, vp, vp, i64, vp, vp, vp, c.c_int]
+        lib.fulcra_sym_count.restype = c.c_int
+        lib.fulcra_sym_fill.argtypes = [i64, vp, vp, vp, i64, vp, vp, vp, vp, vp, vp, c.c_int, c.c_int]
+        lib.fulcra_sym_fill.restype = c.c_int
+        lib.fulcra_sym_power.argtypes = [i64, i64, i64, i64, vp, vp, vp, vp, vp, vp, vp, vp, vp]
+        lib.fulcra_sym_power.argtypes += [i64, i64, f32, f32, vp, vp, c.c_int]
+        lib.fulcra_sym_power.restype = c.c_int
+        lib._fulcra_typed = True
+    return lib
+
+
+class UpperS:
+    """``S`` stored once: the entries ``(i, j)`` with ``0 <= j - i < window`` row by row (uint16
+    delta ``j - i``, float32 value, the diagonal included), and the "far" entries
+    (``|j - i| >= window``) in both directions as a CSR with int32 columns. Values are the float32
+    values of the full CSR, bit for bit.
+
+    Attributes (NumPy arrays): ``near_ptr [N+1]`` int64, ``delta [M]`` uint16, ``near_val [M]``
+    float32, ``far_ptr [N+1]`` int64, ``far_col [F]`` int32, ``far_val [F]`` float32; ``window``,
+    ``sub``; ``build_s`` (seconds to build).
+    """
+
+    def __init__(self, near_ptr, delta, near_val, far_ptr, far_col, far_val, window, sub, build_s):
+        self.near_ptr, self.delta, self.near_val = near_ptr, delta, near_val
+        self.far_ptr, self.far_col, self.far_val = far_ptr, far_col, far_val
+        self.window, self.sub, self.build_s = int(window), int(sub), float(build_s)
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.near_ptr) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            a.nbytes for a in (self.near_ptr, self.delta, self.near_val, self.far_ptr, self.far_col, self.far_val)
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"UpperS(num_nodes={self.num_nodes}, near={len(self.delta)}, far={len(self.far_col)}, "
+            f"window={self.window}, {self.nbytes / 1e6:.1f} MB)"
+        )
+
+
+def symmetric_upper(
+    graph: SceneGraph,
+    window: int = UPPER_WINDOW,
+    sub: int = UPPER_SUB,
+    threads: int | None = None,
+    check: bool | None = None,
+) -> UpperS | None:
+    """The :class:`UpperS` storage of ``graph.similarity`` for the compiled kernel, built on first use
+    and cached on the graph (like ``rows``).
+
+    ``check``: verify that ``S`` is exactly symmetric (pattern and values, bit for bit; a bisection
+    per entry below the diagonal, most of the build time). Default: unless ``graph.symmetric`` says
+    it is by construction (graphs :func:`~._graph.build_scene_graph` returns and those derived from
+    them): their construction is trusted (only the counts of entries below and above the diagonal
+    are compared) and the upper triangle's values serve both directions.
+
+    Returns None when the kernel is unavailable, the graph is not on the CPU, or ``S`` is not
+    symmetric or not a valid CSR with ascending columns; the caller then keeps torch's CSR product.
+    """
+    if check is None:
+        check = not getattr(graph, "symmetric", False)
+    if window < 1 or window > 65536 or sub < 1 or window % sub:
+        raise ValueError(f"graph_diffusion: window must be in [1, 65536] and a multiple of sub, got {window}, {sub}")
+    if graph.device.type != "cpu":
+        return None
+    vals = graph.similarity
+    cached = graph._upper
+    if cached is not None and cached[0] is vals and cached[1] == (window, sub) and (cached[3] or not check):
+        return cached[2]
+    lib = _diffuse_lib()
+    if lib is None:
+        return None
+    from fulcra.native import ptr
+
+    t0 = time.perf_counter()
+    nt = max(1, int(threads or torch.get_num_threads()))
+    n = graph.num_nodes
+    indptr = np.ascontiguousarray(graph.indptr.numpy(), dtype=np.int64)
+    indices = np.ascontiguousarray(graph.indices.numpy(), dtype=np.int32)
+    values = np.ascontiguousarray(vals.detach().numpy(), dtype=np.float32)
+    near_cnt = np.empty(n, dtype=np.int64)
+    far_cnt = np.empty(n, dtype=np.int64)
+    lu = np.zeros(2, dtype=np.int64)
+    st = lib.fulcra_sym_count(
+        n, ptr(indptr, np.int64), ptr(indices, np.int32), window, ptr(near_cnt, np.int64),
+        ptr(far_cnt, np.int64), ptr(lu, np.int64), nt,
+    )  # fmt: skip
+    out = None
+    if st == 0 and lu[0] == lu[1]:
+        near_ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(near_cnt, out=near_ptr[1:])
+        far_ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(far_cnt, out=far_ptr[1:])
+        del near_cnt, far_cnt
+        m, f = int(near_ptr[-1]), int(far_ptr[-1])
+        delta = np.empty(m, dtype=np.uint16)
+        near_val = np.empty(m, dtype=np.float32)
+        far_col = np.empty(f, dtype=np.int32)
+        far_val = np.empty(f, dtype=np.float32)
+        asym = lib.fulcra_sym_fill(
+            n, ptr(indptr, np.int64), ptr(indices, np.int32), ptr(values, np.float32), window,
+            ptr(near_ptr, np.int64), ptr(far_ptr, np.int64), delta.ctypes.data, ptr(near_val, np.float32),
+            ptr(far_col, np.int32), ptr(far_val, np.float32), int(check), nt,
+        )  # fmt: skip
+        if not asym:
+            out = UpperS(near_ptr, delta, near_val, far_ptr, far_col, far_val, window, sub, time.perf_counter() - t0)
+    if out is None:
+        why = {2: "a column index out of range", 3: "columns not ascending within a row"}.get(st, "S is not symmetric")
+        log.debug("graph_diffusion: compiled diffusion kernel not used (%s)", why)
+    graph._upper = (vals, (window, sub), out, bool(check))
+    return out
+
+
+def _block_hops(dist: torch.Tensor, n: int, rows: int, steps: int) -> torch.Tensor:
+    """Per block of ``rows`` consecutive nodes, the smallest hop distance in it ``[ceil(n / rows)]``."""
+    nb = (n + rows - 1) // rows
+    pad = torch.full((nb * rows,), steps + 1, dtype=torch.int32, device=dist.device)
+    pad[:n] = dist
+    return pad.view(nb, rows).amin(1)
+
+
+def _power_native(lib, U: UpperS, graph, g0, steps, sqrt_p, eps, threads=None) -> torch.Tensor:
+    """:func:`_power_restricted` (float route) in the compiled kernel; ``steps >= 1``, CPU tensors."""
+    from fulcra.native import ptr
+
+    n, q = g0.shape
+    seeds = (g0 > 0).any(1)
+    sub_hop = _block_hops(hop_distances(graph, seeds, steps), n, U.sub, steps).numpy()
+    sub_hop = np.ascontiguousarray(sub_hop, dtype=np.int32)
+    g = g0.detach().float().contiguous()
+    sp = sqrt_p.detach().float().contiguous() if sqrt_p is not None else None
+    # the two iterates in one allocation, the second 2 KiB off the first modulo 4 KiB (the kernel
+    # puts its scatter buffer 1 KiB off both): the product stores into y[j] and soon loads x[j] for
+    # the same j's, which equal 4 KiB offsets could make falsely dependent ("4K aliasing"). A
+    # precaution: no difference was measurable on this machine
+    m = n * q
+    store = torch.zeros(2 * m + 2048, dtype=torch.float32)
+    o0 = (-(store.data_ptr() // 4)) % 1024  # floats to the next 4 KiB boundary
+    o1 = o0 + m + (512 - m) % 1024  # ≡ o0 + 512 floats (2 KiB) modulo 1024
+    bufs = [store[o0 : o0 + m].view(n, q), store[o1 : o1 + m].view(n, q)]
+    nt = max(1, int(threads or torch.get_num_threads()))
+    st = lib.fulcra_sym_power(
+        n, q, U.window, U.sub, ptr(U.near_ptr, np.int64), U.delta.ctypes.data, ptr(U.near_val, np.float32),
+        ptr(U.far_ptr, np.int64), ptr(U.far_col, np.int32), ptr(U.far_val, np.float32), ptr(sub_hop, np.int32),
+        ptr(g, np.float32, "g0"), ptr(sp, np.float32, "sqrt_p") if sp is not None else None, steps,
+        RESCALE_EVERY, eps, TINY, ptr(bufs[0], np.float32), ptr(bufs[1], np.float32), nt,
+    )  # fmt: skip
+    if st != 0:
+        raise MemoryError("graph_diffusion: the compiled diffusion kernel ran out of memory")
+    return bufs[steps % 2].clone()
+
+
+def _power_restricted(graph, g0, steps, sqrt_p, binarize, sp_bin, eps, native=True):
     n, q = g0.shape
     seeds = (g0 > 0).any(1)
     out = torch.zeros(n, q, dtype=torch.float32, device=g0.device)
     if not bool(seeds.any()) or steps <= 0:
         return g0.float().clone() if steps <= 0 else out
+    if native and binarize is None and g0.device.type == "cpu" and graph.device.type == "cpu":
+        lib = _diffuse_lib()
+        U = symmetric_upper(graph) if lib is not None else None
+        if U is not None:
+            return _power_native(lib, U, graph, g0, steps, sqrt_p, eps)
     if binarize is not None:
         values = (edge_values(graph, torch.arange(graph.nnz, device=g0.device), sp_bin) > binarize).to(torch.float32)
         sp = None

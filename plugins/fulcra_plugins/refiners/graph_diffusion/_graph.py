@@ -485,6 +485,9 @@ class SceneGraph:
         bandwidth: ``b`` of Eq. C.1.
         k: neighbours per node before symmetrisation.
         fingerprint: identifies the (positions, features) the graph was built from.
+        symmetric: ``S`` is exactly symmetric by construction (both directions of an edge take
+            their value from one kNN entry, as in graphs :func:`build_scene_graph` returns): the
+            compiled diffusion kernel then skips its symmetry check. False: it checks.
 
     ``rows`` and ``similarity`` may be passed as None (the default for graphs built here): at
     k = 200 each is ~0.5 GB per 600k nodes, and ``similarity`` is recomputed per prompt anyway.
@@ -506,13 +509,16 @@ class SceneGraph:
         bandwidth: float,
         k: int,
         fingerprint: tuple = (),
+        symmetric: bool = False,
     ):
         self.perm, self.inv, self.indptr, self.indices = perm, inv, indptr, indices
+        self.symmetric = bool(symmetric)
         self._rows, self._similarity = rows, similarity
         self.distance, self.features = distance, features
         self.median_distance, self.bandwidth, self.k = float(median_distance), float(bandwidth), int(k)
         self.fingerprint = fingerprint
         self._sim_eps = 0.0  # with_bandwidth / with_similarity_scale add 1e-12 to the RBF denominator
+        self._upper = None  # S stored once for the compiled diffusion kernel (_diffusion.symmetric_upper)
 
     def __repr__(self) -> str:
         return (
@@ -551,7 +557,12 @@ class SceneGraph:
         mv = {n: getattr(self, n if n not in ("rows", "similarity") else "_" + n) for n in self._FIELDS}
         mv = {n: (v.to(d) if v is not None else None) for n, v in mv.items()}
         g = SceneGraph(
-            **mv, median_distance=self.median_distance, bandwidth=self.bandwidth, k=self.k, fingerprint=self.fingerprint
+            **mv,
+            median_distance=self.median_distance,
+            bandwidth=self.bandwidth,
+            k=self.k,
+            fingerprint=self.fingerprint,
+            symmetric=self.symmetric,
         )
         g._sim_eps = self._sim_eps
         return g
@@ -584,6 +595,7 @@ class SceneGraph:
             float(bandwidth),
             self.k,
             self.fingerprint,
+            symmetric=self.symmetric,  # S_f from the same symmetric distances
         )
 
     def with_similarity_scale(self, median: float, bandwidth: float | None = None) -> SceneGraph:
@@ -750,4 +762,5 @@ def build_scene_graph(
         bandwidth=float(bandwidth),
         k=int(k),
         fingerprint=fp,
+        symmetric=True,  # (i, j) and (j, i) take their distance from one kNN entry
     )

@@ -694,6 +694,7 @@ def node_scaled(graph: SceneGraph, s2: torch.Tensor) -> SceneGraph:
         graph.bandwidth,
         graph.k,
         graph.fingerprint,
+        symmetric=graph.symmetric,  # the mean of s2_i and s2_j is symmetric in (i, j)
     )
 
 
