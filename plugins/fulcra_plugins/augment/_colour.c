@@ -9,12 +9,12 @@
  *             exact there) and one rounding to float32 (_kernels.fma32_trunc_exact): Color with
  *             s = fl32(x * r), o = floor(grey); Sharpness with s = centre, o = round(blur) - centre.
  *
- * Fast path with an exact fallback: each value is first computed in float32 with one or two extra
- * roundings, whose total error is below 2^-12 for the magnitudes allowed (|value| < 2048, checked
- * per image); only the floor of the value is kept, and it equals the floor of the exact value
- * unless the approximation lies within 2^-10 of an integer. Such values are flagged and recomputed
- * with the exact arithmetic above, so every output is the exact one; the fast path only decides
- * how often the slow one runs.
+ * Fast paths with an exact fallback: only the floor of each value is kept, so each kernel first
+ * computes an approximation with a proven error bound (grey: float32 with extra roundings; the
+ * blends: 16.16 fixed-point sums of per-image tables, see FIX_FLAG) for the magnitudes allowed
+ * (|value| < FAST_MAX, checked per image). Where the bound cannot decide the floor (the value lies
+ * within a few 2^-16 of an integer) the value is flagged and recomputed with the exact arithmetic
+ * above, so every output is the exact one; the fast path only decides how often the slow one runs.
  *
  * Layout: images are contiguous [*, C, H, W] uint8; a kernel reads image sidx[i] of src and writes
  * image didx[i] of dst (i < n), so the composite gathers and writes back without copies. Each image
@@ -32,6 +32,14 @@
 
 typedef int64_t i64;
 typedef uint8_t u8;
+
+/* An AVX2 build of the hot kernels next to the baseline one, chosen at load time (GCC ifunc): the
+ * same IEEE operations in wider registers (no FMA: -ffp-contract=off), so the same bits. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define MULTIVERSION
+#endif
 
 #define BLK 256
 /* fast-path margin: the float32 approximation is within 2^-14 of the exact value for |value| < 1024
@@ -88,7 +96,7 @@ static void grey_floor(const u8 *r, const u8 *g, const u8 *b, u8 *out, i64 npix)
 }
 
 /* floor(grey) of every pixel: n images of 3 x npix -> out [n, npix] (a test hook). */
-int fulcra_grey_floor(const u8 *src, i64 n, i64 npix, u8 *out) {
+MULTIVERSION int fulcra_grey_floor(const u8 *src, i64 n, i64 npix, u8 *out) {
     for (i64 i = 0; i < n; i++) {
         const u8 *im = src + i * 3 * npix;
         grey_floor(im, im + npix, im + 2 * npix, out + i * npix, npix);
@@ -97,7 +105,7 @@ int fulcra_grey_floor(const u8 *src, i64 n, i64 npix, u8 *out) {
 }
 
 /* Sum over each image of floor(grey) (C == 3) or of the values (C == 1): Contrast's mean. */
-int fulcra_grey_sum(const u8 *src, const i64 *sidx, i64 n, i64 C, i64 npix, i64 *out, int nthreads) {
+MULTIVERSION int fulcra_grey_sum(const u8 *src, const i64 *sidx, i64 n, i64 C, i64 npix, i64 *out, int nthreads) {
     if (C != 1 && C != 3) return 1;
     int nt = nthreads_for(nthreads, n);
     int err = 0;
@@ -148,26 +156,62 @@ static inline u8 clamp_floor_int(float fl) {
     return (u8)(int)fl;
 }
 
+/* Fixed-point tables of the blends: for a value E = u + v (exact, u and v from 256- or 511-entry
+ * per-image tables), Z = TU[u] + TV[v] with T = floor(65536 * term) satisfies 65536 E - 2 < Z <= 65536 E,
+ * so floor(E) = Z >> 16 unless Z is within 2 units below a multiple of 65536. The reference rounds E
+ * to float32 (through float64), which moves it by at most 2^-15 (= 2 units) for |E| < 1024 and never
+ * across an integer from above (integers are representable, rounding is monotone): its floor is
+ * floor(E) unless E is within 2^-15 below an integer. Values with (Z & 0xFFFF) >= FIX_FLAG are
+ * therefore recomputed exactly; every other output is clamp(Z >> 16, 0, 255). */
+#define FIX_FLAG 0xFFF0
+
+static inline u8 fix_out(int32_t Z) {
+    int32_t q = Z >> 16; /* arithmetic shift: floor */
+    q = q < 0 ? 0 : q;
+    q = q > 255 ? 255 : q;
+    return (u8)q;
+}
+
 /* Color (adjust_saturation), C == 3: out = blend(fl32(x * r32), floor(grey), alpha) per channel. */
-int fulcra_color(const u8 *src, const i64 *sidx, u8 *dst, const i64 *didx, i64 n, i64 npix, const float *r32,
-                 const float *alpha, int nthreads) {
+MULTIVERSION int fulcra_color(const u8 *src, const i64 *sidx, u8 *dst, const i64 *didx, i64 n, i64 npix,
+                              const float *r32, const float *alpha, int nthreads) {
     int nt = nthreads_for(nthreads, n);
     int err = 0;
 #pragma omp parallel num_threads(nt)
     {
         u8 *grey = (u8 *)malloc((size_t)BLK);
-        if (!grey) {
+        u8 *T = (u8 *)malloc((size_t)255 * 256);
+        if (!grey || !T) {
 #pragma omp atomic write
             err = 2;
         }
 #pragma omp for schedule(static)
         for (i64 i = 0; i < n; i++) {
-            if (!grey) continue;
+            if (!grey || !T) continue;
             const u8 *im = src + sidx[i] * 3 * npix;
             u8 *om = dst + didx[i] * 3 * npix;
             const float r = r32[i], a = alpha[i];
             const float M = 255.0f * fabsf(r) + 255.0f * fabsf(a);
             const int fast = M < FAST_MAX; /* false also for NaN */
+            if (fast) {
+                /* the whole (grey, value) -> output function of this image, 255 x 256 entries */
+                int32_t TX[256];
+                for (int v = 0; v < 256; v++) TX[v] = (int32_t)floor((double)((float)v * r) * 65536.0);
+                for (int g = 0; g < 255; g++) {
+                    const int32_t tg = (int32_t)floor((double)g * (double)a * 65536.0);
+                    u8 *row = T + g * 256;
+                    int flag = 0;
+                    for (int v = 0; v < 256; v++) {
+                        int32_t Z = TX[v] + tg;
+                        flag |= (Z & 0xFFFF) >= FIX_FLAG;
+                        row[v] = fix_out(Z);
+                    }
+                    if (flag) {
+                        for (int v = 0; v < 256; v++)
+                            if (((TX[v] + tg) & 0xFFFF) >= FIX_FLAG) row[v] = blend_exact((float)v * r, (float)g, a);
+                    }
+                }
+            }
             for (i64 p0 = 0; p0 < npix; p0 += BLK) {
                 int m = (int)(npix - p0 < BLK ? npix - p0 : BLK);
                 grey_floor(im + p0, im + npix + p0, im + 2 * npix + p0, grey, m);
@@ -175,22 +219,7 @@ int fulcra_color(const u8 *src, const i64 *sidx, u8 *dst, const i64 *didx, i64 n
                     const u8 *x = im + c * npix + p0;
                     u8 *o = om + c * npix + p0;
                     if (fast) {
-                        u8 fl8[BLK];
-                        int flag = 0;
-                        for (int j = 0; j < m; j++) {
-                            float s = (float)x[j] * r;
-                            float v = s + (float)grey[j] * a;
-                            float fl = floor_small(v);
-                            float fr = v - fl;
-                            int f = (fr < EPS) | (fr > 1.0f - EPS);
-                            fl8[j] = (u8)f;
-                            flag |= f;
-                            o[j] = clamp_floor_int(fl);
-                        }
-                        if (flag) {
-                            for (int j = 0; j < m; j++)
-                                if (fl8[j]) o[j] = blend_exact((float)x[j] * r, (float)grey[j], a);
-                        }
+                        for (int j = 0; j < m; j++) o[j] = T[((int)grey[j] << 8) | x[j]];
                     } else {
                         for (int j = 0; j < m; j++) o[j] = blend_exact((float)x[j] * r, (float)grey[j], a);
                     }
@@ -198,15 +227,16 @@ int fulcra_color(const u8 *src, const i64 *sidx, u8 *dst, const i64 *didx, i64 n
             }
         }
         free(grey);
+        free(T);
     }
     return err;
 }
 
-/* Sharpness (adjust_sharpness), any C, H, W >= 3: border pixels copied; inside,
- * d = round(S / 13) - centre with S the 3x3 sum weighted 1 (centre 5) and round(S/13) = (2S + 13) / 26,
- * out = blend(centre, d, alpha). */
-int fulcra_sharpness(const u8 *src, const i64 *sidx, u8 *dst, const i64 *didx, i64 n, i64 C, i64 H, i64 W,
-                     const float *alpha, int nthreads) {
+/* Sharpness (adjust_sharpness), any C, H, W >= 3: border pixels copied; inside, with
+ * b = round(S / 13) = (2S + 13) / 26 (S the 3x3 sum, centre weight 5), out = blend(centre, b - centre,
+ * alpha): a function of (b, centre) only, tabulated per image (256 x 256 entries). */
+MULTIVERSION int fulcra_sharpness(const u8 *src, const i64 *sidx, u8 *dst, const i64 *didx, i64 n, i64 C, i64 H,
+                                  i64 W, const float *alpha, int nthreads) {
     if (H < 3 || W < 3) return 1;
     int nt = nthreads_for(nthreads, n);
     int err = 0;
@@ -214,17 +244,36 @@ int fulcra_sharpness(const u8 *src, const i64 *sidx, u8 *dst, const i64 *didx, i
 #pragma omp parallel num_threads(nt)
     {
         uint16_t *cs = (uint16_t *)malloc((size_t)W * sizeof(uint16_t));
-        int16_t *d = (int16_t *)malloc((size_t)W * sizeof(int16_t));
-        u8 *fl8 = (u8 *)malloc((size_t)W);
-        if (!cs || !d || !fl8) {
+        u8 *bl = (u8 *)malloc((size_t)W);
+        u8 *T = (u8 *)malloc((size_t)256 * 256);
+        if (!cs || !bl || !T) {
 #pragma omp atomic write
             err = 2;
         }
 #pragma omp for schedule(static)
         for (i64 i = 0; i < n; i++) {
-            if (!cs || !d || !fl8) continue;
+            if (!cs || !bl || !T) continue;
             const float a = alpha[i];
             const int fast = 255.0f + 255.0f * fabsf(a) < FAST_MAX;
+            if (fast) {
+                int32_t TR[511]; /* TR[k] = floor(65536 (k - 255) a): TR[255 + b - c] for d = b - c */
+                for (int k = 0; k < 511; k++) TR[k] = (int32_t)floor((double)(k - 255) * (double)a * 65536.0);
+                for (int b = 0; b < 256; b++) {
+                    u8 *row = T + b * 256;
+                    const int32_t *tr = TR + 255 + b; /* tr[-c] */
+                    int flag = 0;
+                    for (int c = 0; c < 256; c++) {
+                        int32_t Z = (c << 16) + tr[-c];
+                        flag |= (Z & 0xFFFF) >= FIX_FLAG;
+                        row[c] = fix_out(Z);
+                    }
+                    if (flag) {
+                        for (int c = 0; c < 256; c++)
+                            if ((((c << 16) + tr[-c]) & 0xFFFF) >= FIX_FLAG)
+                                row[c] = blend_exact((float)c, (float)(b - c), a);
+                    }
+                }
+            }
             for (i64 c = 0; c < C; c++) {
                 const u8 *im = src + (sidx[i] * C + c) * npix;
                 u8 *om = dst + (didx[i] * C + c) * npix;
@@ -235,35 +284,22 @@ int fulcra_sharpness(const u8 *src, const i64 *sidx, u8 *dst, const i64 *didx, i
                     u8 *o = om + y * W;
                     for (i64 x = 0; x < W; x++) cs[x] = (uint16_t)(up[x] + mid[x] + dn[x]);
                     for (i64 x = 1; x < W - 1; x++) {
-                        int S = cs[x - 1] + cs[x] + cs[x + 1] + 4 * mid[x];
-                        d[x] = (int16_t)((2 * S + 13) / 26 - mid[x]);
+                        unsigned S = (unsigned)cs[x - 1] + cs[x] + cs[x + 1] + 4u * mid[x];
+                        bl[x] = (u8)((2u * S + 13u) / 26u);
                     }
                     o[0] = mid[0];
                     o[W - 1] = mid[W - 1];
                     if (fast) {
-                        int flag = 0;
-                        for (i64 x = 1; x < W - 1; x++) {
-                            float v = (float)mid[x] + (float)d[x] * a;
-                            float fl = floor_small(v);
-                            float fr = v - fl;
-                            int f = (fr < EPS) | (fr > 1.0f - EPS);
-                            fl8[x] = (u8)f;
-                            flag |= f;
-                            o[x] = clamp_floor_int(fl);
-                        }
-                        if (flag) {
-                            for (i64 x = 1; x < W - 1; x++)
-                                if (fl8[x]) o[x] = blend_exact((float)mid[x], (float)d[x], a);
-                        }
+                        for (i64 x = 1; x < W - 1; x++) o[x] = T[((int)bl[x] << 8) | mid[x]];
                     } else {
-                        for (i64 x = 1; x < W - 1; x++) o[x] = blend_exact((float)mid[x], (float)d[x], a);
+                        for (i64 x = 1; x < W - 1; x++) o[x] = blend_exact((float)mid[x], (float)((int)bl[x] - mid[x]), a);
                     }
                 }
             }
         }
         free(cs);
-        free(d);
-        free(fl8);
+        free(bl);
+        free(T);
     }
     return err;
 }
@@ -320,7 +356,7 @@ int fulcra_hist(const u8 *src, const i64 *sidx, i64 n, i64 C, i64 npix, i64 *his
 }
 
 /* Minimum and maximum of each channel: out [n, C, 2] uint8. */
-int fulcra_minmax(const u8 *src, const i64 *sidx, i64 n, i64 C, i64 npix, u8 *out, int nthreads) {
+MULTIVERSION int fulcra_minmax(const u8 *src, const i64 *sidx, i64 n, i64 C, i64 npix, u8 *out, int nthreads) {
     int nt = nthreads_for(nthreads, n);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (i64 i = 0; i < n; i++) {

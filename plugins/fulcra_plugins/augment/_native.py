@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -22,8 +23,21 @@ _SRC = Path(__file__).with_name("_colour.c")
 _announced: set[str] = set()
 
 
+_libs: dict = {}
+
+
 def lib():
     """The loaded kernel library, or None (the reason logged once)."""
+    # native.load is cached too, but resolves the source path on every call (~0.3 ms): this is
+    # called for every group of every stage, so keep the answer per setting of the switches
+    key = (os.environ.get("FULCRA_NATIVE"), os.environ.get("CC"), os.environ.get("FULCRA_NATIVE_CACHE"))
+    if key in _libs:
+        return _libs[key]
+    _libs[key] = lib = _load()
+    return lib
+
+
+def _load():
     from fulcra import native
 
     lib = native.load(_SRC, openmp=True)
