@@ -42,10 +42,14 @@ typedef uint8_t u8;
 #endif
 
 #define BLK 256
-/* fast-path margin: the float32 approximation is within 2^-14 of the exact value for |value| < 1024
- * (two roundings of at most half an ulp, 2^-15), and the reference's own rounding within 2^-15 */
+/* float32 fast-path margin: the approximation is within 2^-14 of the exact value for |value| < 1024
+ * (two extra roundings of at most half an ulp, 2^-15 each), the reference within 2^-15 of it: a
+ * floor decided at least 2^-12 from an integer is the reference's floor */
 #define EPS (1.0f / 4096.0f)
 #define FAST_MAX 1000.0f
+/* values per image from which Color and Sharpness tabulate their 2-D function (64K entries)
+ * rather than compute each value in float32: about 64x64 pixels */
+#define TABLE_MIN 4096
 
 static inline int nthreads_for(int want, i64 n) {
     if (want < 1) want = 1;
@@ -193,7 +197,8 @@ MULTIVERSION int fulcra_color(const u8 *src, const i64 *sidx, u8 *dst, const i64
             const float r = r32[i], a = alpha[i];
             const float M = 255.0f * fabsf(r) + 255.0f * fabsf(a);
             const int fast = M < FAST_MAX; /* false also for NaN */
-            if (fast) {
+            const int table = fast && npix >= TABLE_MIN;
+            if (table) {
                 /* the whole (grey, value) -> output function of this image, 255 x 256 entries */
                 int32_t TX[256];
                 for (int v = 0; v < 256; v++) TX[v] = (int32_t)floor((double)((float)v * r) * 65536.0);
@@ -218,8 +223,25 @@ MULTIVERSION int fulcra_color(const u8 *src, const i64 *sidx, u8 *dst, const i64
                 for (int c = 0; c < 3; c++) {
                     const u8 *x = im + c * npix + p0;
                     u8 *o = om + c * npix + p0;
-                    if (fast) {
+                    if (table) {
                         for (int j = 0; j < m; j++) o[j] = T[((int)grey[j] << 8) | x[j]];
+                    } else if (fast) {
+                        /* small images: float32 with the exact fallback (error <= 2^-14, see EPS) */
+                        u8 fl8[BLK];
+                        int flag = 0;
+                        for (int j = 0; j < m; j++) {
+                            float v = (float)x[j] * r + (float)grey[j] * a;
+                            float fl = floor_small(v);
+                            float fr = v - fl;
+                            int f = (fr < EPS) | (fr > 1.0f - EPS);
+                            fl8[j] = (u8)f;
+                            flag |= f;
+                            o[j] = clamp_floor_int(fl);
+                        }
+                        if (flag) {
+                            for (int j = 0; j < m; j++)
+                                if (fl8[j]) o[j] = blend_exact((float)x[j] * r, (float)grey[j], a);
+                        }
                     } else {
                         for (int j = 0; j < m; j++) o[j] = blend_exact((float)x[j] * r, (float)grey[j], a);
                     }
@@ -245,17 +267,19 @@ MULTIVERSION int fulcra_sharpness(const u8 *src, const i64 *sidx, u8 *dst, const
     {
         uint16_t *cs = (uint16_t *)malloc((size_t)W * sizeof(uint16_t));
         u8 *bl = (u8 *)malloc((size_t)W);
+        u8 *fl8 = (u8 *)malloc((size_t)W);
         u8 *T = (u8 *)malloc((size_t)256 * 256);
-        if (!cs || !bl || !T) {
+        if (!cs || !bl || !fl8 || !T) {
 #pragma omp atomic write
             err = 2;
         }
 #pragma omp for schedule(static)
         for (i64 i = 0; i < n; i++) {
-            if (!cs || !bl || !T) continue;
+            if (!cs || !bl || !fl8 || !T) continue;
             const float a = alpha[i];
             const int fast = 255.0f + 255.0f * fabsf(a) < FAST_MAX;
-            if (fast) {
+            const int table = fast && npix * C >= TABLE_MIN;
+            if (table) {
                 int32_t TR[511]; /* TR[k] = floor(65536 (k - 255) a): TR[255 + b - c] for d = b - c */
                 for (int k = 0; k < 511; k++) TR[k] = (int32_t)floor((double)(k - 255) * (double)a * 65536.0);
                 for (int b = 0; b < 256; b++) {
@@ -289,8 +313,24 @@ MULTIVERSION int fulcra_sharpness(const u8 *src, const i64 *sidx, u8 *dst, const
                     }
                     o[0] = mid[0];
                     o[W - 1] = mid[W - 1];
-                    if (fast) {
+                    if (table) {
                         for (i64 x = 1; x < W - 1; x++) o[x] = T[((int)bl[x] << 8) | mid[x]];
+                    } else if (fast) {
+                        /* small images: float32 with the exact fallback (error <= 2^-14, see EPS) */
+                        int flag = 0;
+                        for (i64 x = 1; x < W - 1; x++) {
+                            float v = (float)mid[x] + (float)((int)bl[x] - mid[x]) * a;
+                            float fl = floor_small(v);
+                            float fr = v - fl;
+                            int f = (fr < EPS) | (fr > 1.0f - EPS);
+                            fl8[x] = (u8)f;
+                            flag |= f;
+                            o[x] = clamp_floor_int(fl);
+                        }
+                        if (flag) {
+                            for (i64 x = 1; x < W - 1; x++)
+                                if (fl8[x]) o[x] = blend_exact((float)mid[x], (float)((int)bl[x] - mid[x]), a);
+                        }
                     } else {
                         for (i64 x = 1; x < W - 1; x++) o[x] = blend_exact((float)mid[x], (float)((int)bl[x] - mid[x]), a);
                     }
@@ -299,6 +339,7 @@ MULTIVERSION int fulcra_sharpness(const u8 *src, const i64 *sidx, u8 *dst, const
         }
         free(cs);
         free(bl);
+        free(fl8);
         free(T);
     }
     return err;

@@ -96,10 +96,15 @@ def _check(src: torch.Tensor, dst: torch.Tensor | None, sidx: torch.Tensor, didx
             continue
         if t.dtype != torch.uint8 or t.device.type != "cpu" or not t.is_contiguous() or t.ndim != 4:
             raise TypeError(f"augment native kernels: {name} must be a contiguous CPU uint8 [B, C, H, W] tensor")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= t.shape[0]):
+        if idx.numel() and not _in_range(idx, t.shape[0]):
             raise IndexError(f"augment native kernels: {name} index out of range [0, {t.shape[0]})")
     if dst is not None and dst.shape[1:] != src.shape[1:]:
         raise ValueError(f"augment native kernels: dst images {tuple(dst.shape[1:])} != src {tuple(src.shape[1:])}")
+
+
+def _in_range(idx: torch.Tensor, n: int) -> bool:
+    lo, hi = torch.aminmax(idx)
+    return int(lo) >= 0 and int(hi) < n
 
 
 def _threads() -> int:

@@ -77,22 +77,29 @@ def test_grey_floor_every_rgb_triple():
     assert torch.equal(N.grey_floor(x.contiguous()), want)
 
 
-@pytest.mark.parametrize("r", [0.37, 1.5, 0.01])
-def test_color_every_pixel_grey_pair(r, monkeypatch):
-    # every RGB triple once: every (value, floor(grey)) pair that can occur, in every channel
+@pytest.mark.parametrize(
+    "r, shape",
+    [(0.37, (4, 1024, 4096)), (1.5, (4, 1024, 4096)), (0.01, (16384, 32, 32)), (0.37, (16384, 32, 32))],
+    ids=["table-0.37", "table-1.5", "float-0.01", "float-0.37"],
+)
+def test_color_every_pixel_grey_pair(r, shape, monkeypatch):
+    # every RGB triple once: every (value, floor(grey)) pair that can occur, in every channel; large
+    # images take the kernel's tabulated path, 32x32 ones its float32 path
     v = torch.arange(1 << 24, dtype=torch.int64)
-    x = torch.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255]).to(torch.uint8).view(4, 3, 1024, 4096)
-    x = x.permute(1, 0, 2, 3).reshape(3, 4, 1024 * 4096).permute(1, 0, 2).reshape(4, 3, 1024, 4096).contiguous()
+    rgb = torch.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255]).to(torch.uint8)  # [3, 2**24]
+    n, h, w = shape
+    x = rgb.view(3, n, h, w).transpose(0, 1).contiguous()
     op = BUILTIN_OPS["color"]()
     got = op.apply(x, r)
     want = _torch_path(monkeypatch, lambda: op.apply(x, r))
     assert torch.equal(got, want)
 
 
-def test_sharpness_dyadic_factors_exact_path(monkeypatch):
+@pytest.mark.parametrize("size", [20, 64])  # the float32 path, the tabulated path
+def test_sharpness_dyadic_factors_exact_path(size, monkeypatch):
     # alpha = 1 - r dyadic: many blends land exactly on integers or near them (the flagged values)
     op = BUILTIN_OPS["sharpness"]()
-    x = _images((6, 3, 64, 64), 3)
+    x = _images((6, 3, size, size), 3)
     for r in (0.5, 1.5, 0.75, 1.25, 1.0 + 2.0**-20, 1.0 - 2.0**-12):
         got = op.apply(x, r)
         assert torch.equal(got, _torch_path(monkeypatch, lambda: op.apply(x, r))), r
