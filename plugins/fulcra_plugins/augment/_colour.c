@@ -345,6 +345,97 @@ MULTIVERSION int fulcra_sharpness(const u8 *src, const i64 *sidx, u8 *dst, const
     return err;
 }
 
+/* Grayscale, C == 3: floor(grey) on every channel (torchvision's uint8 truncation of the grey). */
+MULTIVERSION int fulcra_grayscale(const u8 *src, const i64 *sidx, u8 *dst, const i64 *didx, i64 n, i64 npix,
+                                  int nthreads) {
+    int nt = nthreads_for(nthreads, n);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (i64 i = 0; i < n; i++) {
+        const u8 *im = src + sidx[i] * 3 * npix;
+        u8 *om = dst + didx[i] * 3 * npix;
+        for (i64 p0 = 0; p0 < npix; p0 += BLK) {
+            i64 m = npix - p0 < BLK ? npix - p0 : BLK;
+            grey_floor(im + p0, im + npix + p0, im + 2 * npix + p0, om + p0, m);
+            memcpy(om + npix + p0, om + p0, (size_t)m);
+            memcpy(om + 2 * npix + p0, om + p0, (size_t)m);
+        }
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- hue ----------------------- */
+
+/* fmod(x, 1) for |x| < 2^31: x - trunc(x) is exact, with fmod's sign (that of x) */
+static inline float fmod1(float x) {
+    float t = (float)(int)x;
+    return copysignf(x - t, x);
+}
+
+/* Hue (adjust_hue), C == 3: the float32 operations of _kernels.rgb_to_hsv, the shift with
+ * remainder(1), _kernels.hsv_to_rgb and the uint8 conversion of colour.Hue, one pixel at a time in
+ * the same order (every step is one IEEE operation, so the bits are torch's). */
+static inline void hue_px(u8 R8, u8 G8, u8 B8, float hf, u8 *o0, u8 *o1, u8 *o2) {
+    const float k = (float)(1.0 / 255);
+    const float r = (float)R8 * k, g = (float)G8 * k, b = (float)B8 * k;
+    float maxc = r > g ? r : g;
+    maxc = maxc > b ? maxc : b;
+    float minc = r < g ? r : g;
+    minc = minc < b ? minc : b;
+    const int eqc = maxc == minc;
+    const float cr = maxc - minc;
+    const float s = cr / (eqc ? 1.0f : maxc);
+    const float dv = eqc ? 1.0f : cr;
+    const float rc = (maxc - r) / dv, gc = (maxc - g) / dv, bc = (maxc - b) / dv;
+    const int neq_r = maxc != r, eq_g = maxc == g;
+    const float hg = ((rc + 2.0f) - bc) * (float)(eq_g & neq_r);
+    const float hr = (bc - gc) * (float)(!neq_r);
+    const float hb = ((gc + 4.0f) - rc) * (float)(neq_r & !eq_g);
+    float h = (hr + hg) + hb;
+    h = h * (float)(1.0 / 6.0);
+    h = h + 1.0f;
+    h = fmod1(h);
+    h = h + hf;
+    float m = fmod1(h); /* remainder(h, 1): in (-1, 1), then [0, 1] */
+    m = (m != 0.0f && m < 0.0f) ? m + 1.0f : m;
+    h = m;
+    const float v = maxc;
+    const float h6 = h * 6.0f; /* in [0, 6] */
+    const float fi = floor_small(h6);
+    const float f = h6 - fi;
+    int i = (int)fi;
+    const float sxf = s * f;
+    const float oms = 1.0f - s;
+    float q = (1.0f - sxf) * v;
+    q = q < 0.0f ? 0.0f : (q > 1.0f ? 1.0f : q);
+    float t = (sxf + oms) * v;
+    t = t < 0.0f ? 0.0f : (t > 1.0f ? 1.0f : t);
+    float p = oms * v;
+    p = p < 0.0f ? 0.0f : (p > 1.0f ? 1.0f : p);
+    i = i >= 6 ? i - 6 : i; /* torch's remainder(i, 6) for i in [0, 6] */
+    /* _HSV_SELECT: R = v q p p t v, G = t v v q p p, B = p p t v v q for i = 0..5 */
+    const float c0 = (i == 0 || i == 5) ? v : (i == 1 ? q : (i == 4 ? t : p));
+    const float c1 = (i == 1 || i == 2) ? v : (i == 0 ? t : (i == 3 ? q : p));
+    const float c2 = (i == 3 || i == 4) ? v : (i == 2 ? t : (i == 5 ? q : p));
+    const float sc = (float)(255 + 1.0 - 1e-3);
+    *o0 = (u8)(int)(c0 * sc);
+    *o1 = (u8)(int)(c1 * sc);
+    *o2 = (u8)(int)(c2 * sc);
+}
+
+MULTIVERSION int fulcra_hue(const u8 *src, const i64 *sidx, u8 *dst, const i64 *didx, i64 n, i64 npix,
+                            const float *factor, int nthreads) {
+    int nt = nthreads_for(nthreads, n);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (i64 i = 0; i < n; i++) {
+        const u8 *im = src + sidx[i] * 3 * npix;
+        u8 *om = dst + didx[i] * 3 * npix;
+        const float hf = factor[i];
+        for (i64 p = 0; p < npix; p++)
+            hue_px(im[p], im[npix + p], im[2 * npix + p], hf, om + p, om + npix + p, om + 2 * npix + p);
+    }
+    return 0;
+}
+
 /* ---------------------------------------------------------------- tables -------------------- */
 
 /* dst image didx[i], channel c = lut[(i * C + c) * 256 + src value]. */

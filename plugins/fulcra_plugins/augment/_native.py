@@ -58,6 +58,8 @@ def _load():
             "fulcra_hist": [vp, vp, i64, i64, i64, vp, ci],
             "fulcra_minmax": [vp, vp, i64, i64, i64, vp, ci],
             "fulcra_copy_rows": [vp, vp, vp, vp, i64, i64],
+            "fulcra_grayscale": [vp, vp, vp, vp, i64, i64, ci],
+            "fulcra_hue": [vp, vp, vp, vp, i64, i64, vp, ci],
         }
         for name, args in sig.items():
             fn = getattr(lib, name)
@@ -140,6 +142,30 @@ def color(src, r32, alpha, sidx=None, dst=None, didx=None) -> torch.Tensor:
     H, W = src.shape[-2:]
     rc = lib().fulcra_color(_p(src), _p(sidx), _p(dst), _p(didx), n, H * W, _p(r32), _p(alpha), _threads())
     _run(rc, "color")
+    return dst
+
+
+def hue(src, factor, sidx=None, dst=None, didx=None) -> torch.Tensor:
+    """Hue (``adjust_hue``) of RGB images; ``factor`` per image (float32 values)."""
+    sidx = _index(sidx, src.shape[0])
+    dst, didx = _out(src, sidx, dst, didx)
+    if src.shape[1] != 3:
+        raise ValueError("augment native hue: images must have 3 channels")
+    factor = factor.to(torch.float32).contiguous()
+    H, W = src.shape[-2:]
+    rc = lib().fulcra_hue(_p(src), _p(sidx), _p(dst), _p(didx), sidx.numel(), H * W, _p(factor), _threads())
+    _run(rc, "hue")
+    return dst
+
+
+def grayscale(src, sidx=None, dst=None, didx=None) -> torch.Tensor:
+    """Grayscale of RGB images: ``floor(grey)`` on the three channels."""
+    sidx = _index(sidx, src.shape[0])
+    dst, didx = _out(src, sidx, dst, didx)
+    if src.shape[1] != 3:
+        raise ValueError("augment native grayscale: images must have 3 channels")
+    H, W = src.shape[-2:]
+    _run(lib().fulcra_grayscale(_p(src), _p(sidx), _p(dst), _p(didx), sidx.numel(), H * W, _threads()), "grayscale")
     return dst
 
 

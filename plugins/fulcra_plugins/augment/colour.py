@@ -282,9 +282,17 @@ class Hue(Op):
     def __init__(self, value_range: Sequence[float] | None = None):
         super().__init__(value_range)
 
+    def native_apply(self, images, params, index=None, out=None, out_index=None):
+        if images.shape[1] != 3 or not N.available(images):
+            return None
+        return N.hue(images, params["value"].to(torch.float32), index, out, out_index)
+
     def _apply(self, images, params):
         if images.shape[1] == 1:
             return images
+        y = self.native_apply(images, params)
+        if y is not None:
+            return y
         fp = images.is_floating_point()
         x = images if fp else images.to(torch.float32).mul_(1.0 / 255)
         hsv = K.rgb_to_hsv(x)
@@ -303,9 +311,17 @@ class Grayscale(Op):
     def __init__(self, value_range: Sequence[float] | None = None):
         super().__init__(value_range)
 
+    def native_apply(self, images, params, index=None, out=None, out_index=None):
+        if images.shape[1] != 3 or not N.available(images):
+            return None
+        return N.grayscale(images, index, out, out_index)
+
     def _apply(self, images, params):
         if images.shape[1] == 1:
             return images.clone()
+        y = self.native_apply(images, params)
+        if y is not None:
+            return y
         if images.dtype == torch.uint8:
             g = K.gray_uint8_exact(images).to(torch.uint8)
         else:

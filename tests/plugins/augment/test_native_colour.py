@@ -12,7 +12,19 @@ from fulcra_plugins.augment import _native as N
 
 pytestmark = pytest.mark.skipif(N.lib() is None, reason="no C compiler for the native kernels")
 
-OPS = ["color", "sharpness", "contrast", "brightness", "posterize", "solarize", "invert", "equalize", "auto_contrast"]
+OPS = [
+    "color",
+    "sharpness",
+    "contrast",
+    "brightness",
+    "posterize",
+    "solarize",
+    "invert",
+    "equalize",
+    "auto_contrast",
+    "hue",
+    "grayscale",
+]
 ENHANCE = [0.01, 0.37, 1.0, 1.5, 2.0, 1.99, 0.0, 0.5, 2.5, -1.0, 1e5]
 VALUES = {
     "color": ENHANCE,
@@ -24,6 +36,8 @@ VALUES = {
     "invert": [0],
     "equalize": [0],
     "auto_contrast": [0],
+    "hue": [0.2, -0.5, 0.5, 0.0, -0.13, 0.4999, 1e-8, -1e-8],
+    "grayscale": [0],
 }
 SHAPES = [(1, 3, 1, 1), (2, 3, 1, 7), (3, 3, 3, 3), (5, 3, 17, 23), (4, 1, 61, 61), (7, 3, 32, 32), (2, 3, 224, 224)]
 
@@ -93,6 +107,28 @@ def test_color_every_pixel_grey_pair(r, shape, monkeypatch):
     got = op.apply(x, r)
     want = _torch_path(monkeypatch, lambda: op.apply(x, r))
     assert torch.equal(got, want)
+
+
+def _every_triple(n, h, w):
+    v = torch.arange(1 << 24, dtype=torch.int64)
+    rgb = torch.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255]).to(torch.uint8)  # [3, 2**24]
+    return rgb.view(3, n, h, w).transpose(0, 1).contiguous()
+
+
+def test_hue_grayscale_many_triples(monkeypatch):
+    # every 7th RGB triple (2.4M pixels) for Hue's float32 chain; all of them: the slow test below
+    x = _every_triple(16, 1024, 1024)[:, :, ::7].contiguous()
+    for name, v in (("hue", 0.2), ("hue", -0.37), ("grayscale", 0)):
+        op = BUILTIN_OPS[name]()
+        assert torch.equal(op.apply(x, v), _torch_path(monkeypatch, lambda: op.apply(x, v))), (name, v)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("v", [0.2, -0.5, 0.4999, -1e-8])
+def test_hue_every_rgb_triple(v, monkeypatch):
+    x = _every_triple(16, 1024, 1024)
+    op = BUILTIN_OPS["hue"]()
+    assert torch.equal(op.apply(x, v), _torch_path(monkeypatch, lambda: op.apply(x, v)))
 
 
 @pytest.mark.parametrize("size", [20, 64])  # the float32 path, the tabulated path
