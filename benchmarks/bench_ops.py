@@ -25,7 +25,19 @@ from pathlib import Path
 
 import torch
 
-OPS = ["sharpness", "color", "contrast", "brightness", "posterize", "solarize", "invert", "equalize", "auto_contrast"]
+OPS = [
+    "sharpness",
+    "color",
+    "contrast",
+    "brightness",
+    "posterize",
+    "solarize",
+    "invert",
+    "equalize",
+    "auto_contrast",
+    "hue",
+    "grayscale",
+]
 
 
 def _load_old(path: Path):
@@ -80,6 +92,8 @@ def _tv(name):
         "invert": lambda im, v: F.invert(im),
         "equalize": lambda im, v: F.equalize(im),
         "auto_contrast": lambda im, v: F.autocontrast(im),
+        "hue": F.adjust_hue,
+        "grayscale": lambda im, v: F.rgb_to_grayscale(im, 3),
     }[name]
 
 

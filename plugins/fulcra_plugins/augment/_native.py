@@ -29,8 +29,9 @@ _libs: dict = {}
 def lib():
     """The loaded kernel library, or None (the reason logged once)."""
     # native.load is cached too, but resolves the source path on every call (~0.3 ms): this is
-    # called for every group of every stage, so keep the answer per setting of the switches
-    key = (os.environ.get("FULCRA_NATIVE"), os.environ.get("CC"), os.environ.get("FULCRA_NATIVE_CACHE"))
+    # called for every group of every stage, so keep the answer per setting of the on/off switch
+    # (a compiler or cache folder changed while running is seen by a new process)
+    key = os.environ.get("FULCRA_NATIVE")
     if key in _libs:
         return _libs[key]
     _libs[key] = lib = _load()

@@ -262,6 +262,9 @@ class _Out:
     def put(self, idx: torch.Tensor, src: torch.Tensor, src_idx: torch.Tensor | None = None) -> None:
         if self.mode == "rows":
             y = self.y
+            if idx.numel() == 1:  # one image (a warped one): one memcpy
+                y[int(idx)].copy_(src[0 if src_idx is None else int(src_idx)])
+                return
             if src.is_contiguous() and src.dtype == y.dtype and N.available(src) and y.is_contiguous():
                 N.copy_rows(src, y, idx, src_idx)  # one memcpy per image in one call
                 return
