@@ -204,7 +204,7 @@ MULTIVERSION int fulcra_color(const u8 *src, const i64 *sidx, u8 *dst, const i64
                 for (int v = 0; v < 256; v++) TX[v] = (int32_t)floor((double)((float)v * r) * 65536.0);
                 for (int g = 0; g < 255; g++) {
                     const int32_t tg = (int32_t)floor((double)g * (double)a * 65536.0);
-                    u8 *row = T + g * 256;
+                    u8 *restrict row = T + g * 256;
                     int flag = 0;
                     for (int v = 0; v < 256; v++) {
                         int32_t Z = TX[v] + tg;
@@ -280,20 +280,21 @@ MULTIVERSION int fulcra_sharpness(const u8 *src, const i64 *sidx, u8 *dst, const
             const int fast = 255.0f + 255.0f * fabsf(a) < FAST_MAX;
             const int table = fast && npix * C >= TABLE_MIN;
             if (table) {
-                int32_t TR[511]; /* TR[k] = floor(65536 (k - 255) a): TR[255 + b - c] for d = b - c */
-                for (int k = 0; k < 511; k++) TR[k] = (int32_t)floor((double)(k - 255) * (double)a * 65536.0);
+                /* TR[j] = floor(65536 (255 - j) a), so d = b - c reads TR[255 - b + c], ascending in c */
+                int32_t TR[511];
+                for (int j = 0; j < 511; j++) TR[j] = (int32_t)floor((double)(255 - j) * (double)a * 65536.0);
                 for (int b = 0; b < 256; b++) {
-                    u8 *row = T + b * 256;
-                    const int32_t *tr = TR + 255 + b; /* tr[-c] */
+                    u8 *restrict row = T + b * 256;
+                    const int32_t *restrict tr = TR + 255 - b;
                     int flag = 0;
                     for (int c = 0; c < 256; c++) {
-                        int32_t Z = (c << 16) + tr[-c];
+                        int32_t Z = (c << 16) + tr[c];
                         flag |= (Z & 0xFFFF) >= FIX_FLAG;
                         row[c] = fix_out(Z);
                     }
                     if (flag) {
                         for (int c = 0; c < 256; c++)
-                            if ((((c << 16) + tr[-c]) & 0xFFFF) >= FIX_FLAG)
+                            if ((((c << 16) + tr[c]) & 0xFFFF) >= FIX_FLAG)
                                 row[c] = blend_exact((float)c, (float)(b - c), a);
                     }
                 }
