@@ -113,7 +113,7 @@ MULTIVERSION int fulcra_grey_sum(const u8 *src, const i64 *sidx, i64 n, i64 C, i
     if (C != 1 && C != 3) return 1;
     int nt = nthreads_for(nthreads, n);
     int err = 0;
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if (nt > 1)
     {
         u8 *buf = C == 3 ? (u8 *)malloc((size_t)BLK) : NULL;
         if (C == 3 && !buf) {
@@ -181,7 +181,7 @@ MULTIVERSION int fulcra_color(const u8 *src, const i64 *sidx, u8 *dst, const i64
                               const float *r32, const float *alpha, int nthreads) {
     int nt = nthreads_for(nthreads, n);
     int err = 0;
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if (nt > 1)
     {
         u8 *grey = (u8 *)malloc((size_t)BLK);
         u8 *T = (u8 *)malloc((size_t)255 * 256);
@@ -263,7 +263,7 @@ MULTIVERSION int fulcra_sharpness(const u8 *src, const i64 *sidx, u8 *dst, const
     int nt = nthreads_for(nthreads, n);
     int err = 0;
     const i64 npix = H * W;
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if (nt > 1)
     {
         uint16_t *cs = (uint16_t *)malloc((size_t)W * sizeof(uint16_t));
         u8 *bl = (u8 *)malloc((size_t)W);
@@ -350,7 +350,7 @@ MULTIVERSION int fulcra_sharpness(const u8 *src, const i64 *sidx, u8 *dst, const
 MULTIVERSION int fulcra_grayscale(const u8 *src, const i64 *sidx, u8 *dst, const i64 *didx, i64 n, i64 npix,
                                   int nthreads) {
     int nt = nthreads_for(nthreads, n);
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (i64 i = 0; i < n; i++) {
         const u8 *im = src + sidx[i] * 3 * npix;
         u8 *om = dst + didx[i] * 3 * npix;
@@ -426,7 +426,7 @@ static inline void hue_px(u8 R8, u8 G8, u8 B8, float hf, u8 *o0, u8 *o1, u8 *o2)
 MULTIVERSION int fulcra_hue(const u8 *src, const i64 *sidx, u8 *dst, const i64 *didx, i64 n, i64 npix,
                             const float *factor, int nthreads) {
     int nt = nthreads_for(nthreads, n);
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (i64 i = 0; i < n; i++) {
         const u8 *im = src + sidx[i] * 3 * npix;
         u8 *om = dst + didx[i] * 3 * npix;
@@ -443,7 +443,7 @@ MULTIVERSION int fulcra_hue(const u8 *src, const i64 *sidx, u8 *dst, const i64 *
 int fulcra_lut(const u8 *src, const i64 *sidx, u8 *dst, const i64 *didx, i64 n, i64 C, i64 npix, const u8 *lut,
                int nthreads) {
     int nt = nthreads_for(nthreads, n);
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (i64 i = 0; i < n; i++) {
         for (i64 c = 0; c < C; c++) {
             const u8 *x = src + (sidx[i] * C + c) * npix;
@@ -467,7 +467,7 @@ int fulcra_lut(const u8 *src, const i64 *sidx, u8 *dst, const i64 *didx, i64 n, 
  * on runs of equal values. */
 int fulcra_hist(const u8 *src, const i64 *sidx, i64 n, i64 C, i64 npix, i64 *hist, int nthreads) {
     int nt = nthreads_for(nthreads, n);
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (i64 i = 0; i < n; i++) {
         for (i64 c = 0; c < C; c++) {
             const u8 *x = src + (sidx[i] * C + c) * npix;
@@ -491,7 +491,7 @@ int fulcra_hist(const u8 *src, const i64 *sidx, i64 n, i64 C, i64 npix, i64 *his
 /* Minimum and maximum of each channel: out [n, C, 2] uint8. */
 MULTIVERSION int fulcra_minmax(const u8 *src, const i64 *sidx, i64 n, i64 C, i64 npix, u8 *out, int nthreads) {
     int nt = nthreads_for(nthreads, n);
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (i64 i = 0; i < n; i++) {
         for (i64 c = 0; c < C; c++) {
             const u8 *x = src + (sidx[i] * C + c) * npix;

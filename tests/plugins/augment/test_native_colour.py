@@ -190,3 +190,32 @@ def test_bad_indices_are_refused():
 def test_disabled_by_switch(monkeypatch):
     monkeypatch.setenv("FULCRA_NATIVE", "0")
     assert not N.available(_images((1, 3, 4, 4), 7))
+
+
+def _child(q):
+    torch.set_num_threads(2)
+    x = _images((4, 3, 40, 40), 8)
+    q.put(BUILTIN_OPS["sharpness"]().apply(x, 1.7).sum().item())
+
+
+def test_forked_worker_after_parallel_use():
+    # DataLoader workers are forked from a parent that may have run the kernels on several threads:
+    # GNU libgomp would hang in the child's first parallel region, so children use one thread
+    import multiprocessing as mp
+
+    x = _images((4, 3, 40, 40), 8)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        want = BUILTIN_OPS["sharpness"]().apply(x, 1.7).sum().item()
+    finally:
+        torch.set_num_threads(before)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q,), daemon=True)
+    p.start()
+    p.join(60)
+    if p.exitcode is None:
+        p.kill()
+    assert p.exitcode == 0, "the forked worker hung or failed"
+    assert q.get(timeout=5) == want
