@@ -10,8 +10,10 @@
 #   3. fulcra made importable from this checkout: PYTHONPATH + a generated dist-info carrying the
 #      entry points of pyproject.toml (no build backend needed, never a stale wheel)
 #   4. gsplat's CUDA code built (JIT, for this GPU's architecture only) and a smoke render
-#   5. the scenes GPU tests, then every gpu-marked test of the repository
-#   6. the GPU benchmark: 1M Gaussians at ~1 megapixel, D = 40, ms per view per feature dimension
+#   5. the scenes GPU tests (the fused Triton uplift kernel against autograd first), then every
+#      gpu-marked test of the repository
+#   6. the GPU benchmark: 1M Gaussians at ~1 megapixel, D = 40, ms per view per feature dimension:
+#      forward render, fused adjoint and autograd adjoint of the gsplat backend in one run
 # Results go to $OUT (default ./gpu_out): at most 8 files, no subfolders.
 set -u
 set -o pipefail
@@ -64,6 +66,9 @@ install_deps() {
     $PY -c "import $mod" 2>/dev/null || $PY -m pip install -q --retries 0 --timeout 10 "$pkg" || echo "could not install $pkg"
   done
   $PY -c "import omegaconf, plyfile, safetensors, gsplat; print('deps ok, gsplat', gsplat.__version__)"
+  # the fused uplift kernel needs triton (CUDA Linux torch wheels bring it); without it the
+  # gsplat backend falls back to autograd and the fused-adjoint tests are skipped
+  $PY -c "import triton; print('triton', triton.__version__)" || echo "triton: not importable (the fused adjoint will fall back to autograd)"
 }
 
 install_fulcra() {
@@ -111,7 +116,8 @@ PYEOF
 gpu_tests() {
   # the scenes GPU tests first (by path), then every gpu-marked test of the repo; a module that
   # cannot be collected here (a missing optional package) must not stop the others
-  $PY -m pytest -q -rs -p no:cacheprovider tests/plugins/scenes/test_gsplat_backend.py 2>&1 | tee "$OUT/pytest_gpu.txt"
+  $PY -m pytest -q -rs -p no:cacheprovider -m gpu tests/plugins/scenes/test_gsplat_adjoint.py 2>&1 | tee "$OUT/pytest_gpu.txt"
+  $PY -m pytest -q -rs -p no:cacheprovider tests/plugins/scenes/test_gsplat_backend.py 2>&1 | tee -a "$OUT/pytest_gpu.txt"
   $PY -m pytest -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors tests 2>&1 | tee -a "$OUT/pytest_gpu.txt"
 }
 

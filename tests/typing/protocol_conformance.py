@@ -334,6 +334,10 @@ def _scenes_gsplat_RGBScene(x: GsplatScene) -> RGBScene:
     return x
 
 
+def _scenes_gsplat_AdjointScene(x: GsplatScene) -> AdjointScene:
+    return x
+
+
 def _scenes_torch_SceneRepresentation(x: TorchScene) -> SceneRepresentation:
     return x
 

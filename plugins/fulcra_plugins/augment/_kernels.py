@@ -15,8 +15,15 @@ uint8 results are bit-identical for the photometric kernels. Two facts drive the
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "per_image",
@@ -28,7 +35,10 @@ __all__ = [
     "source_index",
     "warp_index",
     "warp_nearest",
+    "warp_nearest_torch",
+    "warp_native_available",
     "crop_resize_bilinear",
+    "crop_resize_bilinear_torch",
     "rgb_to_hsv",
     "hsv_to_rgb",
 ]
@@ -217,8 +227,127 @@ def warp_nearest(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     Returns ``[B, C, H, W]`` of the input dtype. Each image's result depends only on that image and
     its matrix (not on the batch, the thread count, the BLAS library or the device): see
     :func:`source_index` for how the nearest pixel is decided.
+
+    Contiguous CPU images go through the compiled kernel ``_warp.c`` (:mod:`fulcra.native`), which
+    decides every source pixel with the very arithmetic of :func:`source_index` and copies it in
+    one pass per output row, bit-identical to :func:`warp_nearest_torch` (the reference, and the path
+    on CUDA, without a C compiler or with ``FULCRA_NATIVE=0``).
     """
+    if images.device.type == "cpu":
+        lib = _warp_libs.get(os.environ.get("FULCRA_NATIVE"), False)
+        if lib is False:
+            lib = _warp_lib()
+        if lib is not None and _native_warp_ok(images, theta):
+            return _warp_native(lib, images, theta)
+    return warp_nearest_torch(images, theta)
+
+
+def warp_nearest_torch(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """:func:`warp_nearest` in torch operations (:func:`source_index` + :func:`warp_index`): the
+    reference of the compiled kernel, and the path on every device."""
     return warp_index(images, source_index(theta, images.shape[-2], images.shape[-1]))
+
+
+_WARP_C = Path(__file__).with_name("_warp.c")
+_warp_libs: dict = {}
+_announced: set = set()
+
+
+def _warp_lib():
+    """The compiled warp kernel, or None (said once per reason) when unavailable. Loaded once per
+    value of ``FULCRA_NATIVE`` (so that switching it takes effect at the next call; ``CC`` and the
+    cache folder are read at the first load only)."""
+    key = os.environ.get("FULCRA_NATIVE")
+    if key in _warp_libs:
+        return _warp_libs[key]
+    from fulcra import native
+
+    lib = native.load(_WARP_C, openmp=True)
+    if lib is None:
+        why = native.reason(_WARP_C)
+        if why not in _announced:
+            _announced.add(why)
+            (log.info if not native.enabled() else log.warning)(
+                "augment: compiled warp kernel unavailable (%s); using the torch path", why
+            )
+    elif not getattr(lib, "_fulcra_typed", False):
+        vp, i64 = ctypes.c_void_p, ctypes.c_int64
+        lib.fulcra_warp_nearest.argtypes = [vp, vp, vp, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
+        lib.fulcra_warp_nearest.restype = ctypes.c_int
+        lib.fulcra_warp_index.argtypes = [vp, i64, i64, i64, vp]
+        lib.fulcra_warp_index.restype = ctypes.c_int
+        d = ctypes.c_double
+        lib.fulcra_crop_resize.argtypes = [vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
+        lib.fulcra_crop_resize.restype = ctypes.c_int
+        lib.fulcra_crop_axis.argtypes = [i64, d, d, vp, vp, vp]
+        lib.fulcra_crop_axis.restype = ctypes.c_int
+        lib._fulcra_typed = True
+    if len(_warp_libs) > 16:
+        _warp_libs.clear()
+    _warp_libs[key] = lib
+    return lib
+
+
+def warp_native_available() -> bool:
+    """Whether :func:`warp_nearest` uses the compiled kernel for contiguous CPU images."""
+    return _warp_lib() is not None
+
+
+def _native_warp_ok(images: torch.Tensor, theta: torch.Tensor) -> bool:
+    if images.ndim != 4:
+        return False
+    B, _, H, W = images.shape
+    return (
+        images.is_contiguous()
+        and images.numel() > 0
+        and images.element_size() in (1, 2, 4, 8)
+        and not (images.requires_grad and torch.is_grad_enabled())
+        and theta.shape == (B, 2, 3)
+        and theta.device.type == "cpu"
+        and H * W < (1 << 31)
+    )
+
+
+#: output values per call below which the kernels run on one thread: one 224×224 RGB image (the
+#: composite's chunk on CPU) takes ~0.1 ms, where waking a thread team costs more than it saves
+_WARP_PARALLEL_MIN = 1 << 18
+
+
+def _warp_native(lib, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    B, C, H, W = images.shape
+    th = theta
+    if th.dtype != torch.float64 or th.requires_grad or not th.is_contiguous():
+        th = th.detach().to(torch.float64).contiguous()  # exact: source_index rounds it to float32 first
+    out = torch.empty((B, C, H, W), dtype=images.dtype)
+    threads = torch.get_num_threads() if images.numel() >= _WARP_PARALLEL_MIN else 1
+    rc = lib.fulcra_warp_nearest(
+        images.data_ptr(), out.data_ptr(), th.data_ptr(), B, C, H, W, images.element_size(), threads
+    )
+    if rc != 0:
+        # -3: a non-finite matrix (the reference fills with zeros for infinities, fails on NaNs);
+        # -1: out of memory in the kernel. The reference decides (and says what is wrong).
+        return warp_nearest_torch(images, theta)
+    return out
+
+
+def warp_source_native(theta: torch.Tensor, H: int, W: int) -> torch.Tensor | None:
+    """The compiled kernel's source pixel of every output pixel, ``[B, H * W]`` int64 indices into
+    the zero-padded image like :func:`source_index`'s (None when the kernel is unavailable). For
+    tests: comparing it with :func:`source_index` checks the coordinate arithmetic itself."""
+    lib = _warp_lib()
+    if lib is None:
+        return None
+    th = theta.detach().to(torch.float64).contiguous()
+    idx = torch.empty(th.shape[0], H, W, dtype=torch.int32)
+    if lib.fulcra_warp_index(th.data_ptr(), th.shape[0], H, W, idx.data_ptr()) != 0:
+        raise MemoryError("augment: warp kernel out of memory")
+    idx = idx.to(torch.int64)
+    fill = idx < 0
+    y, x = torch.div(idx, W, rounding_mode="floor"), idx.remainder(W)
+    lin = (y + 1) * (W + 2) + (x + 1)
+    # sources outside the image: the reference clamps them onto the zero border; any border index
+    # reads the same zero, so report the reference's own choice there
+    return torch.where(fill, -1, lin).view(th.shape[0], H * W)
 
 
 def _crop_axis(n: int, start: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -238,6 +367,78 @@ def _crop_axis(n: int, start: torch.Tensor, length: torch.Tensor) -> tuple[torch
 
 
 def crop_resize_bilinear(
+    images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor, width: torch.Tensor
+) -> torch.Tensor:
+    """Per-image crop ``[top:top+height, left:left+width]`` resized bilinearly back to ``H, W``
+    (see :func:`crop_resize_bilinear_torch`, the reference).
+
+    Contiguous uint8 and float32 CPU images go through the compiled kernel ``_warp.c``, which
+    repeats the reference's float32 operations in the same order (one output row at a time, no
+    full-size float temporaries), bit-identical to it; other dtypes, CUDA, no C compiler or
+    ``FULCRA_NATIVE=0`` run the reference.
+    """
+    if images.device.type == "cpu" and images.dtype in (torch.uint8, torch.float32):
+        lib = _warp_libs.get(os.environ.get("FULCRA_NATIVE"), False)
+        if lib is False:
+            lib = _warp_lib()
+        if lib is not None and _native_crop_ok(images):
+            B, C, H, W = images.shape
+            box = [_f64(t, B) for t in (top, left, height, width)]
+            if all(t is not None for t in box):
+                out = torch.empty((B, C, H, W), dtype=images.dtype)
+                threads = torch.get_num_threads() if images.numel() >= _WARP_PARALLEL_MIN else 1
+                rc = lib.fulcra_crop_resize(
+                    images.data_ptr(),
+                    out.data_ptr(),
+                    *(t.data_ptr() for t in box),
+                    B,
+                    C,
+                    H,
+                    W,
+                    int(images.is_floating_point()),
+                    threads,
+                )
+                if rc == 0:
+                    return out
+                # a box outside its image (or out of memory): the reference, which says what is wrong
+    return crop_resize_bilinear_torch(images, top, left, height, width)
+
+
+def _f64(t, n: int) -> torch.Tensor | None:
+    """A per-image box coordinate as a contiguous ``[n]`` float64 CPU tensor (None if it is not one)."""
+    if isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.shape == (n,) and t.is_contiguous():
+        return t if t.device.type == "cpu" else None
+    t = torch.as_tensor(t)
+    if t.device.type != "cpu" or t.numel() != n or t.is_complex():
+        return None
+    return t.detach().reshape(n).to(torch.float64).contiguous()
+
+
+def _native_crop_ok(images: torch.Tensor) -> bool:
+    return (
+        images.ndim == 4
+        and images.numel() > 0
+        and images.is_contiguous()
+        and not (images.requires_grad and torch.is_grad_enabled())
+        and images.shape[-2] * images.shape[-1] < (1 << 31)
+    )
+
+
+def crop_axis_native(n: int, start: float, length: float):
+    """The compiled kernel's axis tables ``(i0, i1, w1)`` for one crop span (as :func:`_crop_axis`
+    gives them for one image), or None when the kernel is unavailable or the span is outside
+    ``[0, n)``. For tests."""
+    lib = _warp_lib()
+    if lib is None:
+        return None
+    i0, i1 = torch.empty(n, dtype=torch.int32), torch.empty(n, dtype=torch.int32)
+    w1 = torch.empty(n, dtype=torch.float32)
+    if lib.fulcra_crop_axis(n, float(start), float(length), i0.data_ptr(), i1.data_ptr(), w1.data_ptr()) != 0:
+        return None
+    return i0.to(torch.int64), i1.to(torch.int64), w1
+
+
+def crop_resize_bilinear_torch(
     images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor, width: torch.Tensor
 ) -> torch.Tensor:
     """Per-image crop ``[top:top+height, left:left+width]`` resized bilinearly back to ``H, W``.

@@ -4,11 +4,20 @@
 backend reproduces (eps2d 0.3, near plane 0.01, pixel centres +0.5, 1/255 alpha cut, 1e-4
 transmittance stop), so both backends render the same images up to float rounding and gsplat's
 tile culling at 3 sigma. Features of any dimension are rendered ``channel_chunk`` channels at a
-time (gsplat pads each chunk to a supported width); the adjoint is autograd through gsplat's
-backward kernel.
+time (gsplat pads each chunk to a supported width).
+
+The adjoint (``render_adjoint``, what ``fulcra.uplift`` calls) is a fused Triton kernel over
+gsplat's own projection and tile intersections (``_adjoint_triton``): it accumulates
+``Σ_p w_i(p) F(p)`` straight into the Gaussians instead of running gsplat's backward kernel, which
+also computes every geometry gradient. Where the kernel cannot run (triton missing or running in
+its interpreter, gsplat older than 1.5, a failure on first use) it falls back to autograd through
+``render`` and says why once.
 """
 
 from __future__ import annotations
+
+import math
+import warnings
 
 import torch
 
@@ -18,6 +27,15 @@ from fulcra.errors import ConfigError, MissingDependencyError
 from .base import GaussianScene
 
 __all__ = ["GsplatScene"]
+
+TILE_SIZE = 16  # gsplat.rasterization's default, which render() uses
+_warned: set[str] = set()
+
+
+def _say_once(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"scenes 'gsplat': render_adjoint uses autograd ({reason})", RuntimeWarning, stacklevel=3)
 
 
 def _gsplat():
@@ -42,6 +60,11 @@ class GsplatScene(GaussianScene):
         device: a CUDA device (``auto`` picks ``cuda``).
         channel_chunk: channels rasterised per gsplat call.
         packed: gsplat's packed mode (less memory for large scenes).
+        fused_adjoint: use the fused Triton uplift kernel for ``render_adjoint`` when it can run
+            (False: always autograd through ``render``).
+
+    Attributes:
+        adjoint_path: ``"fused"`` or ``"autograd"``, the path the last ``render_adjoint`` took.
     """
 
     @staticmethod
@@ -51,7 +74,14 @@ class GsplatScene(GaussianScene):
 
         return {"ply": str(synthetic_ply(0.05)), "device": "cuda"}
 
-    def __init__(self, ply: str = "", device: str = "auto", channel_chunk: int = 64, packed: bool = False):
+    def __init__(
+        self,
+        ply: str = "",
+        device: str = "auto",
+        channel_chunk: int = 64,
+        packed: bool = False,
+        fused_adjoint: bool = True,
+    ):
         self._gs = _gsplat()
         if not torch.cuda.is_available():
             raise ConfigError("scenes 'gsplat': CUDA is not available; use the 'torch' backend on CPU")
@@ -59,9 +89,18 @@ class GsplatScene(GaussianScene):
         if self.device.type != "cuda":
             raise ConfigError(f"scenes 'gsplat': device must be cuda, got {self.device}")
         self.channel_chunk, self.packed = int(channel_chunk), bool(packed)
+        self.fused_adjoint = bool(fused_adjoint)
+        self.adjoint_path = ""
+        self._fused_off = "" if self.fused_adjoint else "fused_adjoint=False"
+        self._fused_tried = False
 
     def _options(self) -> dict:
-        return {"device": str(self.device), "channel_chunk": self.channel_chunk, "packed": self.packed}
+        return {
+            "device": str(self.device),
+            "channel_chunk": self.channel_chunk,
+            "packed": self.packed,
+            "fused_adjoint": self.fused_adjoint,
+        }
 
     def render(self, features: torch.Tensor, camera: Camera) -> torch.Tensor:
         self._check_features(features)
@@ -87,6 +126,122 @@ class GsplatScene(GaussianScene):
         )
         out, _, _ = self._gs.rasterization(**{k: v for k, v in kwargs.items() if k in self._accepted})
         return out[0]
+
+    def render_adjoint(self, images: torch.Tensor, camera: Camera) -> torch.Tensor:
+        """``Wᵀ F``: ``images [H, W, D]`` -> ``[N, D]`` float32, the transpose of :meth:`render`.
+
+        The fused Triton kernel when it can run (see the module docstring), else autograd through
+        :meth:`render` (the reason is warned once). Both give the same sums up to float32 rounding;
+        the fused sums are made with GPU atomics, so their last bits may vary from run to run.
+        """
+        if images.ndim != 3 or images.shape[:2] != (camera.height, camera.width):
+            raise ValueError(f"images must be [H={camera.height}, W={camera.width}, D], got {list(images.shape)}")
+        images = images.to(self.device, torch.float32)
+        kernel = self._fused_kernel()
+        if kernel is not None:
+            try:
+                out = self._fused(kernel, images, camera)
+                self._fused_tried = True
+                self.adjoint_path = "fused"
+                return out
+            except Exception as exc:  # noqa: BLE001 - only on first use: a toolchain that cannot build it
+                if self._fused_tried:
+                    raise
+                self._fused_off = f"the fused kernel failed on first use: {type(exc).__name__}: {exc}"[:300]
+                _say_once(self._fused_off)
+        self.adjoint_path = "autograd"
+        return self._autograd_adjoint(images, camera)
+
+    def _fused_kernel(self):
+        """The ``_adjoint_triton`` module, or None (and the reason warned once)."""
+        if not self._fused_off:
+            try:
+                from . import _adjoint_triton as kernel
+            except ImportError as exc:
+                self._fused_off = f"triton is not importable: {exc}"
+            else:
+                if kernel.interpreted():
+                    self._fused_off = "TRITON_INTERPRET is set: the interpreter is for CPU tests"
+                elif "image_ids" not in self._isect_params:
+                    self._fused_off = f"gsplat {getattr(self._gs, '__version__', '?')} predates the 1.5 API"
+                else:
+                    return kernel
+        if self._fused_off != "fused_adjoint=False":
+            _say_once(self._fused_off)
+        return None
+
+    def _fused(self, kernel, images: torch.Tensor, camera: Camera, **tuning) -> torch.Tensor:
+        """The fused path (``tuning``: ``block_k``, ``max_channel_block``, ``num_warps``, ``dot_precision``
+        of :func:`_adjoint_triton.rasterize_adjoint`)."""
+        g = self.gaussians
+        W, H = camera.width, camera.height
+        gs = self._gs
+        with torch.no_grad():
+            # the same projection and intersections rasterization() computes for render()
+            proj = gs.fully_fused_projection(
+                g.means,
+                None,
+                g.quats,
+                g.scales,
+                camera.viewmat.to(self.device)[None],
+                camera.K.to(self.device)[None],
+                W,
+                H,
+                eps2d=0.3,
+                near_plane=0.01,
+                far_plane=1e10,
+                radius_clip=0.0,
+                packed=self.packed,
+                calc_compensations=False,
+                opacities=g.opacities,
+            )
+            radii, means2d, depths, conics = proj[-5:-1]
+            tw, th = math.ceil(W / TILE_SIZE), math.ceil(H / TILE_SIZE)
+            if self.packed:
+                image_ids, gaussian_ids = proj[-7], proj[-6]  # one camera, no batch: image = camera
+                opac = g.opacities[gaussian_ids]
+                _, isect_ids, flatten_ids = gs.isect_tiles(
+                    means2d,
+                    radii,
+                    depths,
+                    TILE_SIZE,
+                    tw,
+                    th,
+                    packed=True,
+                    n_images=1,
+                    image_ids=image_ids,
+                    gaussian_ids=gaussian_ids,
+                )
+            else:
+                gaussian_ids = None
+                opac = g.opacities[None]
+                _, isect_ids, flatten_ids = gs.isect_tiles(means2d, radii, depths, TILE_SIZE, tw, th)
+            offsets = gs.isect_offset_encode(isect_ids, 1, tw, th)
+            num, _ = kernel.adjoint_from_projection(
+                self.num_primitives,
+                means2d,
+                conics,
+                opac,
+                images,
+                TILE_SIZE,
+                offsets,
+                flatten_ids,
+                gaussian_ids,
+                **tuning,
+            )
+        return num
+
+    def _autograd_adjoint(self, images: torch.Tensor, camera: Camera) -> torch.Tensor:
+        with torch.enable_grad():
+            f = torch.zeros(self.num_primitives, images.shape[-1], device=self.device, requires_grad=True)
+            (grad,) = torch.autograd.grad(self.render(f, camera), f, grad_outputs=images)
+        return grad
+
+    @property
+    def _isect_params(self) -> set:
+        import inspect
+
+        return set(inspect.signature(self._gs.isect_tiles).parameters)
 
     @property
     def _accepted(self) -> set:
