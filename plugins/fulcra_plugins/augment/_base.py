@@ -10,6 +10,7 @@ import torch
 from fulcra.interfaces import BaseAugmentationOp
 
 from . import _kernels as K
+from . import _native as N
 
 __all__ = ["Op", "Identity"]
 
@@ -24,6 +25,8 @@ class Op(BaseAugmentationOp):
 
     kind = "other"
     has_magnitude = True
+    #: whether :meth:`lut` reads the pixels (False: only the batch's shape and device)
+    lut_reads_pixels = True
 
     def __init__(self, value_range: Sequence[float] | None = None):
         """
@@ -41,6 +44,33 @@ class Op(BaseAugmentationOp):
         """``[B, C, 256]`` uint8 table for uint8 ``images`` (``kind == "lut"`` only)."""
         raise NotImplementedError
 
+    def lut_indexed(self, images: torch.Tensor, index: torch.Tensor | None, params: Mapping[str, Any]) -> torch.Tensor:
+        """:meth:`lut` of ``images[index]`` (all images when ``index`` is None) without gathering
+        them where the table needs no pixels or a compiled kernel computes its statistics in place."""
+        if index is None:
+            return self.lut(images, params)
+        if not self.lut_reads_pixels:
+            return self.lut(images[:1].expand(index.numel(), *images.shape[1:]), params)
+        return self.lut(images.index_select(0, index.to(images.device)), params)
+
+    def native_apply(
+        self,
+        images: torch.Tensor,
+        params: Mapping[str, Any],
+        index: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
+        out_index: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """The op on ``images[index]`` by a compiled whole-batch kernel (:mod:`._native`), written
+        into ``out[out_index]`` (a new tensor when ``out`` is None) and returned; None, with nothing
+        written, where the op has no kernel for these images (CUDA, float, no compiler, ...). The
+        result is bit-identical to :meth:`apply_params` on ``images[index]``."""
+        if self.kind == "lut" and N.available(images):
+            n = images.shape[0] if index is None else index.numel()
+            if _sliceable(params, n):
+                return N.lut(images, self.lut_indexed(images, index, params), index, out, out_index)
+        return None
+
     def matrix(self, params: Mapping[str, Any], height: int, width: int) -> torch.Tensor:
         """``[B, 2, 3]`` float64 inverse affine matrices (``kind == "affine"`` only)."""
         return K.inverse_affine(*self.affine_args(params, height, width))
@@ -55,7 +85,8 @@ class Op(BaseAugmentationOp):
         if self.kind == "identity":
             return images
         if self.kind == "lut" and images.dtype == torch.uint8:
-            return K.apply_lut(images, self.lut(images, params))
+            y = self.native_apply(images, params)
+            return y if y is not None else K.apply_lut(images, self.lut(images, params))
         if self.kind == "affine":
             return K.warp_nearest(images, self.matrix(params, images.shape[-2], images.shape[-1]))
         return self._apply(images, params)
@@ -96,3 +127,8 @@ class _Lut(Op):
 
     def _apply(self, images, params):
         return self._float_map(images, params)
+
+
+def _sliceable(params: Mapping, n: int) -> bool:
+    """Whether every parameter is a per-image ``[n, ...]`` tensor."""
+    return all(isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n for v in params.values())

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _kernels as K
+from . import _native as N
 from ._base import Op, _Lut
 
 __all__ = [
@@ -30,6 +31,8 @@ class Invert(_Lut):
     name = "invert"
     has_magnitude = False
 
+    lut_reads_pixels = False
+
     def __init__(self, value_range: Sequence[float] | None = None):
         super().__init__(value_range)
 
@@ -47,6 +50,8 @@ class Solarize(_Lut):
 
     name = "solarize"
     value_range = (255.0, 0.0)
+
+    lut_reads_pixels = False
 
     def __init__(self, value_range: Sequence[float] | None = None):
         super().__init__(value_range)
@@ -80,6 +85,8 @@ class Posterize(_Lut):
 
     name = "posterize"
     value_range = (8.0, 2.0)
+
+    lut_reads_pixels = False
 
     def __init__(self, value_range: Sequence[float] | None = None):
         super().__init__(value_range)
@@ -123,6 +130,8 @@ class Brightness(_Enhance):
     name = "brightness"
     kind = "lut"
 
+    lut_reads_pixels = False
+
     def __init__(self, value_range: Sequence[float] | None = None):
         super().__init__(value_range)
 
@@ -156,12 +165,25 @@ class Contrast(_Enhance):
         super().__init__(value_range)
 
     def lut(self, images, params):
-        B, C = images.shape[:2]
-        mean = _gray_floor(images).mean(dim=(-3, -2, -1)).view(B, 1, 1)
+        return self._lut_from_mean(_gray_floor(images).mean(dim=(-3, -2, -1)), images.shape[1], params)
+
+    def lut_indexed(self, images, index, params):
+        C, H, W = images.shape[1:]
+        # the float32 mean of integers is exact while every partial sum is (sum < 2**24): then the
+        # compiled integer sum divided in float32 is the torch mean, whatever torch's summation order
+        if C in (1, 3) and H * W * 255 < (1 << 24) and N.available(images):
+            mean = N.grey_sum(images, index).to(torch.float32).div_(H * W)
+            return self._lut_from_mean(mean, C, params)
+        return super().lut_indexed(images, index, params)
+
+    @staticmethod
+    def _lut_from_mean(mean, C, params):
+        B = mean.shape[0]
+        mean = mean.view(B, 1, 1)
         r = params["value"].to(torch.float64)
         r32 = r.to(torch.float32).view(B, 1, 1)
         alpha = (1.0 - r).to(torch.float32).view(B, 1, 1)
-        v = torch.arange(256, device=images.device, dtype=torch.float32).view(1, 1, 256)
+        v = torch.arange(256, device=mean.device, dtype=torch.float32).view(1, 1, 256)
         return K.fma32(v * r32, mean, alpha).clamp_(0, 255).to(torch.uint8).expand(B, C, 256)
 
     def _apply(self, images, params):
@@ -178,9 +200,18 @@ class Color(_Enhance):
     def __init__(self, value_range: Sequence[float] | None = None):
         super().__init__(value_range)
 
+    def native_apply(self, images, params, index=None, out=None, out_index=None):
+        if images.shape[1] != 3 or not N.available(images):
+            return None
+        r = params["value"].to(torch.float64)
+        return N.color(images, r.to(torch.float32), (1.0 - r).to(torch.float32), index, out, out_index)
+
     def _apply(self, images, params):
         if images.shape[1] == 1:
             return images
+        y = self.native_apply(images, params)
+        if y is not None:
+            return y
         gray = _gray_floor(images)
         if images.dtype == torch.uint8:
             r = params["value"].to(torch.float64)
@@ -199,10 +230,19 @@ class Sharpness(_Enhance):
     def __init__(self, value_range: Sequence[float] | None = None):
         super().__init__(value_range)
 
+    def native_apply(self, images, params, index=None, out=None, out_index=None):
+        if images.shape[-2] <= 2 or images.shape[-1] <= 2 or not N.available(images):
+            return None
+        alpha = (1.0 - params["value"].to(torch.float64)).to(torch.float32)
+        return N.sharpness(images, alpha, index, out, out_index)
+
     def _apply(self, images, params):
         B, C, H, W = images.shape
         if H <= 2 or W <= 2:
             return images
+        y = self.native_apply(images, params)
+        if y is not None:
+            return y
         fp = images.is_floating_point()
         r = params["value"].to(torch.float64)
         if fp:
@@ -242,9 +282,17 @@ class Hue(Op):
     def __init__(self, value_range: Sequence[float] | None = None):
         super().__init__(value_range)
 
+    def native_apply(self, images, params, index=None, out=None, out_index=None):
+        if images.shape[1] != 3 or not N.available(images):
+            return None
+        return N.hue(images, params["value"].to(torch.float32), index, out, out_index)
+
     def _apply(self, images, params):
         if images.shape[1] == 1:
             return images
+        y = self.native_apply(images, params)
+        if y is not None:
+            return y
         fp = images.is_floating_point()
         x = images if fp else images.to(torch.float32).mul_(1.0 / 255)
         hsv = K.rgb_to_hsv(x)
@@ -263,9 +311,17 @@ class Grayscale(Op):
     def __init__(self, value_range: Sequence[float] | None = None):
         super().__init__(value_range)
 
+    def native_apply(self, images, params, index=None, out=None, out_index=None):
+        if images.shape[1] != 3 or not N.available(images):
+            return None
+        return N.grayscale(images, index, out, out_index)
+
     def _apply(self, images, params):
         if images.shape[1] == 1:
             return images.clone()
+        y = self.native_apply(images, params)
+        if y is not None:
+            return y
         if images.dtype == torch.uint8:
             g = K.gray_uint8_exact(images).to(torch.uint8)
         else:

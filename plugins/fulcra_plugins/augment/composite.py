@@ -18,6 +18,7 @@ import torch
 from fulcra.policy import build_ops
 
 from . import _kernels as K
+from . import _native as N
 from .ops import ALL_OPS, Op
 
 __all__ = ["build_ops", "CompositeAugment", "BUILTIN_OPS"]
@@ -120,6 +121,9 @@ class CompositeAugment:
         y = _Out(x)
         H, W = x.shape[-2:]
         step = self._chunk(x)
+        # compiled whole-group kernels (uint8 on CPU, _native.py): one call per op and stage, reading
+        # the images in place and writing straight into the output
+        nat = N.available(x)
         proxy_src = x[:1]
         aff_idx, aff_mats = [], []
         lut_segs = []  # (op, original indices, params)
@@ -152,11 +156,15 @@ class CompositeAugment:
                 kind == "lut"
                 and x.dtype == torch.uint8
                 and _sliceable(params, hi - lo)
-                and (step > 1 or type(op).apply_params is Op.apply_params)
+                and (nat or step > 1 or type(op).apply_params is Op.apply_params)
             ):
                 # tables fused across ops pay off for many small images; one large image at a time
                 # goes through the op's own uint8 path when it has one (Invert, Posterize, Solarize)
                 lut_segs.append((op, gidx, params))
+            elif (
+                nat and isinstance(op, Op) and y.native(gidx, lambda dst, di: op.native_apply(x, params, gidx, dst, di))
+            ):
+                pass
             elif not _sliceable(params, hi - lo):
                 y.put(gidx, op.apply_params(x.index_select(0, gidx), params))
             else:
@@ -176,8 +184,21 @@ class CompositeAugment:
                 ci = idx[a : a + step]
                 y.put(ci, K.warp_nearest(_take(x, ci), mats[a : a + step]))
         if lut_segs:
-            self._luts(x, y, lut_segs, step)
+            if nat:
+                self._luts_native(x, y, lut_segs)
+            else:
+                self._luts(x, y, lut_segs, step)
         return y.finish()
+
+    @staticmethod
+    def _luts_native(x, y, segs):
+        """All uint8 lookup-table images of a stage in one compiled call: each op's tables for its
+        whole group (statistics computed in place), then one pass over every image."""
+        C = x.shape[1]
+        idx = torch.cat([s[1] for s in segs])
+        tabs = [op.lut_indexed(x, gidx, params).expand(gidx.numel(), C, 256) for op, gidx, params in segs]
+        table = tabs[0] if len(tabs) == 1 else torch.cat(tabs)
+        y.native(idx, lambda dst, di: N.lut(x, table, idx, dst, di))
 
     @staticmethod
     def _luts(x, y, segs, step):
@@ -225,9 +246,28 @@ class _Out:
         self.idx: list = []
         self.parts: list = []
 
+    def native(self, idx: torch.Tensor, write) -> bool:
+        """``write(dst, dst_idx)`` fills images ``dst_idx`` of ``dst`` with the results for ``idx``
+        (a compiled kernel) and returns them, or returns None having written nothing; True if it
+        wrote. CPU only."""
+        if self.mode == "rows":
+            return write(self.y, idx) is not None
+        out = write(None, None)
+        if out is None:
+            return False
+        self.idx.append(idx)
+        self.parts.append(out)
+        return True
+
     def put(self, idx: torch.Tensor, src: torch.Tensor, src_idx: torch.Tensor | None = None) -> None:
         if self.mode == "rows":
             y = self.y
+            if idx.numel() == 1:  # one image (a warped one): one memcpy
+                y[int(idx)].copy_(src[0 if src_idx is None else int(src_idx)])
+                return
+            if src.is_contiguous() and src.dtype == y.dtype and N.available(src) and y.is_contiguous():
+                N.copy_rows(src, y, idx, src_idx)  # one memcpy per image in one call
+                return
             dst = idx.tolist()
             srcs = src_idx.tolist() if src_idx is not None else range(len(dst))
             for i, j in zip(dst, srcs):
