@@ -46,11 +46,36 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load", "reason", "enabled", "cache_dir", "ptr", "compiler"]
+__all__ = ["load", "reason", "enabled", "cache_dir", "ptr", "compiler", "threads"]
 
 _lock = threading.Lock()
 _loaded: dict[tuple, tuple[ctypes.CDLL | None, str]] = {}
 _reasons: dict[str, str] = {}
+
+
+# GNU libgomp's thread pool does not survive fork(): a forked child (a DataLoader or multiprocessing
+# worker) whose parent ran an OpenMP kernel on several threads would hang in its first parallel
+# region. Children therefore run every kernel on one thread (outputs never depend on the count).
+_forked = False
+
+
+def _after_fork_in_child() -> None:
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def threads() -> int:
+    """The thread count to hand an OpenMP kernel: torch's intra-op count, or 1 in a forked child
+    (libgomp cannot start a team there once the parent has used one)."""
+    if _forked:
+        return 1
+    import torch
+
+    return max(1, torch.get_num_threads())
 
 
 def enabled() -> bool:

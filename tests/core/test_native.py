@@ -125,3 +125,28 @@ def test_ptr_checks_dtype_contiguity_and_device():
         native.ptr(torch.zeros(3), np.int32)
     with pytest.raises(TypeError, match="contiguous"):
         native.ptr(torch.zeros(3, 4).t(), np.float32)
+
+
+def _threads_in_child(q):
+    q.put(native.threads())
+
+
+def test_threads_is_one_in_a_forked_child(monkeypatch):
+    # libgomp's pool does not survive fork(): kernels in a forked worker must not start a team
+    import multiprocessing as mp
+
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert native.threads() == 2
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=_threads_in_child, args=(q,), daemon=True)
+        p.start()
+        p.join(60)
+        assert p.exitcode == 0
+        assert q.get(timeout=5) == 1
+    finally:
+        torch.set_num_threads(before)

@@ -319,7 +319,9 @@ def _warp_native(lib, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor
     if th.dtype != torch.float64 or th.requires_grad or not th.is_contiguous():
         th = th.detach().to(torch.float64).contiguous()  # exact: source_index rounds it to float32 first
     out = torch.empty((B, C, H, W), dtype=images.dtype)
-    threads = torch.get_num_threads() if images.numel() >= _WARP_PARALLEL_MIN else 1
+    from fulcra import native
+
+    threads = native.threads() if images.numel() >= _WARP_PARALLEL_MIN else 1  # 1 in forked children
     rc = lib.fulcra_warp_nearest(
         images.data_ptr(), out.data_ptr(), th.data_ptr(), B, C, H, W, images.element_size(), threads
     )
@@ -386,7 +388,9 @@ def crop_resize_bilinear(
             box = [_f64(t, B) for t in (top, left, height, width)]
             if all(t is not None for t in box):
                 out = torch.empty((B, C, H, W), dtype=images.dtype)
-                threads = torch.get_num_threads() if images.numel() >= _WARP_PARALLEL_MIN else 1
+                from fulcra import native
+
+                threads = native.threads() if images.numel() >= _WARP_PARALLEL_MIN else 1  # 1 in forked children
                 rc = lib.fulcra_crop_resize(
                     images.data_ptr(),
                     out.data_ptr(),

@@ -110,23 +110,10 @@ def _in_range(idx: torch.Tensor, n: int) -> bool:
     return int(lo) >= 0 and int(hi) < n
 
 
-# GNU libgomp's thread pool does not survive fork(): a forked child (a DataLoader worker) whose
-# parent ran a kernel on several threads would hang in its first parallel region, so children run
-# the kernels on one thread (the outputs do not depend on the thread count)
-_forked = False
-
-
-def _after_fork_in_child() -> None:
-    global _forked
-    _forked = True
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def _threads() -> int:
-    return 1 if _forked else max(1, torch.get_num_threads())
+    from fulcra import native
+
+    return native.threads()  # 1 in a forked child: libgomp's pool does not survive fork()
 
 
 def _run(rc: int, name: str) -> None:

@@ -449,10 +449,11 @@ def symmetric_upper(
     lib = _diffuse_lib()
     if lib is None:
         return None
+    from fulcra import native
     from fulcra.native import ptr
 
     t0 = time.perf_counter()
-    nt = max(1, int(threads or torch.get_num_threads()))
+    nt = max(1, int(threads or native.threads()))  # 1 in a forked child
     n = graph.num_nodes
     indptr = np.ascontiguousarray(graph.indptr.numpy(), dtype=np.int64)
     indices = np.ascontiguousarray(graph.indices.numpy(), dtype=np.int32)
@@ -500,6 +501,7 @@ def _block_hops(dist: torch.Tensor, n: int, rows: int, steps: int) -> torch.Tens
 
 def _power_native(lib, U: UpperS, graph, g0, steps, sqrt_p, eps, threads=None) -> torch.Tensor:
     """:func:`_power_restricted` (float route) in the compiled kernel; ``steps >= 1``, CPU tensors."""
+    from fulcra import native
     from fulcra.native import ptr
 
     n, q = g0.shape
@@ -517,7 +519,7 @@ def _power_native(lib, U: UpperS, graph, g0, steps, sqrt_p, eps, threads=None) -
     o0 = (-(store.data_ptr() // 4)) % 1024  # floats to the next 4 KiB boundary
     o1 = o0 + m + (512 - m) % 1024  # ≡ o0 + 512 floats (2 KiB) modulo 1024
     bufs = [store[o0 : o0 + m].view(n, q), store[o1 : o1 + m].view(n, q)]
-    nt = max(1, int(threads or torch.get_num_threads()))
+    nt = max(1, int(threads or native.threads()))  # 1 in a forked child
     st = lib.fulcra_sym_power(
         n, q, U.window, U.sub, ptr(U.near_ptr, np.int64), U.delta.ctypes.data, ptr(U.near_val, np.float32),
         ptr(U.far_ptr, np.int64), ptr(U.far_col, np.int32), ptr(U.far_val, np.float32), ptr(sub_hop, np.int32),

@@ -253,6 +253,7 @@ def _knn_lib():
 
 def _native_level(lib, pos, feats, idx, gs, r_lo, r_hi, b_lo, b_hi, kk, nbrs, dots) -> list:
     """One octree level of :func:`_grid_knn_sorted` in the compiled kernel; returns the failed rows."""
+    from fulcra import native
     from fulcra.native import ptr
 
     idx = np.ascontiguousarray(idx, dtype=np.int64)
@@ -281,7 +282,7 @@ def _native_level(lib, pos, feats, idx, gs, r_lo, r_hi, b_lo, b_hi, kk, nbrs, do
         ptr(nbrs, np.int32, "nbrs"),
         ptr(dots, np.float32, "dots") if dots is not None else None,
         ptr(failed, np.uint8),
-        max(1, torch.get_num_threads()),
+        native.threads(),  # 1 in a forked child (libgomp's pool does not survive fork())
     )
     if status != 0:
         raise MemoryError("graph_diffusion: the compiled kNN kernel ran out of memory")
