@@ -1,5 +1,5 @@
 """Saved-output check for the op library's speed work: digests (sha256 of bytes, shape, dtype) of
-every geometric and crop op's output and of whole policies, to prove a faster kernel bit-identical.
+every op's output and of whole policies, to prove a faster kernel bit-identical.
 
     .venv/bin/python scripts/augment_digests.py save /tmp/ref.pt     # on the old code (e.g. main)
     .venv/bin/python scripts/augment_digests.py check /tmp/ref.pt    # on the new code: exit 1 on any change
@@ -8,8 +8,12 @@ Covers each affine op (ShearX/Y, TranslateX/Y, Rotate, RandomCrop) at several va
 per-image and sampled values, uint8 and float32, sizes 1×1 to 224×224 (odd, non-square), 1 and 3
 channels, batches 1/7/64, non-contiguous and channels-last inputs; ``warp_nearest`` and
 ``source_index`` on random matrices in four dtypes; RandomResizedCrop at four scales and sampled
-boxes; TrivialAugment and uniform K = 1/3 policies over all ops at 32, 61 and 224, uint8 and float.
-One thread; about 20 s. Used for issue 17 (docs/benchmarks.md, "Compiled warps").
+boxes; every colour and histogram op (Sharpness, Color, Contrast, Brightness, Posterize, Solarize,
+Invert, Hue, Grayscale, ColorJitter, Equalize, AutoContrast) at values at and beyond its range ends and
+at sampled magnitudes, on random, low-contrast, constant and two-level images, 32/61/224, batches
+1/7/16, 1 and 3 channels, uint8 and float32; TrivialAugment and uniform K = 1/3 policies over all ops
+at 32, 61 and 224, uint8 and float. One thread; about a minute. Used for issue 17
+(docs/benchmarks.md, "Compiled warps" and "Compiled colour ops").
 """
 
 from __future__ import annotations
@@ -102,6 +106,41 @@ def collect() -> dict:
                     g = torch.Generator().manual_seed(h + b + c)
                     p = rrc.sample_params(x, torch.rand(b, generator=g), g)
                     out[("rrc", h, w, b, c, str(dt), "sampled")] = digest(rrc.apply_params(x, p))
+    # colour and histogram ops (compiled colour kernels): values at and beyond the range ends, low-contrast,
+    # constant and two-level images for the histogram ops, sampled magnitudes through apply_params
+    COLOURS = {
+        "sharpness": [0.0, 0.01, 0.37, 1.0, 1.5, 1.99, 2.5],
+        "color": [0.0, 0.01, 0.37, 1.0, 1.5, 1.99, 2.5],
+        "contrast": [0.0, 0.01, 0.37, 1.0, 1.5, 1.99, 2.5],
+        "brightness": [0.0, 0.01, 0.37, 1.0, 1.5, 1.99, 2.5],
+        "posterize": [8, 7, 5, 2, 1, 0],
+        "solarize": [255, 256, 254.5, 128, 1, 0, 0.3],
+        "invert": [0],
+        "hue": [-0.5, -0.1, 0, 0.25, 0.5],
+        "grayscale": [0],
+        "color_jitter": [0, 0.2, 0.4],
+        "equalize": [0],
+        "auto_contrast": [0],
+    }
+    for h, w in ((32, 32), (61, 61), (224, 224)):
+        for b in (1, 7, 16):
+            for c in (1, 3):
+                x = imgs(b, c, h, w, h * 100 + b * 10 + c, torch.uint8)
+                if b > 3:
+                    x[1] = x[1] // 4 + 60  # low contrast
+                    x[2] = 77  # constant
+                    x[3] = x[3] // 128 * 255  # two levels
+                for dt in (torch.uint8, torch.float32):
+                    xi = x.float() / 255 if dt == torch.float32 else x
+                    for name, vals in COLOURS.items():
+                        if c == 1 and name in ("color", "hue", "grayscale", "color_jitter"):
+                            continue  # 3-channel ops
+                        op = BUILTIN_OPS[name]()
+                        for v in vals:
+                            out[(name, h, w, b, c, str(dt), v)] = digest(op.apply(xi, v))
+                        g = torch.Generator().manual_seed(b + h)
+                        p = op.sample_params(xi, torch.linspace(0, 1, b), g)
+                        out[(name, h, w, b, c, str(dt), "sampled")] = digest(op.apply_params(xi, p))
     # policies
     for h, w, B in ((32, 32, 128), (61, 61, 16), (224, 224, 16)):
         for dt in (torch.uint8, torch.float32):
