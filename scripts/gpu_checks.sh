@@ -14,7 +14,10 @@
 #      gpu-marked test of the repository
 #   6. the GPU benchmark: 1M Gaussians at ~1 megapixel, D = 40, ms per view per feature dimension:
 #      forward render, fused adjoint and autograd adjoint of the gsplat backend in one run
-# Results go to $OUT (default ./gpu_out): at most 8 files, no subfolders.
+#   7. the CPU suites of the batched kernels on CUDA (--device cuda), ImageMixer / distill on CUDA,
+#      the extractor benchmark, graph diffusion's CUDA path at k = 200 (300k Gaussians, 20 steps,
+#      scipy beside it) and the op library on GPU tensors vs torchvision v2 (kornia when installed)
+# Results go to $OUT (default ./gpu_out): 7 files (every benchmark's text in bench_gpu.txt).
 set -u
 set -o pipefail
 OUT="${OUT:-$PWD/gpu_out}"
@@ -126,8 +129,19 @@ cuda_device_tests() {  # the CPU suites of the batched kernels, run on the GPU t
     tests/plugins/augment tests/plugins/refiners tests/plugins/scenes tests/core/test_uplift_adjoint.py 2>&1 | tail -60 > "$OUT/pytest_cuda_device.txt"
 }
 
-gpu_bench() {
-  $PY benchmarks/bench_uplift.py --gpu --out "$OUT/bench_uplift_gpu.json" 2>&1 | tee "$OUT/bench_uplift_gpu.txt"
+gpu_bench() {  # every benchmark's text output goes to one file (the device tool returns at most 8)
+  $PY benchmarks/bench_uplift.py --gpu --out "$OUT/bench_uplift_gpu.json" 2>&1 | tee "$OUT/bench_gpu.txt"
+}
+
+graph_gpu() {  # graph diffusion's CUDA path at the official k = 200 (300k Gaussians), beside scipy on the CPU
+  echo "=== bench_graph k=200 cuda" >> "$OUT/bench_gpu.txt"
+  timeout 240 $PY benchmarks/bench_graph.py --n 300000 --k 200 --steps 20 --prompts 20 --repeats 2 --threads 8 \
+    --device cuda >> "$OUT/bench_gpu.txt" 2>&1
+}
+
+augment_gpu() {  # the op library on GPU tensors vs torchvision v2 (and kornia when it is installed)
+  echo "=== bench_augment cuda" >> "$OUT/bench_gpu.txt"
+  timeout 180 $PY benchmarks/bench_augment.py --device cuda >> "$OUT/bench_gpu.txt" 2>&1
 }
 
 distill_gpu() {  # ImageMixer in float16 on the GPU + a short distill-digits run on cuda
@@ -135,7 +149,8 @@ distill_gpu() {  # ImageMixer in float16 on the GPU + a short distill-digits run
 }
 
 extractors_gpu() {  # cost per image of the real extractor architectures (random weights) on the GPU
-  timeout 150 $PY benchmarks/bench_extractors.py --device cuda --which all --clip-crops 0 > "$OUT/bench_extractors_gpu.txt" 2>&1
+  echo "=== bench_extractors cuda" >> "$OUT/bench_gpu.txt"
+  timeout 150 $PY benchmarks/bench_extractors.py --device cuda --which all --clip-crops 0 >> "$OUT/bench_gpu.txt" 2>&1
 }
 
 step env env_report
@@ -147,5 +162,7 @@ step gpu_bench gpu_bench
 step cuda_device_tests cuda_device_tests
 step distill_gpu distill_gpu
 step extractors_gpu extractors_gpu
+step graph_gpu graph_gpu
+step augment_gpu augment_gpu
 cat "$TIMES"
 exit 0
