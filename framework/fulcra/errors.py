@@ -12,6 +12,7 @@ __all__ = [
     "PluginLoadError",
     "DuplicatePluginError",
     "ConfigError",
+    "DeviceUnavailableError",
     "FormatError",
     "WeightsNotFoundError",
     "DataNotFoundError",
@@ -44,6 +45,11 @@ class DuplicatePluginError(FulcraError):
 
 class ConfigError(FulcraError, ValueError):
     """An unknown, missing or mistyped configuration key or value."""
+
+
+class DeviceUnavailableError(ConfigError):
+    """The plugin needs a device this machine does not have (e.g. CUDA): a configuration choice that
+    cannot run here, which test suites report as a skip rather than a failure."""
 
 
 class FormatError(FulcraError, ValueError):

@@ -12,7 +12,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli backpor
     import tomli as tomllib
 
 from fulcra import create, registry
-from fulcra.errors import DataNotFoundError, MissingDependencyError, WeightsNotFoundError
+from fulcra.errors import DataNotFoundError, DeviceUnavailableError, MissingDependencyError, WeightsNotFoundError
 from fulcra.interfaces import KINDS
 from fulcra.testing import CONFORMANCE
 
@@ -76,7 +76,8 @@ def test_bundled_plugin_conformance(kind, name):
     params = dict(params() if callable(params) else params)  # a callable may write a tiny input file first
     try:
         obj = create(kind, name, **params)
-    except (WeightsNotFoundError, DataNotFoundError, MissingDependencyError) as exc:  # weights or data not here
+    except (WeightsNotFoundError, DataNotFoundError, MissingDependencyError, DeviceUnavailableError) as exc:
+        # weights, data or a device (CUDA) not here
         pytest.skip(f"{kind}/{name} cannot be built here: {str(exc).splitlines()[0]} (set conformance_params)")
     try:
         CONFORMANCE[kind](obj)

@@ -22,7 +22,7 @@ import warnings
 import torch
 
 from fulcra.camera import Camera
-from fulcra.errors import ConfigError, MissingDependencyError
+from fulcra.errors import ConfigError, DeviceUnavailableError, MissingDependencyError
 
 from .base import GaussianScene
 
@@ -84,7 +84,7 @@ class GsplatScene(GaussianScene):
     ):
         self._gs = _gsplat()
         if not torch.cuda.is_available():
-            raise ConfigError("scenes 'gsplat': CUDA is not available; use the 'torch' backend on CPU")
+            raise DeviceUnavailableError("scenes 'gsplat': CUDA is not available; use the 'torch' backend on CPU")
         super().__init__(ply=ply, device=device)
         if self.device.type != "cuda":
             raise ConfigError(f"scenes 'gsplat': device must be cuda, got {self.device}")
