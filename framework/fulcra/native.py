@@ -217,7 +217,15 @@ def ptr(array: Any, dtype: Any, name: str = "array") -> ctypes.c_void_p:
 
         if array.device.type != "cpu" or not array.is_contiguous():
             raise TypeError(f"native: {name} must be a contiguous CPU tensor")
-        want = {np.float32: torch.float32, np.float64: torch.float64, np.int32: torch.int32, np.int64: torch.int64}
+        want = {
+            np.float32: torch.float32,
+            np.float64: torch.float64,
+            np.int32: torch.int32,
+            np.int64: torch.int64,
+            np.uint8: torch.uint8,
+            np.int16: torch.int16,
+            np.float16: torch.float16,
+        }
         if array.dtype != want.get(np.dtype(dtype).type):
             raise TypeError(f"native: {name} must be {np.dtype(dtype)}, got {array.dtype}")
         return ctypes.c_void_p(array.data_ptr())

@@ -125,6 +125,10 @@ def test_ptr_checks_dtype_contiguity_and_device():
         native.ptr(torch.zeros(3), np.int32)
     with pytest.raises(TypeError, match="contiguous"):
         native.ptr(torch.zeros(3, 4).t(), np.float32)
+    img = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)  # images: the augment kernels' dtype
+    assert native.ptr(img, np.uint8).value == img.data_ptr()
+    with pytest.raises(TypeError, match="uint8"):
+        native.ptr(img.float(), np.uint8)
 
 
 def _threads_in_child(q):
