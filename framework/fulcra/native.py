@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -46,7 +47,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load", "reason", "enabled", "cache_dir", "ptr", "compiler", "threads"]
+__all__ = ["load", "kernel", "reason", "enabled", "cache_dir", "ptr", "compiler", "threads"]
 
 _lock = threading.Lock()
 _loaded: dict[tuple, tuple[ctypes.CDLL | None, str]] = {}
@@ -161,6 +162,48 @@ def load(source: str | os.PathLike, *, openmp: bool = False, flags: tuple[str, .
         else:
             _reasons.pop(src.name, None)
         return lib
+
+
+_kernels: dict[tuple, ctypes.CDLL | None] = {}
+_said: set[tuple[str, str]] = set()
+_log = logging.getLogger("fulcra.native")
+
+
+def kernel(
+    source: str | os.PathLike,
+    signatures: dict[str, list],
+    *,
+    what: str,
+    fallback: str,
+    openmp: bool = False,
+    restype: Any = ctypes.c_int,
+) -> ctypes.CDLL | None:
+    """:func:`load` plus what every caller does next, for a plugin's hot path.
+
+    Declares each function's ``argtypes`` (``signatures[name]``) and ``restype``; when the library
+    is unavailable, logs one warning per reason, "``what`` unavailable (reason); using
+    ``fallback``", and returns None. The
+    answer is cached per source and per value of ``FULCRA_NATIVE``, ``CC`` and the cache folder's
+    variables, without touching the file system, so it may be called for every batch.
+    """
+    env = tuple(os.environ.get(v) for v in ("FULCRA_NATIVE", "CC", "FULCRA_NATIVE_CACHE", "XDG_CACHE_HOME"))
+    key = (str(source), openmp, env)
+    if key in _kernels:
+        return _kernels[key]
+    lib = load(source, openmp=openmp)
+    if lib is None:
+        why = reason(source)
+        if (str(source), why) not in _said:
+            _said.add((str(source), why))
+            _log.warning("%s unavailable (%s); using %s", what, why, fallback)
+    else:
+        for name, args in signatures.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = list(args), restype
+    if len(_kernels) > 64:  # settings flipped back and forth (tests): keep the cache small
+        _kernels.clear()
+    _kernels[key] = lib
+    return lib
 
 
 def _load_uncached(src: Path, name: str, openmp: bool, extra: list[str]) -> ctypes.CDLL | None:

@@ -154,3 +154,21 @@ def test_threads_is_one_in_a_forked_child(monkeypatch):
         assert q.get(timeout=5) == 1
     finally:
         torch.set_num_threads(before)
+
+
+@needs_cc
+def test_kernel_declares_signatures_and_announces_a_fallback_once(src, monkeypatch, tmp_path, caplog):
+    sig = {"axpy": [ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]}
+    lib = native.kernel(src, sig, what="test: axpy kernel", fallback="numpy", openmp=True)
+    assert lib is not None, native.reason(src)
+    assert lib.axpy.argtypes == sig["axpy"] and lib.axpy.restype is ctypes.c_int
+    x, y = np.arange(8, dtype=np.float32), np.zeros(8, dtype=np.float32)
+    lib.axpy(8, 3.0, native.ptr(x, np.float32), native.ptr(y, np.float32), 1)  # the float went through as float
+    np.testing.assert_array_equal(y, 3 * x)
+    assert native.kernel(src, sig, what="test: axpy kernel", fallback="numpy", openmp=True) is lib  # cached
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))  # a new setting: loaded afresh, and fails
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            assert native.kernel(src, sig, what="test: axpy kernel", fallback="numpy") is None
+    said = [r.getMessage() for r in caplog.records if "axpy kernel" in r.getMessage()]
+    assert len(said) == 1 and "no C compiler" in said[0] and said[0].endswith("using numpy")

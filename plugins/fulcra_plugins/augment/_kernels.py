@@ -16,14 +16,10 @@ uint8 results are bit-identical for the photometric kernels. Two facts drive the
 from __future__ import annotations
 
 import ctypes
-import logging
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "per_image",
@@ -234,9 +230,7 @@ def warp_nearest(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     on CUDA, without a C compiler or with ``FULCRA_NATIVE=0``).
     """
     if images.device.type == "cpu":
-        lib = _warp_libs.get(os.environ.get("FULCRA_NATIVE"), False)
-        if lib is False:
-            lib = _warp_lib()
+        lib = _warp_lib()
         if lib is not None and _native_warp_ok(images, theta):
             return _warp_native(lib, images, theta)
     return warp_nearest_torch(images, theta)
@@ -249,43 +243,21 @@ def warp_nearest_torch(images: torch.Tensor, theta: torch.Tensor) -> torch.Tenso
 
 
 _WARP_C = Path(__file__).with_name("_warp.c")
-_warp_libs: dict = {}
-_announced: set = set()
 
 
 def _warp_lib():
-    """The compiled warp kernel, or None (said once per reason) when unavailable. Loaded once per
-    value of ``FULCRA_NATIVE`` (so that switching it takes effect at the next call; ``CC`` and the
-    cache folder are read at the first load only)."""
-    key = os.environ.get("FULCRA_NATIVE")
-    if key in _warp_libs:
-        return _warp_libs[key]
+    """The compiled warp kernel, or None (said once per reason) when unavailable (cached by
+    :func:`fulcra.native.kernel` per value of ``FULCRA_NATIVE``, so switching it takes effect at once)."""
     from fulcra import native
 
-    lib = native.load(_WARP_C, openmp=True)
-    if lib is None:
-        why = native.reason(_WARP_C)
-        if why not in _announced:
-            _announced.add(why)
-            (log.info if not native.enabled() else log.warning)(
-                "augment: compiled warp kernel unavailable (%s); using the torch path", why
-            )
-    elif not getattr(lib, "_fulcra_typed", False):
-        vp, i64 = ctypes.c_void_p, ctypes.c_int64
-        lib.fulcra_warp_nearest.argtypes = [vp, vp, vp, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
-        lib.fulcra_warp_nearest.restype = ctypes.c_int
-        lib.fulcra_warp_index.argtypes = [vp, i64, i64, i64, vp]
-        lib.fulcra_warp_index.restype = ctypes.c_int
-        d = ctypes.c_double
-        lib.fulcra_crop_resize.argtypes = [vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
-        lib.fulcra_crop_resize.restype = ctypes.c_int
-        lib.fulcra_crop_axis.argtypes = [i64, d, d, vp, vp, vp]
-        lib.fulcra_crop_axis.restype = ctypes.c_int
-        lib._fulcra_typed = True
-    if len(_warp_libs) > 16:
-        _warp_libs.clear()
-    _warp_libs[key] = lib
-    return lib
+    vp, i64, ci, d = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
+    sig = {
+        "fulcra_warp_nearest": [vp, vp, vp, i64, i64, i64, i64, ci, ci],
+        "fulcra_warp_index": [vp, i64, i64, i64, vp],
+        "fulcra_crop_resize": [vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, ci, ci],
+        "fulcra_crop_axis": [i64, d, d, vp, vp, vp],
+    }
+    return native.kernel(_WARP_C, sig, what="augment: compiled warp kernel", fallback="the torch path", openmp=True)
 
 
 def warp_native_available() -> bool:
@@ -380,9 +352,7 @@ def crop_resize_bilinear(
     ``FULCRA_NATIVE=0`` run the reference.
     """
     if images.device.type == "cpu" and images.dtype in (torch.uint8, torch.float32):
-        lib = _warp_libs.get(os.environ.get("FULCRA_NATIVE"), False)
-        if lib is False:
-            lib = _warp_lib()
+        lib = _warp_lib()
         if lib is not None and _native_crop_ok(images):
             B, C, H, W = images.shape
             box = [_f64(t, B) for t in (top, left, height, width)]

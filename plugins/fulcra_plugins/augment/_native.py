@@ -11,63 +11,33 @@ compiler (said once in the log).
 from __future__ import annotations
 
 import ctypes
-import logging
-import os
 from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
-
 _SRC = Path(__file__).with_name("_colour.c")
-_announced: set[str] = set()
-
-
-_libs: dict = {}
 
 
 def lib():
-    """The loaded kernel library, or None (the reason logged once)."""
-    # native.load is cached too, but resolves the source path on every call (~0.3 ms): this is
-    # called for every group of every stage, so keep the answer per setting of the on/off switch
-    # (a compiler or cache folder changed while running is seen by a new process)
-    key = os.environ.get("FULCRA_NATIVE")
-    if key in _libs:
-        return _libs[key]
-    _libs[key] = lib = _load()
-    return lib
-
-
-def _load():
+    """The loaded kernel library, or None (the reason logged once). Cached by
+    :func:`fulcra.native.kernel` without touching the file system: called for every group of
+    every stage."""
     from fulcra import native
 
-    lib = native.load(_SRC, openmp=True)
-    if lib is None:
-        why = native.reason(_SRC)
-        if why not in _announced:
-            _announced.add(why)
-            log.warning("augment: compiled colour kernels unavailable (%s); using the torch path", why)
-        return None
-    if not getattr(lib, "_fulcra_typed", False):
-        vp, i64, ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        sig = {
-            "fulcra_grey_floor": [vp, i64, i64, vp],
-            "fulcra_grey_sum": [vp, vp, i64, i64, i64, vp, ci],
-            "fulcra_color": [vp, vp, vp, vp, i64, i64, vp, vp, ci],
-            "fulcra_sharpness": [vp, vp, vp, vp, i64, i64, i64, i64, vp, ci],
-            "fulcra_lut": [vp, vp, vp, vp, i64, i64, i64, vp, ci],
-            "fulcra_hist": [vp, vp, i64, i64, i64, vp, ci],
-            "fulcra_minmax": [vp, vp, i64, i64, i64, vp, ci],
-            "fulcra_copy_rows": [vp, vp, vp, vp, i64, i64],
-            "fulcra_grayscale": [vp, vp, vp, vp, i64, i64, ci],
-            "fulcra_hue": [vp, vp, vp, vp, i64, i64, vp, ci],
-        }
-        for name, args in sig.items():
-            fn = getattr(lib, name)
-            fn.argtypes = args
-            fn.restype = ci
-        lib._fulcra_typed = True
-    return lib
+    vp, i64, ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    sig = {
+        "fulcra_grey_floor": [vp, i64, i64, vp],
+        "fulcra_grey_sum": [vp, vp, i64, i64, i64, vp, ci],
+        "fulcra_color": [vp, vp, vp, vp, i64, i64, vp, vp, ci],
+        "fulcra_sharpness": [vp, vp, vp, vp, i64, i64, i64, i64, vp, ci],
+        "fulcra_lut": [vp, vp, vp, vp, i64, i64, i64, vp, ci],
+        "fulcra_hist": [vp, vp, i64, i64, i64, vp, ci],
+        "fulcra_minmax": [vp, vp, i64, i64, i64, vp, ci],
+        "fulcra_copy_rows": [vp, vp, vp, vp, i64, i64],
+        "fulcra_grayscale": [vp, vp, vp, vp, i64, i64, ci],
+        "fulcra_hue": [vp, vp, vp, vp, i64, i64, vp, ci],
+    }
+    return native.kernel(_SRC, sig, what="augment: compiled colour kernels", fallback="the torch path", openmp=True)
 
 
 def available(images: torch.Tensor) -> bool:

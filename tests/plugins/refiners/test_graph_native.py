@@ -106,7 +106,8 @@ def test_scene_graph_same_with_and_without_the_kernel(monkeypatch, env):
 
 def test_fallback_is_announced_once(monkeypatch, caplog):
     monkeypatch.setenv("FULCRA_NATIVE", "0")
-    gm._announced.clear()
+    monkeypatch.setattr(native, "_said", set())  # as in a new process: nothing announced or cached yet
+    monkeypatch.setattr(native, "_kernels", {})
     with caplog.at_level("WARNING"):
         assert gm._knn_lib() is None and gm._knn_lib() is None
     lines = [r.getMessage() for r in caplog.records if "kNN kernel" in r.getMessage()]

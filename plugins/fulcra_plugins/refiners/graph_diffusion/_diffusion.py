@@ -356,32 +356,26 @@ UPPER_WINDOW = 16384
 function of the machine: the summation order of every output element depends on it."""
 UPPER_SUB = BLOCK_ROWS
 """Rows per sub-block of the restriction in the compiled kernel (divides :data:`UPPER_WINDOW`)."""
-_announced: set = set()
 
 
 def _diffuse_lib():
     """The compiled diffusion kernel (:mod:`fulcra.native`), or None (said once) when unavailable."""
     from fulcra import native
 
-    lib = native.load(_DIFFUSE_C, openmp=True)
-    if lib is None:
-        why = native.reason(_DIFFUSE_C)
-        if why not in _announced:
-            _announced.add(why)
-            log.warning("graph_diffusion: compiled diffusion kernel unavailable (%s); using torch's CSR product", why)
-        return None
-    if not getattr(lib, "_fulcra_typed", False):
-        c = ctypes
-        vp, i64, f32 = c.c_void_p, c.c_int64, c.c_float
-        lib.fulcra_sym_count.argtypes = [i64, vp, vp, i64, vp, vp, vp, c.c_int]
-        lib.fulcra_sym_count.restype = c.c_int
-        lib.fulcra_sym_fill.argtypes = [i64, vp, vp, vp, i64, vp, vp, vp, vp, vp, vp, c.c_int, c.c_int]
-        lib.fulcra_sym_fill.restype = c.c_int
-        lib.fulcra_sym_power.argtypes = [i64, i64, i64, i64, vp, vp, vp, vp, vp, vp, vp, vp, vp]
-        lib.fulcra_sym_power.argtypes += [i64, i64, f32, f32, vp, vp, c.c_int]
-        lib.fulcra_sym_power.restype = c.c_int
-        lib._fulcra_typed = True
-    return lib
+    c = ctypes
+    vp, i64, f32 = c.c_void_p, c.c_int64, c.c_float
+    sig = {
+        "fulcra_sym_count": [i64, vp, vp, i64, vp, vp, vp, c.c_int],
+        "fulcra_sym_fill": [i64, vp, vp, vp, i64, vp, vp, vp, vp, vp, vp, c.c_int, c.c_int],
+        "fulcra_sym_power": [i64] * 4 + [vp] * 9 + [i64, i64, f32, f32, vp, vp, c.c_int],
+    }
+    return native.kernel(
+        _DIFFUSE_C,
+        sig,
+        what="graph_diffusion: compiled diffusion kernel",
+        fallback="torch's CSR product",
+        openmp=True,
+    )
 
 
 class UpperS:

@@ -15,13 +15,10 @@ Everything prompt-specific (unary term, anchors, diffusion) lives in :mod:`.grap
 from __future__ import annotations
 
 import ctypes
-import logging
 from pathlib import Path
 
 import numpy as np
 import torch
-
-log = logging.getLogger(__name__)
 
 __all__ = ["SceneGraph", "knn_indices", "morton_order", "symmetric_csr", "build_scene_graph"]
 
@@ -228,27 +225,17 @@ def _knn_block(pos, sq, feats, qi, r_lo, r_hi, kk, margin2, budget):
 
 
 _KNN_C = Path(__file__).with_name("_knn.c")
-_announced: set = set()
 
 
 def _knn_lib():
     """The compiled kNN kernel (:mod:`fulcra.native`), or None (said once) when unavailable."""
     from fulcra import native
 
-    lib = native.load(_KNN_C, openmp=True)
-    if lib is None:
-        why = native.reason(_KNN_C)
-        if why not in _announced:
-            _announced.add(why)
-            log.warning("graph_diffusion: compiled kNN kernel unavailable (%s); using the NumPy path", why)
-        return None
-    if not getattr(lib, "_fulcra_typed", False):
-        c = ctypes
-        vp, i64 = c.c_void_p, c.c_int64
-        lib.fulcra_knn_groups.argtypes = [vp, vp, i64, vp, vp, i64, vp, vp, i64, vp, vp, i64, vp, vp, vp, c.c_int]
-        lib.fulcra_knn_groups.restype = c.c_int
-        lib._fulcra_typed = True
-    return lib
+    vp, i64 = ctypes.c_void_p, ctypes.c_int64
+    sig = {"fulcra_knn_groups": [vp, vp, i64, vp, vp, i64, vp, vp, i64, vp, vp, i64, vp, vp, vp, ctypes.c_int]}
+    return native.kernel(
+        _KNN_C, sig, what="graph_diffusion: compiled kNN kernel", fallback="the NumPy path", openmp=True
+    )
 
 
 def _native_level(lib, pos, feats, idx, gs, r_lo, r_hi, b_lo, b_hi, kk, nbrs, dots) -> list:
