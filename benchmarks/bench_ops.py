@@ -18,12 +18,11 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
+from bench_augment import _interleaved_medians as _medians  # this folder is on sys.path when run as a script
 
 OPS = [
     "sharpness",
@@ -48,18 +47,6 @@ def _load_old(path: Path):
     sys.modules["old_augment"] = mod
     spec.loader.exec_module(mod)
     return mod
-
-
-def _medians(fns: dict, repeats: int) -> dict:
-    for fn in fns.values():
-        fn()
-    ts = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            ts[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in ts.items()}
 
 
 def _torch_path(fn):
