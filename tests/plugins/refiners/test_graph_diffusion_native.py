@@ -218,3 +218,39 @@ def test_window_must_fit_16_bits():
         symmetric_upper(g, 70000, 2048)
     with pytest.raises(ValueError, match="window"):
         symmetric_upper(g, 1000, 300)
+
+
+@needs_cc
+@pytest.mark.parametrize("threshold,with_p", [(None, False), (0.3, False), (0.3, True), (0.0, True)])
+def test_compiled_hops_equal_numpy_and_torch_hops(kernel, threshold, with_p):
+    """The compiled breadth-first search gives the NumPy and torch paths' integers: isolated nodes,
+    far columns, edge values on both sides of the threshold (float32 products and comparison)."""
+    G = random_graph(n=2500, seed=4)
+    rng = np.random.default_rng(5)
+    sp_ = torch.from_numpy(rng.uniform(0.3, 1.2, size=2500).astype(np.float32)) if with_p else None
+    lib = dm._diffuse_lib()
+    assert lib is not None
+    for seeds_at, steps in (([0, 900, 2499], 1), ([0, 900, 2499], 7), ([5], 400), ([], 3)):
+        seeds = torch.zeros(2500, dtype=torch.bool)
+        seeds[seeds_at] = True
+        got = dm._hops_native(lib, G, seeds, steps, sp_, threshold)
+        assert got.dtype == torch.int32
+        assert torch.equal(got, dm._hops_numpy(G, seeds, steps, sp_, threshold))
+        assert torch.equal(got, dm._hops_torch(G, seeds, steps, sp_, threshold))
+        assert torch.equal(got, dm.hop_distances(G, seeds, steps, sp_, threshold))  # the CPU default
+    if threshold:  # a positive threshold cuts something on this graph
+        full = dm._hops_native(lib, G, seeds_all := torch.arange(2500) == 0, 400, sp_, None)
+        cut = dm._hops_native(lib, G, seeds_all, 400, sp_, threshold)
+        assert (cut > full).any()
+
+
+def test_hops_without_native_kernels_use_numpy(monkeypatch):
+    monkeypatch.setenv("FULCRA_NATIVE", "0")
+    G = random_graph(n=500, seed=6)
+    seeds = torch.zeros(500, dtype=torch.bool)
+    seeds[10] = True
+    calls = []
+    real = dm._hops_numpy
+    monkeypatch.setattr(dm, "_hops_numpy", lambda *a: calls.append(1) or real(*a))
+    assert torch.equal(dm.hop_distances(G, seeds, 20), dm._hops_torch(G, seeds, 20))
+    assert calls == [1]

@@ -447,3 +447,46 @@ int fulcra_sym_power(int64_t n, int64_t q, int64_t W, int64_t sub, const int64_t
     free(nxt_mem); free(part); free(norm); free(scale);
     return 0;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * Hop distances (breadth-first search), for _diffusion.hop_distances on the CPU
+ * ------------------------------------------------------------------------------------------- */
+
+/* dist[i] = the number of hops from the nearest seed to i, up to `steps` (steps + 1 where
+ * unreached), over the edges of the CSR (indptr, indices). With `use_threshold`, an edge e = (u, j)
+ * is followed only when its value v = sim[e] (times sp[u] * sp[j] when sp is given, multiplied in
+ * that order in float32, as _diffusion.edge_values does) is > threshold, the comparison in float32
+ * as NumPy and torch make it against a Python float. Integer output: the same on any machine.
+ * front, next: [n] int32 work arrays. One thread: each edge of the reached nodes is read once, and
+ * dist (4 bytes per node) stays in cache at the graph sizes of a scene. Returns 0. */
+int fulcra_hops(int64_t n, const int64_t *indptr, const int32_t *indices, const float *sim,
+                const float *sp, float threshold, int use_threshold, const uint8_t *seeds,
+                int64_t steps, int32_t *dist, int32_t *front, int32_t *next) {
+    const int32_t far_away = (int32_t)(steps + 1);
+    int64_t nf = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (seeds[i]) { dist[i] = 0; front[nf++] = (int32_t)i; }
+        else dist[i] = far_away;
+    }
+    for (int64_t t = 1; t <= steps && nf > 0; t++) {
+        int64_t nn = 0;
+        for (int64_t f = 0; f < nf; f++) {
+            const int64_t u = front[f];
+            const float su = sp ? sp[u] : 1.0f;
+            for (int64_t e = indptr[u]; e < indptr[u + 1]; e++) {
+                const int32_t j = indices[e];
+                if (dist[j] != far_away) continue;
+                if (use_threshold) {
+                    float v = sim[e];
+                    if (sp) v = (v * su) * sp[j];
+                    if (!(v > threshold)) continue;
+                }
+                dist[j] = (int32_t)t;
+                next[nn++] = j;
+            }
+        }
+        int32_t *tmp = front; front = next; next = tmp;
+        nf = nn;
+    }
+    return 0;
+}

@@ -13,7 +13,9 @@ On the CPU the float iteration runs in a compiled kernel (``_diffuse.c`` through
 :mod:`fulcra.native`) on ``S`` stored once (:func:`symmetric_upper`: the upper triangle with
 16-bit column deltas, 6 bytes per stored entry instead of 8 bytes per directed entry), with the
 unary term, the restriction and the rescaling fused into its passes; the torch CSR path below is
-its reference, and runs on CUDA, with ``FULCRA_NATIVE=0`` or without a C compiler.
+its reference, and runs on CUDA, with ``FULCRA_NATIVE=0`` or without a C compiler. The hop
+distances that drive the restriction (and the reached sets of the segmentation route) come from a
+compiled breadth-first search in the same file (``fulcra_hops``), with NumPy as its fallback.
 """
 
 from __future__ import annotations
@@ -127,8 +129,40 @@ def hop_distances(
         ``[N]`` int32 hop distances; ``steps + 1`` where unreached.
     """
     if graph.device.type == "cpu":
+        lib = _diffuse_lib()
+        if lib is not None:
+            return _hops_native(lib, graph, seeds, steps, sqrt_p, threshold)
         return _hops_numpy(graph, seeds, steps, sqrt_p, threshold)
     return _hops_torch(graph, seeds, steps, sqrt_p, threshold)
+
+
+def _hops_native(lib, graph: SceneGraph, seeds, steps: int, sqrt_p, threshold) -> torch.Tensor:
+    """:func:`hop_distances` in the compiled kernel (``fulcra_hops`` in ``_diffuse.c``): one pass
+    over the edges of the reached nodes, no per-hop array passes; the same integers as
+    :func:`_hops_numpy` (float32 edge values and comparison, as there)."""
+    from fulcra.native import ptr
+
+    n = graph.num_nodes
+    indptr = np.ascontiguousarray(graph.indptr.numpy(), dtype=np.int64)
+    indices = np.ascontiguousarray(graph.indices.numpy(), dtype=np.int32)
+    use = threshold is not None
+    sim = np.ascontiguousarray(graph.similarity.detach().numpy(), dtype=np.float32) if use else None
+    sp = None
+    if use and sqrt_p is not None:
+        sp = np.ascontiguousarray(sqrt_p.detach().float().cpu().numpy(), dtype=np.float32)
+        if sp.shape != (n,):
+            raise ValueError(f"graph_diffusion: sqrt_p must have shape [{n}], got {tuple(sp.shape)}")
+    sd = np.ascontiguousarray(seeds.detach().cpu().numpy(), dtype=np.uint8)
+    if sd.shape != (n,):
+        raise ValueError(f"graph_diffusion: seeds must have shape [{n}], got {tuple(sd.shape)}")
+    dist = np.empty(n, dtype=np.int32)
+    work = np.empty((2, n), dtype=np.int32)
+    lib.fulcra_hops(
+        n, ptr(indptr, np.int64), ptr(indices, np.int32), ptr(sim, np.float32) if use else None,
+        ptr(sp, np.float32) if sp is not None else None, float(threshold) if use else 0.0, int(use),
+        ptr(sd, np.uint8, "seeds"), int(steps), ptr(dist, np.int32), ptr(work[0], np.int32), ptr(work[1], np.int32),
+    )  # fmt: skip
+    return torch.from_numpy(dist)
 
 
 def _hops_torch(graph, seeds, steps, sqrt_p=None, threshold=None) -> torch.Tensor:
@@ -368,6 +402,7 @@ def _diffuse_lib():
         "fulcra_sym_count": [i64, vp, vp, i64, vp, vp, vp, c.c_int],
         "fulcra_sym_fill": [i64, vp, vp, vp, i64, vp, vp, vp, vp, vp, vp, c.c_int, c.c_int],
         "fulcra_sym_power": [i64] * 4 + [vp] * 9 + [i64, i64, f32, f32, vp, vp, c.c_int],
+        "fulcra_hops": [i64, vp, vp, vp, vp, f32, c.c_int, vp, i64, vp, vp, vp],
     }
     return native.kernel(
         _DIFFUSE_C,
