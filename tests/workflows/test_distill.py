@@ -268,3 +268,24 @@ def test_without_a_val_split_ten_percent_of_train_is_held_out():
     assert _hold_out(ds, 0.1, seed=0)[1].idx == val.idx
     x, y = val.get_batch([0, 1])
     assert y.tolist() == val.idx[:2] and x[:, 0, 0, 0].tolist() == val.idx[:2]
+
+
+def test_training_images_without_an_in_memory_tensor_stay_lazy():
+    """A dataset that decodes on access (a folder, a published layout) is never read whole: the
+    synthetic set's sources, the real extra images and pre-training see a DatasetImages view."""
+    import torch
+
+    from fulcra.engine import DatasetImages
+    from fulcra_plugins.data.digits import TensorImageDataset
+    from fulcra_plugins.distill.pretrain import images_digest
+    from fulcra_plugins.distill.workflow import _all_images, _hold_out
+
+    imgs = (torch.rand(40, 3, 6, 6, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    ds = TensorImageDataset(imgs, torch.arange(40))
+    assert _all_images(ds) is ds.images  # held in memory already: used as it is
+    train, _ = _hold_out(ds, 0.1, seed=0)
+    view = _all_images(train)
+    assert isinstance(view, DatasetImages) and view.shape == (36, 3, 6, 6)
+    eager = imgs[torch.tensor(train.idx)]
+    assert torch.equal(view[torch.tensor([35, 0, 7])], eager[[35, 0, 7]])
+    assert images_digest(view) == images_digest(eager)  # pre-trained encoders keep their cache keys

@@ -3,6 +3,7 @@
 from . import dist
 from .core import (
     atomic_save,
+    atomic_write,
     atomic_write_text,
     format_mean_ci,
     load_checkpoint,
@@ -14,6 +15,7 @@ from .core import (
     select_dtype,
     set_rng_state,
 )
+from .images import DatasetImages, image_batches
 from .optim import EpochSampler, make_optimizer, make_scheduler, step_generator
 from .stages import Stage, file_identity, fingerprint
 from .trainer import Trainer, collate_batch, unwrap
@@ -21,6 +23,7 @@ from .trainer import Trainer, collate_batch, unwrap
 __all__ = [
     "dist",
     "atomic_save",
+    "atomic_write",
     "atomic_write_text",
     "load_checkpoint",
     "mean_ci",
@@ -40,5 +43,7 @@ __all__ = [
     "fingerprint",
     "Trainer",
     "collate_batch",
+    "DatasetImages",
+    "image_batches",
     "unwrap",
 ]

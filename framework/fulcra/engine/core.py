@@ -21,6 +21,7 @@ __all__ = [
     "rng_state",
     "set_rng_state",
     "atomic_save",
+    "atomic_write",
     "atomic_write_text",
     "load_checkpoint",
     "mean_ci",
@@ -124,6 +125,13 @@ def _atomic_write(path: str | Path, write: Any, mode: str) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write(path: str | Path, write: Any, binary: bool = True) -> Path:
+    """Write a file atomically through ``write(fh)`` (a file opened for writing, binary by default):
+    a temporary file in the same folder, fsync, then ``os.replace``. For formats streamed in pieces
+    (a large array written chunk by chunk) that :func:`atomic_save` cannot hold in one object."""
+    return _atomic_write(path, write, "wb" if binary else "w")
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:

@@ -41,6 +41,11 @@ class _Subset(TorchDataset):
     def __len__(self):
         return len(self.indices)
 
+    @property
+    def labels(self) -> torch.Tensor:
+        """``[N]`` int64, without decoding any image."""
+        return self.base.labels[torch.as_tensor(self.indices, dtype=torch.int64)]
+
     def __getitem__(self, i):
         return self.base[self.indices[i]]
 
@@ -53,6 +58,11 @@ class _FolderItems(TorchDataset):
 
     def __len__(self):
         return len(self.samples)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """``[N]`` int64, without decoding any image."""
+        return torch.tensor([y for _, y in self.samples], dtype=torch.int64)
 
     def __getitem__(self, i):
         tv = _torchvision()

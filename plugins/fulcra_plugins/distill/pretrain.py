@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fulcra.engine import Trainer, atomic_write_text, dist
+from fulcra.engine import Trainer, atomic_write_text, dist, image_batches
 
 from ._common import InputSpec
 from .augment import augment_batch
@@ -51,10 +51,12 @@ def nt_xent(z: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
     return F.cross_entropy(sim, target)
 
 
-def images_digest(images: torch.Tensor) -> str:
-    """Hash of the pixel bytes of ``images`` (the encoders' only input, so part of their key)."""
+def images_digest(images: Any) -> str:
+    """Hash of the pixel bytes of ``images`` (the encoders' only input, so part of their key): a
+    uint8 tensor or a :class:`fulcra.engine.DatasetImages`, read in batches (the same digest)."""
     h = hashlib.sha1(str(tuple(images.shape)).encode())
-    h.update(images.contiguous().cpu().numpy().tobytes())
+    for x in image_batches(images):
+        h.update(x.contiguous().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -65,7 +67,7 @@ def encoder_key(spec: dict) -> str:
 class _Unlabelled(torch.utils.data.Dataset):
     """Images only: the target handed to the Trainer is a constant, never a label."""
 
-    def __init__(self, images: torch.Tensor):
+    def __init__(self, images: Any):
         self.images = images
 
     def __len__(self) -> int:
@@ -150,7 +152,7 @@ def _cached(cache_dir: Path, who: str, spec: dict, provenance: dict, build) -> t
 
 def pretrain_teacher_encoder(
     backbone: nn.Module,
-    images: torch.Tensor,
+    images: Any,
     *,
     spec: dict,
     cfg: dict,
@@ -196,7 +198,7 @@ def pretrain_teacher_encoder(
 def distill_student_encoder(
     student: nn.Module,
     teacher: nn.Module,
-    images: torch.Tensor,
+    images: Any,
     *,
     spec: dict,
     cfg: dict,

@@ -153,7 +153,7 @@ def train_student(
     seed: int,
     teacher: nn.Module | None = None,
     distill_cfg: Any = None,
-    synthetic: torch.Tensor | None = None,
+    synthetic: Any = None,
     hooks: Any = None,
     stage: str = "student",
 ) -> nn.Module:
@@ -163,9 +163,10 @@ def train_student(
         cfg: ``epochs, batch_size, optimizer, lr, weight_decay, warmup_epochs, augment, mixup``.
         distill_cfg: ``alpha, temperature, loss`` (``kd``, ``hard``, ``dkd`` or ``crd``: KD plus
             ``crd_weight`` × the contrastive term of :func:`crd_loss` at ``crd_temperature``).
-        synthetic: ``[M, 3, H, W]`` uint8 images used only in the distillation term.
+        synthetic: ``[M, 3, H, W]`` uint8 images used only in the distillation term: a tensor (a
+            memory-mapped synthetic set) or anything indexed like one (:class:`fulcra.engine.DatasetImages`).
     """
-    dense = _is_dense(dataset_targets(train)[:1])
+    dense = _is_dense(torch.as_tensor(collate_batch(train, [0])[1]))  # one item's target, not the whole set's
     loss_name = distill_cfg.loss if (teacher is not None and distill_cfg is not None) else "kd"
     # Mixup is not compatible with hard-label KD and DKD (Table B.9), nor with label maps
     use_mixup = cfg.mixup > 0 and not dense and not (teacher is not None and loss_name in ("hard", "dkd"))

@@ -39,7 +39,7 @@ from omegaconf import OmegaConf
 
 import fulcra
 from fulcra.backbone import check_backbone_ref, create_backbone, locate_backbone_weights
-from fulcra.engine import Stage, atomic_save, atomic_write_text, dist, load_checkpoint, mean_ci
+from fulcra.engine import DatasetImages, Stage, atomic_save, atomic_write_text, dist, load_checkpoint, mean_ci
 from fulcra.errors import ConfigError
 
 from .training import evaluate, probe_teacher, train_student
@@ -899,6 +899,12 @@ class _Subset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.idx)
 
+    @property
+    def labels(self) -> Optional[torch.Tensor]:
+        """The base dataset's labels of these items when it holds them as a tensor (else None)."""
+        base = getattr(self.ds, "labels", None)
+        return base[torch.as_tensor(self.idx, dtype=torch.int64)] if isinstance(base, torch.Tensor) else None
+
     def __getitem__(self, i: int):
         return self.ds[self.idx[i]]
 
@@ -916,9 +922,10 @@ def _hold_out(ds, fraction: float, seed: int):
     return _Subset(ds, sorted(perm[k:])), _Subset(ds, sorted(perm[:k]))
 
 
-def _all_images(ds) -> torch.Tensor:
+def _all_images(ds) -> Any:
+    """The images of ``ds`` indexed like a uint8 ``[N, 3, H, W]`` tensor: its own ``images`` tensor
+    when it holds one in memory, else a :class:`fulcra.engine.DatasetImages` view that decodes what
+    is drawn (a synthetic set's sources, a distillation batch), never the whole set at once."""
     if hasattr(ds, "images") and isinstance(ds.images, torch.Tensor):
         return ds.images
-    from fulcra.engine import collate_batch
-
-    return torch.cat([collate_batch(ds, list(range(i, min(len(ds), i + 256))))[0] for i in range(0, len(ds), 256)])
+    return DatasetImages(ds)

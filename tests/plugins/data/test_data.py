@@ -42,6 +42,14 @@ def test_imagefolder_flat(tmp_path):
     assert ds.num_classes == 2 and sum(len(v) for v in s.values()) == 10
     x, y = s["train"][0]
     assert x.shape == (3, 16, 16) and x.dtype == torch.uint8 and y in (0, 1)
+    # the labels of every split without decoding an image (what the distill workflow's targets use)
+    from fulcra_plugins.distill.training import dataset_targets
+
+    for split in s.values():
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(tv.io, "decode_image", lambda *a, **k: pytest.fail("an image was decoded"))
+            labels = dataset_targets(split)
+        assert labels.tolist() == [split[i][1] for i in range(len(split))]
 
 
 def test_classification_task():

@@ -3,6 +3,7 @@ and the resumable, sharded synthetic-set builder."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,17 +58,30 @@ class _Counting(Mixup):
 def test_synthetic_set_resume_and_index(tmp_path):
     imgs = (torch.rand(10, 3, 8, 8) * 255).to(torch.uint8)
     gen = _Counting()
-    full = build_synthetic_set(gen, imgs, 7, tmp_path / "a", seed=0, batch_size=3)
+    from fulcra_plugins.generators import synthetic as synth
+
+    with pytest.MonkeyPatch.context() as mp:  # the state of a run killed before the consolidation
+        mp.setattr(synth, "_consolidate", lambda *a: None)
+        full = build_synthetic_set(gen, imgs, 7, tmp_path / "a", seed=0, batch_size=3)
     assert full.shape == (7, 3, 8, 8) and full.dtype == torch.uint8
+    assert sorted(p.name for p in (tmp_path / "a").glob("chunk_*.pt")) == [f"chunk_0000{c}.pt" for c in range(3)]
     index = json.loads((tmp_path / "a" / "index.json").read_text())
     assert len(index["sources"]) == 7 and all(len(r) == 2 for r in index["sources"])
-    # kill after one chunk: remove the others, rerun -> only missing chunks are generated
+    # killed after one chunk: remove the others, rerun -> only missing chunks are generated
     (tmp_path / "a" / "chunk_00001.pt").unlink()
     (tmp_path / "a" / "chunk_00002.pt").unlink()
     _Counting.calls = 0
     again = build_synthetic_set(gen, imgs, 7, tmp_path / "a", seed=0, batch_size=3)
     assert _Counting.calls == 2
     assert torch.equal(again, full) and torch.equal(load_synthetic_set(tmp_path / "a"), full)
+    # consolidated: one memory-mapped images.npy, the chunks gone; a rerun generates nothing
+    assert (tmp_path / "a" / "images.npy").is_file() and not list((tmp_path / "a").glob("chunk_*.pt"))
+    assert np.load(tmp_path / "a" / "images.npy").shape == (7, 3, 8, 8)
+    _Counting.calls = 0
+    again = build_synthetic_set(gen, imgs, 7, tmp_path / "a", seed=0, batch_size=3)
+    assert _Counting.calls == 0 and torch.equal(again, full)
+    again[0] = 0  # copy on write: the file keeps the set
+    assert torch.equal(load_synthetic_set(tmp_path / "a"), full)
     # two "ranks" each producing their shard give the same set as one process
     from fulcra.engine import dist
     from fulcra.errors import FormatError
@@ -152,12 +166,15 @@ def test_imagemixer_shapes_determinism_and_conditioning(tiny_mixer_dir):
     assert big.shape == (2, 3, 16, 16)  # UNet sample 8 × VAE factor 2
 
 
-def test_imagemixer_resumable_set(tiny_mixer_dir, tmp_path):
+def test_imagemixer_resumable_set(tiny_mixer_dir, tmp_path, monkeypatch):
+    from fulcra_plugins.generators import synthetic as synth
     from fulcra_plugins.generators.imagemixer import ImageMixer
 
     mixer = ImageMixer(model=str(tiny_mixer_dir), steps=2, device="cpu")
     imgs = (torch.rand(6, 3, 12, 12) * 255).to(torch.uint8)
-    a = build_synthetic_set(mixer, imgs, 4, tmp_path / "s", seed=5, batch_size=2)
+    with monkeypatch.context() as mp:  # killed before the consolidation, one chunk lost
+        mp.setattr(synth, "_consolidate", lambda *a: None)
+        a = build_synthetic_set(mixer, imgs, 4, tmp_path / "s", seed=5, batch_size=2)
     (tmp_path / "s" / "chunk_00001.pt").unlink()
     b = build_synthetic_set(mixer, imgs, 4, tmp_path / "s", seed=5, batch_size=2)
     assert a.shape == (4, 3, 12, 12) and torch.equal(a, b)
@@ -218,3 +235,25 @@ def test_imagemixer_accepts_one_image_per_output(tiny_mixer_dir):
     assert y.shape == (3, 3, 12, 12)
     with pytest.raises(Exception, match="mix_k must be >= 1"):
         ImageMixer(model=str(tiny_mixer_dir), mix_k=0)
+
+
+def test_synthetic_set_from_a_lazy_view_equals_the_eager_one(tmp_path):
+    """Sources drawn from a DatasetImages view (decoded per chunk) give the same set as a tensor."""
+    from fulcra.engine import DatasetImages
+
+    imgs = (torch.rand(9, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8)
+
+    class Files(torch.utils.data.Dataset):
+        reads = 0
+
+        def __len__(self):
+            return 9
+
+        def __getitem__(self, i):
+            type(self).reads += 1
+            return imgs[i], 0
+
+    eager = build_synthetic_set(Mixup(mix_k=2), imgs, 5, tmp_path / "e", seed=1, batch_size=2)
+    lazy = build_synthetic_set(Mixup(mix_k=2), DatasetImages(Files()), 5, tmp_path / "l", seed=1, batch_size=2)
+    assert torch.equal(eager, lazy)
+    assert Files.reads == 5 * 2  # the two sources of each of the 5 images, decoded once; nothing else

@@ -1,0 +1,129 @@
+"""A dataset's images behind the indexing of a uint8 tensor, decoded on access.
+
+Workflows that draw images at random from a training set (a synthetic set's sources, the real
+images of a distillation term, self-supervised pre-training) index it like a ``[N, 3, H, W]``
+tensor. :class:`DatasetImages` gives them that view of any dataset without reading it into memory:
+an ImageNet-scale folder costs what the batches being drawn cost, not 20 GB.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .trainer import collate_batch
+
+__all__ = ["DatasetImages", "image_batches"]
+
+
+class DatasetImages:
+    """The images of ``dataset`` (items ``(image, target)``, or ``get_batch``) indexed like a tensor.
+
+    ``images[i]`` is ``[3, H, W]``; ``images[a:b:s]``, ``images[list]`` and ``images[index tensor]``
+    (1-D integers, negatives counted from the end) are ``[b, 3, H, W]``, fetched through
+    :func:`~fulcra.engine.collate_batch` ``batch_size`` items at a time. Every item must have the
+    shape of the first (as stacking them would require). Nothing is cached: each access decodes.
+
+    Attributes: ``dataset``, ``batch_size``; ``shape`` (``torch.Size``, from the first item) and
+    ``dtype`` as a tensor's.
+    """
+
+    def __init__(self, dataset: Any, batch_size: int = 256):
+        if batch_size < 1:
+            raise ValueError(f"DatasetImages: batch_size must be >= 1, got {batch_size}")
+        self.dataset, self.batch_size = dataset, int(batch_size)
+        self._item_shape: torch.Size | None = None
+        self._dtype: torch.dtype | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _probe(self) -> None:
+        if self._item_shape is None:
+            if len(self) == 0:
+                raise IndexError("DatasetImages: the dataset is empty (no image to take a shape from)")
+            x = self._fetch([0])
+            self._item_shape, self._dtype = x.shape[1:], x.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        self._probe()
+        assert self._item_shape is not None
+        return torch.Size((len(self), *self._item_shape))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        self._probe()
+        assert self._dtype is not None
+        return self._dtype
+
+    def _fetch(self, idx: list[int]) -> torch.Tensor:
+        out = []
+        for a in range(0, len(idx), self.batch_size):
+            x = collate_batch(self.dataset, idx[a : a + self.batch_size])[0]
+            if not isinstance(x, torch.Tensor) or x.ndim != 4:
+                raise TypeError(
+                    f"DatasetImages: {type(self.dataset).__name__} batches must start with a [b, C, H, W] "
+                    f"image tensor, got {type(x).__name__}{'' if not isinstance(x, torch.Tensor) else list(x.shape)}"
+                )
+            if self._item_shape is not None and x.shape[1:] != self._item_shape:
+                raise ValueError(
+                    f"DatasetImages: {type(self.dataset).__name__} images {idx[a]}.. have shape "
+                    f"{list(x.shape[1:])}, the first image {list(self._item_shape)}; images of one set must share a size"
+                )
+            out.append(x)
+        return torch.cat(out) if len(out) != 1 else out[0]
+
+    def _indices(self, key: Any) -> list[int]:
+        n = len(self)
+        if isinstance(key, slice):
+            return list(range(*key.indices(n)))
+        if isinstance(key, torch.Tensor):
+            if key.dtype == torch.bool or key.is_floating_point() or key.ndim != 1:
+                raise IndexError(
+                    f"DatasetImages: index tensors must be 1-D integers, got {key.dtype} {list(key.shape)}"
+                )
+            raw = key.tolist()
+        elif isinstance(key, np.ndarray):
+            if key.dtype.kind not in "iu" or key.ndim != 1:
+                raise IndexError(f"DatasetImages: index arrays must be 1-D integers, got {key.dtype} {list(key.shape)}")
+            raw = key.tolist()
+        elif isinstance(key, (list, tuple, range)):
+            raw = list(key)
+        else:
+            raise IndexError(f"DatasetImages: cannot index with {type(key).__name__}")
+        idx = []
+        for i in raw:
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+                raise IndexError(f"DatasetImages: indices must be integers, got {type(i).__name__}")
+            j = int(i) + n if i < 0 else int(i)
+            if not 0 <= j < n:
+                raise IndexError(f"DatasetImages: index {int(i)} is out of range for {n} images")
+            idx.append(j)
+        return idx
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            return self._getbatch(self._indices([int(key)]))[0]
+        return self._getbatch(self._indices(key))
+
+    def _getbatch(self, idx: list[int]) -> torch.Tensor:
+        if not idx:
+            self._probe()
+            assert self._item_shape is not None and self._dtype is not None
+            return torch.empty((0, *self._item_shape), dtype=self._dtype)
+        x = self._fetch(idx)
+        if self._item_shape is None:
+            self._item_shape, self._dtype = x.shape[1:], x.dtype
+        return x
+
+    def __repr__(self) -> str:
+        return f"DatasetImages({type(self.dataset).__name__}, n={len(self)}, batch_size={self.batch_size})"
+
+
+def image_batches(images: Any, batch_size: int = 256) -> Iterator[torch.Tensor]:
+    """Consecutive ``[b, 3, H, W]`` slices of a uint8 tensor or a :class:`DatasetImages` (in order)."""
+    for a in range(0, len(images), batch_size):
+        yield images[a : a + batch_size]
