@@ -10,8 +10,9 @@ then, each in a fresh process (so the peaks are separate):
 - ``lazy``: the same through ``DatasetImages`` (sources decoded per chunk) and the memory-mapped
   ``images.npy``.
 
-Prints, per mode, the peak resident memory (``VmHWM``), the wall time and whether both sets are
-byte-identical.
+Prints, per mode, the peak resident memory (``VmHWM``, which counts the mapped file pages too),
+the private (``RssAnon``) and file-backed (``RssFile``) resident memory at the end, the wall time,
+and whether both sets are byte-identical.
 
 Run:  .venv/bin/python benchmarks/bench_synthetic_memory.py --n 2000 --size 224 --factor 5
 """
@@ -27,10 +28,12 @@ import time
 from pathlib import Path
 
 
-def hwm_mb() -> float:
+def status_mb(key: str = "VmHWM") -> float:
+    """A field of /proc/self/status in MB: VmHWM (peak resident), RssAnon (private memory, what
+    runs a machine out of memory), RssFile (mapped file pages: page cache, reclaimable, shared)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1e3
     return float("nan")
 
@@ -44,7 +47,7 @@ def child(mode: str, root: str, out: str, size: int, factor: float) -> None:
 
     torch.set_num_threads(1)
     train = ImageFolder(root=root, size=size, val_fraction=0.0).splits()["train"]
-    base = hwm_mb()
+    base = status_mb()
     t0 = time.perf_counter()
     if mode == "eager":
         images = torch.cat(list(image_batches(DatasetImages(train), 256)))
@@ -64,7 +67,9 @@ def child(mode: str, root: str, out: str, size: int, factor: float) -> None:
         "synthetic_images": n,
         "seconds": time.perf_counter() - t0,
         "hwm_mb_before": base,
-        "hwm_mb": hwm_mb(),
+        "hwm_mb": status_mb(),
+        "rss_anon_mb_end": status_mb("RssAnon"),
+        "rss_file_mb_end": status_mb("RssFile"),
         "set_mb": syn.numel() / 1e6,
     }
     print(json.dumps(res))
@@ -98,7 +103,9 @@ def main() -> None:
             out = Path(tmp) / f"syn_{mode}"
             cmd = [sys.executable, __file__, "--child", mode, str(root), str(out), str(a.size), str(a.factor)]
             rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
-        same = (Path(tmp) / "syn_eager" / "images.npy").read_bytes() == (Path(tmp) / "syn_lazy" / "images.npy").read_bytes()
+        same = (Path(tmp) / "syn_eager" / "images.npy").read_bytes() == (
+            Path(tmp) / "syn_lazy" / "images.npy"
+        ).read_bytes()
         print(json.dumps({"rows": rows, "sets_identical": same}, indent=2))
 
 
