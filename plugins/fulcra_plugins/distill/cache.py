@@ -5,7 +5,9 @@ same input every epoch, so its features are computed once and the head trains on
 encoder's cost is paid once instead of once per epoch (``benchmarks/bench_probe_cache.py``).
 
 Layout of a cache folder: ``features.npy`` (a ``.npy`` file opened with ``numpy.lib.format.open_memmap``,
-``[N, *feature_shape]``), ``done.npy`` (one byte per chunk, set once its rows are flushed: an
+``[N, *feature_shape]``), ``targets.npy`` (the items' targets from the same pass: ``[N]`` int64
+labels, or ``[N, H, W]`` int16 label maps, so a segmentation set's maps are memory-mapped too instead
+of held as int64 in memory), ``done.npy`` (one byte per chunk, set once its rows are flushed: an
 interrupted build resumes chunk by chunk, and under ``torchrun`` each rank fills its own chunks of the
 same file) and ``meta.json`` (the key: backbone, weights, image size, tokens, dataset fingerprint).
 A cache whose key differs is rebuilt, never silently reused.
@@ -79,33 +81,40 @@ class FeatureCache:
         n = len(dataset)
         n_chunks = -(-n // self.chunk)
         feats_path, done_path, meta_path = self.root / "features.npy", self.root / "done.npy", self.root / "meta.json"
+        targets_path = self.root / TARGETS
         if self.complete:
             return np.load(feats_path, mmap_mode="r")
         if dist.rank() == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             stale = not meta_path.is_file() or json.loads(meta_path.read_text()).get("key") != self.key
-            if stale or not feats_path.is_file() or not done_path.is_file():
-                x0, _ = collate_batch(dataset, [0])
+            if stale or not all(p.is_file() for p in (feats_path, done_path, targets_path)):
+                x0, y0 = collate_batch(dataset, [0])
                 with torch.no_grad():
                     shape = tuple(encode(x0.to(device)).shape[1:])
+                y0 = torch.as_tensor(y0)
+                tdtype = _target_dtype(y0)
                 np.lib.format.open_memmap(feats_path, mode="w+", dtype=self.dtype, shape=(n, *shape)).flush()
+                np.lib.format.open_memmap(targets_path, mode="w+", dtype=tdtype, shape=(n, *y0.shape[1:])).flush()
                 np.lib.format.open_memmap(done_path, mode="w+", dtype=np.uint8, shape=(n_chunks,)).flush()
                 atomic_write_text(json.dumps({"key": self.key, "complete": False, "shape": [n, *shape]}), meta_path)
         dist.barrier()
         feats = np.load(feats_path, mmap_mode="r+")
+        targets = np.load(targets_path, mmap_mode="r+")
         done = np.load(done_path, mmap_mode="r+")
         for c in dist.shard_indices(n_chunks):
             if done[c]:
                 continue  # resumed: this chunk was flushed before the interruption
             idx = list(range(c * self.chunk, min(n, (c + 1) * self.chunk)))
-            x, _ = collate_batch(dataset, idx)
+            x, y = collate_batch(dataset, idx)
             with torch.no_grad():
                 f = encode(x.to(device)).float().cpu().numpy()
             feats[idx[0] : idx[-1] + 1] = f.astype(self.dtype)
+            targets[idx[0] : idx[-1] + 1] = _fit_targets(torch.as_tensor(y), targets.dtype, idx[0])
             feats.flush()
+            targets.flush()
             done[c] = 1
             done.flush()
-        del feats, done
+        del feats, targets, done
         dist.barrier()
         if dist.rank() == 0:
             atomic_write_text(
@@ -117,15 +126,49 @@ class FeatureCache:
         dist.barrier()
         return np.load(feats_path, mmap_mode="r")
 
+    def targets(self) -> np.ndarray | None:
+        """The cached targets, read-only memory map ``[N]`` int64 or ``[N, H, W]`` int16, once the
+        cache is complete; None for a cache written before targets were stored (the caller then
+        reads them from the dataset)."""
+        path = self.root / TARGETS
+        return np.load(path, mmap_mode="r") if self.complete and path.is_file() else None
+
+
+TARGETS = "targets.npy"
+
+
+def _target_dtype(y: torch.Tensor) -> np.dtype:
+    """Storage of targets like ``y`` ``[B, ...]``: float32 if floating, int16 for dense label maps
+    (class ids and an ignore index such as 255 fit), int64 for per-image labels."""
+    if y.is_floating_point():
+        return np.dtype(np.float32)
+    return np.dtype(np.int16) if y.ndim >= 2 else np.dtype(np.int64)
+
+
+def _fit_targets(y: torch.Tensor, dtype: np.dtype, first: int) -> np.ndarray:
+    """``y`` as ``dtype``, refusing values the storage cannot hold exactly."""
+    arr = y.cpu().numpy()
+    if dtype.kind in "iu" and arr.size:
+        info = np.iinfo(dtype)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < info.min or hi > info.max:
+            raise ValueError(
+                f"feature cache: targets of items {first}.. hold {lo}..{hi}, outside the {dtype} range of "
+                f"the cached label maps ({info.min}..{info.max})"
+            )
+    return arr.astype(dtype)
+
 
 class CachedFeatures(torch.utils.data.Dataset):
     """Cached features with their targets; ``get_batch`` reads a batch of rows from the memory map.
 
     Args:
-        features: ``[N, *shape]`` array (memory map). targets: ``[N]`` or ``[N, H, W]`` int64 tensor.
+        features: ``[N, *shape]`` array (memory map).
+        targets: ``[N]`` or ``[N, H, W]``: a tensor, or an array (the cache's memory map); integer
+            targets come out as int64, floating ones as float32.
     """
 
-    def __init__(self, features: np.ndarray, targets: torch.Tensor):
+    def __init__(self, features: np.ndarray, targets: torch.Tensor | np.ndarray):
         if len(features) != len(targets):
             raise ValueError(f"{len(features)} cached rows but {len(targets)} targets")
         self.features, self.targets = features, targets
@@ -133,12 +176,18 @@ class CachedFeatures(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
+    def _targets(self, idx) -> torch.Tensor:
+        if isinstance(self.targets, torch.Tensor):
+            return self.targets[torch.as_tensor(idx)]
+        t = np.asarray(self.targets[idx])
+        return torch.from_numpy(t.astype(np.float32 if t.dtype.kind == "f" else np.int64))
+
     def __getitem__(self, i: int):
-        return torch.from_numpy(np.array(self.features[i], dtype=np.float32)), self.targets[i]
+        return torch.from_numpy(np.array(self.features[i], dtype=np.float32)), self._targets(i)
 
     def get_batch(self, indices):
         idx = np.asarray(indices)
         order = np.argsort(idx)  # sorted reads are sequential on disk
         rows = np.empty((len(idx), *self.features.shape[1:]), dtype=np.float32)
         rows[order] = self.features[idx[order]]
-        return torch.from_numpy(rows), self.targets[torch.as_tensor(idx)]
+        return torch.from_numpy(rows), self._targets(idx)

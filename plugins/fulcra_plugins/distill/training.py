@@ -105,7 +105,8 @@ def probe_teacher(
         }
         cache = FeatureCache(cache_root, key)
         feats = cache.build(train, lambda x: teacher.encode(teacher.prepare(to_unit(x))), device)
-        ds = CachedFeatures(feats, dataset_targets(train))
+        targets = cache.targets()  # memory-mapped with the features; a cache from before: the dataset's
+        ds = CachedFeatures(feats, targets if targets is not None else dataset_targets(train))
         model = _HeadOnFeatures(teacher.head)
         # a head on cached features trains in seconds: checkpointing it every epoch would cost as
         # much as training it (measured 1.0 of 2.6 s), and the expensive part, the cache, resumes itself

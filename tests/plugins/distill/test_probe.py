@@ -4,6 +4,7 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from fulcra_plugins.data.digits import TensorImageDataset
@@ -61,16 +62,21 @@ def test_cache_equals_encoding_and_resumes(tmp_path):
     assert y.tolist() == ds.labels[[7, 2, 11]].tolist()
 
 
-def test_cached_probing_matches_reencoding(tmp_path):
+def test_cached_probing_matches_reencoding(tmp_path, monkeypatch):
     # fast path (head on cached features) vs slow reference (encoder run on every batch)
+    from fulcra_plugins.distill import training
+
     ds, task = _data(), Classification()
     cfg = SimpleNamespace(
         epochs=2, batch_size=8, optimizer="adamw", lr=1e-2, weight_decay=0.0, augment="deterministic", cache=True
     )
     a, b = _teacher(), _teacher()
-    info = probe_teacher(
-        a, task, ds, out_dir=tmp_path / "a", cfg=cfg, device=torch.device("cpu"), seed=0, cache_root=tmp_path / "cache"
-    )
+    with monkeypatch.context() as mp:  # the targets come from the cache, not another pass over the data
+        mp.setattr(training, "dataset_targets", lambda *a: pytest.fail("targets read from the dataset"))
+        info = probe_teacher(
+            a, task, ds, out_dir=tmp_path / "a", cfg=cfg, device=torch.device("cpu"), seed=0,
+            cache_root=tmp_path / "cache",
+        )  # fmt: skip
     assert info["cached"]
     cfg.cache = False
     info = probe_teacher(b, task, ds, out_dir=tmp_path / "b", cfg=cfg, device=torch.device("cpu"), seed=0)
@@ -196,3 +202,44 @@ def test_synthetic_images_get_the_dense_crop_scale(tmp_path, monkeypatch):
     )  # fmt: skip
     syn = [scale for unlabelled, scale in seen if unlabelled]
     assert syn and all(scale == (0.25, 1.0) for scale in syn)
+
+
+class _Dense(torch.utils.data.Dataset):
+    """Images with [H, W] label maps (values set by the test)."""
+
+    def __init__(self, maps: torch.Tensor):
+        self.maps = maps
+        self.images = (torch.rand(len(maps), 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 255).to(
+            torch.uint8
+        )
+
+    def __len__(self):
+        return len(self.maps)
+
+    def __getitem__(self, i):
+        return self.images[i], self.maps[i]
+
+
+def test_cache_keeps_the_targets_memory_mapped(tmp_path):
+    """Labels and label maps are stored with the features in one pass (int64 / int16 memory maps),
+    read back exactly; a cache written before targets were stored falls back to the dataset."""
+    enc = lambda x: x.float().mean((2, 3))  # noqa: E731
+    ds = _data(n=13)
+    cache = FeatureCache(tmp_path / "cls", {"k": 1}, chunk=4)
+    cache.build(ds, enc, torch.device("cpu"))
+    t = cache.targets()
+    assert isinstance(t, np.memmap) and t.dtype == np.int64 and t.tolist() == ds.labels.tolist()
+    maps = torch.randint(0, 150, (9, 6, 5), generator=torch.Generator().manual_seed(2))
+    maps[3, 0, 0] = 255  # an ignore index
+    dense = FeatureCache(tmp_path / "seg", {"k": 1}, chunk=4)
+    feats = dense.build(_Dense(maps), enc, torch.device("cpu"))
+    t = dense.targets()
+    assert t.dtype == np.int16 and t.shape == (9, 6, 5)
+    _, y = CachedFeatures(feats, t).get_batch([8, 3, 0])
+    assert y.dtype == torch.int64 and torch.equal(y, maps[[8, 3, 0]])
+    bad = maps.clone()
+    bad[7, 1, 1] = 40000
+    with pytest.raises(ValueError, match="items 4.. hold 0..40000, outside the int16 range"):
+        FeatureCache(tmp_path / "bad", {"k": 1}, chunk=4).build(_Dense(bad), enc, torch.device("cpu"))
+    (tmp_path / "cls" / "targets.npy").unlink()  # the layout of an older cache: still complete
+    assert cache.complete and cache.targets() is None
