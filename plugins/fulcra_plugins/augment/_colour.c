@@ -366,39 +366,68 @@ MULTIVERSION int fulcra_grayscale(const u8 *src, const i64 *sidx, u8 *dst, const
 
 /* ---------------------------------------------------------------- hue ----------------------- */
 
+static inline uint32_t f2u(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static inline float u2f(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+/* c ? a : b through bit masks. The hue loop is written with these (and integer compares of the
+ * bits where the values are >= +0) so that GCC if-converts it and vectorises it: with its default
+ * -ftrapping-math it keeps a branch around any float operation a ternary or a multiplication by a
+ * 0/1 flag would make conditional, and a loop with a branch is not vectorised. Same IEEE operations,
+ * same bits. */
+static inline float sel(int c, float a, float b) {
+    const uint32_t m = 0u - (uint32_t)(c != 0);
+    return u2f((f2u(a) & m) | (f2u(b) & ~m));
+}
+static inline float clamp01(float x) { return sel(x < 0.0f, 0.0f, sel(x > 1.0f, 1.0f, x)); }
+
 /* fmod(x, 1) for |x| < 2^31: x - trunc(x) is exact, with fmod's sign (that of x) */
 static inline float fmod1(float x) {
-    float t = (float)(int)x;
-    return copysignf(x - t, x);
+    const float t = (float)(int)x;
+    return u2f((f2u(x - t) & 0x7fffffffu) | (f2u(x) & 0x80000000u)); /* copysignf(x - t, x) */
 }
 
 /* Hue (adjust_hue), C == 3: the float32 operations of _kernels.rgb_to_hsv, the shift with
  * remainder(1), _kernels.hsv_to_rgb and the uint8 conversion of colour.Hue, one pixel at a time in
  * the same order (every step is one IEEE operation, so the bits are torch's). */
-static inline void hue_px(u8 R8, u8 G8, u8 B8, float hf, u8 *o0, u8 *o1, u8 *o2) {
+#if defined(__GNUC__)
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE static inline
+#endif
+/* inlined into the pixel loop, which is then vectorised (see sel) */
+ALWAYS_INLINE void hue_px(u8 R8, u8 G8, u8 B8, float hf, u8 *o0, u8 *o1, u8 *o2) {
     const float k = (float)(1.0 / 255);
     const float r = (float)R8 * k, g = (float)G8 * k, b = (float)B8 * k;
-    float maxc = r > g ? r : g;
-    maxc = maxc > b ? maxc : b;
-    float minc = r < g ? r : g;
-    minc = minc < b ? minc : b;
-    const int eqc = maxc == minc;
+    float maxc = sel(r > g, r, g);
+    maxc = sel(maxc > b, maxc, b);
+    float minc = sel(r < g, r, g);
+    minc = sel(minc < b, minc, b);
+    /* equality of values >= +0 (no NaN, no -0) is equality of their bits */
+    const int eqc = f2u(maxc) == f2u(minc);
     const float cr = maxc - minc;
-    const float s = cr / (eqc ? 1.0f : maxc);
-    const float dv = eqc ? 1.0f : cr;
+    const float s = cr / sel(eqc, 1.0f, maxc);
+    const float dv = sel(eqc, 1.0f, cr);
     const float rc = (maxc - r) / dv, gc = (maxc - g) / dv, bc = (maxc - b) / dv;
-    const int neq_r = maxc != r, eq_g = maxc == g;
-    const float hg = ((rc + 2.0f) - bc) * (float)(eq_g & neq_r);
-    const float hr = (bc - gc) * (float)(!neq_r);
-    const float hb = ((gc + 4.0f) - rc) * (float)(neq_r & !eq_g);
+    const int neq_r = f2u(maxc) != f2u(r), eq_g = f2u(maxc) == f2u(g);
+    /* x * (float)flag: x, or x * 0 (a signed zero), both computed */
+    const float xg = (rc + 2.0f) - bc, xr = bc - gc, xb = (gc + 4.0f) - rc;
+    const float hg = sel(eq_g & neq_r, xg, xg * 0.0f);
+    const float hr = sel(!neq_r, xr, xr * 0.0f);
+    const float hb = sel(neq_r & !eq_g, xb, xb * 0.0f);
     float h = (hr + hg) + hb;
     h = h * (float)(1.0 / 6.0);
     h = h + 1.0f;
     h = fmod1(h);
     h = h + hf;
-    float m = fmod1(h); /* remainder(h, 1): in (-1, 1), then [0, 1] */
-    m = (m != 0.0f && m < 0.0f) ? m + 1.0f : m;
-    h = m;
+    const float m = fmod1(h); /* remainder(h, 1): in (-1, 1), then [0, 1] */
+    h = sel(m < 0.0f, m + 1.0f, m);
     const float v = maxc;
     const float h6 = h * 6.0f; /* in [0, 6] */
     const float fi = floor_small(h6);
@@ -406,33 +435,41 @@ static inline void hue_px(u8 R8, u8 G8, u8 B8, float hf, u8 *o0, u8 *o1, u8 *o2)
     int i = (int)fi;
     const float sxf = s * f;
     const float oms = 1.0f - s;
-    float q = (1.0f - sxf) * v;
-    q = q < 0.0f ? 0.0f : (q > 1.0f ? 1.0f : q);
-    float t = (sxf + oms) * v;
-    t = t < 0.0f ? 0.0f : (t > 1.0f ? 1.0f : t);
-    float p = oms * v;
-    p = p < 0.0f ? 0.0f : (p > 1.0f ? 1.0f : p);
-    i = i >= 6 ? i - 6 : i; /* torch's remainder(i, 6) for i in [0, 6] */
+    const float q = clamp01((1.0f - sxf) * v);
+    const float t = clamp01((sxf + oms) * v);
+    const float p = clamp01(oms * v);
+    i = i - (((5 - i) >> 31) & 6); /* torch's remainder(i, 6) for i in [0, 6] */
     /* _HSV_SELECT: R = v q p p t v, G = t v v q p p, B = p p t v v q for i = 0..5 */
-    const float c0 = (i == 0 || i == 5) ? v : (i == 1 ? q : (i == 4 ? t : p));
-    const float c1 = (i == 1 || i == 2) ? v : (i == 0 ? t : (i == 3 ? q : p));
-    const float c2 = (i == 3 || i == 4) ? v : (i == 2 ? t : (i == 5 ? q : p));
+    const float c0 = sel((i == 0) | (i == 5), v, sel(i == 1, q, sel(i == 4, t, p)));
+    const float c1 = sel((i == 1) | (i == 2), v, sel(i == 0, t, sel(i == 3, q, p)));
+    const float c2 = sel((i == 3) | (i == 4), v, sel(i == 2, t, sel(i == 5, q, p)));
     const float sc = (float)(255 + 1.0 - 1e-3);
     *o0 = (u8)(int)(c0 * sc);
     *o1 = (u8)(int)(c1 * sc);
     *o2 = (u8)(int)(c2 * sc);
 }
 
+#define HUE_BLOCK 256
+
 MULTIVERSION int fulcra_hue(const u8 *src, const i64 *sidx, u8 *dst, const i64 *didx, i64 n, i64 npix,
                             const float *factor, int nthreads) {
     int nt = nthreads_for(nthreads, n);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (i64 i = 0; i < n; i++) {
-        const u8 *im = src + sidx[i] * 3 * npix;
-        u8 *om = dst + didx[i] * 3 * npix;
+        const u8 *i0 = src + sidx[i] * 3 * npix, *i1 = i0 + npix, *i2 = i1 + npix;
+        u8 *d0 = dst + didx[i] * 3 * npix, *d1 = d0 + npix, *d2 = d1 + npix;
         const float hf = factor[i];
-        for (i64 p = 0; p < npix; p++)
-            hue_px(im[p], im[npix + p], im[2 * npix + p], hf, om + p, om + npix + p, om + 2 * npix + p);
+        /* blocks of HUE_BLOCK pixels into local buffers, then copied out: the destination may be
+         * the source (in place), and local buffers alias nothing, so the pixel loop vectorises
+         * without run-time overlap checks */
+        for (i64 p0 = 0; p0 < npix; p0 += HUE_BLOCK) {
+            const i64 m = npix - p0 < HUE_BLOCK ? npix - p0 : HUE_BLOCK;
+            u8 t0[HUE_BLOCK], t1[HUE_BLOCK], t2[HUE_BLOCK];
+            for (i64 p = 0; p < m; p++) hue_px(i0[p0 + p], i1[p0 + p], i2[p0 + p], hf, t0 + p, t1 + p, t2 + p);
+            memcpy(d0 + p0, t0, (size_t)m);
+            memcpy(d1 + p0, t1, (size_t)m);
+            memcpy(d2 + p0, t2, (size_t)m);
+        }
     }
     return 0;
 }
