@@ -34,8 +34,9 @@ typedef int64_t i64;
 typedef uint8_t u8;
 
 /* An AVX2 build of the hot kernels next to the baseline one, chosen at load time (GCC ifunc): the
- * same IEEE operations in wider registers (no FMA: -ffp-contract=off), so the same bits. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+ * same IEEE operations in wider registers (no FMA: -ffp-contract=off), so the same bits. ifunc
+ * needs glibc (musl has none: there the baseline build alone is compiled, instead of failing). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
 #define MULTIVERSION __attribute__((target_clones("avx2", "default")))
 #else
 #define MULTIVERSION

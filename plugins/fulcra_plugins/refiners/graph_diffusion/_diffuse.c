@@ -36,10 +36,11 @@
 
 #define QMAX 32
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__has_attribute)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__has_attribute) && defined(__GLIBC__)
 #if __has_attribute(target_clones)
 /* an AVX2 build of the product next to the baseline one, picked at load time: wider vectors over
- * the prompt columns, no FMA (the same roundings, hence the same bits, as the baseline) */
+ * the prompt columns, no FMA (the same roundings, hence the same bits, as the baseline); the
+ * load-time choice is a GNU ifunc, which needs glibc (on musl the baseline build alone) */
 #define FULCRA_CLONES __attribute__((target_clones("avx2", "default")))
 #endif
 #endif
