@@ -8,7 +8,7 @@ an ImageNet-scale folder costs what the batches being drawn cost, not 20 GB.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -30,12 +30,29 @@ class DatasetImages:
     ``dtype`` as a tensor's.
     """
 
-    def __init__(self, dataset: Any, batch_size: int = 256):
+    def __init__(
+        self, dataset: Any, batch_size: int = 256, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ):
         if batch_size < 1:
             raise ValueError(f"DatasetImages: batch_size must be >= 1, got {batch_size}")
-        self.dataset, self.batch_size = dataset, int(batch_size)
+        self.dataset, self.batch_size, self.transform = dataset, int(batch_size), transform
         self._item_shape: torch.Size | None = None
         self._dtype: torch.dtype | None = None
+
+    def subset(self, indices: Any) -> DatasetImages:
+        """The images at ``indices`` (anything :meth:`__getitem__` takes but an int) as another lazy
+        view: ``view.subset(idx)[k]`` is ``view[idx][k]``, nothing decoded now."""
+        return DatasetImages(_Subset(self.dataset, self._indices(indices)), self.batch_size, self.transform)
+
+    def with_transform(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> DatasetImages:
+        """A view whose batches go through ``fn`` (``[b, C, H, W]`` to ``[b, C', H', W']``, image by
+        image) after this view's own transform."""
+        prev = self.transform
+        return DatasetImages(self.dataset, self.batch_size, fn if prev is None else _Compose(prev, fn))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -63,6 +80,8 @@ class DatasetImages:
         out = []
         for a in range(0, len(idx), self.batch_size):
             x = collate_batch(self.dataset, idx[a : a + self.batch_size])[0]
+            if self.transform is not None and isinstance(x, torch.Tensor):
+                x = self.transform(x)
             if not isinstance(x, torch.Tensor) or x.ndim != 4:
                 raise TypeError(
                     f"DatasetImages: {type(self.dataset).__name__} batches must start with a [b, C, H, W] "
@@ -121,6 +140,35 @@ class DatasetImages:
 
     def __repr__(self) -> str:
         return f"DatasetImages({type(self.dataset).__name__}, n={len(self)}, batch_size={self.batch_size})"
+
+
+class _Compose:
+    def __init__(self, first: Callable, then: Callable):
+        self.first, self.then = first, then
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.then(self.first(x))
+
+
+class _Subset(torch.utils.data.Dataset):
+    """Items ``idx`` of ``dataset``, batched through it (and its ``labels`` when it has them)."""
+
+    def __init__(self, dataset: Any, idx: list[int]):
+        self.dataset, self.idx = dataset, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.idx[i]]
+
+    def get_batch(self, indices):
+        return collate_batch(self.dataset, [self.idx[i] for i in indices])
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        base = getattr(self.dataset, "labels", None)
+        return base[torch.as_tensor(self.idx, dtype=torch.int64)] if isinstance(base, torch.Tensor) else None
 
 
 def image_batches(images: Any, batch_size: int = 256) -> Iterator[torch.Tensor]:

@@ -10,12 +10,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fulcra.engine import Trainer, step_generator
+from fulcra.engine import DatasetImages, Trainer, collate_batch, image_batches, step_generator
 from fulcra_plugins.data.digits import TensorImageDataset as TensorSplit
 
 __all__ = [
     "TensorSplit",
     "as_tensors",
+    "take",
     "batch_indices",
     "to_input",
     "channel_mean",
@@ -66,15 +67,59 @@ SEARCH_SPACES = {
 }
 
 
-def as_tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
+IN_MEMORY_BYTES = 8 << 30
+"""``as_tensors(in_memory="auto")`` reads a dataset into memory when its images take at most this
+many bytes (and at most 40 % of the machine's memory); larger ones stay a lazy view."""
+
+
+def _memory_bytes() -> int | None:
+    try:
+        import os
+
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def as_tensors(ds, in_memory: bool | str = True) -> tuple[Any, torch.Tensor]:
     """``(images [N, C, H, W] uint8, labels [N] int64)`` of a dataset yielding ``(image, label)``.
 
-    In-memory datasets exposing ``images``/``labels`` are used directly; others are read item by item.
+    In-memory datasets exposing ``images``/``labels`` are used directly. Others (image files) are
+    read into one tensor when ``in_memory`` is True, or seen through a
+    :class:`fulcra.engine.DatasetImages` view (decoded batch by batch, the same bytes) when False;
+    ``"auto"`` reads them in when the images take at most :data:`IN_MEMORY_BYTES` and 40 % of the
+    machine's memory. Only the speed and the memory differ: every consumer indexes both alike.
+    Labels come from the dataset's ``labels`` tensor when it has one, without decoding images.
     """
-    if hasattr(ds, "images") and hasattr(ds, "labels"):
+    if hasattr(ds, "images") and isinstance(getattr(ds, "labels", None), torch.Tensor):
         return ds.images, ds.labels
-    xs, ys = zip(*[ds[i] for i in range(len(ds))])
-    return torch.stack(list(xs)), torch.as_tensor(ys, dtype=torch.int64)
+    if in_memory not in (True, False, "auto"):
+        raise ValueError(f"slack: in_memory must be true, false or auto, got {in_memory!r}")
+    view = DatasetImages(ds)
+    labels = getattr(ds, "labels", None)
+    if not isinstance(labels, torch.Tensor) and in_memory is True:  # one pass for both
+        xs, ys = [], []
+        for a in range(0, len(ds), 256):
+            x, y = collate_batch(ds, list(range(a, min(len(ds), a + 256))))
+            xs.append(x)
+            ys.append(torch.as_tensor(y, dtype=torch.int64).reshape(-1))
+        return torch.cat(xs), torch.cat(ys)
+    if not isinstance(labels, torch.Tensor):
+        parts = [collate_batch(ds, list(range(a, min(len(ds), a + 256))))[1] for a in range(0, len(ds), 256)]
+        labels = torch.cat([torch.as_tensor(t, dtype=torch.int64).reshape(-1) for t in parts])
+    labels = labels.long()
+    if in_memory == "auto":
+        need = len(view) * view[0].numel() * view.dtype.itemsize if len(view) else 0
+        mem = _memory_bytes()
+        in_memory = need <= IN_MEMORY_BYTES and (mem is None or need <= 0.4 * mem)
+    if in_memory:
+        return torch.cat(list(image_batches(view))), labels
+    return view, labels
+
+
+def take(images: Any, idx: torch.Tensor) -> Any:
+    """``images[idx]``: a tensor for a tensor, another lazy view for a :class:`DatasetImages`."""
+    return images.subset(idx) if isinstance(images, DatasetImages) else images[idx]
 
 
 def batch_indices(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
@@ -99,7 +144,14 @@ def channel_mean(images: torch.Tensor) -> torch.Tensor:
     """Per-channel mean ``[C]`` of ``images`` ``[N, C, H, W]`` in network-input units (:func:`to_input`).
 
     uint8 images are summed in int64 (exact), so the value is the same whatever the thread count."""
-    if images.dtype == torch.uint8:
+    if isinstance(images, DatasetImages):  # exact integer sums batch by batch: the same value
+        n = images.shape[0] * images.shape[2] * images.shape[3]
+        tot = sum(
+            (x.to(torch.int64).sum(dim=(0, 2, 3)) for x in image_batches(images)),
+            torch.zeros(images.shape[1], dtype=torch.int64),
+        )
+        m = tot.to(torch.float64) / max(n, 1)
+    elif images.dtype == torch.uint8:
         n = images.shape[0] * images.shape[2] * images.shape[3]
         m = images.to(torch.int64).sum(dim=(0, 2, 3)).to(torch.float64) / max(n, 1)
     else:
@@ -132,7 +184,17 @@ def center_crops(images: torch.Tensor, size: int) -> torch.Tensor:
     if size >= H and size >= W:
         return images
     top, left = int(round((H - size) / 2.0)), int(round((W - size) / 2.0))
+    if isinstance(images, DatasetImages):  # cropped as each batch is decoded
+        return images.with_transform(_Window(top, left, size))
     return images[..., top : top + size, left : left + size]
+
+
+class _Window:
+    def __init__(self, top: int, left: int, size: int):
+        self.top, self.left, self.size = top, left, size
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., self.top : self.top + self.size, self.left : self.left + self.size]
 
 
 class MethodAugment:

@@ -26,12 +26,19 @@ from omegaconf import OmegaConf
 
 import fulcra
 from fulcra.engine import Stage, atomic_write_text, format_mean_ci, over_seeds
-from fulcra.errors import DataNotFoundError
+from fulcra.errors import ConfigError, DataNotFoundError
 
-from .common import TensorSplit, as_tensors, center_crops, evaluate, train_with_policy
+from .common import TensorSplit, as_tensors, center_crops, evaluate, take, train_with_policy
 from .plots import plot_evolution, plot_pie
 
 __all__ = ["SearchWorkflow"]
+
+
+def _in_memory(value) -> bool | str:
+    v = str(value).strip().lower()
+    if v in ("auto", "true", "false"):
+        return "auto" if v == "auto" else v == "true"
+    raise ConfigError(f"workflows plugin 'slack': data_in_memory must be auto, true or false, got {value!r}")
 
 
 def _node(x):
@@ -95,6 +102,14 @@ class SearchWorkflow:
         )
         search_val_fraction: float = field(
             default=0.5, metadata={"help": "fraction of the training split used as D_val by the search"}
+        )
+        data_in_memory: str = field(
+            default="auto",
+            metadata={
+                "help": "auto | true | false: read an image-file dataset into memory once (auto: when its "
+                "images take at most 8 GiB and 40 percent of the machine's memory), or decode batches as they are "
+                "drawn; the results are the same bytes either way"
+            },
         )
         eval_seeds: int = field(default=4, metadata={"help": "independent trainings from scratch per method", "min": 1})
         eval_epochs: float = field(default=200.0, metadata={"help": "epochs of each evaluation training", "min": 0})
@@ -168,8 +183,13 @@ class SearchWorkflow:
         device = torch.device(ctx.device)
         data = fulcra.create("datasets", _node(cfg.data))
         splits = data.splits()
-        Xtr, Ytr = as_tensors(splits["train"])
-        Xte, Yte = as_tensors(splits["test"])
+        in_memory = _in_memory(cfg.data_in_memory)
+        Xtr, Ytr = as_tensors(splits["train"], in_memory)
+        Xte, Yte = as_tensors(splits["test"], in_memory)
+        if not isinstance(Xtr, torch.Tensor):
+            ctx.hooks.message(
+                f"data: {len(Xtr)} training images decoded as drawn (data_in_memory={cfg.data_in_memory})"
+            )
         num_classes = int(data.num_classes)
         model_node = _node(cfg.model)
         model_node = {"name": model_node} if isinstance(model_node, str) else dict(model_node)
@@ -182,9 +202,10 @@ class SearchWorkflow:
         perm = torch.randperm(Xtr.shape[0], generator=torch.Generator().manual_seed(int(ctx.seed) + 17))
         n_val = int(round(cfg.search_val_fraction * Xtr.shape[0]))
         # the validation images are pre-processed as the test images (Table A.3: the centre crop)
-        x_val = Xtr[perm[:n_val]] if int(cfg.train_crop) <= 0 else center_crops(Xtr[perm[:n_val]], int(cfg.train_crop))
+        x_val = take(Xtr, perm[:n_val])
+        x_val = x_val if int(cfg.train_crop) <= 0 else center_crops(x_val, int(cfg.train_crop))
         d_val = TensorSplit(x_val, Ytr[perm[:n_val]])
-        d_train = TensorSplit(Xtr[perm[n_val:]], Ytr[perm[n_val:]])
+        d_train = TensorSplit(take(Xtr, perm[n_val:]), Ytr[perm[n_val:]])
 
         # --- search --------------------------------------------------------------------------------
         opt_node = _search_node(cfg)

@@ -1,0 +1,89 @@
+"""SLACK on an image-file dataset: read into memory once, or decoded batch by batch as drawn
+(``data_in_memory``): the same policy and the same evaluation, bit for bit."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fulcra.errors import ConfigError
+from fulcra.runner import run
+
+TINY = [
+    "model.width=4",
+    "optimizer.ops=[identity,rotate,invert,solarize]",
+    "optimizer.pretrain_steps=4",
+    "optimizer.rounds=1",
+    "optimizer.retrain_steps=2",
+    "optimizer.unrolled_steps=2",
+    "optimizer.batch_size=8",
+    "optimizer.b_aug=2",
+    "baselines=[uniform]",
+    "eval_seeds=1",
+    "eval_epochs=0.2",
+]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    tv = pytest.importorskip("torchvision")
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    root = tmp_path_factory.mktemp("digits_png")
+    for c in range(3):
+        (root / f"class{c}").mkdir()
+    keep = np.flatnonzero(d.target < 3)[:90]
+    for i in keep:
+        g = torch.from_numpy((d.images[i] * 255 / 16).round().astype(np.uint8))[None].expand(3, 8, 8)
+        tv.io.write_png(g.contiguous(), str(root / f"class{d.target[i]}" / f"{i:04d}.png"))
+    return root
+
+
+class Notes:
+    def __init__(self):
+        self.messages = []
+
+    def fulcra_message(self, workflow, message):
+        self.messages.append(message)
+
+
+def _run(out, folder, mode, notes=None):
+    data = [f"data={{name: imagefolder, root: '{folder}', size: 10, val_fraction: 0.2}}"]
+    res = run("slack-digits", [f"out={out}", *data, *TINY, f"data_in_memory={mode}"], hooks=[notes or Notes()])
+    return res, json.loads((out / "policy.json").read_text())
+
+
+def test_lazy_and_in_memory_data_give_the_same_run(tmp_path, folder):
+    from fulcra_plugins.slack import common
+
+    n_eager, n_lazy = Notes(), Notes()
+    eager, p_eager = _run(tmp_path / "eager", folder, "true", n_eager)
+    lazy, p_lazy = _run(tmp_path / "lazy", folder, "false", n_lazy)
+    assert any("decoded as drawn" in m for m in n_lazy.messages)
+    assert not any("decoded as drawn" in m for m in n_eager.messages)
+    assert p_lazy == p_eager
+    dump = lambda r, out: json.dumps(r, sort_keys=True, default=str).replace(str(out), "OUT")  # noqa: E731
+    assert dump(lazy, tmp_path / "lazy") == dump(eager, tmp_path / "eager")
+    assert eager["results"]["slack"]["n"] == 1  # an evaluation ran
+    # auto reads this small set into memory; a budget of 0 bytes keeps it a view, with the same result
+    from fulcra_plugins.data import ImageFolder
+
+    train = ImageFolder(root=str(folder), size=10, val_fraction=0.2).splits()["train"]
+    x_auto, y_auto = common.as_tensors(train, "auto")
+    assert isinstance(x_auto, torch.Tensor)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(common, "IN_MEMORY_BYTES", 0)
+        x_view, y_view = common.as_tensors(train, "auto")
+    assert not isinstance(x_view, torch.Tensor) and torch.equal(y_view, y_auto)
+    assert torch.equal(x_view[torch.arange(len(x_view))], x_auto)
+    assert torch.equal(common.channel_mean(x_view), common.channel_mean(x_auto))
+    idx = torch.tensor([5, 0, 3])
+    assert torch.equal(common.take(x_view, idx)[:], x_auto[idx])
+    assert torch.equal(common.center_crops(x_view, 6)[:], common.center_crops(x_auto, 6))
+
+
+def test_data_in_memory_must_be_auto_true_or_false(tmp_path, folder):
+    with pytest.raises(ConfigError, match="data_in_memory must be auto, true or false"):
+        _run(tmp_path / "x", folder, "sometimes")
