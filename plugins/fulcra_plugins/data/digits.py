@@ -18,7 +18,8 @@ class TensorImageDataset(TorchDataset):
     """In-memory images and labels.
 
     Args:
-        images: ``[N, C, H, W]`` uint8.
+        images: ``[N, C, H, W]`` uint8: a tensor, or anything indexed like one
+            (:class:`fulcra.engine.DatasetImages`).
         labels: ``[N]`` int64.
 
     Items are ``(image [C, H, W] uint8, label int)``. ``images``/``labels`` stay public so batched
@@ -38,6 +39,12 @@ class TensorImageDataset(TorchDataset):
 
     def __getitem__(self, i: int):
         return self.images[i], int(self.labels[i])
+
+    def get_batch(self, indices):
+        """``(images [b, C, H, W], labels [b] int64)`` in one indexing op (what stacking the items
+        gives, without the per-item calls; a lazy ``images`` view decodes the batch at once)."""
+        idx = torch.as_tensor(list(indices), dtype=torch.int64)
+        return self.images[idx], self.labels[idx]
 
 
 class Digits:
