@@ -2,34 +2,16 @@
 say which; another workflow's folder is refused."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from fulcra.errors import ConfigError
 from fulcra.runner import run
 
-TINY = [
-    "data.size=10",
-    "model.width=4",
-    "optimizer.ops=[identity,rotate,invert,solarize]",
-    "optimizer.pretrain_steps=4",
-    "optimizer.rounds=1",
-    "optimizer.retrain_steps=2",
-    "optimizer.unrolled_steps=2",
-    "optimizer.batch_size=8",
-    "optimizer.b_aug=2",
-    "baselines=[uniform]",
-    "eval_seeds=1",
-    "eval_epochs=0.1",
-]
-
-
-class Notes:
-    def __init__(self):
-        self.messages = []
-
-    def fulcra_message(self, workflow, message):
-        self.messages.append(message)
+sys.path.insert(0, str(Path(__file__).parent))
+from _slack_tiny import TINY, Notes  # noqa: E402
 
 
 def _run(out, *extra):

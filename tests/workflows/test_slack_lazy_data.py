@@ -2,6 +2,8 @@
 (``data_in_memory``): the same policy and the same evaluation, bit for bit."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,19 +12,11 @@ import torch
 from fulcra.errors import ConfigError
 from fulcra.runner import run
 
-TINY = [
-    "model.width=4",
-    "optimizer.ops=[identity,rotate,invert,solarize]",
-    "optimizer.pretrain_steps=4",
-    "optimizer.rounds=1",
-    "optimizer.retrain_steps=2",
-    "optimizer.unrolled_steps=2",
-    "optimizer.batch_size=8",
-    "optimizer.b_aug=2",
-    "baselines=[uniform]",
-    "eval_seeds=1",
-    "eval_epochs=0.2",
-]
+sys.path.insert(0, str(Path(__file__).parent))
+from _slack_tiny import TINY as _TINY  # noqa: E402
+from _slack_tiny import Notes  # noqa: E402
+
+TINY = [a for a in _TINY if not a.startswith(("data.", "eval_epochs="))] + ["eval_epochs=0.2"]
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +33,6 @@ def folder(tmp_path_factory):
         g = torch.from_numpy((d.images[i] * 255 / 16).round().astype(np.uint8))[None].expand(3, 8, 8)
         tv.io.write_png(g.contiguous(), str(root / f"class{d.target[i]}" / f"{i:04d}.png"))
     return root
-
-
-class Notes:
-    def __init__(self):
-        self.messages = []
-
-    def fulcra_message(self, workflow, message):
-        self.messages.append(message)
 
 
 def _run(out, folder, mode, notes=None):
