@@ -61,6 +61,7 @@ def test_indexes_like_the_tensor(eager_and_lazy):
         want = torch.from_numpy(imgs.numpy()[k].copy())  # NumPy's semantics (negative steps too)
         got = lazy[key]
         assert got.dtype == torch.uint8 and torch.equal(got, want), key
+    assert torch.equal(lazy[torch.tensor(4)], imgs[4]) and torch.equal(lazy[np.int32(-2)], imgs[-2])
     assert [x.shape[0] for x in image_batches(lazy, 10)] == [10, 10, 3]
     assert torch.equal(torch.cat(list(image_batches(lazy, 10))), imgs)
 
@@ -102,3 +103,14 @@ def test_images_of_different_sizes_are_refused():
 def test_empty_dataset_has_no_shape():
     with pytest.raises(IndexError, match="empty"):
         DatasetImages(Items(torch.zeros(0, 3, 2, 2, dtype=torch.uint8))).shape  # noqa: B018
+
+
+def test_subsets_and_transforms_stay_lazy(eager_and_lazy):
+    imgs, ds, lazy = eager_and_lazy
+    sub = lazy.subset(torch.tensor([20, 3, 3, -1]))
+    assert ds.reads == 0 and len(sub) == 4
+    assert torch.equal(sub[:], imgs[[20, 3, 3, 22]]) and torch.equal(sub[[1, 0]], imgs[[3, 20]])
+    crop = sub.with_transform(lambda x: x[..., 1:4, 1:3]).with_transform(lambda x: x.flip(-1))
+    assert crop.shape == (4, 3, 3, 2) and crop.ndim == 4
+    assert torch.equal(crop[:], imgs[[20, 3, 3, 22]][..., 1:4, 1:3].flip(-1))
+    assert torch.equal(lazy.subset(slice(None, None, 2))[:], imgs[::2])

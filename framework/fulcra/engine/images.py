@@ -124,6 +124,8 @@ class DatasetImages:
         return idx
 
     def __getitem__(self, key: Any) -> torch.Tensor:
+        if isinstance(key, (torch.Tensor, np.ndarray)) and key.ndim == 0 and not key.dtype == torch.bool:
+            key = key.item()  # a 0-d integer index, as a tensor takes it
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             return self._getbatch(self._indices([int(key)]))[0]
         return self._getbatch(self._indices(key))
