@@ -257,3 +257,37 @@ def test_synthetic_set_from_a_lazy_view_equals_the_eager_one(tmp_path):
     lazy = build_synthetic_set(Mixup(mix_k=2), DatasetImages(Files()), 5, tmp_path / "l", seed=1, batch_size=2)
     assert torch.equal(eager, lazy)
     assert Files.reads == 5 * 2  # the two sources of each of the 5 images, decoded once; nothing else
+
+
+def _ddp_synthetic_worker(rank, world, port, out):
+    import os
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    from fulcra.engine import dist
+
+    assert dist.init_distributed("gloo")
+    imgs = (torch.rand(9, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8)
+    syn = build_synthetic_set(Mixup(mix_k=2), imgs, 7, f"{out}/set", seed=4, batch_size=2)
+    torch.save(syn.clone(), f"{out}/rank{rank}.pt")
+    dist.destroy()
+
+
+def test_synthetic_set_built_by_two_processes_equals_one(tmp_path):
+    """Under torchrun (2 gloo processes) each rank generates its chunks, rank 0 consolidates them into
+    images.npy, and every rank reads the same set as a single process builds."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_synthetic_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    imgs = (torch.rand(9, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8)
+    one = build_synthetic_set(Mixup(mix_k=2), imgs, 7, tmp_path / "one", seed=4, batch_size=2)
+    for r in (0, 1):
+        assert torch.equal(torch.load(tmp_path / f"rank{r}.pt", weights_only=True), one)
+    assert (tmp_path / "set" / "images.npy").is_file() and not list((tmp_path / "set").glob("chunk_*.pt"))
