@@ -535,7 +535,14 @@ class PredictingTask(Protocol):
 @runtime_checkable
 class Dataset(Protocol):
     """A data source: ``splits() -> dict[str, torch.utils.data.Dataset]`` of ``(image, target)``
-    pairs, images ``[C, H, W]`` uint8, plus ``num_classes``."""
+    pairs, images ``[C, H, W]`` uint8, plus ``num_classes``.
+
+    Optional on a split, used when present: ``get_batch(indices)`` (a batch in one call, see
+    :func:`fulcra.engine.collate_batch`); ``labels``, a ``[N]`` int64 tensor of the class targets,
+    read instead of decoding every image when a workflow needs the targets alone; ``images``, a
+    uint8 ``[N, C, H, W]`` tensor when the split is held in memory (workflows then index it
+    directly; otherwise they see the split through :class:`fulcra.engine.DatasetImages`).
+    """
 
     @property
     def num_classes(self) -> int: ...
