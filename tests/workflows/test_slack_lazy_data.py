@@ -65,6 +65,17 @@ def test_lazy_and_in_memory_data_give_the_same_run(tmp_path, folder):
     assert not isinstance(x_view, torch.Tensor) and torch.equal(y_view, y_auto)
     assert torch.equal(x_view[torch.arange(len(x_view))], x_auto)
     assert torch.equal(common.channel_mean(x_view), common.channel_mean(x_auto))
+
+    class NoLabels(torch.utils.data.Dataset):  # targets only through the items
+        def __len__(self):
+            return len(train)
+
+        def __getitem__(self, i):
+            return train[i]
+
+    for mode in (True, False):
+        x, y = common.as_tensors(NoLabels(), mode)
+        assert torch.equal(y, y_auto) and torch.equal(x[torch.arange(len(x))], x_auto)
     idx = torch.tensor([5, 0, 3])
     assert torch.equal(common.take(x_view, idx)[:], x_auto[idx])
     assert torch.equal(common.center_crops(x_view, 6)[:], common.center_crops(x_auto, 6))

@@ -3,6 +3,7 @@ input normalisation, and plain supervised training with a policy."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,6 @@ many bytes (and at most 40 % of the machine's memory); larger ones stay a lazy v
 
 def _memory_bytes() -> int | None:
     try:
-        import os
-
         return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return None
@@ -88,33 +87,31 @@ def as_tensors(ds, in_memory: bool | str = True) -> tuple[Any, torch.Tensor]:
     read into one tensor when ``in_memory`` is True, or seen through a
     :class:`fulcra.engine.DatasetImages` view (decoded batch by batch, the same bytes) when False;
     ``"auto"`` reads them in when the images take at most :data:`IN_MEMORY_BYTES` and 40 % of the
-    machine's memory. Only the speed and the memory differ: every consumer indexes both alike.
-    Labels come from the dataset's ``labels`` tensor when it has one, without decoding images.
+    machine's memory (judged from the first image). Only the speed and the memory differ: every
+    consumer indexes both alike. A view's labels come from the dataset's ``labels`` tensor when it
+    has one, without decoding images.
     """
     if hasattr(ds, "images") and isinstance(getattr(ds, "labels", None), torch.Tensor):
         return ds.images, ds.labels
     if in_memory not in (True, False, "auto"):
         raise ValueError(f"slack: in_memory must be true, false or auto, got {in_memory!r}")
     view = DatasetImages(ds)
-    labels = getattr(ds, "labels", None)
-    if not isinstance(labels, torch.Tensor) and in_memory is True:  # one pass for both
-        xs, ys = [], []
-        for a in range(0, len(ds), 256):
-            x, y = collate_batch(ds, list(range(a, min(len(ds), a + 256))))
-            xs.append(x)
-            ys.append(torch.as_tensor(y, dtype=torch.int64).reshape(-1))
-        return torch.cat(xs), torch.cat(ys)
-    if not isinstance(labels, torch.Tensor):
-        parts = [collate_batch(ds, list(range(a, min(len(ds), a + 256))))[1] for a in range(0, len(ds), 256)]
-        labels = torch.cat([torch.as_tensor(t, dtype=torch.int64).reshape(-1) for t in parts])
-    labels = labels.long()
     if in_memory == "auto":
         need = len(view) * view[0].numel() * view.dtype.itemsize if len(view) else 0
         mem = _memory_bytes()
         in_memory = need <= IN_MEMORY_BYTES and (mem is None or need <= 0.4 * mem)
-    if in_memory:
-        return torch.cat(list(image_batches(view))), labels
-    return view, labels
+    labels = getattr(ds, "labels", None)
+    if in_memory or not isinstance(labels, torch.Tensor):  # one pass over the items
+        xs, ys = [], []
+        for a in range(0, len(ds), 256):
+            x, y = collate_batch(ds, list(range(a, min(len(ds), a + 256))))
+            if in_memory:
+                xs.append(x)
+            ys.append(torch.as_tensor(y, dtype=torch.int64).reshape(-1))
+        labels = torch.cat(ys)
+        if in_memory:
+            return torch.cat(xs), labels
+    return view, labels.long()
 
 
 def take(images: Any, idx: torch.Tensor) -> Any:

@@ -174,6 +174,7 @@ class SearchWorkflow:
             fulcra.create("policy_optimizers", _search_node(self.cfg))
         for b in self.cfg.baselines:
             fulcra.create("policy_optimizers", _node(b))
+        _in_memory(self.cfg.data_in_memory)
         fulcra.create("datasets", _node(self.cfg.data))
 
     def run(self, ctx) -> dict:
