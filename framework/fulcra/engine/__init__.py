@@ -17,6 +17,7 @@ from .core import (
 )
 from .images import DatasetImages, image_batches
 from .optim import EpochSampler, make_optimizer, make_scheduler, step_generator
+from .prefetch import Prefetcher, data_workers, usable_cpus
 from .stages import Stage, file_identity, fingerprint
 from .trainer import Trainer, collate_batch, unwrap
 
@@ -45,5 +46,8 @@ __all__ = [
     "collate_batch",
     "DatasetImages",
     "image_batches",
+    "Prefetcher",
+    "data_workers",
+    "usable_cpus",
     "unwrap",
 ]

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from .prefetch import Prefetcher
 from .trainer import collate_batch
 
 __all__ = ["DatasetImages", "image_batches"]
@@ -27,28 +28,44 @@ class DatasetImages:
     shape of the first (as stacking them would require). Nothing is cached: each access decodes.
 
     Attributes: ``dataset``, ``batch_size``; ``shape`` (``torch.Size``, from the first item) and
-    ``dtype`` as a tensor's.
+    ``dtype`` as a tensor's; ``workers``: the worker processes that loops drawing from this view
+    may decode ahead with (:class:`~fulcra.engine.Prefetcher`; 0: none). Indexing itself always
+    decodes here; ``workers`` only tells consumers (:func:`image_batches`, the trainers) how many
+    to start.
     """
 
     def __init__(
-        self, dataset: Any, batch_size: int = 256, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self,
+        dataset: Any,
+        batch_size: int = 256,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        workers: int = 0,
     ):
         if batch_size < 1:
             raise ValueError(f"DatasetImages: batch_size must be >= 1, got {batch_size}")
+        if workers < 0:
+            raise ValueError(f"DatasetImages: workers must be >= 0, got {workers}")
         self.dataset, self.batch_size, self.transform = dataset, int(batch_size), transform
+        self.workers = int(workers)
         self._item_shape: torch.Size | None = None
         self._dtype: torch.dtype | None = None
 
     def subset(self, indices: Any) -> DatasetImages:
         """The images at ``indices`` (anything :meth:`__getitem__` takes but an int) as another lazy
         view: ``view.subset(idx)[k]`` is ``view[idx][k]``, nothing decoded now."""
-        return DatasetImages(_Subset(self.dataset, self._indices(indices)), self.batch_size, self.transform)
+        return DatasetImages(
+            _Subset(self.dataset, self._indices(indices)), self.batch_size, self.transform, self.workers
+        )
 
     def with_transform(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> DatasetImages:
         """A view whose batches go through ``fn`` (``[b, C, H, W]`` to ``[b, C', H', W']``, image by
         image) after this view's own transform."""
         prev = self.transform
-        return DatasetImages(self.dataset, self.batch_size, fn if prev is None else _Compose(prev, fn))
+        return DatasetImages(self.dataset, self.batch_size, fn if prev is None else _Compose(prev, fn), self.workers)
+
+    def with_workers(self, workers: int) -> DatasetImages:
+        """The same view with ``workers`` decoding processes for the loops that draw from it."""
+        return DatasetImages(self.dataset, self.batch_size, self.transform, workers)
 
     @property
     def ndim(self) -> int:
@@ -141,7 +158,8 @@ class DatasetImages:
         return x
 
     def __repr__(self) -> str:
-        return f"DatasetImages({type(self.dataset).__name__}, n={len(self)}, batch_size={self.batch_size})"
+        w = f", workers={self.workers}" if self.workers else ""
+        return f"DatasetImages({type(self.dataset).__name__}, n={len(self)}, batch_size={self.batch_size}{w})"
 
 
 class _Compose:
@@ -173,7 +191,23 @@ class _Subset(torch.utils.data.Dataset):
         return base[torch.as_tensor(self.idx, dtype=torch.int64)] if isinstance(base, torch.Tensor) else None
 
 
-def image_batches(images: Any, batch_size: int = 256) -> Iterator[torch.Tensor]:
-    """Consecutive ``[b, 3, H, W]`` slices of a uint8 tensor or a :class:`DatasetImages` (in order)."""
-    for a in range(0, len(images), batch_size):
-        yield images[a : a + batch_size]
+def image_batches(images: Any, batch_size: int = 256, workers: int | None = None) -> Iterator[torch.Tensor]:
+    """Consecutive ``[b, 3, H, W]`` slices of a uint8 tensor or a :class:`DatasetImages` (in order),
+    decoded ahead by ``workers`` processes (default: the view's ``workers``; a tensor: none)."""
+    n_workers = getattr(images, "workers", 0) if workers is None else int(workers)
+    starts = range(0, len(images), batch_size)
+    if n_workers <= 0 or len(starts) < 2:
+        for a in starts:
+            yield images[a : a + batch_size]
+        return
+    with Prefetcher(_Slice(images, batch_size), starts, workers=n_workers) as ahead:
+        for a in starts:
+            yield ahead.take(a)
+
+
+class _Slice:
+    def __init__(self, images: Any, batch_size: int):
+        self.images, self.batch_size = images, batch_size
+
+    def __call__(self, a: int) -> torch.Tensor:
+        return self.images[a : a + self.batch_size]

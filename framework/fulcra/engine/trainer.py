@@ -11,6 +11,7 @@ from torch import nn
 from . import dist
 from .core import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .optim import EpochSampler, make_optimizer, make_scheduler, step_generator
+from .prefetch import Prefetcher
 
 __all__ = ["Trainer", "collate_batch", "unwrap"]
 
@@ -22,6 +23,35 @@ def collate_batch(dataset: Any, indices: Sequence[int]) -> Any:
         return dataset.get_batch(list(indices))
     items = [dataset[i] for i in indices]
     return torch.utils.data.default_collate(items)
+
+
+def _fetch(dataset: Any, indices: Sequence[int], seed: int, step: int, rank: int) -> tuple[Any, Any]:
+    if hasattr(dataset, "augmented_batch"):  # fulcra.interfaces.AugmentingDataset
+        # per-sample augmentation inside the dataset (mmseg's pipeline): its own stream, keyed
+        # like the step's so a resumed run draws the same crops
+        return dataset.augmented_batch(list(indices), step_generator(seed, step, rank, 0xDA7A))
+    return collate_batch(dataset, indices)
+
+
+class _StepBatch:
+    """The batch of a global step: epoch ``step // steps_per_epoch`` of the sampler's order (one
+    permutation per epoch, kept), sliced. Runs in the loop's process or in a prefetching worker."""
+
+    def __init__(
+        self, dataset: Any, sampler: EpochSampler, batch_size: int, steps_per_epoch: int, seed: int, rank: int
+    ):
+        self.dataset, self.batch_size, self.steps_per_epoch = dataset, batch_size, steps_per_epoch
+        self.sampler = EpochSampler(sampler.n, sampler.seed, sampler.rank, sampler.world_size, sampler.shuffle)
+        self.seed, self.rank = seed, rank
+        self._epoch, self._order = -1, []
+
+    def __call__(self, step: int) -> tuple[Any, Any]:
+        epoch, b = divmod(int(step), self.steps_per_epoch)
+        if epoch != self._epoch:
+            self.sampler.set_epoch(epoch)
+            self._epoch, self._order = epoch, self.sampler.indices()
+        idx = self._order[b * self.batch_size : (b + 1) * self.batch_size]
+        return _fetch(self.dataset, idx, self.seed, step, self.rank)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -51,6 +81,10 @@ class Trainer:
             last epoch is cut short, the schedule spans ``max_steps``).
         distributed: DDP across the process group (default: when one is initialised); False trains
             this process alone, on all the data (e.g. evaluation runs only rank 0 makes).
+        workers: worker processes that fetch (decode, and with ``augmented_batch`` augment) the
+            coming batches while the model computes (:class:`~fulcra.engine.Prefetcher`,
+            ``prefetch`` batches each ahead); 0 fetches each batch when its step starts. The batches,
+            and so the weights, are the same either way.
     """
 
     def __init__(
@@ -80,6 +114,8 @@ class Trainer:
         params: Any = None,
         max_steps: int | None = None,
         distributed: bool | None = None,
+        workers: int = 0,
+        prefetch: int = 2,
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -91,6 +127,9 @@ class Trainer:
         self.ckpt_every = int(ckpt_every)
         self.hooks, self.stage = hooks, stage
         self.batch_transform = batch_transform
+        if workers < 0 or prefetch < 1:
+            raise ValueError(f"Trainer: need workers >= 0 and prefetch >= 1, got {workers}, {prefetch}")
+        self.workers, self.prefetch = int(workers), int(prefetch)
         ddp = dist.is_distributed() if distributed is None else bool(distributed) and dist.is_distributed()
         self.rank, self.world = (dist.rank(), dist.world_size()) if ddp else (0, 1)
         self.ddp = ddp
@@ -148,31 +187,33 @@ class Trainer:
         """Train to ``epochs`` (resuming from ``ckpt_path`` when present); returns the model."""
         self.maybe_resume()
         self.model.train()
-        while self.step < self.total_steps:
-            epoch, within = divmod(self.step, self.steps_per_epoch)
-            self.sampler.set_epoch(epoch)
-            order = self.sampler.indices()
-            for b in range(within, self.steps_per_epoch):
-                if self.step >= self.total_steps:
-                    break
-                idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-                metrics = self.train_step(idx)
-                self.step += 1
-                if self.hooks is not None:
-                    self.hooks.step(step=self.step, metrics=metrics, total=self.total_steps, stage=self.stage)
-                if self.ckpt_every and self.step % self.ckpt_every == 0 and self.step < self.total_steps:
-                    self.save()
-            self.save()
+        fetch = _StepBatch(self.dataset, self.sampler, self.batch_size, self.steps_per_epoch, self.seed, self.rank)
+        ahead = Prefetcher(
+            fetch,
+            range(self.step, self.total_steps),
+            workers=self.workers,
+            depth=self.prefetch,
+            pin_memory=self.device.type == "cuda",
+        )
+        with ahead:
+            while self.step < self.total_steps:
+                epoch = self.step // self.steps_per_epoch
+                self.sampler.set_epoch(epoch)
+                while self.step < self.total_steps and self.step // self.steps_per_epoch == epoch:
+                    metrics = self._optimise(*ahead.take(self.step))
+                    self.step += 1
+                    if self.hooks is not None:
+                        self.hooks.step(step=self.step, metrics=metrics, total=self.total_steps, stage=self.stage)
+                    if self.ckpt_every and self.step % self.ckpt_every == 0 and self.step < self.total_steps:
+                        self.save()
+                self.save()
         return self.model
 
     def train_step(self, indices: Sequence[int]) -> dict:
-        if hasattr(self.dataset, "augmented_batch"):  # fulcra.interfaces.AugmentingDataset
-            # per-sample augmentation inside the dataset (mmseg's pipeline): its own stream, keyed
-            # like the step's so a resumed run draws the same crops
-            data_gen = step_generator(self.seed, self.step, self.rank, 0xDA7A)
-            inputs, targets = self.dataset.augmented_batch(list(indices), data_gen)
-        else:
-            inputs, targets = collate_batch(self.dataset, indices)
+        """One optimisation step on the items ``indices`` (step :attr:`step`'s randomness)."""
+        return self._optimise(*_fetch(self.dataset, indices, self.seed, self.step, self.rank))
+
+    def _optimise(self, inputs: Any, targets: Any) -> dict:
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         if self.batch_transform is not None:
