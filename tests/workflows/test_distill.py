@@ -289,3 +289,34 @@ def test_training_images_without_an_in_memory_tensor_stay_lazy():
     eager = imgs[torch.tensor(train.idx)]
     assert torch.equal(view[torch.tensor([35, 0, 7])], eager[[35, 0, 7]])
     assert images_digest(view) == images_digest(eager)  # pre-trained encoders keep their cache keys
+
+
+def test_image_files_decoded_ahead_give_the_same_scores(tmp_path, capsys):
+    """distill on an image folder (decoded as drawn): with decoding workers (probe cache, student
+    training, evaluation, pre-training) the scores are those of the single-process run."""
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("torchvision")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _digits_folder import write_digits_folder
+
+    root = write_digits_folder(tmp_path / "png")
+    args = [a for a in TINY if not a.startswith("data.")] + [
+        f"data={{name: imagefolder, root: '{root}', size: 16, val_fraction: 0.3}}",
+        "rows=[teacher_probed,student_alone,distilled]",
+        "seeds=[0]",
+        "search.enabled=false",
+    ]
+    run("distill-digits", [f"out={tmp_path / 'w0'}", *args, "data_workers=0"], hooks=[])
+    assert "decode the coming batches" not in capsys.readouterr().out
+    run("distill-digits", [f"out={tmp_path / 'w2'}", *args, "data_workers=2"], hooks=[])
+    assert "data: 2 worker process(es) decode the coming batches" in capsys.readouterr().out
+    s0, s2 = (json.loads((tmp_path / w / "scores.json").read_text()) for w in ("w0", "w2"))
+    assert set(s0) == {"teacher_probed/0", "student_alone/0", "distilled/0/0"} and s0 == s2
+    import torch
+
+    for f in ("teacher_head.pt", "student_alone.ckpt", "distilled.ckpt"):  # the same weights, not just scores
+        a, b = (torch.load(tmp_path / w / "seed0" / f, weights_only=True) for w in ("w0", "w2"))
+        a, b = a.get("model", a), b.get("model", b)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f

@@ -5,7 +5,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,6 +12,7 @@ from fulcra.errors import ConfigError
 from fulcra.runner import run
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _digits_folder import write_digits_folder  # noqa: E402
 from _slack_tiny import TINY as _TINY  # noqa: E402
 from _slack_tiny import Notes  # noqa: E402
 
@@ -21,23 +21,14 @@ TINY = [a for a in _TINY if not a.startswith(("data.", "eval_epochs="))] + ["eva
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    tv = pytest.importorskip("torchvision")
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    root = tmp_path_factory.mktemp("digits_png")
-    for c in range(3):
-        (root / f"class{c}").mkdir()
-    keep = np.flatnonzero(d.target < 3)[:90]
-    for i in keep:
-        g = torch.from_numpy((d.images[i] * 255 / 16).round().astype(np.uint8))[None].expand(3, 8, 8)
-        tv.io.write_png(g.contiguous(), str(root / f"class{d.target[i]}" / f"{i:04d}.png"))
-    return root
+    pytest.importorskip("torchvision")
+    return write_digits_folder(tmp_path_factory.mktemp("digits_png"))
 
 
-def _run(out, folder, mode, notes=None):
+def _run(out, folder, mode, notes=None, workers="auto"):
     data = [f"data={{name: imagefolder, root: '{folder}', size: 10, val_fraction: 0.2}}"]
-    res = run("slack-digits", [f"out={out}", *data, *TINY, f"data_in_memory={mode}"], hooks=[notes or Notes()])
+    args = [f"out={out}", *data, *TINY, f"data_in_memory={mode}", f"data_workers={workers}"]
+    res = run("slack-digits", args, hooks=[notes or Notes()])
     return res, json.loads((out / "policy.json").read_text())
 
 
@@ -46,8 +37,10 @@ def test_lazy_and_in_memory_data_give_the_same_run(tmp_path, folder):
 
     n_eager, n_lazy = Notes(), Notes()
     eager, p_eager = _run(tmp_path / "eager", folder, "true", n_eager)
-    lazy, p_lazy = _run(tmp_path / "lazy", folder, "false", n_lazy)
-    assert any("decoded as drawn" in m for m in n_lazy.messages)
+    lazy, p_lazy = _run(tmp_path / "lazy", folder, "false", n_lazy, workers=2)
+    assert any("decoded as drawn" in m and "2 decoding workers" in m for m in n_lazy.messages)
+    # every batch of the search came from the two workers, in the order the search drew them
+    assert any(m.startswith("search: ") and "by 2 workers, 0 drawn off the plan" in m for m in n_lazy.messages)
     assert not any("decoded as drawn" in m for m in n_eager.messages)
     assert p_lazy == p_eager
     dump = lambda r, out: json.dumps(r, sort_keys=True, default=str).replace(str(out), "OUT")  # noqa: E731
@@ -84,3 +77,5 @@ def test_lazy_and_in_memory_data_give_the_same_run(tmp_path, folder):
 def test_data_in_memory_must_be_auto_true_or_false(tmp_path, folder):
     with pytest.raises(ConfigError, match="data_in_memory must be auto, true or false"):
         _run(tmp_path / "x", folder, "sometimes")
+    with pytest.raises(ConfigError, match="'slack': data_workers must be auto or a non-negative integer"):
+        _run(tmp_path / "x", folder, "false", workers="-2")

@@ -17,7 +17,7 @@ from .core import (
 )
 from .images import DatasetImages, image_batches
 from .optim import EpochSampler, make_optimizer, make_scheduler, step_generator
-from .prefetch import Prefetcher, data_workers, usable_cpus
+from .prefetch import ItemRange, Prefetcher, data_workers, dataset_batches, usable_cpus
 from .stages import Stage, file_identity, fingerprint
 from .trainer import Trainer, collate_batch, unwrap
 
@@ -47,6 +47,8 @@ __all__ = [
     "DatasetImages",
     "image_batches",
     "Prefetcher",
+    "ItemRange",
+    "dataset_batches",
     "data_workers",
     "usable_cpus",
     "unwrap",

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["Prefetcher", "data_workers", "usable_cpus"]
+__all__ = ["Prefetcher", "ItemRange", "dataset_batches", "data_workers", "usable_cpus"]
 
 MAX_AUTO_WORKERS = 8
 """``data_workers("auto", lazy=True)`` never starts more worker processes than this per process."""
@@ -163,3 +163,35 @@ class _Calls(torch.utils.data.Dataset):
 
 def _as_is(x: Any) -> Any:
     return x
+
+
+class ItemRange:
+    """A picklable fetch for :class:`Prefetcher`: key ``(a, b)`` gives the batch of items
+    ``a .. b-1`` of ``dataset`` (:func:`~fulcra.engine.collate_batch`: ``(inputs, targets)``)."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __call__(self, key: tuple[int, int]) -> Any:
+        from .trainer import collate_batch
+
+        a, b = key
+        return collate_batch(self.dataset, list(range(a, b)))
+
+
+def dataset_batches(
+    dataset: Any, batch_size: int = 256, *, workers: int = 0, stop: int | None = None, pin_memory: bool = False
+) -> Iterator[Any]:
+    """The consecutive batches ``(inputs, targets)`` of the first ``stop`` items of ``dataset`` (all
+    by default), in order, fetched ahead by ``workers`` processes (0: each when it is reached)."""
+    from .trainer import collate_batch
+
+    n = len(dataset) if stop is None else min(int(stop), len(dataset))
+    keys = [(a, min(n, a + batch_size)) for a in range(0, n, batch_size)]
+    if workers <= 0 or len(keys) < 2:
+        for a, b in keys:
+            yield collate_batch(dataset, list(range(a, b)))
+        return
+    with Prefetcher(ItemRange(dataset), keys, workers=workers, pin_memory=pin_memory) as ahead:
+        for k in keys:
+            yield ahead.take(k)

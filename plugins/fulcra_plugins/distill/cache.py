@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from fulcra.engine import atomic_write_text, collate_batch, dist
+from fulcra.engine import ItemRange, Prefetcher, atomic_write_text, collate_batch, dist
 
 __all__ = ["FeatureCache", "CachedFeatures", "dataset_fingerprint", "file_fingerprint"]
 
@@ -72,11 +72,17 @@ class FeatureCache:
         m = json.loads(meta.read_text())
         return m.get("key") == self.key and m.get("complete", False)
 
-    def build(self, dataset: Any, encode: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> np.ndarray:
+    def build(
+        self,
+        dataset: Any,
+        encode: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device,
+        workers: int = 0,
+    ) -> np.ndarray:
         """Encode every item of ``dataset`` (``(image uint8 [3,H,W], target)``) once.
 
         ``encode(images uint8 [B,3,H,W] on device) -> [B, *feature_shape]``. Returns the read-only
-        memory map ``[N, *feature_shape]``.
+        memory map ``[N, *feature_shape]``. ``workers`` processes decode the coming chunks.
         """
         n = len(dataset)
         n_chunks = -(-n // self.chunk)
@@ -101,11 +107,12 @@ class FeatureCache:
         feats = np.load(feats_path, mmap_mode="r+")
         targets = np.load(targets_path, mmap_mode="r+")
         done = np.load(done_path, mmap_mode="r+")
-        for c in dist.shard_indices(n_chunks):
-            if done[c]:
-                continue  # resumed: this chunk was flushed before the interruption
-            idx = list(range(c * self.chunk, min(n, (c + 1) * self.chunk)))
-            x, y = collate_batch(dataset, idx)
+        # a resumed build skips the chunks flushed before the interruption
+        todo = [(c * self.chunk, min(n, (c + 1) * self.chunk)) for c in dist.shard_indices(n_chunks) if not done[c]]
+        ahead = Prefetcher(ItemRange(dataset), todo, workers=workers, pin_memory=torch.device(device).type == "cuda")
+        for a, b in todo:
+            c, idx = a // self.chunk, list(range(a, b))
+            x, y = ahead.take((a, b))
             with torch.no_grad():
                 f = encode(x.to(device)).float().cpu().numpy()
             feats[idx[0] : idx[-1] + 1] = f.astype(self.dtype)
@@ -114,6 +121,7 @@ class FeatureCache:
             targets.flush()
             done[c] = 1
             done.flush()
+        ahead.close()
         del feats, targets, done
         dist.barrier()
         if dist.rank() == 0:

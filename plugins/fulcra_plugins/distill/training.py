@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fulcra.engine import Trainer, collate_batch, unwrap
+from fulcra.engine import Trainer, collate_batch, dataset_batches, unwrap
 from fulcra.errors import ConfigError
 from fulcra.interfaces import PredictingTask
 
@@ -73,11 +73,13 @@ def probe_teacher(
     hooks: Any = None,
     cache_root: Path | None = None,
     weights: str | None = None,
+    workers: int = 0,
 ) -> dict:
     """Train the teacher head; returns ``{"cached": bool}``. Resumes from ``out_dir/teacher.ckpt``.
 
     ``cfg`` has ``epochs, batch_size, optimizer, lr, weight_decay, augment, cache``. With
     ``augment == "deterministic"`` and ``cache``, features live in ``cache_root`` (shared by seeds).
+    ``workers`` processes decode the coming batches of ``train`` (the same result).
     """
     cached = bool(cfg.cache) and cfg.augment == "deterministic"
     common = dict(
@@ -88,6 +90,7 @@ def probe_teacher(
         weight_decay=cfg.weight_decay,
         device=device,
         seed=seed,
+        workers=workers,
         ckpt_path=out_dir / "teacher.ckpt",
         hooks=hooks,
         stage="probe",
@@ -104,7 +107,7 @@ def probe_teacher(
             "data": dataset_fingerprint(train),
         }
         cache = FeatureCache(cache_root, key)
-        feats = cache.build(train, lambda x: teacher.encode(teacher.prepare(to_unit(x))), device)
+        feats = cache.build(train, lambda x: teacher.encode(teacher.prepare(to_unit(x))), device, workers=workers)
         targets = cache.targets()  # memory-mapped with the features; a cache from before: the dataset's
         ds = CachedFeatures(feats, targets if targets is not None else dataset_targets(train))
         model = _HeadOnFeatures(teacher.head)
@@ -157,8 +160,10 @@ def train_student(
     synthetic: Any = None,
     hooks: Any = None,
     stage: str = "student",
+    workers: int = 0,
 ) -> nn.Module:
     """Train ``student`` (resuming from ``ckpt_path``); with ``teacher``, by distillation.
+    ``workers`` processes decode the coming batches of ``train`` (the same weights).
 
     Args:
         cfg: ``epochs, batch_size, optimizer, lr, weight_decay, warmup_epochs, augment, mixup``.
@@ -272,6 +277,7 @@ def train_student(
         stage=stage,
         batch_transform=transform,
         grad_clip=getattr(cfg, "grad_clip", None) or None,
+        workers=workers,
     )
     if teacher is not None:
         teacher.to(device).eval()
@@ -281,18 +287,20 @@ def train_student(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Any, task: Any, device: torch.device, batch_size: int = 256) -> dict:
+def evaluate(
+    model: nn.Module, dataset: Any, task: Any, device: torch.device, batch_size: int = 256, workers: int = 0
+) -> dict:
     """Reduced task metrics of ``model`` over ``dataset`` (Resize/CenterCrop only: ``prepare``).
 
     A task with ``predict`` (:class:`fulcra.interfaces.PredictingTask`, e.g. sliding windows)
-    decides how the model sees each image; with ``per_image`` images go one at a time."""
+    decides how the model sees each image; with ``per_image`` images go one at a time. ``workers``
+    processes decode the coming batches."""
     was = model.training
     model.eval()
     metrics = []
     predict = task.predict if isinstance(task, PredictingTask) else None
     step = 1 if predict is not None and task.per_image else batch_size
-    for i in range(0, len(dataset), step):
-        x, y = collate_batch(dataset, list(range(i, min(len(dataset), i + step))))
+    for x, y in dataset_batches(dataset, step, workers=workers):
         x, y = to_unit(x.to(device)), torch.as_tensor(y).to(device)
         out = predict(lambda z: model(model.prepare(z)), x) if predict is not None else model(model.prepare(x))
         if _is_dense(y):
@@ -303,15 +311,18 @@ def evaluate(model: nn.Module, dataset: Any, task: Any, device: torch.device, ba
 
 
 def collect_features(
-    model: nn.Module, dataset: Any, device: torch.device, batch_size: int = 256, limit: int | None = None
+    model: nn.Module,
+    dataset: Any,
+    device: torch.device,
+    batch_size: int = 256,
+    limit: int | None = None,
+    workers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``model.features`` over (the first ``limit`` items of) a dataset -> (features, targets) on CPU."""
-    n = len(dataset) if limit is None else min(limit, len(dataset))
     fs, ts = [], []
     model.eval()
     with torch.no_grad():
-        for i in range(0, n, batch_size):
-            x, y = collate_batch(dataset, list(range(i, min(n, i + batch_size))))
+        for x, y in dataset_batches(dataset, batch_size, workers=workers, stop=limit):
             fs.append(model.features(model.prepare(to_unit(x.to(device)))).float().cpu())
             ts.append(torch.as_tensor(y))
     return torch.cat(fs), torch.cat(ts)

@@ -39,7 +39,16 @@ from omegaconf import OmegaConf
 
 import fulcra
 from fulcra.backbone import check_backbone_ref, create_backbone, locate_backbone_weights
-from fulcra.engine import DatasetImages, Stage, atomic_save, atomic_write_text, dist, load_checkpoint, mean_ci
+from fulcra.engine import (
+    DatasetImages,
+    Stage,
+    atomic_save,
+    atomic_write_text,
+    data_workers,
+    dist,
+    load_checkpoint,
+    mean_ci,
+)
 from fulcra.errors import ConfigError
 
 from .training import evaluate, probe_teacher, train_student
@@ -238,6 +247,13 @@ class DistillConfig:
         default="sd196", metadata={"help": "spread shown in the table: sd196 (1.96σ, the thesis) or t (95% CI)"}
     )
     eval_split: str = field(default="test", metadata={"help": "split the table is scored on"})
+    data_workers: Any = field(
+        default="auto",
+        metadata={
+            "help": "auto | N: worker processes that decode the coming batches of an image-file dataset "
+            "(auto: 0 for data in memory, else min(8, cpus - 1)); the results are the same"
+        },
+    )
     plots: bool = field(default=True, metadata={"help": "write the PCA feature plot (needs matplotlib)"})
     keep_checkpoints: bool = field(
         default=True, metadata={"help": "keep per-row checkpoints after scoring (needed for plots on resume)"}
@@ -269,6 +285,7 @@ class DistillWorkflow:
             )
         self._hp_cache: dict = {}
         self.provenance: dict = {}
+        self._workers = 0  # decoding processes: set by run() from data_workers
 
     # ------------------------------------------------------------------------------ helpers
     def _say(self, ctx, msg: str) -> None:
@@ -378,7 +395,7 @@ class DistillWorkflow:
 
         pc, tc = self.cfg.pretrain, self.cfg.train
         cache = Path(pc.cache_dir).expanduser() if pc.cache_dir else Path(ctx.out) / "pretrain_cache"
-        images = _all_images(train)
+        images = _all_images(train, self._workers)
         aug = {"scale": (float(pc.crop_scale), 1.0), "jitter": float(pc.jitter), "flip": bool(tc.flip)}
         common = {"lr": pc.lr, "weight_decay": pc.weight_decay, "batch_size": pc.batch_size, "seed": pc.seed}
         self._say(
@@ -501,6 +518,7 @@ class DistillWorkflow:
                 "hyperparameters are never chosen on the split the table reports"
             )
         self._preflight(self._node("teacher"), self._node("student"), list(cfg.rows))
+        data_workers(cfg.data_workers, lazy=True, field="workflows plugin 'distill': data_workers")
 
     def _dataset(self):
         if getattr(self, "_data", None) is None:
@@ -528,6 +546,12 @@ class DistillWorkflow:
                 val = splits[cfg.search.split]
             else:  # §4.4.1: "where no validation set exists, we allocate 10% of the training set"
                 train, val = _hold_out(train, 0.1, seed=0)
+        # decoding ahead changes the speed, never the result: not an input of the stage below
+        self._workers = data_workers(
+            cfg.data_workers, lazy=not _in_memory(train), field="workflows plugin 'distill': data_workers"
+        )
+        if self._workers:
+            self._say(ctx, f"data: {self._workers} worker process(es) decode the coming batches of {len(train)} images")
         task = fulcra.create("tasks", self._node("task"))
         self._metric = task.metric_name
         K = int(data.num_classes)
@@ -540,7 +564,7 @@ class DistillWorkflow:
         inputs = {
             k: v
             for k, v in OmegaConf.to_container(cfg, resolve=True).items()
-            if k not in ("seeds", "student_seeds", "rows", "plots", "interval")
+            if k not in ("seeds", "student_seeds", "rows", "plots", "interval", "data_workers")
         }
         stale = [out / "scores.json", out / "results.json", out / "results.md", out / "search.json"]
         stale += [out / "search", out / "feature_cache"]
@@ -593,7 +617,7 @@ class DistillWorkflow:
         scores: dict = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
 
         def record(key, model, row, seed):
-            metrics = evaluate(model, test, task, ctx.device)
+            metrics = evaluate(model, test, task, ctx.device, workers=self._workers)
             scores[key] = float(metrics[task.metric_name])
             self._say(ctx, f"{key} {LABELS[row]}: {task.metric_name} = {scores[key]:.4f}")
             if ctx.hooks is not None:
@@ -659,7 +683,7 @@ class DistillWorkflow:
 
         def run_one(hp, tag):
             m = self._probe_once(ctx, env, node, hp, Path(ctx.out) / "search" / tag, self.cfg.seeds[0], who)
-            return evaluate(m, env["val"], env["task"], ctx.device)[self._metric]
+            return evaluate(m, env["val"], env["task"], ctx.device, workers=self._workers)[self._metric]
 
         hp = self._hp(ctx, family, run_one)
         return self._probe_once(ctx, env, node, hp, sdir, seed, who)
@@ -682,6 +706,7 @@ class DistillWorkflow:
             hooks=ctx.hooks,
             cache_root=Path(ctx.out) / "feature_cache" / ("train" if who == "teacher" else f"{who}_train"),
             weights=node.get("weights"),
+            workers=self._workers,
         )
         self._say(
             ctx, f"seed {seed}: {who} probed ({'on cached features' if info['cached'] else 're-encoding each batch'})"
@@ -708,7 +733,7 @@ class DistillWorkflow:
                 ctx, env, node, scratch, Path(ctx.out) / "search" / f"{tag}.ckpt", self.cfg.seeds[0], hp,
                 teacher_for_search() if teacher_for_search else None, None, family,
             )  # fmt: skip
-            return evaluate(m, env["val"], env["task"], ctx.device)[self._metric]
+            return evaluate(m, env["val"], env["task"], ctx.device, workers=self._workers)[self._metric]
 
         hp = self._hp(ctx, family, run_one)
         return self._fit_once(ctx, env, node, scratch, ckpt, seed, hp, teacher, extra, family)
@@ -729,6 +754,7 @@ class DistillWorkflow:
             synthetic=extra,
             hooks=ctx.hooks,
             stage=stage,
+            workers=self._workers,
         )
 
     def _train_row(self, ctx, env, row, sdir, seed, teacher, s_seed: int = 0):
@@ -922,10 +948,18 @@ def _hold_out(ds, fraction: float, seed: int):
     return _Subset(ds, sorted(perm[k:])), _Subset(ds, sorted(perm[:k]))
 
 
-def _all_images(ds) -> Any:
+def _all_images(ds, workers: int = 0) -> Any:
     """The images of ``ds`` indexed like a uint8 ``[N, 3, H, W]`` tensor: its own ``images`` tensor
     when it holds one in memory, else a :class:`fulcra.engine.DatasetImages` view that decodes what
-    is drawn (a synthetic set's sources, a distillation batch), never the whole set at once."""
+    is drawn (a synthetic set's sources, a distillation batch), never the whole set at once; loops
+    over the view decode ahead with ``workers`` processes."""
     if hasattr(ds, "images") and isinstance(ds.images, torch.Tensor):
         return ds.images
-    return DatasetImages(ds)
+    return DatasetImages(ds, workers=workers)
+
+
+def _in_memory(ds) -> bool:
+    """Whether ``ds`` (or the dataset a held-out split was taken from) holds its images as a tensor."""
+    while isinstance(ds, _Subset):
+        ds = ds.ds
+    return isinstance(getattr(ds, "images", None), torch.Tensor)

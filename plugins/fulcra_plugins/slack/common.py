@@ -273,12 +273,13 @@ class MethodAugment:
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device, batch: int = 512) -> float:
-    """Top-1 accuracy of ``model`` (eval mode) on uint8 ``images`` ``[N, C, H, W]``."""
+    """Top-1 accuracy of ``model`` (eval mode) on uint8 ``images`` ``[N, C, H, W]`` (a tensor, or a
+    :class:`fulcra.engine.DatasetImages` view, decoded ahead by its ``workers``)."""
     model.eval()
     correct = 0
     with torch.no_grad():
-        for s in range(0, images.shape[0], batch):
-            x = to_input(images[s : s + batch].to(device))
+        for s, xb in zip(range(0, images.shape[0], batch), image_batches(images, batch)):
+            x = to_input(xb.to(device))
             correct += int((model(x).argmax(-1).cpu() == labels[s : s + batch]).sum())
     model.train()
     return correct / max(images.shape[0], 1)
@@ -314,7 +315,8 @@ def train_with_policy(
     that size first (:class:`MethodAugment`): the
     evaluation training of a policy, on :class:`fulcra.engine.Trainer` (this process only, even
     under ``torchrun``). With ``ckpt_path`` a run killed mid-training resumes to the same weights.
-    Deterministic for a seed."""
+    Deterministic for a seed. A :class:`fulcra.engine.DatasetImages` view's ``workers`` decode the
+    coming batches while the model computes (the same weights)."""
     device = torch.device(device or "cpu")
     aug = (
         MethodAugment(
@@ -355,5 +357,6 @@ def train_with_policy(
         stage=stage,
         batch_transform=transform,
         distributed=False,
+        workers=int(getattr(images, "workers", 0) or 0),
     )
     return trainer.fit()

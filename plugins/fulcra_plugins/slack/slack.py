@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from fulcra.engine import atomic_save, dist, load_checkpoint, make_scheduler, step_generator
+from fulcra.engine import Prefetcher, atomic_save, dist, load_checkpoint, make_scheduler, step_generator
 from fulcra.errors import ConfigError
 from fulcra.policy import Policy
 
@@ -137,6 +137,24 @@ def clip_each(tensors, max_norm: float) -> list:
         c = torch.clamp(max_norm / (t.detach().double().norm() + 1e-6), max=1.0)
         out.append(t * c.to(t.dtype))
     return out
+
+
+def _step_id(key: tuple[int, ...]) -> int:
+    """The integer step of a search key ``(phase, [round,] j)``: seeds its batch draw."""
+    return key[-1] + 100003 * sum(key[:-1])
+
+
+class _SearchDraws:
+    """The images of a search draw ``(which, step)``: D_train's batch of ``step`` (seed ``seed``) or
+    D_val's (seed ``seed + 1``), as :func:`batch_indices` picks them. Runs in prefetching workers."""
+
+    def __init__(self, Xtr: Any, Xva: Any, batch: int, seed: int):
+        self.Xtr, self.Xva, self.batch, self.seed = Xtr, Xva, int(batch), int(seed)
+
+    def __call__(self, key: tuple[str, int]) -> torch.Tensor:
+        which, step = key
+        X, seed = (self.Xtr, self.seed) if which == "train" else (self.Xva, self.seed + 1)
+        return X[batch_indices(X.shape[0], self.batch, seed, step)]
 
 
 class Slack:
@@ -327,6 +345,22 @@ class Slack:
         Returns:
             the final :class:`~fulcra.policy.Policy`; ``self.history`` holds the π snapshots.
         """
+        try:
+            policy = self._search(train_data, val_data, model_factory, ctx, workdir)
+            ahead, hooks = getattr(self, "_ahead", None), getattr(ctx, "hooks", None)
+            if ahead is not None and ahead.workers > 0 and hooks is not None and getattr(ctx, "is_main", True):
+                hooks.message(
+                    f"search: {ahead.hits} batches decoded ahead by {ahead.workers} worker"
+                    f"{'s' if ahead.workers != 1 else ''}, {ahead.misses} drawn off the plan"
+                )
+            return policy
+        finally:
+            ahead, self._ahead = getattr(self, "_ahead", None), None
+            if ahead is not None:
+                ahead.close()
+                self.prefetched = {"workers": ahead.workers, "hits": ahead.hits, "misses": ahead.misses}
+
+    def _search(self, train_data, val_data, model_factory, ctx, workdir) -> Policy:
         device = torch.device(ctx.device)
         rank, world = dist.rank(), dist.world_size()
         seed = int(ctx.seed) * 1000 + rank
@@ -404,6 +438,14 @@ class Slack:
             crop=self.train_crop,
         )
         theta0_path = work / f"pretrained_rank{rank}.pt"
+        # batches of image files decoded ahead by the views' workers, in the order drawn below
+        workers = int(getattr(Xtr, "workers", 0) or 0)
+        self._ahead = Prefetcher(
+            _SearchDraws(Xtr, Xva, self.batch_size, seed),
+            self._plan(state) if workers > 0 else (),
+            workers=workers,
+            pin_memory=device.type == "cuda",
+        )
 
         # --- pre-training with the uniform policy (line 2) --------------------------------------
         while state["phase"] == "pretrain" and state["step"] < self.pretrain_steps:
@@ -480,6 +522,28 @@ class Slack:
         self.history = state["history"]
         return Policy(self.ops, logits.detach().cpu(), mu.detach().cpu(), policy.ranges, policy.sigma)
 
+    def _plan(self, state: dict) -> list[tuple[str, int]]:
+        """The keys of the images the search draws from ``state`` on, in order (what
+        :meth:`_plain_step`, :meth:`_group_batch` and :meth:`_bilevel_step` take)."""
+        keys: list[tuple[str, int]] = []
+        if state["phase"] == "pretrain":
+            keys += [("train", _step_id((1, s))) for s in range(state["step"], self.pretrain_steps)]
+        if state["phase"] not in ("pretrain", "rounds"):
+            return keys
+        r0, j0 = (state["round"], state["j"]) if state["phase"] == "rounds" else (0, 0)
+        for i in range(r0, self.rounds):
+            for j in range(j0 if i == r0 else 0, self._round_steps()):
+                if j < self.retrain_steps:
+                    keys.append(("train", _step_id((2, i, j))))
+                else:
+                    keys += [("train", _step_id((3, i, j))), ("val", _step_id((3, i, j)))]
+        return keys
+
+    def _images(self, X: Any, idx: torch.Tensor, key: tuple[str, int]) -> torch.Tensor:
+        """``X[idx]``: decoded ahead when the search prefetches (``key`` names the draw)."""
+        ahead = getattr(self, "_ahead", None)
+        return ahead.take(key) if ahead is not None and ahead.workers > 0 else X[idx]
+
     # ----------------------------------------------------------------------------------------------
     def _choose_formulation(self, model, hooks=None, is_main: bool = True) -> bool:
         """Whether the search steps use the layerwise formulation; an unsupported model with
@@ -525,9 +589,9 @@ class Slack:
     def _plain_step(self, model, opt, sched, policy, aug, X, Y, seed, key, device) -> float:
         """One pre-training step (the evaluation's setting, §3.4.1): each image of an N_t batch gets
         its own composite augmentation."""
-        step = key[-1] + 100003 * sum(key[:-1])
+        step = _step_id(key)
         idx = batch_indices(X.shape[0], self.batch_size, seed, step)
-        x, y = X[idx].to(device), Y[idx].to(device)
+        x, y = self._images(X, idx, ("train", step)).to(device), Y[idx].to(device)
         g = step_generator(seed, *key, device=device)
         op_index, mags = policy.sample(x.shape[0], g, device)
         loss = F.cross_entropy(model(aug(x, op_index, mags, g)), y)
@@ -540,9 +604,9 @@ class Slack:
     def _group_batch(self, cur, aug, X, Y, seed, key, device):
         """The step's N_t images, B_aug augmentations drawn from ``cur`` (one per group) and the
         ``[B_aug * N_t]`` group-major network input."""
-        step = key[-1] + 100003 * sum(key[:-1])
+        step = _step_id(key)
         idx = batch_indices(X.shape[0], self.batch_size, seed, step)
-        x, y = X[idx].to(device), Y[idx].to(device)
+        x, y = self._images(X, idx, ("train", step)).to(device), Y[idx].to(device)
         g = step_generator(seed, *key, device=device)
         op_index, mags = cur.sample(self.b_aug, g, device)
         n_t = x.shape[0]
@@ -616,7 +680,7 @@ class Slack:
             y_aug,
             op_index,
             mags,
-            to_input(Xva[vidx].to(device)),
+            to_input(self._images(Xva, vidx, ("val", step)).to(device)),
             Yva[vidx].to(device),
             eta,
             clip=self.clip,

@@ -25,7 +25,7 @@ import torch
 from omegaconf import OmegaConf
 
 import fulcra
-from fulcra.engine import Stage, atomic_write_text, format_mean_ci, over_seeds
+from fulcra.engine import Stage, atomic_write_text, data_workers, format_mean_ci, over_seeds
 from fulcra.errors import ConfigError, DataNotFoundError
 
 from .common import TensorSplit, as_tensors, center_crops, evaluate, take, train_with_policy
@@ -111,6 +111,13 @@ class SearchWorkflow:
                 "drawn; the results are the same bytes either way"
             },
         )
+        data_workers: Any = field(
+            default="auto",
+            metadata={
+                "help": "auto | N: worker processes that decode the coming batches of an image-file dataset "
+                "kept out of memory (auto: 0 in memory, else min(8, cpus - 1)); the results are the same bytes"
+            },
+        )
         eval_seeds: int = field(default=4, metadata={"help": "independent trainings from scratch per method", "min": 1})
         eval_epochs: float = field(default=200.0, metadata={"help": "epochs of each evaluation training", "min": 0})
         eval_batch_size: int = field(default=128, metadata={"help": "evaluation batch size"})
@@ -175,6 +182,7 @@ class SearchWorkflow:
         for b in self.cfg.baselines:
             fulcra.create("policy_optimizers", _node(b))
         _in_memory(self.cfg.data_in_memory)
+        data_workers(self.cfg.data_workers, lazy=True, field="workflows plugin 'slack': data_workers")
         fulcra.create("datasets", _node(self.cfg.data))
 
     def run(self, ctx) -> dict:
@@ -188,8 +196,12 @@ class SearchWorkflow:
         Xtr, Ytr = as_tensors(splits["train"], in_memory)
         Xte, Yte = as_tensors(splits["test"], in_memory)
         if not isinstance(Xtr, torch.Tensor):
+            n_workers = data_workers(cfg.data_workers, lazy=True, field="workflows plugin 'slack': data_workers")
+            Xtr = Xtr.with_workers(n_workers)
+            Xte = Xte if isinstance(Xte, torch.Tensor) else Xte.with_workers(n_workers)
             ctx.hooks.message(
-                f"data: {len(Xtr)} training images decoded as drawn (data_in_memory={cfg.data_in_memory})"
+                f"data: {len(Xtr)} training images decoded as drawn (data_in_memory={cfg.data_in_memory}), "
+                f"{n_workers} decoding worker{'s' if n_workers != 1 else ''} ahead of the steps"
             )
         num_classes = int(data.num_classes)
         model_node = _node(cfg.model)
