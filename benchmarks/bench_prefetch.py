@@ -1,0 +1,124 @@
+"""Training on image files: decoding each batch in the loop against decoding ahead in workers.
+
+Writes ``--n`` smooth random JPEG images (``--size`` px) in the ImageFolder layout and trains the
+same small CNN with :class:`fulcra.engine.Trainer` for ``--steps`` steps, the model on one thread,
+from (a) the images read into one tensor, (b) a :class:`fulcra.engine.DatasetImages` view decoded
+in the loop (``workers=0``) and (c) the view decoded ahead by each of ``--workers`` processes.
+``--model cnn`` is a small network whose step costs about what decoding a batch costs here;
+``--model linear`` computes next to nothing, so the loop runs as fast as batches are decoded.
+Methods alternate over ``--repeats`` runs; medians. Every run must end with the same weights.
+
+Run:  .venv/bin/python benchmarks/bench_prefetch.py --n 1024 --size 224 --batch 128 --steps 32 --workers 1 2
+      (and the same with ``--model linear``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def _model(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    if kind == "linear":  # next to no compute: the loop is as fast as its batches arrive
+        return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, 2))
+    return nn.Sequential(  # light, so that decoding is a visible share of a step on one thread
+        nn.Conv2d(3, 16, 5, stride=4, padding=2),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 2),
+    )
+
+
+def _train(images, labels, steps: int, batch: int, workers: int, kind: str) -> tuple[float, dict]:
+    from fulcra.engine import Trainer
+    from fulcra_plugins.data.digits import TensorImageDataset
+
+    trainer = Trainer(
+        _model(kind),
+        TensorImageDataset(images, labels),
+        lambda m, x, y: nn.functional.cross_entropy(m(x), y),
+        max_steps=steps,
+        batch_size=batch,
+        lr=0.05,
+        seed=3,
+        batch_transform=lambda x, y, g: ((x.float() - 127.5) / 64.0, y),
+        workers=workers,
+    )
+    t0 = time.perf_counter()
+    model = trainer.fit()
+    return time.perf_counter() - t0, model.state_dict()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1024)
+    ap.add_argument("--size", type=int, default=160)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--model", choices=["cnn", "linear"], default="cnn")
+    a = ap.parse_args()
+    from torchvision.io import write_jpeg
+
+    from fulcra.engine import DatasetImages
+    from fulcra_plugins.data import ImageFolder
+    from fulcra_plugins.slack.common import as_tensors
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for c in ("a", "b"):
+            (root / c).mkdir()
+        for i in range(a.n):  # smooth, so the files have a photo's size rather than noise's
+            base = torch.from_numpy(rng.integers(0, 256, (1, 3, a.size // 8, a.size // 8), dtype=np.uint8))
+            img = torch.nn.functional.interpolate(base.float(), size=(a.size, a.size), mode="bilinear")[0]
+            write_jpeg(img.round().clamp(0, 255).to(torch.uint8), str(root / ("a", "b")[i % 2] / f"{i:05d}.jpg"))
+        train = ImageFolder(root=str(root), size=a.size, val_fraction=0.0).splits()["train"]
+        eager, labels = as_tensors(train, True)
+        view, _ = as_tensors(train, False)
+        assert isinstance(view, DatasetImages)
+        methods = {"in_memory": (eager, 0), "view_workers_0": (view, 0)}
+        methods.update({f"view_workers_{w}": (view, w) for w in a.workers})
+        times: dict[str, list[float]] = {k: [] for k in methods}
+        ref = None
+        same = True
+        for _ in range(a.repeats):
+            for name, (images, workers) in methods.items():
+                s, state = _train(images, labels, a.steps, a.batch, workers, a.model)
+                times[name].append(s)
+                ref = ref or state
+                same &= all(torch.equal(ref[k], state[k]) for k in ref)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        json.dumps(
+            {
+                "images": a.n,
+                "size": a.size,
+                "batch": a.batch,
+                "steps": a.steps,
+                "model": a.model,
+                "ms_per_step": {k: v / a.steps * 1e3 for k, v in med.items()},
+                "speedup_vs_view_workers_0": {k: med["view_workers_0"] / v for k, v in med.items()},
+                "same_weights": same,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
