@@ -37,7 +37,10 @@ PROTOCOLS = {
     "policy_optimizers": ("PolicyOptimizer", ()),
     "teachers": ("Teacher", ()),
     "students": ("Student", ()),
-    "scenes": ("SceneRepresentation", ("EditableScene", "AlphaScene", "RGBScene", "AdjointScene")),
+    "scenes": (
+        "SceneRepresentation",
+        ("EditableScene", "AlphaScene", "RGBScene", "AdjointScene", "WeightedAdjointScene"),
+    ),
     "refiners": ("Refiner", ("TunableRefiner", "SnapshotRefiner")),
     "backbones": ("Backbone", ()),
     "tasks": ("Task", ("PredictingTask",)),

@@ -39,6 +39,7 @@ __all__ = [
     "AlphaScene",
     "RGBScene",
     "AdjointScene",
+    "WeightedAdjointScene",
     "Refiner",
     "TunableRefiner",
     "FittableExtractor",
@@ -361,6 +362,19 @@ class AdjointScene(Protocol):
     ``render``. :func:`fulcra.uplift.adjoint` uses it when present, else autograd through ``render``."""
 
     def render_adjoint(self, images: torch.Tensor, camera: Camera) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class WeightedAdjointScene(Protocol):
+    """``render_adjoint_with_weights(images [H, W, D], camera) -> (Wᵀ F [N, D], Wᵀ 1 [N])``: the
+    adjoint and the per-primitive sums of rendering weights in one pass (a fused kernel has the
+    weights in hand anyway). :func:`fulcra.uplift.uplift` then appends no ones channel to ``F``,
+    which for a kernel working in blocks of channels can be a whole extra block (D = 64: 65
+    channels, two blocks of 64)."""
+
+    def render_adjoint_with_weights(
+        self, images: torch.Tensor, camera: Camera
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @runtime_checkable

@@ -32,6 +32,7 @@ __all__ = [
     "check_editable_scene",
     "check_alpha_scene",
     "check_adjoint_scene",
+    "check_weighted_adjoint_scene",
     "check_rgb_scene",
     "check_refiner",
     "check_fittable_extractor",
@@ -129,8 +130,8 @@ def check_scene(scene: Any, dim: int = 3, camera: Camera | None = None) -> None:
     """The SceneRepresentation contract: ``num_primitives``, ``positions [N, 3]``, ``render`` of shape
     ``[H, W, D]``, linear and differentiable in the features; then every optional protocol the scene
     claims (:func:`check_editable_scene`, :func:`check_alpha_scene`, :func:`check_adjoint_scene`,
-    :func:`check_rgb_scene`)."""
-    from .interfaces import AdjointScene, AlphaScene, EditableScene, RGBScene
+    :func:`check_weighted_adjoint_scene`, :func:`check_rgb_scene`)."""
+    from .interfaces import AdjointScene, AlphaScene, EditableScene, RGBScene, WeightedAdjointScene
 
     name = type(scene).__name__
     n = scene.num_primitives
@@ -156,6 +157,8 @@ def check_scene(scene: Any, dim: int = 3, camera: Camera | None = None) -> None:
         check_alpha_scene(scene, cam)
     if isinstance(scene, AdjointScene):
         check_adjoint_scene(scene, cam)
+    if isinstance(scene, WeightedAdjointScene):
+        check_weighted_adjoint_scene(scene, cam)
     if isinstance(scene, RGBScene):
         check_rgb_scene(scene, cam)
 
@@ -218,6 +221,32 @@ def check_adjoint_scene(scene: Any, camera: Camera | None = None, dim: int = 3) 
     rhs = float((f * adj).sum())
     assert abs(lhs - rhs) <= 1e-3 * max(1.0, abs(lhs)), (
         f"{name}: render_adjoint is not the transpose of render ({lhs} vs {rhs})"
+    )
+
+
+def check_weighted_adjoint_scene(scene: Any, camera: Camera | None = None, dim: int = 3) -> None:
+    """WeightedAdjointScene: ``render_adjoint_with_weights(F)`` is ``(Wᵀ F, Wᵀ 1)``: the first the
+    transpose of ``render`` against ``F``, the second against a constant 1 image."""
+    name = type(scene).__name__
+    cam = camera or _scene_camera(scene)
+    g = torch.Generator().manual_seed(2)
+    dev = getattr(scene, "device", torch.device("cpu"))
+    n = scene.num_primitives
+    f = torch.rand(n, dim, generator=g).to(dev)
+    img = torch.rand(cam.height, cam.width, dim, generator=g).to(dev)
+    with torch.no_grad():
+        adj, w = scene.render_adjoint_with_weights(img, cam)
+        lhs = float((scene.render(f, cam) * img).sum())
+        lhs1 = float(scene.render(f[:, :1], cam).sum())
+    assert adj.shape == (n, dim) and w.shape == (n,), (
+        f"{name}: render_adjoint_with_weights gave {list(adj.shape)} and {list(w.shape)}, expected [{n}, {dim}] and [{n}]"
+    )
+    rhs, rhs1 = float((f * adj).sum()), float((f[:, 0] * w).sum())
+    assert abs(lhs - rhs) <= 1e-3 * max(1.0, abs(lhs)), (
+        f"{name}: render_adjoint_with_weights is not the transpose of render ({lhs} vs {rhs})"
+    )
+    assert abs(lhs1 - rhs1) <= 1e-3 * max(1.0, abs(lhs1)), (
+        f"{name}: render_adjoint_with_weights' weights are not the adjoint of a constant 1 image ({lhs1} vs {rhs1})"
     )
 
 

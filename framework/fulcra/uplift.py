@@ -4,7 +4,8 @@ Rendering per-primitive features is linear: ``F̂ = W f``. Uplifting is ``f = D�
 ``D = diag(Wᵀ 1)``. For any :class:`~fulcra.interfaces.SceneRepresentation` whose ``render`` is
 differentiable in the features, ``Wᵀ F`` is the gradient of ``⟨render(f), F⟩`` with respect to ``f``
 (independent of ``f``, since the map is linear), so it is computed view by view, without forming W.
-A ones channel appended to ``F`` gives ``Wᵀ 1`` in the same backward pass. Numerator and
+A ones channel appended to ``F`` gives ``Wᵀ 1`` in the same backward pass (a
+:class:`~fulcra.interfaces.WeightedAdjointScene` returns it beside ``Wᵀ F`` instead). Numerator and
 denominator are sums over views: views shard across processes and meet in one all-reduce.
 """
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from .camera import Camera
 from .engine import dist
-from .interfaces import AdjointScene
+from .interfaces import AdjointScene, WeightedAdjointScene
 
 __all__ = ["uplift", "adjoint", "resize_to_camera", "check_feature_map"]
 
@@ -124,9 +125,16 @@ def uplift(
         if fmap.shape[0] != num.shape[1]:
             raise ValueError(f"view {camera.name!r} has {fmap.shape[0]} channels, earlier views {num.shape[1]}")
         img = fmap.permute(1, 2, 0)  # [H, W, D]
-        ones = torch.ones_like(img[..., :1])
         d = img.shape[-1]
         step = d if not dim_chunk else max(1, int(dim_chunk))
+        if isinstance(scene, WeightedAdjointScene):  # the weight sums come with the first chunk
+            for c0 in range(0, d, step):
+                g, w = scene.render_adjoint_with_weights(img[..., c0 : c0 + step].contiguous(), camera)
+                num[:, c0 : c0 + g.shape[-1]] += g
+                if c0 == 0:
+                    den += w
+            continue
+        ones = torch.ones_like(img[..., :1])
         for c0 in range(0, d, step):
             chunk = img[..., c0 : c0 + step]
             last = c0 + step >= d

@@ -3,7 +3,7 @@ satisfies its kind's Protocol (and the optional ones whose members it defines): 
 from its interface fails `make test` before any workflow runs."""
 
 # ruff: noqa: I001
-from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, CheckedWorkflow, Command, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PredictingTask, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, SnapshotRefiner, Student, Task, Teacher, TextExtractor, TunableRefiner, Workflow)
+from fulcra.interfaces import (AdjointScene, AlphaScene, AugmentationOp, Backbone, CachingExtractor, CheckedWorkflow, Command, Dataset, EditableScene, FeatureExtractor, FittableExtractor, Generator, PolicyApplier, PolicyOptimizer, PredictingTask, PromptedExtractor, RGBScene, Refiner, SceneRepresentation, SnapshotRefiner, Student, Task, Teacher, TextExtractor, TunableRefiner, WeightedAdjointScene, Workflow)
 from fulcra_plugins.augment._base import Identity
 from fulcra_plugins.augment.colour import Brightness, Color, ColorJitter, Contrast, Grayscale, Hue, Invert, Posterize, Sharpness, Solarize
 from fulcra_plugins.augment.composite import CompositeAugment
@@ -338,6 +338,10 @@ def _scenes_gsplat_AdjointScene(x: GsplatScene) -> AdjointScene:
     return x
 
 
+def _scenes_gsplat_WeightedAdjointScene(x: GsplatScene) -> WeightedAdjointScene:
+    return x
+
+
 def _scenes_torch_SceneRepresentation(x: TorchScene) -> SceneRepresentation:
     return x
 
@@ -355,6 +359,10 @@ def _scenes_torch_RGBScene(x: TorchScene) -> RGBScene:
 
 
 def _scenes_torch_AdjointScene(x: TorchScene) -> AdjointScene:
+    return x
+
+
+def _scenes_torch_WeightedAdjointScene(x: TorchScene) -> WeightedAdjointScene:
     return x
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import torch
 
@@ -134,23 +135,34 @@ class GsplatScene(GaussianScene):
         :meth:`render` (the reason is warned once). Both give the same sums up to float32 rounding;
         the fused sums are made with GPU atomics, so their last bits may vary from run to run.
         """
+        return self._adjoint(images, camera, with_weights=False)
+
+    def render_adjoint_with_weights(self, images: torch.Tensor, camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Wᵀ F [N, D], Wᵀ 1 [N])``: the fused kernel sums the weights in the same pass (no ones
+        channel, so D = 64 stays one channel block); autograd appends a ones channel."""
+        return self._adjoint(images, camera, with_weights=True)
+
+    def _adjoint(self, images: torch.Tensor, camera: Camera, with_weights: bool) -> Any:
         if images.ndim != 3 or images.shape[:2] != (camera.height, camera.width):
             raise ValueError(f"images must be [H={camera.height}, W={camera.width}, D], got {list(images.shape)}")
         images = images.to(self.device, torch.float32)
         kernel = self._fused_kernel()
         if kernel is not None:
             try:
-                out = self._fused(kernel, images, camera)
+                num, wsum = self._fused(kernel, images, camera, with_weights=True)
                 self._fused_tried = True
                 self.adjoint_path = "fused"
-                return out
+                return (num, wsum) if with_weights else num
             except Exception as exc:  # noqa: BLE001 - only on first use: a toolchain that cannot build it
                 if self._fused_tried:
                     raise
                 self._fused_off = f"the fused kernel failed on first use: {type(exc).__name__}: {exc}"[:300]
                 _say_once(self._fused_off)
         self.adjoint_path = "autograd"
-        return self._autograd_adjoint(images, camera)
+        if not with_weights:
+            return self._autograd_adjoint(images, camera)
+        g = self._autograd_adjoint(torch.cat([images, images.new_ones(*images.shape[:2], 1)], -1), camera)
+        return g[:, :-1], g[:, -1]
 
     def _fused_kernel(self):
         """The ``_adjoint_triton`` module, or None (and the reason warned once)."""
@@ -170,9 +182,10 @@ class GsplatScene(GaussianScene):
             _say_once(self._fused_off)
         return None
 
-    def _fused(self, kernel, images: torch.Tensor, camera: Camera, **tuning) -> torch.Tensor:
-        """The fused path (``tuning``: ``block_k``, ``max_channel_block``, ``num_warps``, ``dot_precision``
-        of :func:`_adjoint_triton.rasterize_adjoint`)."""
+    def _fused(self, kernel, images: torch.Tensor, camera: Camera, with_weights: bool = False, **tuning) -> Any:
+        """The fused path: ``Wᵀ F``, or ``(Wᵀ F, Wᵀ 1)`` ``with_weights`` (``tuning``: ``block_k``,
+        ``max_channel_block``, ``num_warps``, ``dot_precision`` of
+        :func:`_adjoint_triton.rasterize_adjoint`)."""
         g = self.gaussians
         W, H = camera.width, camera.height
         gs = self._gs
@@ -217,7 +230,7 @@ class GsplatScene(GaussianScene):
                 opac = g.opacities[None]
                 _, isect_ids, flatten_ids = gs.isect_tiles(means2d, radii, depths, TILE_SIZE, tw, th)
             offsets = gs.isect_offset_encode(isect_ids, 1, tw, th)
-            num, _ = kernel.adjoint_from_projection(
+            num, wsum = kernel.adjoint_from_projection(
                 self.num_primitives,
                 means2d,
                 conics,
@@ -229,7 +242,7 @@ class GsplatScene(GaussianScene):
                 gaussian_ids,
                 **tuning,
             )
-        return num
+        return (num, wsum) if with_weights else num
 
     def _autograd_adjoint(self, images: torch.Tensor, camera: Camera) -> torch.Tensor:
         with torch.enable_grad():

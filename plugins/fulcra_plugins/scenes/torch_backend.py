@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -293,6 +293,12 @@ class TorchScene(GaussianScene):
             raise ValueError(f"images must be [H={camera.height}, W={camera.width}, D], got {list(images.shape)}")
         return self._adjoint(images.to(self.device, torch.float32), self.project(camera))
 
+    def render_adjoint_with_weights(self, images: torch.Tensor, camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Wᵀ F [N, D], Wᵀ 1 [N])`` in one pass: the weight sums without a ones channel."""
+        if images.ndim != 3 or images.shape[:2] != (camera.height, camera.width):
+            raise ValueError(f"images must be [H={camera.height}, W={camera.width}, D], got {list(images.shape)}")
+        return self._adjoint(images.to(self.device, torch.float32), self.project(camera), with_weights=True)
+
     # ------------------------------------------------------------------------------------ kernels
     def _to_tiles(self, img: torch.Tensor, p: Projection) -> torch.Tensor:
         """``[H, W, D]`` -> ``[T, P, D]`` (zero padded to whole tiles)."""
@@ -327,17 +333,24 @@ class TorchScene(GaussianScene):
                     out.index_add_(0, tiles, torch.bmm(w, g))  # tiles are distinct within a block
             return self._from_tiles(torch.cat(outs, -1) if len(outs) > 1 else outs[0], p)
 
-    def _adjoint(self, images: torch.Tensor, p: Projection) -> torch.Tensor:
+    def _adjoint(self, images: torch.Tensor, p: Projection, with_weights: bool = False) -> Any:
         with torch.no_grad():
             img = self._to_tiles(images.float(), p)
             D = img.shape[-1]
             step = self._channel_step(D)
             parts = [img[..., c0 : c0 + step].contiguous() for c0 in range(0, D, step)]
             outs = [img.new_zeros(p.means2d.shape[0], f.shape[-1]) for f in parts]
+            wsum = valid = None
+            if with_weights:  # the pixels of the image (the tiles' padding beyond it weighs nothing)
+                wsum = img.new_zeros(p.means2d.shape[0])
+                valid = self._to_tiles(images.new_ones(images.shape[0], images.shape[1], 1).float(), p)
             for tiles, gid, w in _blocks(p, self.chunk, self.max_elements):
                 wt = w.transpose(1, 2)
                 flat = gid.reshape(-1)
                 for f, out in zip(parts, outs):
                     contrib = torch.bmm(wt, f.index_select(0, tiles))  # [B, k, d]
                     out.index_add_(0, flat, contrib.reshape(-1, contrib.shape[-1]))
-            return (torch.cat(outs, -1) if len(outs) > 1 else outs[0])[:-1]
+                if wsum is not None and valid is not None:  # Σ over the tile's pixels
+                    wsum.index_add_(0, flat, torch.bmm(wt, valid.index_select(0, tiles)).reshape(-1))
+            num = (torch.cat(outs, -1) if len(outs) > 1 else outs[0])[:-1]
+            return (num, wsum[:-1]) if wsum is not None else num

@@ -404,6 +404,11 @@ def test_gsplat_scene_render_adjoint_plumbing_on_cpu(packed):
     want = TorchScene.from_gaussians(g, device="cpu").render_adjoint(F, cam)
     assert got.shape == (len(g.opacities), 6)
     _close(got, want, f"GsplatScene._fused(packed={packed}) vs torch backend", rel=1e-4)
+    # the weight sums of the same pass (render_adjoint_with_weights: no ones channel)
+    num, w = scene._fused(A, F, cam, with_weights=True)
+    want_num, want_w = TorchScene.from_gaussians(g, device="cpu").render_adjoint_with_weights(F, cam)
+    assert torch.equal(num, got) and w.shape == (len(g.opacities),)
+    _close(w, want_w, f"GsplatScene._fused(packed={packed}) weight sums vs torch backend", rel=1e-4)
 
 
 @pytest.mark.skipif(INTERPRET, reason="runs in the parent process (compiled Triton)")
@@ -570,6 +575,13 @@ def test_gsplat_fused_adjoint_matches_autograd_on_cuda(packed):
             scale = float(b.abs().max())
             err = float((a - b).abs().max())
             assert err <= 1e-4 * scale, (dim, err, scale)
+            # the weight sums of the same pass against autograd of a ones channel
+            num, w = fused.render_adjoint_with_weights(F, cam)
+            ones = auto.render_adjoint(torch.ones_like(F[..., :1]), cam)[:, 0]
+            top = float(ones.abs().max())
+            assert float((num - b).abs().max()) <= 1e-4 * scale and float((w - ones).abs().max()) <= 1e-4 * top
+            n2, w2 = auto.render_adjoint_with_weights(F, cam)  # the autograd path appends the channel
+            assert float((n2 - b).abs().max()) <= 1e-5 * scale and float((w2 - ones).abs().max()) <= 1e-5 * top
             # the tensor-core variant (three TF32 passes) stays close to float32 too
             c = fused._fused(A, F, cam, dot_precision="tf32x3")
             assert float((c - b).abs().max()) <= 1e-3 * scale, (dim, float((c - b).abs().max()), scale)

@@ -154,3 +154,48 @@ def test_rejects_bad_feature_shape():
     scene = TorchScene.from_gaussians(random_gaussians(10), device="cpu")
     with pytest.raises(ValueError, match="features must be"):
         scene.render(torch.zeros(9, 3), make_camera())
+
+
+def test_adjoint_with_weights_is_the_adjoint_of_features_and_of_ones():
+    """Wᵀ 1 beside Wᵀ F in one pass: what a ones channel gives, with the tiles' padding beyond a
+    29 × 37 image (not a multiple of the tile) weighing nothing."""
+    g = random_gaussians(60, 7)
+    cam = make_camera()
+    scene = TorchScene.from_gaussians(g, device="cpu", chunk=8, max_channels=4)
+    F = torch.randn(29, 37, 6)
+    num, w = scene.render_adjoint_with_weights(F, cam)
+    ref = scene.render_adjoint(torch.cat([F, torch.ones(29, 37, 1)], -1), cam)
+    torch.testing.assert_close(num, ref[:, :6])
+    torch.testing.assert_close(w, ref[:, 6])
+    f = torch.zeros(60, 1, requires_grad=True)
+    (auto,) = torch.autograd.grad(scene.render(f, cam), f, grad_outputs=torch.ones(29, 37, 1))
+    torch.testing.assert_close(w, auto[:, 0])
+    assert float(w.max()) > 0.1  # the scene is seen
+
+
+def test_uplift_takes_the_weights_from_the_scene_when_it_offers_them():
+    from fulcra.interfaces import AdjointScene, WeightedAdjointScene
+    from fulcra.uplift import uplift
+
+    class AdjointOnly:  # the same scene without render_adjoint_with_weights: the ones channel path
+        def __init__(self, s):
+            self.s, self.num_primitives, self.positions, self.device = s, s.num_primitives, s.positions, s.device
+
+        def render(self, f, cam):
+            return self.s.render(f, cam)
+
+        def render_adjoint(self, images, cam):
+            return self.s.render_adjoint(images, cam)
+
+    g = random_gaussians(60, 8)
+    cams = [make_camera(), make_camera(eye=(0.5, -0.2, -3.2), name="d")]
+    scene = TorchScene.from_gaussians(g, device="cpu", chunk=8)
+    plain = AdjointOnly(scene)
+    assert isinstance(scene, WeightedAdjointScene) and not isinstance(plain, WeightedAdjointScene)
+    assert isinstance(plain, AdjointScene)
+    views = [(c, torch.rand(5, 29, 37, generator=torch.Generator().manual_seed(i))) for i, c in enumerate(cams)]
+    for chunk in (None, 2):
+        a = uplift(scene, views, dim_chunk=chunk)
+        b = uplift(plain, views, dim_chunk=chunk)
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y)
