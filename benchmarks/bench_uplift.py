@@ -50,6 +50,14 @@ class _NoFused:
         return self._s.render(f, cam)
 
 
+class _AdjointOnly(_NoFused):
+    """The scene with its fused ``render_adjoint`` but not ``render_adjoint_with_weights``, so the
+    core appends a ones channel for the weight sums (what uplift did before that interface)."""
+
+    def render_adjoint(self, images, cam):
+        return self._s.render_adjoint(images, cam)
+
+
 class PeakRSS:
     """Peak resident memory above the starting point, sampled every 2 ms (CPU)."""
 
@@ -226,8 +234,15 @@ def gpu_suite(quick: bool) -> list[dict]:
         for chunk in (32, 64):
             scene = GsplatScene.from_gaussians(g, device="cuda", channel_chunk=chunk)
             rows.append({"backend": f"gsplat(channel_chunk={chunk})", **measure(scene, cams, 40, repeats=3)})
-        for dim in (8, 128):
+        for dim in (8, 64, 128):
             rows.append({"backend": "gsplat(channel_chunk=64)", **measure(scene, cams, dim, repeats=2, autograd=False)})
+        # D = 64 with the weight sums from a ones channel (65 channels: two blocks of 64)
+        rows.append(
+            {
+                "backend": "gsplat(channel_chunk=64, ones channel)",
+                **measure(_AdjointOnly(scene), cams, 64, repeats=2, autograd=False),
+            }
+        )
         rows += kernel_sweep(scene, cams[0], 40)
         del scene
     except Exception as exc:  # noqa: BLE001 - report and go on
