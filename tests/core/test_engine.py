@@ -1,4 +1,5 @@
-"""Engine: statistics, schedules, samplers, atomic checkpoints, SIGKILL-and-resume, 2-process DDP."""
+"""Engine: statistics, schedules, samplers, atomic checkpoints, SIGKILL-and-resume, 2-process DDP
+(with and without prefetching workers)."""
 
 from __future__ import annotations
 
@@ -134,9 +135,13 @@ def _ddp_worker(rank, world, port, out):
     model, data = build()
     model = torch.nn.Sequential(*[m for m in model if not isinstance(m, torch.nn.Dropout)])
     Trainer(model, data, loss_fn, epochs=2, batch_size=8, lr=0.05, seed=7).fit()
+    # the same DDP training with each rank's batches fetched ahead by a worker process
+    ahead, _ = build()
+    ahead = torch.nn.Sequential(*[m for m in ahead if not isinstance(m, torch.nn.Dropout)])
+    Trainer(ahead, data, loss_fn, epochs=2, batch_size=8, lr=0.05, seed=7, workers=1).fit()
     t = torch.tensor([float(rank + 1)])
     dist.all_reduce_sum(t)
-    torch.save({"state": model.state_dict(), "sum": t}, f"{out}/rank{rank}.pt")
+    torch.save({"state": model.state_dict(), "ahead": ahead.state_dict(), "sum": t}, f"{out}/rank{rank}.pt")
     dist.destroy()
 
 
@@ -158,6 +163,7 @@ def test_two_process_ddp_matches_single_process_large_batch(tmp_path):
     assert r0["sum"].item() == 3.0
     for k in r0["state"]:
         assert torch.equal(r0["state"][k], r1["state"][k]), f"ranks disagree on {k}"
+        assert torch.equal(r0["state"][k], r0["ahead"][k]), f"prefetching workers changed {k}"
     # one process with twice the batch sees the same samples per step: same weights up to summation order
     model, data = build()
     model = torch.nn.Sequential(*[m for m in model if not isinstance(m, torch.nn.Dropout)])
