@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fulcra.engine import DatasetImages, Trainer, collate_batch, image_batches, step_generator
+from fulcra.engine import DatasetImages, Trainer, dataset_batches, image_batches, step_generator
 from fulcra_plugins.data.digits import TensorImageDataset as TensorSplit
 
 __all__ = [
@@ -80,7 +80,7 @@ def _memory_bytes() -> int | None:
         return None
 
 
-def as_tensors(ds, in_memory: bool | str = True) -> tuple[Any, torch.Tensor]:
+def as_tensors(ds, in_memory: bool | str = True, workers: int = 0) -> tuple[Any, torch.Tensor]:
     """``(images [N, C, H, W] uint8, labels [N] int64)`` of a dataset yielding ``(image, label)``.
 
     In-memory datasets exposing ``images``/``labels`` are used directly. Others (image files) are
@@ -89,7 +89,8 @@ def as_tensors(ds, in_memory: bool | str = True) -> tuple[Any, torch.Tensor]:
     ``"auto"`` reads them in when the images take at most :data:`IN_MEMORY_BYTES` and 40 % of the
     machine's memory (judged from the first image). Only the speed and the memory differ: every
     consumer indexes both alike. A view's labels come from the dataset's ``labels`` tensor when it
-    has one, without decoding images.
+    has one, without decoding images. Reading in decodes ``workers`` batches ahead in as many
+    processes (the same tensor); a view is returned with ``workers`` for its consumers.
     """
     if hasattr(ds, "images") and isinstance(getattr(ds, "labels", None), torch.Tensor):
         return ds.images, ds.labels
@@ -103,15 +104,14 @@ def as_tensors(ds, in_memory: bool | str = True) -> tuple[Any, torch.Tensor]:
     labels = getattr(ds, "labels", None)
     if in_memory or not isinstance(labels, torch.Tensor):  # one pass over the items
         xs, ys = [], []
-        for a in range(0, len(ds), 256):
-            x, y = collate_batch(ds, list(range(a, min(len(ds), a + 256))))
+        for x, y in dataset_batches(ds, 256, workers=workers):
             if in_memory:
                 xs.append(x)
             ys.append(torch.as_tensor(y, dtype=torch.int64).reshape(-1))
         labels = torch.cat(ys)
         if in_memory:
             return torch.cat(xs), labels
-    return view, labels.long()
+    return view.with_workers(workers), labels.long()
 
 
 def take(images: Any, idx: torch.Tensor) -> Any:

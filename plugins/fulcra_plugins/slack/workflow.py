@@ -114,8 +114,8 @@ class SearchWorkflow:
         data_workers: Any = field(
             default="auto",
             metadata={
-                "help": "auto | N: worker processes that decode the coming batches of an image-file dataset "
-                "kept out of memory (auto: 0 in memory, else min(8, cpus - 1)); the results are the same bytes"
+                "help": "auto | N: worker processes that decode an image-file dataset, as it is read in or, "
+                "kept out of memory, the coming batches (auto: min(8, cpus - 1)); the results are the same bytes"
             },
         )
         eval_seeds: int = field(default=4, metadata={"help": "independent trainings from scratch per method", "min": 1})
@@ -193,12 +193,11 @@ class SearchWorkflow:
         data = fulcra.create("datasets", _node(cfg.data))
         splits = data.splits()
         in_memory = _in_memory(cfg.data_in_memory)
-        Xtr, Ytr = as_tensors(splits["train"], in_memory)
-        Xte, Yte = as_tensors(splits["test"], in_memory)
+        # image files are decoded by the workers whether they are read in once or drawn as they go
+        n_workers = data_workers(cfg.data_workers, lazy=True, field="workflows plugin 'slack': data_workers")
+        Xtr, Ytr = as_tensors(splits["train"], in_memory, n_workers)
+        Xte, Yte = as_tensors(splits["test"], in_memory, n_workers)
         if not isinstance(Xtr, torch.Tensor):
-            n_workers = data_workers(cfg.data_workers, lazy=True, field="workflows plugin 'slack': data_workers")
-            Xtr = Xtr.with_workers(n_workers)
-            Xte = Xte if isinstance(Xte, torch.Tensor) else Xte.with_workers(n_workers)
             ctx.hooks.message(
                 f"data: {len(Xtr)} training images decoded as drawn (data_in_memory={cfg.data_in_memory}), "
                 f"{n_workers} decoding worker{'s' if n_workers != 1 else ''} ahead of the steps"
