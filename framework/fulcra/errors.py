@@ -16,6 +16,7 @@ __all__ = [
     "FormatError",
     "WeightsNotFoundError",
     "DataNotFoundError",
+    "WorkerDiedError",
 ]
 
 
@@ -62,3 +63,7 @@ class WeightsNotFoundError(FulcraError, FileNotFoundError):
 
 class DataNotFoundError(FulcraError, FileNotFoundError):
     """A dataset is not on disk where the config says; says where to put it (nothing is downloaded)."""
+
+
+class WorkerDiedError(FulcraError, RuntimeError):
+    """A worker process decoding data ahead (``data_workers``) died: killed, most often for memory."""

@@ -201,3 +201,24 @@ def test_trainer_with_workers_resumes_exactly(xy, tmp_path):
 def test_trainer_refuses_negative_workers(xy):
     with pytest.raises(ValueError, match="workers >= 0"):
         Trainer(torch.nn.Linear(6, 2), torch.utils.data.TensorDataset(*xy), None, workers=-1)
+
+
+class DiesAt:
+    def __init__(self, at):
+        self.at = at
+
+    def __call__(self, k):
+        if k == self.at:
+            os.kill(os.getpid(), 9)  # as the kernel's OOM killer would
+        return torch.zeros(2)
+
+
+def test_a_killed_worker_is_a_one_line_error():
+    from fulcra.errors import WorkerDiedError
+
+    with Prefetcher(DiesAt(2), range(6), workers=1, depth=1) as ahead:
+        ahead.take(0)
+        with pytest.raises(WorkerDiedError, match="worker process fetching data ahead died .* fewer data_workers"):
+            for k in range(1, 6):
+                ahead.take(k)
+    assert ahead.take(5).shape == (2,)  # closed: what is taken after is fetched here

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, WorkerDiedError
 
 __all__ = ["Prefetcher", "ItemRange", "dataset_batches", "data_workers", "usable_cpus"]
 
@@ -111,7 +111,16 @@ class Prefetcher:
             self.hits += 1
             if self._it is None:
                 return self.fetch(key)
-            out = next(self._it)
+            try:
+                out = next(self._it)
+            except RuntimeError as exc:
+                if "DataLoader worker" not in str(exc):
+                    raise
+                self.close()
+                raise WorkerDiedError(
+                    f"a worker process fetching data ahead died ({exc}); out of memory is the usual cause: "
+                    "rerun with fewer data_workers (0 fetches in the loop); a checkpointed run resumes where it stopped"
+                ) from exc
             if self._next == len(self.keys):
                 self.close()
             if isinstance(out, _Failed):
