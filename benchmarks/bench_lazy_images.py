@@ -20,6 +20,23 @@ import numpy as np
 import torch
 
 
+def write_image_folder(root: Path, n: int, size: int, fmt: str = "jpg") -> Path:
+    """``n`` smooth random ``size`` px images (``jpg`` or ``png``) in two class folders under ``root``,
+    smooth so that JPEG files have a photo's size rather than noise's."""
+    from torchvision.io import write_jpeg, write_png
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir()
+    for i in range(n):
+        base = torch.from_numpy(rng.integers(0, 256, (1, 3, max(1, size // 8), max(1, size // 8)), dtype=np.uint8))
+        img = torch.nn.functional.interpolate(base.float(), size=(size, size), mode="bilinear")[0]
+        img = img.round().clamp(0, 255).to(torch.uint8)
+        path = str(root / ("a", "b")[i % 2] / f"{i:05d}.{fmt}")
+        write_jpeg(img, path, quality=90) if fmt == "jpg" else write_png(img, path)
+    return root
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=512)
@@ -28,25 +45,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=10)
     a = ap.parse_args()
-    from torchvision.io import write_jpeg, write_png
-
     from fulcra_plugins.data import ImageFolder
     from fulcra_plugins.slack.common import as_tensors
 
     torch.set_num_threads(1)
-    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        for c in ("a", "b"):
-            (root / c).mkdir()
-        for i in range(a.n):  # smooth, so JPEG files have a photo's size rather than noise's
-            base = torch.from_numpy(
-                rng.integers(0, 256, (1, 3, max(1, a.size // 8), max(1, a.size // 8)), dtype=np.uint8)
-            )
-            img = torch.nn.functional.interpolate(base.float(), size=(a.size, a.size), mode="bilinear")[0]
-            img = img.round().clamp(0, 255).to(torch.uint8)
-            path = str(root / ("a", "b")[i % 2] / f"{i:05d}.{a.format}")
-            write_jpeg(img, path, quality=90) if a.format == "jpg" else write_png(img, path)
+        root = write_image_folder(Path(tmp), a.n, a.size, a.format)
         train = ImageFolder(root=str(root), size=a.size, val_fraction=0.0).splits()["train"]
         t0 = time.perf_counter()
         eager, _ = as_tensors(train, True)

@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -71,22 +70,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", choices=["cnn", "linear"], default="cnn")
     a = ap.parse_args()
-    from torchvision.io import write_jpeg
+    from bench_lazy_images import write_image_folder
 
     from fulcra.engine import DatasetImages
     from fulcra_plugins.data import ImageFolder
     from fulcra_plugins.slack.common import as_tensors
 
     torch.set_num_threads(1)
-    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        for c in ("a", "b"):
-            (root / c).mkdir()
-        for i in range(a.n):  # smooth, so the files have a photo's size rather than noise's
-            base = torch.from_numpy(rng.integers(0, 256, (1, 3, a.size // 8, a.size // 8), dtype=np.uint8))
-            img = torch.nn.functional.interpolate(base.float(), size=(a.size, a.size), mode="bilinear")[0]
-            write_jpeg(img.round().clamp(0, 255).to(torch.uint8), str(root / ("a", "b")[i % 2] / f"{i:05d}.jpg"))
+        root = write_image_folder(Path(tmp), a.n, a.size, "jpg")
         train = ImageFolder(root=str(root), size=a.size, val_fraction=0.0).splits()["train"]
         eager, labels = as_tensors(train, True)
         view, _ = as_tensors(train, False)
