@@ -71,6 +71,32 @@ def test_search_killed_mid_round_resumes_to_same_policy(tmp_path):
     assert not torch.equal(full.logits, torch.zeros_like(full.logits))  # the policy did move
 
 
+def test_search_from_a_view_decoded_ahead_resumes_to_the_same_policy(tmp_path):
+    """Images seen through a DatasetImages view with a decoding worker: the search takes every
+    draw from its plan (also after the resume), and ends with the in-memory run's policy."""
+    from fulcra.engine import DatasetImages
+    from fulcra_plugins.data.digits import TensorImageDataset
+
+    train, val = _data()
+    full = _slack().search(
+        train, val, _factory, RunContext(out=tmp_path / "a", device=torch.device("cpu"), hooks=_Hooks())
+    )
+
+    def lazy(split):
+        return TensorImageDataset(DatasetImages(split, batch_size=5, workers=1), split.labels)
+
+    ctx = RunContext(out=tmp_path / "b", device=torch.device("cpu"), hooks=_Hooks(stop_at=6))
+    with pytest.raises(KeyboardInterrupt):
+        _slack().search(lazy(train), lazy(val), _factory, ctx)
+    searcher = _slack()
+    resumed = searcher.search(
+        lazy(train), lazy(val), _factory, RunContext(out=tmp_path / "b", device=torch.device("cpu"), hooks=_Hooks())
+    )
+    assert searcher.prefetched["workers"] == 1 and searcher.prefetched["misses"] == 0
+    assert searcher.prefetched["hits"] > 0
+    assert torch.equal(resumed.logits, full.logits) and torch.equal(resumed.mu, full.mu)
+
+
 def test_search_is_deterministic_for_a_seed(tmp_path):
     train, val = _data()
     a = _slack().search(

@@ -348,7 +348,7 @@ class Slack:
         try:
             policy = self._search(train_data, val_data, model_factory, ctx, workdir)
             ahead, hooks = getattr(self, "_ahead", None), getattr(ctx, "hooks", None)
-            if ahead is not None and ahead.workers > 0 and hooks is not None and getattr(ctx, "is_main", True):
+            if ahead is not None and ahead.workers > 0 and hasattr(hooks, "message") and getattr(ctx, "is_main", True):
                 hooks.message(
                     f"search: {ahead.hits} batches decoded ahead by {ahead.workers} worker"
                     f"{'s' if ahead.workers != 1 else ''}, {ahead.misses} drawn off the plan"
