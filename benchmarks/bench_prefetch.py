@@ -9,13 +9,15 @@ in the loop (``workers=0``) and (c) the view decoded ahead by each of ``--worker
 Methods alternate over ``--repeats`` runs; medians. Every run must end with the same weights.
 
 Run:  .venv/bin/python benchmarks/bench_prefetch.py --n 1024 --size 224 --batch 128 --steps 32 --workers 1 2
-      (and the same with ``--model linear``)
+      (and the same with ``--model linear``; on a GPU machine ``--device cuda --workers 2 4 8``,
+      where the step computes on the GPU and decoding is the CPU's whole share of it)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -40,7 +42,7 @@ def _model(kind: str) -> nn.Module:
     )
 
 
-def _train(images, labels, steps: int, batch: int, workers: int, kind: str) -> tuple[float, dict]:
+def _train(images, labels, steps: int, batch: int, workers: int, kind: str, device: str) -> tuple[float, dict]:
     from fulcra.engine import Trainer
     from fulcra_plugins.data.digits import TensorImageDataset
 
@@ -54,10 +56,13 @@ def _train(images, labels, steps: int, batch: int, workers: int, kind: str) -> t
         seed=3,
         batch_transform=lambda x, y, g: ((x.float() - 127.5) / 64.0, y),
         workers=workers,
+        device=device,
     )
     t0 = time.perf_counter()
     model = trainer.fit()
-    return time.perf_counter() - t0, model.state_dict()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, {k: v.cpu() for k, v in model.state_dict().items()}
 
 
 def main() -> None:
@@ -69,6 +74,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", choices=["cnn", "linear"], default="cnn")
+    ap.add_argument("--device", default="cpu", help="where the model trains (cuda: the decoding-bound regime)")
     a = ap.parse_args()
     from bench_lazy_images import write_image_folder
 
@@ -77,6 +83,7 @@ def main() -> None:
     from fulcra_plugins.slack.common import as_tensors
 
     torch.set_num_threads(1)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     with tempfile.TemporaryDirectory() as tmp:
         root = write_image_folder(Path(tmp), a.n, a.size, "jpg")
         train = ImageFolder(root=str(root), size=a.size, val_fraction=0.0).splits()["train"]
@@ -87,13 +94,14 @@ def main() -> None:
         methods.update({f"view_workers_{w}": (view, w) for w in a.workers})
         times: dict[str, list[float]] = {k: [] for k in methods}
         ref = None
-        same = True
+        same, diff = True, 0.0
         for _ in range(a.repeats):
             for name, (images, workers) in methods.items():
-                s, state = _train(images, labels, a.steps, a.batch, workers, a.model)
+                s, state = _train(images, labels, a.steps, a.batch, workers, a.model, a.device)
                 times[name].append(s)
                 ref = ref or state
                 same &= all(torch.equal(ref[k], state[k]) for k in ref)
+                diff = max(diff, max(float((ref[k].float() - state[k].float()).abs().max()) for k in ref))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(
         json.dumps(
@@ -103,9 +111,13 @@ def main() -> None:
                 "batch": a.batch,
                 "steps": a.steps,
                 "model": a.model,
+                "device": a.device,
+                "cpus": os.cpu_count(),
                 "ms_per_step": {k: v / a.steps * 1e3 for k, v in med.items()},
                 "speedup_vs_view_workers_0": {k: med["view_workers_0"] / v for k, v in med.items()},
                 "same_weights": same,
+                # on CUDA, atomics in some backward kernels (adaptive pooling) vary the last bits
+                "max_weight_difference": diff,
             },
             indent=2,
         )

@@ -16,7 +16,8 @@
 #      forward render, fused adjoint and autograd adjoint of the gsplat backend in one run
 #   7. the CPU suites of the batched kernels on CUDA (--device cuda), ImageMixer / distill on CUDA,
 #      the extractor benchmark, graph diffusion's CUDA path at k = 200 (300k Gaussians, 20 steps,
-#      scipy beside it) and the op library on GPU tensors vs torchvision v2 (kornia when installed)
+#      scipy beside it), the op library on GPU tensors vs torchvision v2 (kornia when installed), and
+#      GPU training from JPEG files decoded in the loop or ahead by 2-8 worker processes
 # Results go to $OUT (default ./gpu_out): 7 files (every benchmark's text in bench_gpu.txt).
 set -u
 set -o pipefail
@@ -153,6 +154,12 @@ extractors_gpu() {  # cost per image of the real extractor architectures (random
   timeout 150 $PY benchmarks/bench_extractors.py --device cuda --which all --clip-crops 0 >> "$OUT/bench_gpu.txt" 2>&1
 }
 
+prefetch_gpu() {  # training on the GPU from JPEG files: decoding in the loop vs ahead in 2-8 workers
+  echo "=== bench_prefetch cuda" >> "$OUT/bench_gpu.txt"
+  timeout 120 $PY benchmarks/bench_prefetch.py --n 1024 --size 224 --batch 128 --steps 32 --repeats 2 \
+    --device cuda --workers 2 4 8 >> "$OUT/bench_gpu.txt" 2>&1
+}
+
 step env env_report
 step deps install_deps
 step fulcra install_fulcra
@@ -164,5 +171,6 @@ step distill_gpu distill_gpu
 step extractors_gpu extractors_gpu
 step graph_gpu graph_gpu
 step augment_gpu augment_gpu
+step prefetch_gpu prefetch_gpu
 cat "$TIMES"
 exit 0
