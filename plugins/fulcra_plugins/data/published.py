@@ -30,7 +30,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from fulcra.errors import ConfigError, DataNotFoundError, FormatError
 
-from .vision import _torchvision
+from .vision import _torchvision, decode_rgb
 
 __all__ = ["ImageNet100", "DomainNet", "DOMAINS", "read_class_list"]
 
@@ -58,14 +58,11 @@ class _Images(TorchDataset):
         return torch.tensor([y for _, y in self.samples], dtype=torch.int64)
 
     def __getitem__(self, i: int):
-        tv = _torchvision()
+        _torchvision()
         from torchvision.transforms.v2 import functional as F
 
         path, label = self.samples[i]
-        try:
-            img = tv.io.decode_image(path, mode=tv.io.ImageReadMode.RGB)
-        except RuntimeError as e:
-            raise FormatError(f"{path}: cannot be decoded as an image ({str(e).splitlines()[0]})") from e
+        img = decode_rgb(path)
         if self.preprocess == "squash":
             img = F.resize(img, [self.size, self.size], antialias=True)
         else:

@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from fulcra.errors import ConfigError, DataNotFoundError, MissingDependencyError
+from fulcra.errors import ConfigError, DataNotFoundError, FormatError, MissingDependencyError
 
 from .digits import TensorImageDataset
 
-__all__ = ["ImageFolder", "Cifar10", "Cifar100"]
+__all__ = ["ImageFolder", "Cifar10", "Cifar100", "decode_rgb"]
 
 
 def _torchvision():
@@ -26,6 +26,28 @@ def _torchvision():
             "this dataset needs torchvision: pip install 'fulcra[vision]'", extra="vision"
         ) from e
     return torchvision
+
+
+def decode_rgb(path: str) -> torch.Tensor:
+    """``[3, H, W]`` uint8 RGB of the image file ``path``, by torchvision's decoder (libjpeg-turbo,
+    libpng, libwebp); Pillow where a torchvision without ``io.decode_image`` is installed (its
+    JPEG decode may differ by a level here and there).
+
+    Raises:
+        FormatError: naming the file, when it cannot be decoded as an image.
+    """
+    tv = _torchvision()
+    decode = getattr(tv.io, "decode_image", None)
+    try:
+        if decode is not None:
+            return decode(path, mode=tv.io.ImageReadMode.RGB)
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+    except (RuntimeError, OSError) as e:
+        raise FormatError(f"{path}: cannot be decoded as an image ({str(e).splitlines()[0]})") from e
 
 
 def _split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,11 +87,10 @@ class _FolderItems(TorchDataset):
         return torch.tensor([y for _, y in self.samples], dtype=torch.int64)
 
     def __getitem__(self, i):
-        tv = _torchvision()
         from torchvision.transforms.v2 import functional as F
 
         path, label = self.samples[i]
-        img = tv.io.decode_image(path, mode=tv.io.ImageReadMode.RGB)
+        img = decode_rgb(path)
         img = F.center_crop(F.resize(img, self.size, antialias=True), [self.size, self.size])
         return img, int(label)
 

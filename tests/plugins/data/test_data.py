@@ -52,6 +52,36 @@ def test_imagefolder_flat(tmp_path):
         assert labels.tolist() == [split[i][1] for i in range(len(split))]
 
 
+def test_an_undecodable_file_in_an_image_folder_names_the_file(tmp_path):
+    tv = pytest.importorskip("torchvision")
+    from fulcra.errors import FormatError
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        tv.io.write_png(torch.zeros(3, 8, 8, dtype=torch.uint8), str(tmp_path / c / "0.png"))
+    (tmp_path / "b" / "1.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    split = ImageFolder(root=str(tmp_path), size=8, val_fraction=0.0).splits()["train"]
+    bad = [i for i in range(len(split)) if split.base.samples[split.indices[i]][0].endswith("1.jpg")]
+    with pytest.raises(FormatError, match=r"1\.jpg: cannot be decoded as an image"):
+        split[bad[0]]
+
+
+def test_decode_rgb_without_torchvisions_decoder_reads_with_pillow(tmp_path, monkeypatch):
+    tv = pytest.importorskip("torchvision")
+    pytest.importorskip("PIL")
+    from fulcra_plugins.data.vision import decode_rgb
+
+    img = torch.randint(0, 256, (3, 9, 13), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    tv.io.write_png(img, str(tmp_path / "x.png"))
+    gray = torch.randint(0, 256, (1, 9, 13), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    tv.io.write_png(gray, str(tmp_path / "g.png"))
+    want, want_g = decode_rgb(str(tmp_path / "x.png")), decode_rgb(str(tmp_path / "g.png"))
+    assert torch.equal(want, img) and torch.equal(want_g, gray.expand(3, 9, 13))
+    monkeypatch.delattr(tv.io, "decode_image")  # a torchvision that dropped its decoders
+    assert torch.equal(decode_rgb(str(tmp_path / "x.png")), want)
+    assert torch.equal(decode_rgb(str(tmp_path / "g.png")), want_g)
+
+
 def test_classification_task():
     t = Classification()
     out = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
