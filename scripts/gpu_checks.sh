@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks of the scenes backends, in one call on a fresh CUDA machine (issue 5).
 #
+#   bash scripts/gpu_wheels.sh            # here, with the package index: fills ./.whl (~18 MB)
 #   bash scripts/gpu_checks.sh            # on the device tool: carry [".whl"], timeout_s 600
 #
 # Steps (each timed, each allowed to fail without stopping the next):
@@ -60,9 +61,16 @@ install_deps() {
   done
   echo "missing before install:$need"
   if ls .whl/*.whl >/dev/null 2>&1; then
-    # only the wheels that are not fulcra itself (fulcra comes from this checkout, step 3)
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-      $(ls .whl/*.whl | grep -v '/fulcra-') || echo "wheel install failed"
+    # only the wheels that are not fulcra itself (fulcra comes from this checkout, step 3), one at a
+    # time, so that a wheel this platform refuses (another glibc, another Python) loses only itself;
+    # a package the machine already has is kept (its own build may match its torch better)
+    for whl in $(ls .whl/*.whl | grep -v '/fulcra-'); do
+      mod=$(basename "$whl" | cut -d- -f1 | tr 'A-Z' 'a-z')
+      case "$mod" in pillow) mod=PIL;; pyyaml) mod=yaml;; antlr4_python3_runtime) mod=antlr4;; markdown_it_py) mod=markdown_it;; esac
+      $PY -c "import $mod" 2>/dev/null && continue
+      $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$whl" \
+        || echo "wheel install failed: $whl"
+    done
   fi
   $PY -c "import gsplat" 2>/dev/null || $PY -m pip install -q --retries 0 --timeout 10 gsplat || echo "gsplat: no wheel and no network"
   for pkg in omegaconf plyfile safetensors pillow pyyaml pluggy pytest scipy; do
