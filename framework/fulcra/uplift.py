@@ -127,22 +127,20 @@ def uplift(
         img = fmap.permute(1, 2, 0)  # [H, W, D]
         d = img.shape[-1]
         step = d if not dim_chunk else max(1, int(dim_chunk))
-        if isinstance(scene, WeightedAdjointScene):  # the weight sums come with the first chunk
-            for c0 in range(0, d, step):
-                g, w = scene.render_adjoint_with_weights(img[..., c0 : c0 + step].contiguous(), camera)
-                num[:, c0 : c0 + g.shape[-1]] += g
-                if c0 == 0:
-                    den += w
-            continue
-        ones = torch.ones_like(img[..., :1])
+        weighted = isinstance(scene, WeightedAdjointScene)  # the weight sums come with the first chunk
+        ones = None if weighted else torch.ones_like(img[..., :1])  # else a ones channel on the last
         for c0 in range(0, d, step):
             chunk = img[..., c0 : c0 + step]
-            last = c0 + step >= d
-            stacked = torch.cat([chunk, ones], dim=-1) if last else chunk
-            g = adjoint(scene, stacked.contiguous(), camera)
+            if weighted:
+                g, w = scene.render_adjoint_with_weights(chunk.contiguous(), camera)
+                if c0 == 0:
+                    den += w
+            else:
+                last = c0 + step >= d
+                g = adjoint(scene, (torch.cat([chunk, ones], dim=-1) if last else chunk).contiguous(), camera)
+                if last:
+                    den += g[:, -1]
             num[:, c0 : c0 + chunk.shape[-1]] += g[:, : chunk.shape[-1]]
-            if last:
-                den += g[:, -1]
     if distributed:  # a rank with no view still joins the reductions, with zeros of the agreed width
         width = dist.all_reduce_max(torch.tensor([0 if num is None else num.shape[1]], device=dev))
         if num is None:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from .prefetch import Prefetcher
+from .prefetch import in_order
 from .trainer import collate_batch
 
 __all__ = ["DatasetImages", "image_batches"]
@@ -195,14 +195,7 @@ def image_batches(images: Any, batch_size: int = 256, workers: int | None = None
     """Consecutive ``[b, 3, H, W]`` slices of a uint8 tensor or a :class:`DatasetImages` (in order),
     decoded ahead by ``workers`` processes (default: the view's ``workers``; a tensor: none)."""
     n_workers = getattr(images, "workers", 0) if workers is None else int(workers)
-    starts = range(0, len(images), batch_size)
-    if n_workers <= 0 or len(starts) < 2:
-        for a in starts:
-            yield images[a : a + batch_size]
-        return
-    with Prefetcher(_Slice(images, batch_size), starts, workers=n_workers) as ahead:
-        for a in starts:
-            yield ahead.take(a)
+    return in_order(_Slice(images, batch_size), range(0, len(images), batch_size), n_workers)
 
 
 class _Slice:

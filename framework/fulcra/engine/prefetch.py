@@ -188,19 +188,21 @@ class ItemRange:
         return collate_batch(self.dataset, list(range(a, b)))
 
 
+def in_order(
+    fetch: Callable[[Any], Any], keys: Sequence[Any], workers: int = 0, pin_memory: bool = False
+) -> Iterator[Any]:
+    """``fetch(key)`` for each of ``keys``, in order, fetched ahead by ``workers`` processes (none
+    for fewer than two keys: there is nothing to overlap)."""
+    with Prefetcher(fetch, keys, workers=workers if len(keys) > 1 else 0, pin_memory=pin_memory) as ahead:
+        for k in keys:
+            yield ahead.take(k)
+
+
 def dataset_batches(
     dataset: Any, batch_size: int = 256, *, workers: int = 0, stop: int | None = None, pin_memory: bool = False
 ) -> Iterator[Any]:
     """The consecutive batches ``(inputs, targets)`` of the first ``stop`` items of ``dataset`` (all
     by default), in order, fetched ahead by ``workers`` processes (0: each when it is reached)."""
-    from .trainer import collate_batch
-
     n = len(dataset) if stop is None else min(int(stop), len(dataset))
     keys = [(a, min(n, a + batch_size)) for a in range(0, n, batch_size)]
-    if workers <= 0 or len(keys) < 2:
-        for a, b in keys:
-            yield collate_batch(dataset, list(range(a, b)))
-        return
-    with Prefetcher(ItemRange(dataset), keys, workers=workers, pin_memory=pin_memory) as ahead:
-        for k in keys:
-            yield ahead.take(k)
+    return in_order(ItemRange(dataset), keys, workers, pin_memory)

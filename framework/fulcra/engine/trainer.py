@@ -197,21 +197,14 @@ class Trainer:
         )
         with ahead:
             while self.step < self.total_steps:
-                epoch = self.step // self.steps_per_epoch
-                self.sampler.set_epoch(epoch)
-                while self.step < self.total_steps and self.step // self.steps_per_epoch == epoch:
-                    metrics = self._optimise(*ahead.take(self.step))
-                    self.step += 1
-                    if self.hooks is not None:
-                        self.hooks.step(step=self.step, metrics=metrics, total=self.total_steps, stage=self.stage)
-                    if self.ckpt_every and self.step % self.ckpt_every == 0 and self.step < self.total_steps:
-                        self.save()
-                self.save()
+                metrics = self._optimise(*ahead.take(self.step))
+                self.step += 1
+                if self.hooks is not None:
+                    self.hooks.step(step=self.step, metrics=metrics, total=self.total_steps, stage=self.stage)
+                end_of_epoch = self.step % self.steps_per_epoch == 0 or self.step == self.total_steps
+                if end_of_epoch or (self.ckpt_every and self.step % self.ckpt_every == 0):
+                    self.save()
         return self.model
-
-    def train_step(self, indices: Sequence[int]) -> dict:
-        """One optimisation step on the items ``indices`` (step :attr:`step`'s randomness)."""
-        return self._optimise(*_fetch(self.dataset, indices, self.seed, self.step, self.rank))
 
     def _optimise(self, inputs: Any, targets: Any) -> dict:
         inputs = inputs.to(self.device, non_blocking=True)

@@ -109,19 +109,18 @@ class FeatureCache:
         done = np.load(done_path, mmap_mode="r+")
         # a resumed build skips the chunks flushed before the interruption
         todo = [(c * self.chunk, min(n, (c + 1) * self.chunk)) for c in dist.shard_indices(n_chunks) if not done[c]]
-        ahead = Prefetcher(ItemRange(dataset), todo, workers=workers, pin_memory=torch.device(device).type == "cuda")
-        for a, b in todo:
-            c, idx = a // self.chunk, list(range(a, b))
-            x, y = ahead.take((a, b))
-            with torch.no_grad():
-                f = encode(x.to(device)).float().cpu().numpy()
-            feats[idx[0] : idx[-1] + 1] = f.astype(self.dtype)
-            targets[idx[0] : idx[-1] + 1] = _fit_targets(torch.as_tensor(y), targets.dtype, idx[0])
-            feats.flush()
-            targets.flush()
-            done[c] = 1
-            done.flush()
-        ahead.close()
+        pin = torch.device(device).type == "cuda"
+        with Prefetcher(ItemRange(dataset), todo, workers=workers, pin_memory=pin) as ahead:
+            for a, b in todo:
+                x, y = ahead.take((a, b))
+                with torch.no_grad():
+                    f = encode(x.to(device)).float().cpu().numpy()
+                feats[a:b] = f.astype(self.dtype)
+                targets[a:b] = _fit_targets(torch.as_tensor(y), targets.dtype, a)
+                feats.flush()
+                targets.flush()
+                done[a // self.chunk] = 1
+                done.flush()
         del feats, targets, done
         dist.barrier()
         if dist.rank() == 0:
